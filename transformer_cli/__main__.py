@@ -1,0 +1,5 @@
+"""`python -m transformer_cli` runs the tfx CLI."""
+
+from transformer_cli.cli import main
+
+main()
