@@ -1,0 +1,169 @@
+"""The masked, label-smoothed loss: semantics pinned by hand, padding inert, sums accumulate."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from transformer_cli.loss import masked_cross_entropy, per_token, perplexity
+from transformer_cli.tokenizer import PAD_ID
+
+EPS = [0.0, 0.1, 0.3]
+
+
+def make(seed: int, b: int = 3, t: int = 5, v: int = 11, pad_frac: float = 0.3):
+    """Random logits and targets where every row keeps at least one real token."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(b, t, v, generator=g) * 3
+    target = torch.randint(1, v, (b, t), generator=g)  # real ids are never PAD_ID
+    pad = torch.rand(b, t, generator=g) < pad_frac
+    pad[:, 0] = False
+    return logits, target.masked_fill(pad, PAD_ID)
+
+
+def by_hand(logits: torch.Tensor, target: torch.Tensor, eps: float) -> tuple[float, float, int]:
+    """Cross-entropy against q = (1-eps)*onehot + eps/V over all V columns, real positions only."""
+    v = logits.shape[-1]
+    loss = nll = 0.0
+    count = 0
+    for row, tgt in zip(logits.reshape(-1, v).tolist(), target.reshape(-1).tolist(), strict=True):
+        if tgt == PAD_ID:
+            continue
+        log_z = math.log(sum(math.exp(x) for x in row))
+        logp = [x - log_z for x in row]
+        q = [eps / v + (1 - eps if k == tgt else 0.0) for k in range(v)]
+        loss -= sum(qk * lk for qk, lk in zip(q, logp, strict=True))
+        nll -= logp[tgt]
+        count += 1
+    return loss, nll, count
+
+
+@pytest.mark.parametrize("eps", EPS)
+@pytest.mark.parametrize("seed", range(3))
+def test_matches_a_hand_computation(eps, seed):
+    logits, target = make(seed)
+    parts = masked_cross_entropy(logits, target, eps)
+    loss, nll, count = by_hand(logits, target, eps)
+    assert int(parts.n_tokens) == count == int((target != PAD_ID).sum())
+    assert parts.loss.item() == pytest.approx(loss, rel=1e-5)
+    assert parts.nll.item() == pytest.approx(nll, rel=1e-5)
+
+
+@pytest.mark.parametrize("eps", EPS)
+def test_mean_equals_masked_reduction_none(eps):
+    logits, target = make(7)
+    v = logits.shape[-1]
+    mask = (target != PAD_ID).float()
+    per_pos = F.cross_entropy(
+        logits.reshape(-1, v), target.reshape(-1), reduction="none", label_smoothing=eps
+    ).reshape(target.shape)
+    expected = (per_pos * mask).sum() / mask.sum()
+    parts = masked_cross_entropy(logits, target, eps)
+    assert (parts.loss / parts.n_tokens).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("eps", EPS)
+def test_pad_positions_change_nothing(eps):
+    logits, target = make(3)
+    pad = target == PAD_ID
+    assert pad.any()
+    other = logits.clone()
+    other[pad] = torch.randn(int(pad.sum()), logits.shape[-1]) * 50  # wild values at pads
+
+    grads, losses = [], []
+    for x in (logits, other):
+        x = x.clone().requires_grad_(True)
+        parts = masked_cross_entropy(x, target, eps)
+        parts.loss.backward()
+        grads.append(x.grad)
+        losses.append((parts.loss.item(), parts.nll.item()))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    torch.testing.assert_close(grads[0], grads[1])
+    assert grads[0][pad].abs().max() == 0  # pads get no gradient at all
+    assert grads[0][~pad].abs().max() > 0
+
+
+@pytest.mark.parametrize("eps", EPS)
+def test_smoothing_ignores_pads_and_gathered_positions_agree(eps):
+    logits, target = make(5)
+    real = target != PAD_ID
+    full = masked_cross_entropy(logits, target, eps)
+    gathered = masked_cross_entropy(logits[real], target[real], eps)  # (N, V), (N,)
+    assert full.loss.item() == pytest.approx(gathered.loss.item(), rel=1e-6)
+    assert full.nll.item() == pytest.approx(gathered.nll.item(), rel=1e-6)
+    assert int(full.n_tokens) == int(gathered.n_tokens) == int(real.sum())
+
+
+def test_smoothing_raises_the_loss_of_a_confident_correct_model():
+    target = torch.tensor([4, 5, PAD_ID])
+    logits = F.one_hot(target, 9).float() * 20
+    plain = masked_cross_entropy(logits, target, 0.0)
+    smooth = masked_cross_entropy(logits, target, 0.1)
+    assert smooth.loss > plain.loss
+    assert smooth.nll.item() == pytest.approx(plain.nll.item())  # nll is never smoothed
+
+
+def test_all_pad_batch_is_zero_not_nan():
+    logits = torch.randn(2, 3, 7, requires_grad=True)
+    parts = masked_cross_entropy(logits, torch.full((2, 3), PAD_ID), 0.1)
+    assert parts.loss.item() == 0.0 and int(parts.n_tokens) == 0
+    parts.loss.backward()
+    assert logits.grad.abs().max() == 0
+
+
+def test_bf16_logits_are_scored_in_float32():
+    logits, target = make(11)
+    parts = masked_cross_entropy(logits.bfloat16(), target, 0.1)
+    assert parts.loss.dtype == torch.float32
+    ref = masked_cross_entropy(logits.bfloat16().float(), target, 0.1)
+    assert parts.loss.item() == pytest.approx(ref.loss.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), split=st.integers(1, 5))
+def test_accumulated_halves_give_the_whole_batch_gradient(eps, seed, split):
+    """Sums over micro-batches / total tokens == the whole batch's per-token loss."""
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(4, 9)
+    x = torch.randn(6, 7, 4)
+    target = torch.randint(1, 9, (6, 7))
+    lengths = torch.randint(1, 8, (6,))
+    target = target.masked_fill(torch.arange(7) >= lengths[:, None], PAD_ID)  # ragged rows
+
+    model.zero_grad()
+    whole = masked_cross_entropy(model(x), target, eps)
+    (whole.loss / whole.n_tokens).backward()
+    expected = [p.grad.clone() for p in model.parameters()]
+
+    model.zero_grad()
+    halves = [(x[:split], target[:split]), (x[split:], target[split:])]
+    total = sum(int((t != PAD_ID).sum()) for _, t in halves)
+    for xs, ts in halves:
+        (masked_cross_entropy(model(xs), ts, eps).loss / total).backward()
+    for got, want in zip((p.grad for p in model.parameters()), expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@given(nll=st.floats(0, 1e6), n=st.integers(1, 10**7))
+def test_perplexity_is_exp_of_mean_nll_and_never_overflows(nll, n):
+    ppl = perplexity(nll, n)
+    assert per_token(nll, n) == nll / n
+    if nll / n < 700:
+        assert ppl == pytest.approx(math.exp(nll / n))
+    else:
+        assert ppl == math.inf
+
+
+def test_no_tokens_gives_nan():
+    assert math.isnan(per_token(0.0, 0)) and math.isnan(perplexity(0.0, 0))
+
+
+def test_shape_mismatch_is_refused():
+    with pytest.raises(ValueError, match="do not match"):
+        masked_cross_entropy(torch.randn(2, 3, 5), torch.ones(2, 4, dtype=torch.long))

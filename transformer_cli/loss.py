@@ -1,0 +1,81 @@
+"""The training objective: label-smoothed cross-entropy over real (non-pad) target tokens.
+
+Everything is returned as a SUM over real tokens, never a mean. Gradient accumulation
+is then exact: the loop adds the sums of all micro-batches of an update and divides by
+their total real-token count once, so a micro-batch with few tokens is not overweighted.
+
+Label smoothing follows `F.cross_entropy(label_smoothing=eps)` (Szegedy et al. 2016):
+the target distribution is (1 - eps) on the reference token plus eps/V on every one of
+the V columns, the PAD column included. fairseq spreads eps over the V - 1 wrong columns
+and OpenNMT/annotated-transformer over the V - 2 columns that are neither the reference
+nor PAD. tfx keeps PyTorch's definition so that `label_smoothing: 0.1` means what it
+means in PyTorch; the PAD column's share is eps/V (1.25e-5 at V = 8000 and eps = 0.1).
+Pad POSITIONS (target == PAD_ID) contribute nothing at all, smoothed or not.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from transformer_cli.tokenizer import PAD_ID
+
+
+@dataclass
+class LossParts:
+    """Sums over the real target tokens of one (micro-)batch."""
+
+    loss: torch.Tensor  # () float32: the label-smoothed objective, summed; backprop this
+    nll: torch.Tensor  # () float32: the unsmoothed negative log-likelihood, summed
+    n_tokens: torch.Tensor  # () int64: real target tokens, on the logits' device (no sync)
+
+
+def masked_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0
+) -> LossParts:
+    """Label-smoothed cross-entropy summed over positions where target != PAD_ID.
+
+    Args:
+        logits: (B, T, V) decoder outputs, or (N, V) already gathered positions; any float
+            dtype (the softmax is computed in float32).
+        target: (B, T) or (N,) token ids; PAD_ID marks positions to ignore.
+        label_smoothing: eps in [0, 1).
+    """
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    if logits.shape[:-1] != target.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} do not match target {tuple(target.shape)}")
+    vocab = logits.shape[-1]
+    logits = logits.reshape(-1, vocab)  # (N, V)
+    target = target.reshape(-1)  # (N,)
+    real = target != PAD_ID  # (N,)
+
+    # One log-softmax serves both the smoothed loss and the plain NLL (calling
+    # F.cross_entropy twice would compute it twice); float32 keeps bf16 logits accurate.
+    logp = F.log_softmax(logits, dim=-1, dtype=torch.float32)  # (N, V)
+    nll = F.nll_loss(logp, target, ignore_index=PAD_ID, reduction="sum")
+    if label_smoothing > 0.0:
+        # masked_fill (not a multiply by the mask) keeps pad rows out of the gradient even
+        # if their logits are extreme.
+        uniform = -logp.sum(dim=-1).masked_fill(~real, 0.0).sum() / vocab
+        loss = (1.0 - label_smoothing) * nll + label_smoothing * uniform
+    else:
+        loss = nll
+    return LossParts(loss=loss, nll=nll.detach(), n_tokens=real.sum())
+
+
+def per_token(total: float, n_tokens: int) -> float:
+    """A summed loss divided by its token count; NaN when there were no tokens."""
+    return total / n_tokens if n_tokens > 0 else math.nan
+
+
+def perplexity(nll_sum: float, n_tokens: int) -> float:
+    """exp(nll / n_tokens); inf rather than an OverflowError for a diverged model."""
+    mean = per_token(nll_sum, n_tokens)
+    if math.isnan(mean):
+        return math.nan
+    # exp overflows a double just above 709.78; an untrained model is near log(V) < 12.
+    return math.exp(mean) if mean < 709.0 else math.inf
