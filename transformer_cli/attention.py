@@ -1,0 +1,215 @@
+"""Multi-head attention (Vaswani et al. 2017, section 3.2) and the decoder's KV cache.
+
+B batch, H heads, T query len, S key len, K head dim (D / H), D model dim
+
+Two paths share one set of weights: the "math" path spells out eq. 1,
+softmax(Q K^T / sqrt(d_k)) V, and can hand back the attention probabilities; the
+"sdpa" path calls `torch.nn.functional.scaled_dot_product_attention`, which computes
+the same thing with fused kernels. Masks come from `masks.py` (True = may attend).
+
+The projections keep the weight layout of `torch.nn.MultiheadAttention`: the fused
+`in_proj` of self-attention is its `in_proj_weight` (rows: Q, then K, then V), and
+cross-attention's `q_proj` / `kv_proj` are that matrix's first third / last two thirds.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def attend_math(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float = 0.0
+) -> tuple[Tensor, Tensor]:
+    """Scaled dot-product attention, written out (Vaswani et al. 2017, eq. 1).
+
+    Args:
+        q: (B, H, T, K); k, v: (B, H, S, K).
+        mask: bool, broadcastable to (B, H, T, S), True = may attend; or None.
+    Returns:
+        the output (B, H, T, K) and the attention probabilities (B, H, T, S).
+    """
+    # dividing by sqrt(d_k) keeps the dot products' variance near 1, so the softmax
+    # does not saturate into one-hot rows with vanishing gradients (section 3.2.1)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B,H,T,K)@(B,H,K,S) -> (B,H,T,S)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = scores.softmax(dim=-1)
+    if mask is not None:
+        # a row whose keys are all masked is softmax(-inf, ..., -inf) = NaN; make it
+        # all zeros, as scaled_dot_product_attention does, so NaN never reaches a sum
+        probs = probs.masked_fill(~mask, 0.0)
+    if dropout_p > 0.0:
+        probs = F.dropout(probs, dropout_p)
+    return probs @ v, probs  # (B,H,T,S) @ (B,H,S,K) -> (B,H,T,K)
+
+
+class Attention(nn.Module):
+    """What self- and cross-attention share: heads, the two paths, the output projection.
+
+    To read the attention probabilities, set `need_weights = True` (or call
+    `Transformer.record_attention()`): every forward then takes the math path,
+    whatever the configured one (the fused kernel never forms the probabilities),
+    and stores them, detached, in `last_weights` with shape (B, H, T, S).
+    """
+
+    def __init__(self, d_model: int, heads: int, dropout: float, use_sdpa: bool) -> None:
+        super().__init__()
+        if d_model % heads != 0:
+            raise ValueError(f"heads ({heads}) must divide d_model ({d_model})")
+        self.heads = heads
+        self.head_dim = d_model // heads
+        self.dropout = dropout
+        self.use_sdpa = use_sdpa
+        self.out_proj = nn.Linear(d_model, d_model)
+        self.need_weights = False
+        self.last_weights: Tensor | None = None
+
+    def _heads(self, x: Tensor, parts: int) -> tuple[Tensor, ...]:
+        """Split a fused projection into `parts` tensors of heads.
+
+        Args:
+            x: (B, L, parts * D).
+        Returns:
+            `parts` tensors of shape (B, H, L, K): views, no copy.
+        """
+        B, L, _ = x.shape
+        x = x.view(B, L, parts, self.heads, self.head_dim)  # (B,L,p*D) -> (B,L,p,H,K)
+        return x.permute(2, 0, 3, 1, 4).unbind(0)  # (B,L,p,H,K) -> p x (B,H,L,K)
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        """Attention over heads, heads concatenated, output projection: (B, T, D)."""
+        dropout_p = self.dropout if self.training else 0.0
+        if self.use_sdpa and not self.need_weights:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        else:
+            out, probs = attend_math(q, k, v, mask, dropout_p)
+            if self.need_weights:
+                self.last_weights = probs.detach()
+        B, H, T, K = out.shape
+        # Concat(head_1, ..., head_h) of eq. 4; a view when the kernel already wrote
+        # its output as (B, T, H, K), which the fused CPU kernel does
+        out = out.transpose(1, 2).reshape(B, T, H * K)  # (B,H,T,K) -> (B,T,H,K) -> (B,T,D)
+        return self.out_proj(out)
+
+
+class SelfAttention(Attention):
+    """Queries, keys and values from the same sequence, by one fused projection."""
+
+    def __init__(self, d_model: int, heads: int, dropout: float, use_sdpa: bool) -> None:
+        super().__init__(d_model, heads, dropout, use_sdpa)
+        self.in_proj = nn.Linear(d_model, 3 * d_model)  # = MultiheadAttention.in_proj_weight
+
+    def forward(self, x: Tensor, mask: Tensor | None, cache: LayerCache | None = None) -> Tensor:
+        """Attend from every new position to the cached and new positions.
+
+        Args:
+            x: (B, T, D).
+            mask: bool, broadcastable to (B, H, T, S), S = T plus any cached length.
+            cache: this layer's cache; the new keys and values are appended to it.
+        Returns:
+            (B, T, D).
+        """
+        q, k, v = self._heads(self.in_proj(x), 3)  # (B,T,3D) -> 3 x (B,H,T,K)
+        if cache is not None:
+            if cache.self_k is not None:
+                k = torch.cat([cache.self_k, k], dim=2)  # (B,H,L,K) + (B,H,T,K) -> (B,H,L+T,K)
+                v = torch.cat([cache.self_v, v], dim=2)
+            cache.self_k, cache.self_v = k, v
+        return self._attend(q, k, v, mask)
+
+
+class CrossAttention(Attention):
+    """Queries from the decoder; keys and values from the encoder output (section 3.2.3)."""
+
+    def __init__(self, d_model: int, heads: int, dropout: float, use_sdpa: bool) -> None:
+        super().__init__(d_model, heads, dropout, use_sdpa)
+        self.q_proj = nn.Linear(d_model, d_model)  # = in_proj_weight[:D]
+        self.kv_proj = nn.Linear(d_model, 2 * d_model)  # = in_proj_weight[D:]
+
+    def forward(
+        self, x: Tensor, memory: Tensor, mask: Tensor | None, cache: LayerCache | None = None
+    ) -> Tensor:
+        """Attend from the decoder states to the encoder output.
+
+        Args:
+            x: (B, T, D) decoder states.
+            memory: (B, S, D) encoder output; not read when the cache already holds
+                this layer's keys and values.
+            mask: bool, broadcastable to (B, H, T, S): the source padding mask.
+            cache: this layer's cache; keys and values are computed once per sentence.
+        Returns:
+            (B, T, D).
+        """
+        (q,) = self._heads(self.q_proj(x), 1)  # (B,T,D) -> (B,H,T,K)
+        if cache is not None and cache.cross_k is not None:
+            k, v = cache.cross_k, cache.cross_v
+        else:
+            k, v = self._heads(self.kv_proj(memory), 2)  # (B,S,2D) -> 2 x (B,H,S,K)
+            if cache is not None:
+                cache.cross_k, cache.cross_v = k, v
+        return self._attend(q, k, v, mask)
+
+
+class LayerCache:
+    """One decoder layer's cached keys and values, each (B, H, L, K) or None."""
+
+    __slots__ = ("self_k", "self_v", "cross_k", "cross_v")
+
+    def __init__(self) -> None:
+        self.self_k: Tensor | None = None
+        self.self_v: Tensor | None = None
+        self.cross_k: Tensor | None = None
+        self.cross_v: Tensor | None = None
+
+    def select(self, index: Tensor) -> None:
+        for name in self.__slots__:
+            t = getattr(self, name)
+            if t is not None:
+                setattr(self, name, t.index_select(0, index))
+
+
+class KVCache:
+    """State for incremental decoding: feed one new target token per sentence per step.
+
+    Make one per batch of sentences with `Transformer.new_cache()` and pass it to
+    every `Transformer.decode(tgt_in, memory, src, cache)` call of that batch:
+
+    - `tgt_in` is (B, 1), the newest token of each sentence (BOS first); the call
+      returns (B, 1, V) logits for the token after it, equal to the last position of
+      a full `decode` over the whole prefix. Several tokens at once, (B, n), work too.
+    - `length` is the number of target positions already fed; the positional
+      encoding of the new tokens starts there.
+    - Everything derived from the source is computed at the first call and then
+      owned by the cache: the source padding mask (`src_mask`) and every layer's
+      cross-attention keys and values. Later calls do not read `memory` or `src`
+      (passing the same tensors again, or their selected rows, is fine).
+    - `select(index)` keeps, in the given order, the batch rows `index` (a
+      LongTensor on the model's device) of everything above, so beam search can
+      reorder hypotheses and greedy search can drop finished sentences. The caller
+      does not need to select `memory` or `src`; it does select its own `tgt_in`.
+    - Target padding is not masked in the cache: with right padding, causality
+      alone hides pad tokens from every real position, so a sentence that has
+      finished may keep being fed PAD and its real logits do not change.
+    """
+
+    def __init__(self, num_layers: int) -> None:
+        self.layers = [LayerCache() for _ in range(num_layers)]
+        self.src_mask: Tensor | None = None  # (B, 1, 1, S) bool
+        self.length = 0
+
+    @property
+    def batch_size(self) -> int | None:
+        """Rows in the cache, or None before the first decode call."""
+        return None if self.src_mask is None else self.src_mask.size(0)
+
+    def select(self, index: Tensor) -> KVCache:
+        """Keep (and reorder to) the batch rows `index`, in place; returns self."""
+        if self.src_mask is not None:
+            self.src_mask = self.src_mask.index_select(0, index)
+        for layer in self.layers:
+            layer.select(index)
+        return self
