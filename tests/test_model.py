@@ -1,0 +1,361 @@
+"""Model properties: paths agree, padding and the future are invisible, the cache is exact."""
+
+import dataclasses
+import functools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from transformer_cli.attention import attend_math
+from transformer_cli.config import ModelConfig
+from transformer_cli.masks import causal_mask, padding_mask
+from transformer_cli.model import Transformer, sinusoidal_table
+from transformer_cli.tokenizer import PAD_ID
+
+V = 29
+CFG = ModelConfig(
+    d_model=16, heads=4, enc_layers=2, dec_layers=2, d_ff=32, dropout=0.0,
+    max_positions=40, src_vocab=V, tgt_vocab=V,
+)  # fmt: skip
+PATHS = ["math", "sdpa"]
+
+
+@functools.cache
+def model_for(attention: str = "sdpa", norm: str = "post") -> Transformer:
+    """One float64 model per (path, norm), in eval mode; same weights on both paths."""
+    torch.manual_seed(0)
+    model = Transformer(dataclasses.replace(CFG, norm=norm)).double().eval()
+    if attention == "math":
+        math_model = Transformer(dataclasses.replace(CFG, norm=norm, attention="math"))
+        math_model.double().eval().load_state_dict(model.state_dict())
+        return math_model
+    return model
+
+
+def batch(lengths: list[int], width: int | None = None, seed: int = 0) -> torch.Tensor:
+    """Random real tokens (ids >= 4), right-padded with PAD_ID."""
+    gen = torch.Generator().manual_seed(seed)
+    width = width or max(lengths)
+    ids = torch.randint(4, V, (len(lengths), width), generator=gen)
+    for b, n in enumerate(lengths):
+        ids[b, n:] = PAD_ID
+    return ids
+
+
+# ----------------------------------------------------------------------------- paths
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "padding", "causal", "all_masked_row"])
+def test_math_attention_equals_sdpa(mask_kind):
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 3, 5, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(2, 3, 6, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(2, 3, 6, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    mask = {
+        "none": None,
+        "padding": torch.tensor([[1, 1, 1, 1, 0, 0], [1] * 6], dtype=torch.bool)[:, None, None],
+        "causal": causal_mask(5, offset=1),
+        "all_masked_row": torch.tensor([[0] * 6, [1, 1, 0, 0, 0, 0]], dtype=torch.bool)[
+            :, None, None
+        ],
+    }[mask_kind]
+    ours, probs = attend_math(q, k, v, mask)
+    grads = torch.autograd.grad(ours.sum(), (q, k, v))
+    fused = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    fused_grads = torch.autograd.grad(fused.sum(), (q, k, v))
+    torch.testing.assert_close(ours, fused)
+    for g, fg in zip(grads, fused_grads, strict=True):
+        assert g.isfinite().all()
+        torch.testing.assert_close(g, fg)
+    if mask is not None:
+        assert (probs[~mask.expand_as(probs)] == 0).all()
+
+
+@pytest.mark.parametrize("norm", ["post", "pre"])
+def test_math_and_sdpa_models_agree_in_outputs_and_gradients(norm):
+    src, tgt = batch([6, 3, 1], seed=1), batch([4, 5, 2], seed=2)
+    outs, grads = [], []
+    for attention in PATHS:
+        model = model_for(attention, norm)
+        model.zero_grad()
+        logits = model(src, tgt)
+        logits.square().mean().backward()
+        outs.append(logits)
+        grads.append([p.grad.clone() for p in model.parameters()])
+    torch.testing.assert_close(outs[0], outs[1])
+    for g_math, g_sdpa in zip(*grads, strict=True):
+        torch.testing.assert_close(g_math, g_sdpa)
+
+
+# ----------------------------------------------------------------------------- padding
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    attention=st.sampled_from(PATHS),
+    lengths=st.lists(st.tuples(st.integers(1, 7), st.integers(1, 7)), min_size=1, max_size=3),
+    extra_src=st.integers(0, 4),
+    extra_tgt=st.integers(0, 4),
+    seed=st.integers(0, 2**16),
+)
+@torch.no_grad()
+def test_padding_changes_no_real_output(attention, lengths, extra_src, extra_tgt, seed):
+    """Each sentence alone == the same sentence in a batch with any amount of padding."""
+    src_lens, tgt_lens = (list(side) for side in zip(*lengths, strict=True))
+    model = model_for(attention)
+    src = batch(src_lens, max(src_lens) + extra_src, seed)
+    tgt = batch(tgt_lens, max(tgt_lens) + extra_tgt, seed + 1)
+    logits = model(src, tgt)
+    for b, (s, t) in enumerate(lengths):
+        alone = model(src[b : b + 1, :s], tgt[b : b + 1, :t])
+        torch.testing.assert_close(logits[b : b + 1, :t], alone)
+
+
+@pytest.mark.parametrize("attention", PATHS)
+def test_empty_source_gives_no_nan_anywhere(attention):
+    """An all-pad source sentence is useless, but must not poison outputs or gradients."""
+    model = model_for(attention)
+    model.zero_grad()
+    src = batch([0, 5], seed=3)
+    tgt = batch([3, 4], seed=4)
+    logits = model(src, tgt)
+    logits.sum().backward()
+    assert logits.isfinite().all()
+    assert all(p.grad.isfinite().all() for p in model.parameters())
+    torch.testing.assert_close(logits[1:], model(src[1:], tgt[1:]))
+
+
+# ----------------------------------------------------------------------------- causality
+
+
+@pytest.mark.parametrize("attention", PATHS)
+@torch.no_grad()
+def test_changing_target_token_t_leaves_earlier_logits_unchanged(attention):
+    model = model_for(attention)
+    src, tgt = batch([5, 7], seed=5), batch([6, 6], seed=6)
+    before = model(src, tgt)
+    for t in range(tgt.size(1)):
+        changed = tgt.clone()
+        changed[:, t] = 4 + (changed[:, t] - 3) % (V - 4)  # another real token
+        after = model(src, changed)
+        torch.testing.assert_close(after[:, :t], before[:, :t])
+        assert not torch.allclose(after[:, t:], before[:, t:])
+
+
+# ----------------------------------------------------------------------------- KV cache
+
+
+@pytest.mark.parametrize("norm", ["post", "pre"])
+@pytest.mark.parametrize("attention", PATHS)
+@torch.no_grad()
+def test_cached_decoding_equals_full_decoding(attention, norm):
+    model = model_for(attention, norm)
+    src, tgt = batch([5, 2, 7], seed=7), batch([6, 6, 6], seed=8)
+    memory = model.encode(src)
+    full = model.decode(tgt, memory, src)
+    cache = model.new_cache()
+    steps = []
+    for t in range(tgt.size(1)):
+        step = model.decode(tgt[:, t : t + 1], memory, src, cache)
+        assert step.shape == (3, 1, V)
+        steps.append(step)
+    assert cache.length == tgt.size(1)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full)
+
+
+@pytest.mark.parametrize("attention", PATHS)
+@torch.no_grad()
+def test_cached_decoding_after_select_equals_full_decoding_of_the_selected_rows(attention):
+    """Beam search reorders and duplicates rows; greedy search drops finished ones."""
+    model = model_for(attention)
+    src, tgt = batch([5, 2, 7, 4], seed=9), batch([7, 7, 7, 7], seed=10)
+    memory = model.encode(src)
+    cache = model.new_cache()
+    for t in range(3):
+        model.decode(tgt[:, t : t + 1], memory, src, cache)
+    index = torch.tensor([2, 0, 2, 3])  # reorder, duplicate, drop row 1
+    cache.select(index)
+    assert cache.batch_size == 4
+    rows = tgt.index_select(0, index)
+    # memory and src are owned by the cache now: passing the unselected ones is fine
+    steps = [model.decode(rows[:, t : t + 1], memory, src, cache) for t in range(3, 7)]
+    full = model.decode(rows, memory.index_select(0, index), src.index_select(0, index))
+    torch.testing.assert_close(torch.cat(steps, dim=1), full[:, 3:])
+    cache.select(torch.tensor([1, 3]))  # shrink
+    last = model.decode(rows[[1, 3], 6:7], memory, src, cache)
+    assert last.shape == (2, 1, V)
+
+
+@torch.no_grad()
+def test_cached_decoding_accepts_several_tokens_at_once():
+    model = model_for()
+    src, tgt = batch([5, 3], seed=11), batch([6, 6], seed=12)
+    memory = model.encode(src)
+    cache = model.new_cache()
+    first = model.decode(tgt[:, :4], memory, src, cache)
+    rest = model.decode(tgt[:, 4:], memory, src, cache)
+    torch.testing.assert_close(torch.cat([first, rest], 1), model.decode(tgt, memory, src))
+
+
+@torch.no_grad()
+def test_cache_rejects_a_batch_it_was_not_selected_to():
+    model = model_for()
+    src, tgt = batch([3, 3], seed=13), batch([2, 2], seed=14)
+    cache = model.new_cache()
+    model.decode(tgt[:, :1], model.encode(src), src, cache)
+    with pytest.raises(ValueError, match="select"):
+        model.decode(tgt[:1, 1:2], model.encode(src), src, cache)
+
+
+# ----------------------------------------------------------------------------- positions
+
+
+def test_sinusoidal_values_follow_the_formula():
+    d = 16
+    table = sinusoidal_table(50, d)
+    for pos, i in [(0, 0), (1, 0), (3, 2), (17, 5), (49, 7)]:
+        angle = pos / 10000 ** (2 * i / d)
+        assert table[pos, 2 * i].item() == pytest.approx(math.sin(angle), abs=1e-6)
+        assert table[pos, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-6)
+    assert torch.equal(model_for().src_pos.table, table.double()[: CFG.max_positions])
+
+
+def test_sinusoidal_shift_by_k_is_one_linear_map_for_every_position():
+    """Section 3.5: PE(pos + k) = M_k PE(pos), M_k block-diagonal 2x2 rotations."""
+    d, positions = 12, 64
+    table = sinusoidal_table(positions, d).double()
+    freq = torch.tensor([1 / 10000 ** (2 * i / d) for i in range(d // 2)], dtype=torch.float64)
+    for k in [1, 2, 5, 31]:
+        m = torch.zeros(d, d, dtype=torch.float64)
+        c, s = torch.cos(k * freq), torch.sin(k * freq)
+        # sin(a + b) = sin a cos b + cos a sin b; cos(a + b) = cos a cos b - sin a sin b
+        for i in range(d // 2):
+            m[2 * i, 2 * i], m[2 * i, 2 * i + 1] = c[i], s[i]
+            m[2 * i + 1, 2 * i], m[2 * i + 1, 2 * i + 1] = -s[i], c[i]
+        shifted = table[:-k] @ m.T  # every position at once
+        torch.testing.assert_close(shifted, table[k:], atol=1e-6, rtol=0)
+
+
+def test_positions_beyond_max_positions_are_an_error():
+    model = model_for()
+    with pytest.raises(ValueError, match="max_positions"):
+        model.encode(batch([CFG.max_positions + 1]))
+
+
+def test_learned_positions_are_parameters_and_run():
+    cfg = dataclasses.replace(CFG, positional="learned")
+    model = Transformer(cfg)
+    names = {n for n, _ in model.named_parameters()}
+    assert {"src_pos.table", "tgt_pos.table"} <= names
+    assert model(batch([3, 2]), batch([2, 4])).shape == (2, 4, V)
+
+
+# ----------------------------------------------------------------------------- shapes, size
+
+
+@pytest.mark.parametrize("attention", PATHS)
+def test_shapes_and_dtypes_under_bf16_autocast(attention):
+    model = Transformer(dataclasses.replace(CFG, attention=attention))
+    src, tgt = batch([5, 3], seed=15), batch([4, 2], seed=16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        memory = model.encode(src)
+        hidden = model.decode_hidden(tgt, memory, src)
+        logits = model.logits(hidden)
+        logits.float().sum().backward()
+        cache = model.new_cache()
+        step = model.decode(tgt[:, :1], memory, src, cache)
+    assert memory.shape == (2, 5, CFG.d_model)
+    assert hidden.shape == (2, 4, CFG.d_model)
+    assert logits.shape == (2, 4, V) and logits.dtype == torch.bfloat16
+    assert step.shape == (2, 1, V) and step.dtype == torch.bfloat16
+    assert logits.isfinite().all()
+    assert all(p.grad.dtype == torch.float32 for p in model.parameters())
+
+
+def expected_parameters(cfg: ModelConfig) -> int:
+    d, f = cfg.d_model, cfg.d_ff
+    attention = 4 * d * d + 4 * d  # Q, K, V and output projections, with biases
+    ff = 2 * d * f + f + d
+    norm = 2 * d
+    encoder = cfg.enc_layers * (attention + ff + 2 * norm)
+    decoder = cfg.dec_layers * (2 * attention + ff + 3 * norm)
+    final_norms = 2 * norm if cfg.norm == "pre" else 0
+    embeddings = cfg.src_vocab * d + (0 if cfg.share_embeddings else cfg.tgt_vocab * d)
+    output = 0 if cfg.tie_output else cfg.tgt_vocab * d  # no bias
+    positions = 2 * cfg.max_positions * d if cfg.positional == "learned" else 0
+    return encoder + decoder + final_norms + embeddings + output + positions
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"share_embeddings": False, "src_vocab": 31},
+        {"tie_output": False},
+        {"share_embeddings": False, "tie_output": False, "tgt_vocab": 37},
+        {"norm": "pre", "positional": "learned", "enc_layers": 1, "dec_layers": 3},
+    ],
+)
+def test_parameter_count_matches_closed_form(changes):
+    cfg = dataclasses.replace(CFG, **changes)
+    model = Transformer(cfg)
+    assert sum(p.numel() for p in model.parameters()) == expected_parameters(cfg)
+    assert (model.out_proj.weight is model.tgt_embed.weight) == cfg.tie_output
+    assert (model.src_embed is model.tgt_embed) == cfg.share_embeddings
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"src_vocab": 0}, {"tgt_vocab": 0}, {"tgt_vocab": 30}, {"heads": 3}],
+)
+def test_invalid_configs_are_value_errors(changes):
+    with pytest.raises(ValueError):
+        Transformer(dataclasses.replace(CFG, **changes))
+
+
+def test_initialisation_xavier_matrices_zero_biases():
+    model = Transformer(dataclasses.replace(CFG, d_model=64, d_ff=128))
+    w = model.encoder.layers[0].ff[0].weight  # (F, D)
+    bound = math.sqrt(6 / sum(w.shape))
+    assert w.abs().max() <= bound and w.abs().max() > 0.9 * bound
+    assert all((p == 0).all() for n, p in model.named_parameters() if n.endswith("bias"))
+
+
+# ----------------------------------------------------------------------------- dropout
+
+
+def test_dropout_is_off_in_eval_and_on_in_train():
+    cfg = dataclasses.replace(CFG, dropout=0.3, attention_dropout=0.3)
+    model = Transformer(cfg)
+    src, tgt = batch([5, 3], seed=17), batch([4, 2], seed=18)
+    model.eval()
+    assert torch.equal(model(src, tgt), model(src, tgt))
+    model.train()
+    assert not torch.equal(model(src, tgt), model(src, tgt))
+
+
+# ----------------------------------------------------------------------------- weights
+
+
+@torch.no_grad()
+def test_recorded_cross_attention_weights():
+    model = model_for("sdpa")
+    src, tgt = batch([5, 3], seed=19), batch([4, 2], seed=20)
+    expected = model(src, tgt)
+    model.record_attention()
+    try:
+        got = model(src, tgt)
+        weights = model.cross_attention_weights()
+    finally:
+        model.record_attention(False)
+    torch.testing.assert_close(got, expected)  # recording changes nothing but the path
+    assert len(weights) == CFG.dec_layers
+    for w in weights:
+        assert w.shape == (2, CFG.heads, 4, 5)
+        torch.testing.assert_close(w.sum(-1), torch.ones(2, CFG.heads, 4, dtype=w.dtype))
+        pad_keys = ~padding_mask(src)[:, :, 0, :].expand(2, CFG.heads, 5)  # (B, H, S)
+        assert (w.transpose(2, 3)[pad_keys] == 0).all()
