@@ -53,7 +53,8 @@ def input_paths(data: DataConfig, role: str) -> list[Path]:
         return []
     directory = Path(data.dir)
     if not directory.is_dir():
-        raise DataError(f"data directory not found: {directory}{_toy_hint(data)}")
+        hint = _toy_hint(data) or " (set data.dir in the config, or --set data.dir=PATH)"
+        raise DataError(f"data directory not found: {directory}{hint}")
     if data.source == "files" and data.format != "text":
         path = directory / f"{name}.{data.format}"
         if not path.is_file():
@@ -97,8 +98,8 @@ def read_split(data: DataConfig, role: str) -> Pairs:
         src_path, tgt_path = input_paths(data, role)
         pairs = read_text_files(src_path, tgt_path)
     if not pairs.src:
-        dropped = f" ({pairs.dropped_empty} dropped for an empty side)" if pairs.read else ""
-        raise DataError(f"{pairs.origin}: no sentence pairs{dropped}")
+        why = f"each of its {pairs.read} pairs has an empty side" if pairs.read else "the input is empty"
+        raise DataError(f"{pairs.origin}: no sentence pairs ({why})")
     return pairs
 
 

@@ -1,0 +1,51 @@
+"""Shared fixtures: a tiny parallel corpus on disk and configs that point at it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from transformer_cli.config import Config, config_from_dict
+from transformer_cli.toy import generate
+
+REPO = Path(__file__).resolve().parents[1]
+MULTI30K = REPO.parent / "shared/data/multi30k"
+
+
+@pytest.fixture(scope="session")
+def toy_pairs() -> list[tuple[str, str]]:
+    """300 distinct toy (English, German) pairs: enough for a 100-piece SentencePiece."""
+    return generate(300, seed=7)
+
+
+@pytest.fixture
+def corpus_dir(tmp_path: Path, toy_pairs) -> Path:
+    """{train,valid,test}.{en,de} text files: 240 / 30 / 30 toy pairs."""
+    directory = tmp_path / "data"
+    write_splits(directory, {"train": toy_pairs[:240], "valid": toy_pairs[240:270],
+                             "test": toy_pairs[270:]})  # fmt: skip
+    return directory
+
+
+def write_splits(directory: Path, splits: dict[str, list[tuple[str, str]]]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, pairs in splits.items():
+        (directory / f"{name}.en").write_text("".join(f"{en}\n" for en, _ in pairs), "utf-8")
+        (directory / f"{name}.de").write_text("".join(f"{de}\n" for _, de in pairs), "utf-8")
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, corpus_dir: Path) -> Callable[..., Config]:
+    """A config for `corpus_dir` with a tiny vocabulary; `--set`-style overrides on top."""
+
+    def make(*overrides: str) -> Config:
+        raw = {
+            "run_dir": str(tmp_path / "run"),
+            "data": {"source": "files", "dir": str(corpus_dir)},
+            "tokenizer": {"vocab_size": 100},
+        }
+        return config_from_dict(raw, list(overrides))
+
+    return make
