@@ -1,0 +1,211 @@
+"""Search properties on tiny random models: cache, batching and beam-1 invariances, scores."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from transformer_cli.config import DecodeConfig, ModelConfig
+from transformer_cli.model import Transformer
+from transformer_cli.search import beam_search, decode_all, greedy_search, length_penalty
+from transformer_cli.tokenizer import BOS_ID, EOS_ID, PAD_ID
+
+FIRST_REAL = EOS_ID + 1
+VOCAB = 14  # small, so that a random model emits EOS now and then and lengths vary
+
+
+def tiny_model(seed: int = 0, train_steps: int = 40, **overrides) -> Transformer:
+    """A tiny model, half-trained to reverse its source.
+
+    A random model repeats one token and never says EOS; a few Adam steps on a toy
+    task give peaked distributions and sentences that end at varied lengths, so the
+    searches' stopping and batch-shrinking paths are all exercised.
+    """
+    torch.manual_seed(seed)
+    shape = dict(
+        d_model=32,
+        heads=4,
+        enc_layers=2,
+        dec_layers=2,
+        d_ff=64,
+        dropout=0.0,
+        max_positions=40,
+        src_vocab=VOCAB,
+        tgt_vocab=VOCAB,
+    )
+    cfg = ModelConfig(**{**shape, **overrides})
+    model = Transformer(cfg)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for step in range(train_steps):
+        sources = random_sources(32, seed=1000 + step)
+        targets = [s[::-1] for s in sources]
+        tgt_in = pad([[BOS_ID] + t for t in targets])
+        tgt_out = pad([t + [EOS_ID] for t in targets])
+        logits = model(pad(sources), tgt_in)  # (B, T, V)
+        loss = torch.nn.functional.cross_entropy(
+            logits.flatten(0, 1), tgt_out.flatten(), ignore_index=PAD_ID
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def random_sources(n: int, seed: int = 1, max_len: int = 9) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, max_len + 1, (n,), generator=g).tolist()
+    return [torch.randint(FIRST_REAL, VOCAB, (k,), generator=g).tolist() for k in lengths]
+
+
+def pad(sources: list[list[int]]) -> torch.Tensor:
+    width = max(len(s) for s in sources)
+    return torch.tensor([s + [PAD_ID] * (width - len(s)) for s in sources])
+
+
+def teacher_forced_logp(model, source: list[int], target: list[int]) -> list[float]:
+    """log p(target[i] | source, target[:i]) for every position, by a full forward."""
+    src = torch.tensor([source])
+    tgt_in = torch.tensor([[BOS_ID] + target[:-1]])
+    with torch.no_grad():
+        logp = model(src, tgt_in).float().log_softmax(-1)[0]  # (T, V)
+    return [float(logp[i, tok]) for i, tok in enumerate(target)]
+
+
+@pytest.fixture(scope="module")
+def model() -> Transformer:
+    return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def sources() -> list[list[int]]:
+    return random_sources(12)
+
+
+LIMITS = [3, 5, 8, 12, 2, 15, 7, 9, 4, 11, 6, 10]
+
+
+def test_greedy_stops_at_eos_or_limit(model, sources):
+    outs = greedy_search(model, pad(sources), LIMITS)
+    assert all(len(o) <= n and EOS_ID not in o for o, n in zip(outs, LIMITS, strict=True))
+    # the setup must exercise both endings, or the other tests prove less than they claim
+    assert any(len(o) < n for o, n in zip(outs, LIMITS, strict=True))
+    assert any(len(o) == n for o, n in zip(outs, LIMITS, strict=True))
+
+
+def test_greedy_cached_equals_uncached(model, sources):
+    src = pad(sources)
+    assert greedy_search(model, src, LIMITS) == greedy_search(model, src, LIMITS, use_cache=False)
+
+
+def test_greedy_picks_the_argmax_of_a_full_forward(model, sources):
+    for source, out, limit in zip(
+        sources, greedy_search(model, pad(sources), LIMITS), LIMITS, strict=True
+    ):
+        with torch.no_grad():
+            logits = model(torch.tensor([source]), torch.tensor([[BOS_ID] + out]))[0]
+        expected = logits.argmax(-1).tolist()  # (T,) the argmax after each prefix
+        assert out == expected[: len(out)]
+        if len(out) < limit:
+            assert expected[len(out)] == EOS_ID
+
+
+def test_greedy_batched_equals_one_at_a_time(model, sources):
+    batched = greedy_search(model, pad(sources), LIMITS)
+    alone = [greedy_search(model, pad([s]), n)[0] for s, n in zip(sources, LIMITS, strict=True)]
+    assert batched == alone
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_beam_one_equals_greedy(model, sources, use_cache):
+    greedy = greedy_search(model, pad(sources), LIMITS)
+    beam = beam_search(model, pad(sources), 1, 0.6, LIMITS, use_cache=use_cache)
+    assert [h[0][0] for h in beam] == greedy
+
+
+def test_beam_cached_equals_uncached(model, sources):
+    src = pad(sources)
+    cached = beam_search(model, src, 4, 0.6, LIMITS, nbest=4)
+    uncached = beam_search(model, src, 4, 0.6, LIMITS, nbest=4, use_cache=False)
+    assert [[ids for ids, _ in h] for h in cached] == [[ids for ids, _ in h] for h in uncached]
+    for a, b in zip(cached, uncached, strict=True):
+        assert [s for _, s in a] == pytest.approx([s for _, s in b], abs=1e-4)
+
+
+def test_beam_batched_equals_one_at_a_time(model, sources):
+    batched = beam_search(model, pad(sources), 3, 0.6, LIMITS, nbest=2)
+    for source, limit, hyps in zip(sources, LIMITS, batched, strict=True):
+        alone = beam_search(model, pad([source]), 3, 0.6, limit, nbest=2)[0]
+        assert [ids for ids, _ in alone] == [ids for ids, _ in hyps]
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_beam_scores_are_normalised_log_probabilities(model, sources, alpha):
+    results = beam_search(model, pad(sources), 4, alpha, LIMITS, nbest=3)
+    for source, limit, hyps in zip(sources, LIMITS, results, strict=True):
+        assert len(hyps) == 3
+        scores = [s for _, s in hyps]
+        assert scores == sorted(scores, reverse=True)
+        assert len({tuple(ids) for ids, _ in hyps}) == 3  # distinct hypotheses
+        for ids, score in hyps:
+            assert len(ids) <= limit and EOS_ID not in ids
+            # shorter than the limit means it ended with EOS, which is scored too
+            target = ids + [EOS_ID] if len(ids) < limit else ids
+            logp = sum(teacher_forced_logp(model, source, target))
+            assert score == pytest.approx(logp / length_penalty(len(target), alpha), abs=1e-3)
+
+
+def test_wider_beam_finds_a_hypothesis_at_least_as_probable_as_greedy(model, sources):
+    # alpha 0 and no limit in reach: beam K's best is never worse than the greedy path,
+    # which is among the candidates a K-beam keeps at every step
+    limit = 20
+    greedy = greedy_search(model, pad(sources), limit)
+    wide = beam_search(model, pad(sources), 5, 0.0, limit)
+    for source, g, hyps in zip(sources, greedy, wide, strict=True):
+        if len(g) < limit and len(hyps[0][0]) < limit:
+            greedy_logp = sum(teacher_forced_logp(model, source, g + [EOS_ID]))
+            assert hyps[0][1] >= greedy_logp - 1e-4
+
+
+def test_nbest_must_fit_in_the_beam(model, sources):
+    with pytest.raises(ValueError):
+        beam_search(model, pad(sources), 2, 0.6, 5, nbest=3)
+
+
+def test_limits_are_capped_by_the_models_positions(sources):
+    # untrained, so it never says EOS: only the cap stops it before position 6 overflows
+    model = tiny_model(train_steps=0, max_positions=6)
+    src = pad([s[:6] for s in sources])
+    assert all(len(o) == 6 for o in greedy_search(model, src, 100))
+    assert all(len(h[0][0]) == 6 for h in beam_search(model, src, 2, 0.6, 100))
+
+
+def test_decode_all_keeps_input_order_and_handles_empty_sources(model, sources):
+    mixed = [[], *sources[:5], [], *sources[5:], []]
+    cfg = DecodeConfig(beam=1, max_len_a=1.0, max_len_b=3, batch_sentences=4)
+    outs = decode_all(model, mixed, cfg, "cpu")
+    assert len(outs) == len(mixed)
+    assert outs[0] == [] and outs[6] == [] and outs[-1] == []
+    for source, out in zip(mixed, outs, strict=True):
+        if source:
+            limit = int(1.0 * len(source) + 3)
+            assert out == greedy_search(model, pad([source]), limit)[0]
+    assert decode_all(model, [], cfg, "cpu") == []
+    assert decode_all(model, [[], []], cfg, "cpu") == [[], []]
+
+
+def test_decode_all_nbest_returns_scored_lists(model, sources):
+    cfg = DecodeConfig(beam=3, batch_sentences=5)
+    outs = decode_all(model, [*sources, []], cfg, "cpu", nbest=3)
+    assert all(len(h) == 3 for h in outs)
+    assert outs[-1] == [([], 0.0)] * 3
+    best = decode_all(model, sources, cfg, "cpu")  # nbest 1: plain id lists
+    assert best == [h[0][0] for h in outs[:-1]]
+    assert all(math.isfinite(s) for h in outs for _, s in h)
+
+
+def test_decode_all_restores_training_mode(sources):
+    model = tiny_model(train_steps=0).train()
+    decode_all(model, sources[:3], DecodeConfig(), "cpu")
+    assert model.training
