@@ -1,0 +1,214 @@
+"""Reading parallel text: alignment is never lost, and every bad input names file and line."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from transformer_cli import corpus
+from transformer_cli.config import DataConfig
+from transformer_cli.errors import DataError
+
+
+def error_of(fn, *args) -> str:
+    with pytest.raises(DataError) as e:
+        fn(*args)
+    message = str(e.value)
+    assert "\n" not in message
+    return message
+
+
+def write_lines(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+    return path
+
+
+# ----------------------------------------------------------------------------- text files
+
+# a side of pair i is "<i> <word>" or empty/whitespace, so any misalignment shows
+side = st.one_of(st.just(""), st.just("  "), st.just("\t"), st.sampled_from(["a", "b c", "Ü ß"]))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(side, side), max_size=30))
+def test_empty_lines_drop_whole_pairs_and_never_misalign(sides):
+    src = [f"{i} {s}" if s.strip() else s for i, (s, _) in enumerate(sides)]
+    tgt = [f"{i} {t}" if t.strip() else t for i, (_, t) in enumerate(sides)]
+    with tempfile.TemporaryDirectory() as d:
+        pairs = corpus.read_text_files(
+            write_lines(Path(d, "x.en"), src), write_lines(Path(d, "x.de"), tgt)
+        )
+    for s, t in zip(pairs.src, pairs.tgt, strict=True):
+        assert s.split()[0] == t.split()[0]  # the same line number on both sides
+        assert s.strip() == s and s and t
+    full = sum(1 for s, t in sides if s.strip() and t.strip())
+    assert len(pairs) == full
+    assert pairs.read == len(sides) and pairs.dropped_empty == len(sides) - full
+
+
+def test_line_count_mismatch_names_both_files_and_counts(tmp_path):
+    a = write_lines(tmp_path / "train.en", ["x"] * 5)
+    b = write_lines(tmp_path / "train.de", ["y"] * 4)
+    message = error_of(corpus.read_text_files, a, b)
+    assert str(a) in message and str(b) in message
+    assert "5" in message and "4" in message
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    lines=st.lists(
+        st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\n\r"), min_size=1),
+        min_size=1,
+        max_size=8,
+    ),  # fmt: skip
+    data=st.data(),
+)
+def test_invalid_utf8_reports_file_line_and_column(lines, data):
+    row = data.draw(st.integers(0, len(lines) - 1))
+    encoded = [line.encode("utf-8") for line in lines]
+    chars = data.draw(st.integers(0, len(lines[row])))  # at a character boundary
+    column = len(lines[row][:chars].encode("utf-8"))  # columns count bytes
+    bad = data.draw(st.sampled_from([b"\xff", b"\xc3(", b"\x80"]))
+    encoded[row] = encoded[row][:column] + bad + encoded[row][column:]
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d, "train.de")
+        path.write_bytes(b"\n".join(encoded) + b"\n")
+        message = error_of(corpus.text_lines, path)
+    assert message.startswith(f"{path}:{row + 1}: invalid UTF-8")
+    assert f"column {column + 1})" in message
+
+
+def test_gzip_plain_and_crlf_read_the_same(tmp_path):
+    lines = ["Der Hund schläft.", "Heute liest die Frau ein Buch."]
+    plain = write_lines(tmp_path / "a.de", lines)
+    packed = tmp_path / "b.de.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    crlf = tmp_path / "c.de"
+    crlf.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode())  # BOM, CRLF, no final newline
+    assert corpus.text_lines(plain) == corpus.text_lines(packed) == corpus.text_lines(crlf) == lines
+
+
+def test_corrupt_gzip_is_a_data_error(tmp_path):
+    path = tmp_path / "train.en.gz"
+    path.write_bytes(b"not gzip at all")
+    assert error_of(corpus.text_lines, path).startswith(f"{path}: not a valid gzip file")
+
+
+def test_missing_files_are_named(tmp_path):
+    write_lines(tmp_path / "train.en", ["a"])
+    data = DataConfig(source="files", dir=str(tmp_path))
+    assert f"{tmp_path / 'train.de'}: file not found" in error_of(corpus.read_split, data, "train")
+    data = DataConfig(source="files", dir=str(tmp_path / "nope"))
+    assert str(tmp_path / "nope") in error_of(corpus.read_split, data, "train")
+    data = DataConfig(source="toy", dir=str(tmp_path / "nope"))
+    assert "python -m transformer_cli.toy" in error_of(corpus.read_split, data, "train")
+
+
+def test_a_split_with_no_pairs_is_an_error(tmp_path):
+    write_lines(tmp_path / "valid.en", ["a", "", "c"])
+    write_lines(tmp_path / "valid.de", ["", "b", " "])
+    data = DataConfig(source="files", dir=str(tmp_path))
+    message = error_of(corpus.read_split, data, "valid")
+    assert "valid.{en,de}: no sentence pairs" in message and "3" in message
+
+
+def test_gz_is_found_when_the_plain_file_is_absent(tmp_path):
+    (tmp_path / "val.en.gz").write_bytes(gzip.compress(b"one\ntwo\n"))
+    write_lines(tmp_path / "val.de", ["eins", "zwei"])
+    data = DataConfig(source="files", dir=str(tmp_path), valid="val")
+    pairs = corpus.read_split(data, "valid")
+    assert pairs.src == ["one", "two"] and pairs.tgt == ["eins", "zwei"]
+
+
+# ----------------------------------------------------------------------------- tsv / jsonl
+
+
+def test_jsonl_nested_fields_with_datasets(tmp_path):
+    rows = [{"translation": {"en": f"sentence {i}", "de": f"Satz {i}"}, "id": i} for i in range(5)]
+    rows[2]["translation"]["de"] = "  "  # an empty side drops the pair
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", "utf-8")
+    data = DataConfig(source="files", dir=str(tmp_path), format="jsonl",
+                      src_field="translation.en", tgt_field="translation.de")  # fmt: skip
+    pairs = corpus.read_split(data, "train")
+    assert pairs.src == [f"sentence {i}" for i in (0, 1, 3, 4)]
+    assert pairs.tgt == [f"Satz {i}" for i in (0, 1, 3, 4)]
+    assert pairs.read == 5 and pairs.dropped_empty == 1
+
+
+def test_jsonl_missing_field_names_the_line(tmp_path):
+    path = tmp_path / "train.jsonl"
+    # a blank line before the bad row: the reported line must still be the file's line
+    path.write_text('{"en": "a", "de": "b"}\n\n{"en": "c", "de": "d"}\n{"en": "e"}\n', "utf-8")
+    message = error_of(corpus.read_table, path, "jsonl", "en", "de")
+    assert message.startswith(f"{path}:4: field 'de' is missing")
+    message = error_of(corpus.read_table, path, "jsonl", "en", "fr")
+    assert message.startswith(f"{path}:1: no field 'fr'") and "en, de" in message
+
+
+def test_jsonl_broken_json_names_the_line(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"en": "a", "de": "b"}\n{"en": "c", "de": \n', "utf-8")
+    assert error_of(corpus.read_table, path, "jsonl", "en", "de").startswith(f"{path}:2:")
+
+
+def test_tsv_keeps_quotes_and_na_as_text(tmp_path):
+    path = tmp_path / "train.tsv"
+    path.write_text('de\ten\n"Hallo\tNA\n1\tnull\nja\t"yes" she said\n', "utf-8")
+    data = DataConfig(source="files", dir=str(tmp_path), format="tsv")
+    pairs = corpus.read_split(data, "train")
+    assert pairs.src == ["NA", "null", '"yes" she said']  # src_lang en is the en column
+    assert pairs.tgt == ['"Hallo', "1", "ja"]
+
+
+def test_tsv_rows_must_have_every_field(tmp_path):
+    path = tmp_path / "train.tsv"
+    path.write_text("en\tde\na\tb\n\nc\n", "utf-8")
+    message = error_of(corpus.read_table, path, "tsv", "en", "de")
+    assert message.startswith(f"{path}:4: expected 2 tab-separated fields")
+
+
+def test_table_invalid_utf8_names_the_line(tmp_path):
+    path = tmp_path / "train.tsv"
+    path.write_bytes(b"en\tde\na\tb\nc\t\xfe\n")
+    assert error_of(corpus.read_table, path, "tsv", "en", "de").startswith(
+        f"{path}:3: invalid UTF-8"
+    )
+
+
+# ----------------------------------------------------------------------------- hub
+
+
+def test_hub_rows_go_through_the_same_extraction(tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    rows = [{"en": "a b", "de": "c d"}, {"en": "two\nlines", "de": "zwei"}, {"en": "x", "de": None}]
+    calls = []
+
+    def fake_load(name, config=None, split=None, **kwargs):
+        calls.append((name, config, split))
+        return datasets.Dataset.from_list(rows[: 2 if split == "train" else 3])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    data = DataConfig(source="hub", hub_name="someone/corpus", train="train", test="test")
+    pairs = corpus.read_split(data, "train")
+    assert calls == [("someone/corpus", None, "train")]
+    assert pairs.src == ["a b", "two lines"] and pairs.tgt == ["c d", "zwei"]
+    message = error_of(corpus.read_split, data, "test")
+    assert message == "someone/corpus[test] row 3: field 'de' is missing"
+
+
+def test_hub_load_failure_is_a_data_error(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'x/y' on the Hub")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    message = error_of(corpus.read_hub, "x/y", "de-en", "validation", "en", "de")
+    assert message.startswith("cannot load x/y/de-en[validation] from the Hugging Face hub")
