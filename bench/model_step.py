@@ -1,0 +1,151 @@
+"""Training-step throughput of the model: forward + backward, math vs SDPA attention.
+
+The small config (d_model 256, 3+3 layers, 4 heads, ffn 1024, joint vocab 8000,
+shared and tied embeddings) on batches shaped like Multi30k's: ~4096 real target
+tokens, source lengths ~ 14 +- 5 pieces, target ~ 16 +- 6, length-bucketed and padded
+to the batch maximum. The timed step is what training does: encode, decode, project
+only the real target positions, full-vocabulary cross-entropy, backward.
+
+Both paths share one set of weights and run alternately in one process, so that
+whatever else the machine is doing falls on both alike; the median step is reported.
+
+    .venv/bin/python bench/model_step.py [--reps 5] [--threads 2]
+
+Writes bench/out/model_step.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from transformer_cli.config import ModelConfig
+from transformer_cli.model import Transformer
+from transformer_cli.tokenizer import PAD_ID
+
+VOCAB = 8000
+SMALL = ModelConfig(
+    d_model=256, heads=4, enc_layers=3, dec_layers=3, d_ff=1024, dropout=0.1,
+    max_positions=256, share_embeddings=True, tie_output=True, src_vocab=VOCAB, tgt_vocab=VOCAB,
+)  # fmt: skip
+OUT = Path(__file__).parent / "out" / "model_step.json"
+
+
+def multi30k_like_batches(n_batches: int, budget: int, seed: int) -> list[tuple]:
+    """Length-bucketed batches of (src, tgt_in, tgt_out), each ~`budget` real target tokens."""
+    gen = torch.Generator().manual_seed(seed)
+    pool = 30 * budget // 16  # about 30 batches' worth of pairs to bucket from
+    src_len = (torch.randn(pool, generator=gen) * 5 + 14).round().clamp(2, 60).long()
+    tgt_len = (torch.randn(pool, generator=gen) * 6 + 16).round().clamp(2, 60).long()
+    order = sorted(range(pool), key=lambda i: (tgt_len[i].item(), src_len[i].item()))
+    buckets, current, tokens = [], [], 0
+    for i in order:
+        current.append(i)
+        tokens += tgt_len[i].item()
+        if tokens >= budget:
+            buckets.append(current)
+            current, tokens = [], 0
+    picks = torch.randperm(len(buckets), generator=gen)[:n_batches].tolist()
+    batches = []
+    for k in picks:
+        rows = buckets[k]
+        s, t = src_len[rows], tgt_len[rows]
+        src = torch.randint(4, VOCAB, (len(rows), int(s.max())), generator=gen)
+        tgt = torch.randint(4, VOCAB, (len(rows), int(t.max()) + 1), generator=gen)
+        src[torch.arange(src.size(1)) >= s[:, None]] = PAD_ID
+        tgt[torch.arange(tgt.size(1)) >= t[:, None] + 1] = PAD_ID
+        # tgt_in = BOS + pieces, tgt_out = pieces + EOS: the same real length
+        batches.append((src, tgt[:, :-1], tgt[:, 1:]))
+    return batches
+
+
+def train_step(model: Transformer, src, tgt_in, tgt_out) -> None:
+    memory = model.encode(src)
+    hidden = model.decode_hidden(tgt_in, memory, src)  # (B, T, D)
+    real = tgt_out != PAD_ID
+    logits = model.logits(hidden[real])  # (N, V), real positions only
+    loss = F.cross_entropy(logits, tgt_out[real], label_smoothing=0.1)
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=5, help="timed passes over the batches")
+    parser.add_argument("--batches", type=int, default=3, help="distinct batch shapes")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--budget", type=int, default=4096, help="target tokens per batch")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    models = {"sdpa": Transformer(SMALL).train()}
+    models["math"] = Transformer(dataclasses.replace(SMALL, attention="math")).train()
+    models["math"].load_state_dict(models["sdpa"].state_dict())
+    batches = multi30k_like_batches(args.batches, args.budget, seed=0)
+    real_tokens = sum(int((b[2] != PAD_ID).sum()) for b in batches)
+    padded_tokens = sum(b[2].numel() for b in batches)
+
+    load_before = os.getloadavg()
+    for model in models.values():  # warm-up: allocator, kernels, autograd graph caches
+        train_step(model, *batches[0])
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(args.reps):
+        for name, model in models.items():  # alternate, so load drifts hit both paths
+            start = time.perf_counter()
+            for b in batches:
+                train_step(model, *b)
+            times[name].append(time.perf_counter() - start)
+
+    load_after = os.getloadavg()
+    results = {}
+    for name, ts in times.items():
+        median = statistics.median(ts)
+        results[name] = {
+            "median_s_per_batch": median / len(batches),
+            "tgt_tokens_per_s": real_tokens / median,
+            "reps_s": ts,
+        }
+    speedup = results["math"]["median_s_per_batch"] / results["sdpa"]["median_s_per_batch"]
+
+    print(f"forward+backward, d_model 256, 3+3 layers, vocab {VOCAB}, {args.threads} threads")
+    print(f"{args.batches} batches, {real_tokens / args.batches:.0f} real target tokens each, "
+          f"{1 - real_tokens / padded_tokens:.1%} padding; median of {args.reps} reps")  # fmt: skip
+    print(f"{'path':<6} {'s/batch':>9} {'tgt tok/s':>11}")
+    for name, r in results.items():
+        print(f"{name:<6} {r['median_s_per_batch']:>9.3f} {r['tgt_tokens_per_s']:>11.0f}")
+    print(f"sdpa speed-up over math: {speedup:.2f}x")
+    print(f"load average (1 min) before/after: {load_before[0]:.2f} / {load_after[0]:.2f}")
+
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "date": datetime.date.today().isoformat(),
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "threads": args.threads,
+        "cpus": os.cpu_count(),
+        "load_average_1min_before_after": [load_before[0], load_after[0]],
+        "config": dataclasses.asdict(SMALL),
+        "batches": [list(b[0].shape) + list(b[1].shape) for b in batches],
+        "real_tgt_tokens_per_batch": real_tokens / args.batches,
+        "padding_fraction": 1 - real_tokens / padded_tokens,
+        "results": results,
+        "sdpa_speedup": speedup,
+    }
+    OUT.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()
