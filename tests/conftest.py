@@ -10,9 +10,6 @@ import pytest
 from transformer_cli.config import Config, config_from_dict
 from transformer_cli.toy import generate
 
-REPO = Path(__file__).resolve().parents[1]
-MULTI30K = REPO.parent / "shared/data/multi30k"
-
 
 @pytest.fixture(scope="session")
 def toy_pairs() -> list[tuple[str, str]]:
