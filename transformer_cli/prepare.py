@@ -57,7 +57,7 @@ def run(cfg: Config) -> dict:
     # halfway through leaves an incomplete cache, never a mix that looks complete.
     (directory / "meta.json").unlink(missing_ok=True)
 
-    _status(f"reading {cfg.data.source} corpus")
+    _status(f"reading {_describe(cfg)}")
     pairs = {role: corpus.read_split(cfg.data, role) for role in SPLITS}
     train = pairs["train"]
 
@@ -244,6 +244,14 @@ def _nothing_left(cfg: Config, train: dict) -> DataError:
 
 
 # ----------------------------------------------------------------------------- reporting
+
+
+def _describe(cfg: Config) -> str:
+    d = cfg.data
+    if d.source == "hub":
+        return f"{d.hub_name}{'/' + d.hub_config if d.hub_config else ''} from the Hugging Face hub"
+    kind = "toy corpus" if d.source == "toy" else f"{d.format} files"
+    return f"{kind} in {d.dir} ({d.train}/{d.valid}/{d.test}, {d.src_lang} -> {d.tgt_lang})"
 
 
 def _status(message: str) -> None:
