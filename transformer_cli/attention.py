@@ -35,13 +35,14 @@ def attend_math(
     # dividing by sqrt(d_k) keeps the dot products' variance near 1, so the softmax
     # does not saturate into one-hot rows with vanishing gradients (section 3.2.1)
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B,H,T,K)@(B,H,K,S) -> (B,H,T,S)
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    probs = scores.softmax(dim=-1)
-    if mask is not None:
+    if mask is None:
+        probs = scores.softmax(dim=-1)
+    else:
+        blocked = ~mask
+        probs = scores.masked_fill(blocked, float("-inf")).softmax(dim=-1)
         # a row whose keys are all masked is softmax(-inf, ..., -inf) = NaN; make it
         # all zeros, as scaled_dot_product_attention does, so NaN never reaches a sum
-        probs = probs.masked_fill(~mask, 0.0)
+        probs = probs.masked_fill(blocked, 0.0)
     if dropout_p > 0.0:
         probs = F.dropout(probs, dropout_p)
     return probs @ v, probs  # (B,H,T,S) @ (B,H,S,K) -> (B,H,T,K)
