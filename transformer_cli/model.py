@@ -341,6 +341,7 @@ class Transformer(nn.Module):
     def cross_attention_weights(self) -> list[Tensor | None]:
         """Each decoder layer's last cross-attention probabilities, (B, H, T, S).
 
-        Filled by forward/decode calls made after `record_attention()`.
+        Filled by forward/decode calls made after `record_attention()`; with a
+        cache, each call overwrites them with its own step's (B, H, 1, S).
         """
         return [layer.cross_attn.last_weights for layer in self.decoder.layers]
