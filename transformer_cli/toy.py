@@ -45,182 +45,164 @@ class Verb:
     obj: str  # classes allowed as object; "" = intransitive
 
 
-def _nouns(table: str, kind: str) -> list[Noun]:
-    rows = [line.split() for line in table.strip().splitlines()]
-    return [Noun(en, en_pl, g, de, de_pl, kind) for en, en_pl, g, de, de_pl in rows]
+def _table(text: str) -> list[list[str]]:
+    """Whitespace-separated rows; "_" stands for a space inside an entry."""
+    return [[c.replace("_", " ") for c in line.split()] for line in text.strip().splitlines()]
+
+
+def _pairs(text: str) -> list[tuple[str, str]]:
+    """Parse "english=german ..." into (english, german) pairs; "_" stands for a space."""
+    return [tuple(item.replace("_", " ").split("=")) for item in text.split()]  # type: ignore[misc]
 
 
 # Weak nouns (Junge -> den Jungen) and nouns whose English plural equals the singular
 # (fish, sheep) are left out on purpose: the first breaks the article-only accusative
 # rule, the second makes the English number ambiguous.
+# Columns: singular, plural, gender, German singular, German plural, class.
 NOUNS: list[Noun] = [
-    *_nouns(
+    Noun(*row)
+    for row in _table(
         """
-        man men m Mann Männer
-        woman women f Frau Frauen
-        child children n Kind Kinder
-        girl girls n Mädchen Mädchen
-        teacher teachers m Lehrer Lehrer
-        doctor doctors m Arzt Ärzte
-        friend friends m Freund Freunde
-        sister sisters f Schwester Schwestern
-        brother brothers m Bruder Brüder
-        mother mothers f Mutter Mütter
-        father fathers m Vater Väter
-        baker bakers m Bäcker Bäcker
-        cook cooks m Koch Köche
-        king kings m König Könige
-        queen queens f Königin Königinnen
-        grandmother grandmothers f Großmutter Großmütter
-        nurse nurses f Krankenschwester Krankenschwestern
-        """,
-        "P",
-    ),
-    *_nouns(
-        """
-        dog dogs m Hund Hunde
-        cat cats f Katze Katzen
-        horse horses n Pferd Pferde
-        bird birds m Vogel Vögel
-        mouse mice f Maus Mäuse
-        cow cows f Kuh Kühe
-        pig pigs n Schwein Schweine
-        fox foxes m Fuchs Füchse
-        rabbit rabbits n Kaninchen Kaninchen
-        duck ducks f Ente Enten
-        wolf wolves m Wolf Wölfe
-        goat goats f Ziege Ziegen
-        chicken chickens n Huhn Hühner
-        """,
-        "A",
-    ),
-    *_nouns(
-        """
-        apple apples m Apfel Äpfel
-        bread breads n Brot Brote
-        cake cakes m Kuchen Kuchen
-        soup soups f Suppe Suppen
-        banana bananas f Banane Bananen
-        egg eggs n Ei Eier
-        pear pears f Birne Birnen
-        carrot carrots f Karotte Karotten
-        cookie cookies m Keks Kekse
-        tomato tomatoes f Tomate Tomaten
-        orange oranges f Orange Orangen
-        sausage sausages f Wurst Würste
-        """,
-        "F",
-    ),
-    *_nouns(
-        """
-        book books n Buch Bücher
-        letter letters m Brief Briefe
-        newspaper newspapers f Zeitung Zeitungen
-        story stories f Geschichte Geschichten
-        map maps f Karte Karten
-        poem poems n Gedicht Gedichte
-        """,
-        "X",
-    ),
-    *_nouns(
-        """
-        car cars n Auto Autos
-        house houses n Haus Häuser
-        ball balls m Ball Bälle
-        table tables m Tisch Tische
-        chair chairs m Stuhl Stühle
-        lamp lamps f Lampe Lampen
-        bag bags f Tasche Taschen
-        cup cups f Tasse Tassen
-        key keys m Schlüssel Schlüssel
-        bicycle bicycles n Fahrrad Fahrräder
-        picture pictures n Bild Bilder
-        flower flowers f Blume Blumen
-        hat hats m Hut Hüte
-        window windows n Fenster Fenster
-        door doors f Tür Türen
-        bottle bottles f Flasche Flaschen
-        clock clocks f Uhr Uhren
-        boat boats n Boot Boote
-        tree trees m Baum Bäume
-        umbrella umbrellas m Regenschirm Regenschirme
-        box boxes f Kiste Kisten
-        """,
-        "T",
-    ),
+    man         men          m Mann             Männer            P
+    woman       women        f Frau             Frauen            P
+    child       children     n Kind             Kinder            P
+    girl        girls        n Mädchen          Mädchen           P
+    teacher     teachers     m Lehrer           Lehrer            P
+    doctor      doctors      m Arzt             Ärzte             P
+    friend      friends      m Freund           Freunde           P
+    sister      sisters      f Schwester        Schwestern        P
+    brother     brothers     m Bruder           Brüder            P
+    mother      mothers      f Mutter           Mütter            P
+    father      fathers      m Vater            Väter             P
+    baker       bakers       m Bäcker           Bäcker            P
+    cook        cooks        m Koch             Köche             P
+    king        kings        m König            Könige            P
+    queen       queens       f Königin          Königinnen        P
+    grandmother grandmothers f Großmutter       Großmütter        P
+    nurse       nurses       f Krankenschwester Krankenschwestern P
+    dog         dogs         m Hund             Hunde             A
+    cat         cats         f Katze            Katzen            A
+    horse       horses       n Pferd            Pferde            A
+    bird        birds        m Vogel            Vögel             A
+    mouse       mice         f Maus             Mäuse             A
+    cow         cows         f Kuh              Kühe              A
+    pig         pigs         n Schwein          Schweine          A
+    fox         foxes        m Fuchs            Füchse            A
+    rabbit      rabbits      n Kaninchen        Kaninchen         A
+    duck        ducks        f Ente             Enten             A
+    wolf        wolves       m Wolf             Wölfe             A
+    goat        goats        f Ziege            Ziegen            A
+    chicken     chickens     n Huhn             Hühner            A
+    apple       apples       m Apfel            Äpfel             F
+    bread       breads       n Brot             Brote             F
+    cake        cakes        m Kuchen           Kuchen            F
+    soup        soups        f Suppe            Suppen            F
+    banana      bananas      f Banane           Bananen           F
+    egg         eggs         n Ei               Eier              F
+    pear        pears        f Birne            Birnen            F
+    carrot      carrots      f Karotte          Karotten          F
+    cookie      cookies      m Keks             Kekse             F
+    tomato      tomatoes     f Tomate           Tomaten           F
+    orange      oranges      f Orange           Orangen           F
+    sausage     sausages     f Wurst            Würste            F
+    book        books        n Buch             Bücher            X
+    letter      letters      m Brief            Briefe            X
+    newspaper   newspapers   f Zeitung          Zeitungen         X
+    story       stories      f Geschichte       Geschichten       X
+    map         maps         f Karte            Karten            X
+    poem        poems        n Gedicht          Gedichte          X
+    car         cars         n Auto             Autos             T
+    house       houses       n Haus             Häuser            T
+    ball        balls        m Ball             Bälle             T
+    table       tables       m Tisch            Tische            T
+    chair       chairs       m Stuhl            Stühle            T
+    lamp        lamps        f Lampe            Lampen            T
+    bag         bags         f Tasche           Taschen           T
+    cup         cups         f Tasse            Tassen            T
+    key         keys         m Schlüssel        Schlüssel         T
+    bicycle     bicycles     n Fahrrad          Fahrräder         T
+    picture     pictures     n Bild             Bilder            T
+    flower      flowers      f Blume            Blumen            T
+    hat         hats         m Hut              Hüte              T
+    window      windows      n Fenster          Fenster           T
+    door        doors        f Tür              Türen             T
+    bottle      bottles      f Flasche          Flaschen          T
+    clock       clocks       f Uhr              Uhren             T
+    boat        boats        n Boot             Boote             T
+    tree        trees        m Baum             Bäume             T
+    umbrella    umbrellas    m Regenschirm      Regenschirme      T
+    box         boxes        f Kiste            Kisten            T
+"""
+    )
 ]
 
-# (English, German stem, classes it fits). Stems whose declension is irregular
-# (teuer -> teure, hoch -> hohe) are avoided so that endings are purely regular.
+# english=German:classes. Stems whose declension is irregular (teuer -> teure,
+# hoch -> hohe) are avoided so that endings are purely regular.
 ADJECTIVES: list[tuple[str, str, str]] = [
-    ("big", "groß", "PAFTX"),
-    ("small", "klein", "PAFTX"),
-    ("old", "alt", "PAFTX"),
-    ("young", "jung", "PA"),
-    ("new", "neu", "TX"),
-    ("red", "rot", "FT"),
-    ("green", "grün", "FT"),
-    ("blue", "blau", "T"),
-    ("black", "schwarz", "AT"),
-    ("white", "weiß", "AT"),
-    ("beautiful", "schön", "PATX"),
-    ("hungry", "hungrig", "PA"),
-    ("tired", "müde", "PA"),
-    ("friendly", "freundlich", "PA"),
-    ("clever", "klug", "PA"),
-    ("sad", "traurig", "PA"),
-    ("fresh", "frisch", "F"),
-    ("sweet", "süß", "F"),
-    ("warm", "warm", "F"),
-    ("cold", "kalt", "F"),
-    ("heavy", "schwer", "T"),
-    ("cheap", "billig", "FTX"),
-    ("funny", "lustig", "PAX"),
-    ("long", "lang", "X"),
+    (en, *de.split(":"))  # type: ignore[misc]
+    for en, de in _pairs(
+        """
+    big=groß:PAFTX small=klein:PAFTX old=alt:PAFTX young=jung:PA new=neu:TX red=rot:FT
+    green=grün:FT blue=blau:T black=schwarz:AT white=weiß:AT beautiful=schön:PATX
+    hungry=hungrig:PA tired=müde:PA friendly=freundlich:PA clever=klug:PA sad=traurig:PA
+    fresh=frisch:F sweet=süß:F warm=warm:F cold=kalt:F heavy=schwer:T cheap=billig:FTX
+    funny=lustig:PAX long=lang:X
+"""
+    )
 ]
 
-_ANY = "PAFTX"
-TRANSITIVE: list[Verb] = [
-    Verb("sees", "see", "sieht", "sehen", "PA", _ANY),
-    Verb("finds", "find", "findet", "finden", "PA", "AFTX"),
-    Verb("buys", "buy", "kauft", "kaufen", "P", "AFTX"),
-    Verb("eats", "eat", "isst", "essen", "PA", "F"),
-    Verb("reads", "read", "liest", "lesen", "P", "X"),
-    Verb("writes", "write", "schreibt", "schreiben", "P", "X"),
-    Verb("likes", "like", "mag", "mögen", "PA", _ANY),
-    Verb("has", "have", "hat", "haben", "PA", "AFTX"),
-    Verb("carries", "carry", "trägt", "tragen", "PA", "AFTX"),
-    Verb("paints", "paint", "malt", "malen", "P", "PAFT"),
-    Verb("visits", "visit", "besucht", "besuchen", "P", "P"),
-    Verb("needs", "need", "braucht", "brauchen", "PA", "FTX"),
-    Verb("holds", "hold", "hält", "halten", "P", "AFTX"),
-    Verb("looks for", "look for", "sucht", "suchen", "PA", _ANY),
-    Verb("feeds", "feed", "füttert", "füttern", "P", "A"),
-    Verb("washes", "wash", "wäscht", "waschen", "P", "PAT"),
-    Verb("loves", "love", "liebt", "lieben", "PA", "PA"),
-    Verb("hears", "hear", "hört", "hören", "PA", "PA"),
-    Verb("draws", "draw", "zeichnet", "zeichnen", "P", "PAFT"),
-    Verb("catches", "catch", "fängt", "fangen", "PA", "AT"),
+# 3rd person singular and plural/base forms, subject classes, object classes (- = none)
+_VERBS = [
+    Verb(en, en_base, de, de_pl, subj, "" if obj == "-" else obj)
+    for en, en_base, de, de_pl, subj, obj in _table(
+        """
+    sees      see      sieht    sehen     PA PAFTX
+    finds     find     findet   finden    PA AFTX
+    buys      buy      kauft    kaufen    P  AFTX
+    eats      eat      isst     essen     PA F
+    reads     read     liest    lesen     P  X
+    writes    write    schreibt schreiben P  X
+    likes     like     mag      mögen     PA PAFTX
+    has       have     hat      haben     PA AFTX
+    carries   carry    trägt    tragen    PA AFTX
+    paints    paint    malt     malen     P  PAFT
+    visits    visit    besucht  besuchen  P  P
+    needs     need     braucht  brauchen  PA FTX
+    holds     hold     hält     halten    P  AFTX
+    looks_for look_for sucht    suchen    PA PAFTX
+    feeds     feed     füttert  füttern   P  A
+    washes    wash     wäscht   waschen   P  PAT
+    loves     love     liebt    lieben    PA PA
+    hears     hear     hört     hören     PA PA
+    draws     draw     zeichnet zeichnen  P  PAFT
+    catches   catch    fängt    fangen    PA AT
+    sleeps    sleep    schläft  schlafen  PA -
+    laughs    laugh    lacht    lachen    P  -
+    runs      run      läuft    laufen    PA -
+    sings     sing     singt    singen    PA -
+    waits     wait     wartet   warten    PA -
+    swims     swim     schwimmt schwimmen PA -
+    works     work     arbeitet arbeiten  P  -
+    plays     play     spielt   spielen   PA -
+    dances    dance    tanzt    tanzen    P  -
+    cries     cry      weint    weinen    P  -
+"""
+    )
 ]
-INTRANSITIVE: list[Verb] = [
-    Verb("sleeps", "sleep", "schläft", "schlafen", "PA", ""),
-    Verb("laughs", "laugh", "lacht", "lachen", "P", ""),
-    Verb("runs", "run", "läuft", "laufen", "PA", ""),
-    Verb("sings", "sing", "singt", "singen", "PA", ""),
-    Verb("waits", "wait", "wartet", "warten", "PA", ""),
-    Verb("swims", "swim", "schwimmt", "schwimmen", "PA", ""),
-    Verb("works", "work", "arbeitet", "arbeiten", "P", ""),
-    Verb("plays", "play", "spielt", "spielen", "PA", ""),
-    Verb("dances", "dance", "tanzt", "tanzen", "P", ""),
-    Verb("cries", "cry", "weint", "weinen", "P", ""),
-]
+TRANSITIVE = [v for v in _VERBS if v.obj]
+INTRANSITIVE = [v for v in _VERBS if not v.obj]
 # Verbs that take a that-clause ("says that ..." -> "sagt, dass ...").
-SAYING: list[Verb] = [
-    Verb("says", "say", "sagt", "sagen", "P", ""),
-    Verb("thinks", "think", "denkt", "denken", "P", ""),
-    Verb("knows", "know", "weiß", "wissen", "P", ""),
-    Verb("believes", "believe", "glaubt", "glauben", "P", ""),
-    Verb("hopes", "hope", "hofft", "hoffen", "P", ""),
+SAYING = [
+    Verb(en, en_base, de, de_pl, "P", "")
+    for en, en_base, de, de_pl in _table(
+        """
+    says     say     sagt   sagen
+    thinks   think   denkt  denken
+    knows    know    weiß   wissen
+    believes believe glaubt glauben
+    hopes    hope    hofft  hoffen
+"""
+    )
 ]
 
 NAMES = ["Anna", "Peter", "Maria", "Thomas", "Lisa", "Paul", "Julia", "Jonas", "Laura", "Felix"]
@@ -231,26 +213,11 @@ PRONOUNS = [
     ("they", "them", "sie", "sie", True),
     ("we", "us", "wir", "uns", True),
 ]
-ADVERBS = [
-    ("today", "heute"),
-    ("now", "jetzt"),
-    ("often", "oft"),
-    ("tomorrow", "morgen"),
-    ("sometimes", "manchmal"),
-    ("in the morning", "am Morgen"),
-    ("in the evening", "am Abend"),
-    ("every day", "jeden Tag"),
-    ("on Sunday", "am Sonntag"),
-    ("later", "später"),
-]
-CONJUNCTIONS = [
-    ("because", "weil"),
-    ("although", "obwohl"),
-    ("when", "wenn"),
-    ("while", "während"),
-    ("if", "falls"),
-    ("before", "bevor"),
-]
+ADVERBS = _pairs(
+    "today=heute now=jetzt often=oft tomorrow=morgen sometimes=manchmal in_the_morning=am_Morgen "
+    "in_the_evening=am_Abend every_day=jeden_Tag on_Sunday=am_Sonntag later=später"
+)
+CONJUNCTIONS = _pairs("because=weil although=obwohl when=wenn while=während if=falls before=bevor")
 
 # German determiners: (nominative m, f, n, plural), with the masculine accusative apart.
 # "ein" has no plural: an English bare plural ("dogs") has no German article either.
