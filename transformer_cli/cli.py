@@ -57,6 +57,122 @@ def train(
     train_mod.run(_load(config, set_), resume=resume)
 
 
+# ----------------------------------------------------------------------------- decoding
+
+BeamOpt = Annotated[
+    int | None,
+    typer.Option("--beam", help="Beam size; 1 = greedy. (default: the checkpoint config)"),
+]
+AlphaOpt = Annotated[
+    float | None,
+    typer.Option("--alpha", help="GNMT length penalty exponent. (default: the checkpoint config)"),
+]
+MaxLenAOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--max-len-a", help="Output cap = a * source pieces + b. (default: the checkpoint config)"
+    ),
+]
+MaxLenBOpt = Annotated[
+    int | None,
+    typer.Option("--max-len-b", help="See --max-len-a. (default: the checkpoint config)"),
+]
+BatchOpt = Annotated[
+    int | None,
+    typer.Option("--batch-size", help="Sentences per batch. (default: the checkpoint config)"),
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")]
+
+
+@app.command()
+@boundary
+def translate(
+    checkpoint: Annotated[Path, typer.Argument(help="A tfx checkpoint (.pt).")],
+    text: Annotated[
+        list[str] | None,
+        typer.Argument(help="Sentences to translate. None: --input, piped stdin, or a prompt."),
+    ] = None,
+    input_: Annotated[
+        Path | None, typer.Option("--input", "-i", help="Read sentences from a file.")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to a file (atomically).")
+    ] = None,
+    beam: BeamOpt = None,
+    alpha: AlphaOpt = None,
+    nbest: Annotated[
+        int, typer.Option("--nbest", help="K lines per input: hypothesis<TAB>score.")
+    ] = 1,
+    max_len_a: MaxLenAOpt = None,
+    max_len_b: MaxLenBOpt = None,
+    batch_size: BatchOpt = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Translate with a checkpoint: one output line per input line."""
+    from transformer_cli import translate as translate_mod
+
+    translate_mod.run(
+        checkpoint, text, input_, output, beam=beam, alpha=alpha, nbest=nbest,
+        max_len_a=max_len_a, max_len_b=max_len_b, batch_size=batch_size, device=device,
+    )  # fmt: skip
+
+
+@app.command()
+@boundary
+def evaluate(
+    checkpoints: Annotated[
+        list[str], typer.Argument(help="Checkpoints: files, directories (their *.pt), globs.")
+    ],
+    split: Annotated[
+        str, typer.Option("--split", help="Prepared split of the run dir: valid or test.")
+    ] = "test",
+    src: Annotated[Path | None, typer.Option("--src", help="Raw source file (with --ref).")] = None,
+    ref: Annotated[Path | None, typer.Option("--ref", help="Raw reference file.")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="Use this config's run dir and decode.")
+    ] = None,
+    set_: SetOpt = None,
+    beam: BeamOpt = None,
+    alpha: AlphaOpt = None,
+    max_len_a: MaxLenAOpt = None,
+    max_len_b: MaxLenBOpt = None,
+    batch_size: BatchOpt = None,
+    device: DeviceOpt = "auto",
+    json_: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    average: Annotated[
+        int, typer.Option("--average", help="Also score the average of the last N checkpoints.")
+    ] = 0,
+    output_dir: Annotated[
+        Path | None, typer.Option("--output-dir", help="Where to write (default: RUN_DIR/eval).")
+    ] = None,
+) -> None:
+    """Score checkpoints (BLEU, chrF, loss, speed), best first; write hypotheses and a report."""
+    from transformer_cli import evaluate as evaluate_mod
+
+    evaluate_mod.run(
+        checkpoints, split, src, ref, config, set_ or [], beam=beam, alpha=alpha,
+        max_len_a=max_len_a, max_len_b=max_len_b, batch_size=batch_size, device=device,
+        as_json=json_, average=average, output_dir=output_dir,
+    )  # fmt: skip
+
+
+@app.command()
+@boundary
+def average(
+    checkpoints: Annotated[
+        list[str], typer.Argument(help="Checkpoints: files, directories (their *.pt), globs.")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The averaged checkpoint.")],
+    last: Annotated[
+        int, typer.Option("--last", help="Only the N newest steps among them (0 = all).")
+    ] = 0,
+) -> None:
+    """Average checkpoints' weights into one self-contained checkpoint."""
+    from transformer_cli import average as average_mod
+
+    average_mod.run(checkpoints, output, last=last)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
