@@ -98,7 +98,7 @@ def read_split(data: DataConfig, role: str) -> Pairs:
         src_path, tgt_path = input_paths(data, role)
         pairs = read_text_files(src_path, tgt_path)
     if not pairs.src:
-        why = f"each of its {pairs.read} pairs has an empty side" if pairs.read else "the input is empty"
+        why = f"all {pairs.read} pairs have an empty side" if pairs.read else "the input is empty"
         raise DataError(f"{pairs.origin}: no sentence pairs ({why})")
     return pairs
 
