@@ -143,8 +143,12 @@ def _train(cfg: Config, run_dir: Path, resume: bool) -> dict:
 
     # ------------------------------------------------------------------ the loop
     bar = tqdm(
-        total=t.max_steps or None, initial=progress.step, unit="step", dynamic_ncols=True,
-        disable=None, file=sys.stderr,
+        total=t.max_steps or None,
+        initial=progress.step,
+        unit="step",
+        dynamic_ncols=True,
+        disable=None,
+        file=sys.stderr,
     )
     started = time.monotonic() - progress.elapsed
     window = {"loss": torch.zeros(()), "nll": torch.zeros(()), "tokens": 0, "t0": time.monotonic()}
@@ -184,11 +188,14 @@ def _train(cfg: Config, run_dir: Path, resume: bool) -> dict:
                     record = train_record(progress, window, lr)
                     log(record)
                     bar.set_postfix(
-                        loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}",
-                        tok_s=f"{record['tokens_per_s']:.0f}", refresh=False,
+                        loss=f"{record['loss']:.3f}",
+                        lr=f"{lr:.2e}",
+                        tok_s=f"{record['tokens_per_s']:.0f}",
+                        refresh=False,
                     )
-                    window.update(loss=torch.zeros(()), nll=torch.zeros(()), tokens=0,
-                                  t0=time.monotonic())
+                    window.update(
+                        loss=torch.zeros(()), nll=torch.zeros(()), tokens=0, t0=time.monotonic()
+                    )
 
                 if progress.step % t.eval_every == 0:
                     validate()
@@ -318,8 +325,7 @@ def validation(model, split, refs, tokenizer, cfg: Config, device, precision) ->
         scores = score_texts(hyps, refs)
     finally:
         model.train()
-    return {"loss": loss["nll"], "ppl": loss["ppl"], "bleu": scores["bleu"],
-            "chrf": scores["chrf"]}
+    return {"loss": loss["nll"], "ppl": loss["ppl"], "bleu": scores["bleu"], "chrf": scores["chrf"]}
 
 
 def format_summary(s: dict) -> str:

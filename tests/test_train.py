@@ -1,0 +1,230 @@
+"""The training loop: exact resume, Ctrl-C, accumulation, non-finite steps, overfitting, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import write_splits
+from typer.testing import CliRunner
+
+from transformer_cli import batching, cache, checkpoint, prepare, train
+from transformer_cli.cli import app
+from transformer_cli.config import config_from_dict
+from transformer_cli.errors import TrainingError
+from transformer_cli.loss import LossParts
+from transformer_cli.model import Transformer
+
+TINY = (
+    "model.d_model=32",
+    "model.heads=2",
+    "model.enc_layers=1",
+    "model.dec_layers=1",
+    "model.d_ff=64",
+    "model.dropout=0.1",  # dropout on, so that resume must restore the RNG to be exact
+    "train.batch_tokens=600",
+    "train.warmup=5",
+    "train.eval_every=1000",
+    "train.log_every=1",
+    "train.threads=1",
+    "decode.max_len_b=5",
+    "decode.max_len_a=0",
+)
+
+
+def weights(run_dir) -> dict[str, torch.Tensor]:
+    return checkpoint.load_checkpoint(checkpoint.last_path(run_dir))["model"]
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_resume_is_exact_across_an_epoch_boundary(make_config, tmp_path):
+    overrides = (*TINY, "train.accum_steps=2")
+    straight = make_config(*overrides, "train.max_steps=12", f"run_dir={tmp_path / 'a'}")
+    prepare.run(straight)
+    summary = train.run(straight)
+    assert summary["steps"] == 12 and summary["epochs"] >= 1  # crossed into epoch 2
+
+    broken = make_config(*overrides, "train.max_steps=5", f"run_dir={tmp_path / 'b'}")
+    prepare.run(broken)
+    train.run(broken)
+    resumed = make_config(*overrides, "train.max_steps=12", f"run_dir={tmp_path / 'b'}")
+    assert train.run(resumed, resume=True)["steps"] == 12
+
+    assert_same_weights(weights(tmp_path / "a"), weights(tmp_path / "b"))
+
+
+def test_sigint_saves_a_checkpoint_and_resume_continues_exactly(make_config, tmp_path, monkeypatch):
+    straight = make_config(*TINY, "train.max_steps=6", f"run_dir={tmp_path / 'a'}")
+    prepare.run(straight)
+    train.run(straight)
+
+    cfg = make_config(*TINY, "train.max_steps=6", f"run_dir={tmp_path / 'b'}")
+    prepare.run(cfg)
+    real_step = train.train_step
+    calls = []
+
+    def step_then_ctrl_c(*args, **kwargs):
+        out = real_step(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # as if the user pressed Ctrl-C mid-step
+        return out
+
+    monkeypatch.setattr(train, "train_step", step_then_ctrl_c)
+    summary = train.run(cfg)
+    assert summary["steps"] == 3 and "SIGINT" in summary["stopped"]
+    assert checkpoint.load_checkpoint(checkpoint.last_path(cfg.run_dir))["progress"]["step"] == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+    monkeypatch.setattr(train, "train_step", real_step)
+    assert train.run(cfg, resume=True)["steps"] == 6
+    assert_same_weights(weights(tmp_path / "a"), weights(tmp_path / "b"))
+
+
+def test_accumulated_micro_batches_give_the_gradient_of_one_big_batch(make_config):
+    cfg = make_config(*TINY, "model.dropout=0")
+    prepare.run(cfg)
+    cfg = config_from_dict(
+        {**_plain(cfg), "model": {**_plain(cfg)["model"], "src_vocab": 100, "tgt_vocab": 100}}
+    )
+    split = cache.load_split(cfg.run_dir, "train")
+    first, second = batching.epoch_batches(split, 600, seed=1, epoch=0)[:2]
+    results = []
+    for group in ([first, second], [torch.cat([first, second])]):
+        torch.manual_seed(0)
+        model = Transformer(cfg.model)
+        sgd = torch.optim.SGD(model.parameters(), lr=1.0)  # params move by exactly -grad
+        train.train_step(model, sgd, None, split, group, cfg, torch.device("cpu"), "fp32", 1.0)
+        results.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+    for name in results[0]:
+        torch.testing.assert_close(results[0][name], results[1][name], rtol=1e-5, atol=1e-6)
+
+
+def _plain(cfg):
+    from transformer_cli.config import to_dict
+
+    return to_dict(cfg)
+
+
+def nan_on(steps: set[int], monkeypatch):
+    """Make the loss non-finite on the given 1-based update numbers."""
+    real = train.batch_loss
+    counter = {"n": 0}
+
+    def maybe_nan(*args, **kwargs):
+        counter["n"] += 1
+        parts = real(*args, **kwargs)
+        if counter["n"] in steps:
+            return LossParts(parts.loss * float("nan"), parts.nll * float("nan"), parts.n_tokens)
+        return parts
+
+    monkeypatch.setattr(train, "batch_loss", maybe_nan)
+
+
+def test_non_finite_steps_are_skipped_and_counted(make_config, monkeypatch):
+    cfg = make_config(*TINY, "train.max_steps=6")
+    prepare.run(cfg)
+    nan_on({2, 4}, monkeypatch)
+    summary = train.run(cfg)
+    assert summary["steps"] == 6 and summary["skipped_steps"] == 2
+    for name, tensor in weights(cfg.run_dir).items():
+        assert torch.isfinite(tensor).all(), name
+    records = [json.loads(line) for line in open(f"{cfg.run_dir}/metrics.jsonl")]
+    assert all(r["loss"] == r["loss"] for r in records)  # NaN never reaches the log
+
+
+def test_too_many_bad_steps_stop_with_the_last_good_checkpoint_intact(make_config, monkeypatch):
+    cfg = make_config(*TINY, "train.max_steps=4")
+    prepare.run(cfg)
+    train.run(cfg)
+    good = weights(cfg.run_dir)
+    more = make_config(*TINY, "train.max_steps=20", "train.max_bad_steps=3")
+    nan_on(set(range(3, 100)), monkeypatch)
+    with pytest.raises(TrainingError, match="3 non-finite losses in a row"):
+        train.run(more, resume=True)
+    assert_same_weights(good, weights(cfg.run_dir))
+    assert not (Path(cfg.run_dir) / "train.lock").exists()  # the lock is released
+
+
+def test_bf16_autocast_on_cpu_trains(make_config):
+    cfg = make_config(*TINY, "train.max_steps=3", "train.precision=bf16")
+    prepare.run(cfg)
+    summary = train.run(cfg)
+    assert summary["steps"] == 3 and summary["skipped_steps"] == 0
+    state = checkpoint.load_checkpoint(checkpoint.last_path(cfg.run_dir))
+    assert all(t.dtype == torch.float32 for t in state["model"].values() if t.is_floating_point())
+
+
+def test_a_tiny_model_overfits_a_tiny_corpus(tmp_path, toy_pairs):
+    pairs = toy_pairs[:12]
+    write_splits(tmp_path / "data", {"train": pairs, "valid": pairs, "test": pairs})
+    cfg = config_from_dict(
+        {
+            "run_dir": str(tmp_path / "run"),
+            "data": {"source": "files", "dir": str(tmp_path / "data")},
+            "tokenizer": {"vocab_size": 60, "model_type": "bpe"},
+            "model": {
+                "d_model": 64,
+                "heads": 2,
+                "enc_layers": 1,
+                "dec_layers": 1,
+                "d_ff": 128,
+                "dropout": 0.0,
+            },
+            "train": {
+                "batch_tokens": 400,
+                "schedule": "constant",
+                "lr": 3e-3,
+                "threads": 1,
+                "max_steps": 150,
+                "eval_every": 150,
+                "log_every": 10,
+                "label_smoothing": 0,
+            },
+        }
+    )
+    prepare.run(cfg)
+    summary = train.run(cfg)
+    records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    losses = [r["nll"] for r in records if r["kind"] == "train"]
+    assert losses[-1] < 0.1 * losses[0]
+    assert summary["best_bleu"] > 90  # it reproduces the sentences it memorised
+
+
+def test_cli_prepare_and_train_a_few_steps(make_config, tmp_path):
+    cfg = make_config()
+    config_path = tmp_path / "c.yaml"
+    from transformer_cli.config import to_yaml
+
+    config_path.write_text(to_yaml(cfg))
+    runner = CliRunner()
+    sets = [arg for o in (*TINY, "train.max_steps=3") for arg in ("--set", o)]
+    result = runner.invoke(app, ["prepare", "--config", str(config_path), *sets])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["train", "--config", str(config_path), *sets])
+    assert result.exit_code == 0, result.output
+    assert "steps 3" in result.output
+    run_dir = tmp_path / "run"
+    for name in ("config.yaml", "metrics.jsonl", "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (run_dir / name).is_file(), name
+    kinds = [json.loads(line)["kind"] for line in open(run_dir / "metrics.jsonl")]
+    assert kinds.count("train") == 3 and kinds.count("valid") == 1
+
+
+def test_train_without_prepare_is_a_one_line_error(make_config):
+    result = CliRunner().invoke(app, ["train", "--config", "/nonexistent.yaml"])
+    assert result.exit_code == 2
+    cfg = make_config(*TINY)
+    from transformer_cli.errors import DataError
+
+    with pytest.raises(DataError, match="run `tfx prepare"):
+        train.run(cfg)
