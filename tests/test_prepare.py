@@ -163,7 +163,7 @@ def test_interrupted_write_leaves_no_meta(make_config, monkeypatch):
         real(path, split)
 
     monkeypatch.setattr(cache, "save_split", fail_on_second)
-    with pytest.raises(OSError):
+    with pytest.raises(DataError, match="cannot write the cache .No space left on device"):
         prepare.run(make_config("tokenizer.vocab_size=90"))
     with pytest.raises(DataError, match="no prepared data"):
         cache.load_meta(cfg.run_dir)

@@ -31,6 +31,7 @@ from transformer_cli.tokenizer import (
     SPECIAL_IDS,
     SRC_FILE,
     TGT_FILE,
+    Tokenizer,
     train_tokenizer,
 )
 
@@ -101,20 +102,12 @@ def run(cfg: Config) -> dict:
         raise _nothing_left(cfg, stats["train"])
 
     _status(f"writing {directory}")
-    directory.mkdir(parents=True, exist_ok=True)
-    for stale in (JOINT_FILE, SRC_FILE, TGT_FILE):  # a joint <-> separate switch leaves one
-        (directory / stale).unlink(missing_ok=True)
-    files = [path.name for path in tokenizer.save(directory)]
-    for role in SPLITS:
-        cache.save_split(directory / f"{role}.pt", EncodedSplit.from_lists(*encoded[role]))
-        files.append(f"{role}.pt")
-        if role != "train":  # raw text: the references BLEU is computed against
-            for side, lines in (("src", pairs[role].src), ("tgt", pairs[role].tgt)):
-                atomic_write_text(
-                    directory / f"{role}.{side}.txt", "".join(s + "\n" for s in lines)
-                )
-                files.append(f"{role}.{side}.txt")
-    write_resolved(cfg, run_dir)
+    try:
+        files = _write_cache(directory, tokenizer, encoded, pairs)
+        write_resolved(cfg, run_dir)
+    except OSError as e:  # a full disk or a read-only run dir is the user's to fix
+        where = e.filename or directory
+        raise DataError(f"{where}: cannot write the cache ({e.strerror or e})") from None
 
     meta = {
         "format": CACHE_FORMAT,
@@ -135,6 +128,28 @@ def run(cfg: Config) -> dict:
     cache.write_meta(run_dir, meta)  # last: only now is the cache complete
     print(summary(meta, directory))
     return {**meta, "reused": False}
+
+
+def _write_cache(
+    directory: Path,
+    tokenizer: Tokenizer,
+    encoded: dict[str, tuple[list[list[int]], list[list[int]]]],
+    pairs: dict[str, corpus.Pairs],
+) -> list[str]:
+    """Write everything but meta.json, each file atomically; return the file names."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in (JOINT_FILE, SRC_FILE, TGT_FILE):  # a joint <-> separate switch leaves one
+        (directory / stale).unlink(missing_ok=True)
+    files = [path.name for path in tokenizer.save(directory)]
+    for role in SPLITS:
+        cache.save_split(directory / f"{role}.pt", EncodedSplit.from_lists(*encoded[role]))
+        files.append(f"{role}.pt")
+        if role != "train":  # raw text: the references BLEU is computed against
+            for side, lines in (("src", pairs[role].src), ("tgt", pairs[role].tgt)):
+                text = "".join(line + "\n" for line in lines)
+                atomic_write_text(directory / f"{role}.{side}.txt", text)
+                files.append(f"{role}.{side}.txt")
+    return files
 
 
 # ----------------------------------------------------------------------------- fingerprint
