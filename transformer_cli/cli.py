@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from transformer_cli.errors import boundary
+from transformer_cli.inspection import inspect_app
 
 app = typer.Typer(
     name="tfx",
@@ -171,6 +172,23 @@ def average(
     from transformer_cli import average as average_mod
 
     average_mod.run(checkpoints, output, last=last)
+
+
+app.add_typer(inspect_app, name="inspect")
+
+
+@app.command()
+@boundary
+def plot(
+    run_dir: Annotated[Path, typer.Argument(help="A run dir with metrics.jsonl.")],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="The PNG (default: RUN_DIR/curves.png).")
+    ] = None,
+) -> None:
+    """Draw a run's training curves: loss, perplexity, validation BLEU, learning rate."""
+    from transformer_cli import inspection
+
+    print(inspection.plot_run(run_dir, output))
 
 
 def main() -> None:
