@@ -111,6 +111,8 @@ def run(
     Writes, atomically, into `output_dir` (default: RUN_DIR/eval, RUN_DIR being --config's
     run dir or else the first checkpoint's): `<checkpoint stem>.<label>.hyp` per
     checkpoint, `report.<label>.json` for all, and `avg_last<N>.pt` with `average` N.
+    Decoding options left as None come from --config's decode section, or else from the
+    first checkpoint's, and are the same for every checkpoint.
     """
     from transformer_cli import average as average_mod
     from transformer_cli.config import load_config
@@ -124,9 +126,19 @@ def run(
     paths = average_mod.expand(checkpoints)
     first_cfg = cfg_override or _config_of(load_state(paths[0]), paths[0])
     out_dir = Path(output_dir) if output_dir is not None else Path(first_cfg.run_dir) / "eval"
+    # every checkpoint is decoded the same way, so that their scores compare
+    options = dict(beam=beam, alpha=alpha, max_len_a=max_len_a, max_len_b=max_len_b,
+                   batch_sentences=batch_size)  # fmt: skip
+    decode = dataclasses.replace(
+        first_cfg.decode, **{k: v for k, v in options.items() if v is not None}
+    )
+    check_decode_options(decode, 1)
+    # the data is read before any decoding, so that a mistake there is reported at once
+    data_by_run: dict[str, EvalData] = {}
     if src_file is not None:
         data = raw_data(Path(src_file), Path(ref_file))
-    data_by_run: dict[str, EvalData] = {}
+    else:
+        data_by_run[first_cfg.run_dir] = split_data(first_cfg, split)
     if average:
         chosen = average_mod.last_steps(paths, average)
         averaged = out_dir / f"avg_last{average}.pt"
@@ -136,10 +148,8 @@ def run(
 
     dev = runtime.pick_device(device)
     precision = runtime.resolve_precision("auto", dev)
-    runtime.set_threads(0)
     rows: list[dict] = []
     names: set[str] = set()
-    decode_settings: dict = {}
     for number, path in enumerate(paths, start=1):
         print(f"[{number}/{len(paths)}] {path}", file=sys.stderr, flush=True)
         state = load_state(path)
@@ -150,14 +160,6 @@ def run(
             if run_dir not in data_by_run:
                 data_by_run[run_dir] = split_data(cfg, split)
             data = data_by_run[run_dir]
-        decode = dataclasses.replace(
-            cfg.decode,
-            **{k: v for k, v in dict(beam=beam, alpha=alpha, max_len_a=max_len_a,
-                                     max_len_b=max_len_b, batch_sentences=batch_size).items()
-               if v is not None},
-        )  # fmt: skip
-        check_decode_options(decode, 1)
-        decode_settings = dataclasses.asdict(decode)
         row = score_checkpoint(model, tokenizer, cfg, decode, data, dev, precision)
         name = _unique(path.stem + "." + data.label, names)
         hyp_path = out_dir / f"{name}.hyp"
@@ -170,7 +172,7 @@ def run(
         "data": data.origin,
         "label": data.label,
         "sentences": len(data.sources),
-        "decode": decode_settings,
+        "decode": dataclasses.asdict(decode),
         "device": dev.type,
         "precision": precision,
         "bleu_signature": rows[0]["bleu_signature"],
@@ -246,9 +248,14 @@ def raw_data(src_file: Path, ref_file: Path) -> EvalData:
 def score_checkpoint(model, tokenizer, cfg, decode, data: EvalData, device, precision) -> dict:
     """Decode, score and time one model; the returned dict holds its hypotheses too."""
     from transformer_cli.cache import EncodedSplit
-    from transformer_cli.search import decode_all
+    from transformer_cli.search import decode_all, max_source_pieces
 
     src_ids = tokenizer.encode_src(data.sources)
+    cap = max_source_pieces(model)
+    truncated = sum(len(ids) > cap for ids in src_ids)
+    if truncated:
+        print(f"warning: {truncated} source lines are longer than the model's {cap} positions; "
+              "only their first pieces are translated", file=sys.stderr)  # fmt: skip
     started = time.perf_counter()
     hyp_ids = decode_all(model, src_ids, decode, device, precision)
     seconds = time.perf_counter() - started
@@ -262,6 +269,7 @@ def score_checkpoint(model, tokenizer, cfg, decode, data: EvalData, device, prec
         "loss": loss["nll"],
         "ppl": loss["ppl"],
         "sentences": len(hyps),
+        "truncated_sources": truncated,
         "hyp_tokens": n_tokens,
         "decode_seconds": round(seconds, 3),
         "sentences_per_s": round(len(hyps) / max(seconds, 1e-9), 1),

@@ -227,6 +227,11 @@ def beam_search(
     return [sorted(hyps, key=lambda h: -h[1])[:nbest] for hyps in finished]
 
 
+def max_source_pieces(model) -> int:
+    """The longest source the encoder can hold: one position per piece (no BOS/EOS)."""
+    return model.cfg.max_positions
+
+
 def decode_all(
     model,
     sources: list[list[int]],
@@ -260,8 +265,8 @@ def decode_all(
     if beam < 1 or not 1 <= nbest <= beam:
         raise ValueError(f"need beam >= 1 and 1 <= nbest <= beam, got beam {beam}, nbest {nbest}")
     device = torch.device(device)
-    positions = model.cfg.max_positions
-    lengths = [min(len(s), positions) for s in sources]
+    cap = max_source_pieces(model)
+    lengths = [min(len(s), cap) for s in sources]
     empty: list[int] | list[Hypothesis] = [] if nbest == 1 else [([], 0.0)] * nbest
     results: list = [empty] * len(sources)
     # longest first, so that a batch too big for the device fails at once, not at the end

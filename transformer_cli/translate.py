@@ -10,8 +10,10 @@ input line: `hypothesis<TAB>score`, best first, the score being the length-norma
 log-probability of search.py). So that this always holds:
 
 - an empty or whitespace-only line gives an empty line (nbest: K lines `<TAB>0.0000`);
-- a line longer than the model can hold (`model.max_positions - 2` pieces, the room the
-  config's rules leave beside BOS/EOS) is cut to that length, with a warning naming it;
+- a line longer than the encoder can hold (`model.max_positions` pieces; sources have no
+  BOS/EOS) is cut to that length, with a warning naming it. Lines longer than the
+  training data's `data.max_len` are translated whole, though the model never saw such
+  lengths: cutting them would lose words for certain, while the model may cope;
 - bytes that are not UTF-8 are replaced by U+FFFD, with a warning naming the line;
 - a hypothesis never contains a line break or a tab (they would read as extra lines or
   fields; SentencePiece does not produce them, but the output format must not depend on it).
@@ -156,10 +158,10 @@ class Translator:
         import dataclasses
 
         from transformer_cli import runtime
+        from transformer_cli.search import max_source_pieces
 
         self.device = runtime.pick_device(device)
         self.precision = runtime.resolve_precision("auto", self.device)
-        runtime.set_threads(0)
         self.model, self.tokenizer, cfg = load_model(checkpoint_path, self.device)
         decode = cfg.decode
         self.decode_cfg = dataclasses.replace(
@@ -173,7 +175,7 @@ class Translator:
         check_decode_options(self.decode_cfg, nbest)
         self.nbest = nbest
         self.cfg: Config = cfg
-        self.max_pieces = max(1, self.model.cfg.max_positions - 2)
+        self.max_pieces = max_source_pieces(self.model)
         self.lines_done = 0  # for warnings' line numbers across chunks
 
     def translate(self, lines: list[str]) -> list[str]:

@@ -1,0 +1,278 @@
+"""`tfx translate`: line-count preservation, input/output paths, nbest, and one-line errors."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import write_splits
+from typer.testing import CliRunner
+
+from transformer_cli import __version__, prepare, translate
+from transformer_cli.checkpoint import load_checkpoint, save_checkpoint
+from transformer_cli.cli import app
+from transformer_cli.config import config_from_dict, to_dict
+from transformer_cli.model import Transformer
+from transformer_cli.tokenizer import Tokenizer
+
+MAX_POSITIONS = 24  # small, so that an overlong line is easy to write
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, above all on a machine shared with others."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_tiny_run(root: Path, pairs: list[tuple[str, str]], steps: tuple[int, ...] = (10,)):
+    """A prepared run dir with a tiny random model saved at `steps`: returns the config.
+
+    Untrained weights are enough here: what is tested is the plumbing around the model
+    (lines in = lines out, files, errors), not the quality of its translations.
+    """
+    write_splits(root / "data", {"train": pairs[:240], "valid": pairs[240:270],
+                                 "test": pairs[270:]})  # fmt: skip
+    raw = {
+        "run_dir": str(root / "run"),
+        "data": {"source": "files", "dir": str(root / "data"), "max_len": 20},
+        "tokenizer": {"vocab_size": 100},
+        "model": {"d_model": 16, "heads": 2, "enc_layers": 1, "dec_layers": 1, "d_ff": 32,
+                  "max_positions": MAX_POSITIONS},
+        "decode": {"max_len_a": 1.0, "max_len_b": 4, "batch_sentences": 8},
+    }  # fmt: skip
+    cfg = config_from_dict(raw)
+    prepare.run(cfg)
+    tokenizer = Tokenizer.load(cfg.run_dir)
+    raw["model"].update(src_vocab=tokenizer.src_vocab_size, tgt_vocab=tokenizer.tgt_vocab_size)
+    cfg = config_from_dict(raw)
+    torch.manual_seed(0)
+    model = Transformer(cfg.model)
+    for step in steps:
+        state = {
+            "tfx_version": __version__,
+            "config": to_dict(cfg),
+            "tokenizer": tokenizer.to_bytes(),
+            "model": model.state_dict(),
+            "progress": {"step": step},
+        }
+        save_checkpoint(Path(cfg.run_dir) / "checkpoints" / f"ckpt_{step:08d}.pt", state)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, toy_pairs):
+    return make_tiny_run(tmp_path_factory.mktemp("translate"), toy_pairs)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tiny) -> str:
+    return str(Path(tiny.run_dir) / "checkpoints" / "ckpt_00000010.pt")
+
+
+def cli(*args: str, input: bytes | None = None):
+    return CliRunner().invoke(app, list(args), input=input)
+
+
+def assert_one_line_error(result, expected: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
+    assert "Traceback" not in result.output
+
+
+# ----------------------------------------------------------------------------- lines
+
+
+def test_arguments_give_one_line_each_and_empty_stays_empty(ckpt):
+    result = cli("translate", ckpt, "the old man sees the dog .", "", "  ", "a cat")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.split("\n")
+    assert len(lines) == 5 and lines[-1] == ""  # four lines, each ended by a newline
+    assert lines[1] == "" and lines[2] == ""
+    assert lines[0] and lines[3]  # a random model still says something for real input
+
+
+def test_stdin_line_count_survives_empty_overlong_and_invalid_lines(ckpt):
+    overlong = " ".join(["the old man sees the small dog"] * 6)
+    lines = [b"the dog sleeps .", b"", b"   \t ", overlong.encode(), b"the \xff\xfe cat",
+             "der Hund \u2028 schl\u00e4ft".encode(), b"a cat"]  # fmt: skip
+    result = cli("translate", ckpt, input=b"\n".join(lines))
+    assert result.exit_code == 0, result.output
+    out = result.stdout.split("\n")
+    assert out[-1] == "" and len(out) - 1 == len(lines)
+    assert out[1] == "" and out[2] == ""
+    assert all(out[i] for i in (0, 3, 4, 5, 6))
+    warnings = [w for w in result.stderr.splitlines() if w.startswith("warning: ")]
+    assert any(w.startswith("warning: line 4:") and "pieces" in w for w in warnings), warnings
+    assert any(w.startswith("warning: line 5:") and "UTF-8" in w for w in warnings), warnings
+    assert len(warnings) == 2
+
+
+def test_crlf_input_gives_the_same_translations(ckpt):
+    unix = cli("translate", ckpt, input=b"the dog .\na cat\n")
+    dos = cli("translate", ckpt, input=b"the dog .\r\na cat\r\n")
+    assert unix.exit_code == dos.exit_code == 0
+    assert unix.stdout == dos.stdout
+
+
+def test_stdin_as_bytes_in_a_real_process(ckpt):
+    # the real sys.stdin.buffer path, with bytes that are not UTF-8
+    proc = subprocess.run(
+        [sys.executable, "-m", "transformer_cli", "translate", ckpt],
+        input=b"a \xc3( b\n\nthe \xff cat\n", capture_output=True, cwd=REPO, timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr.decode()
+    out = proc.stdout.decode("utf-8").split("\n")
+    assert len(out) == 4 and out[1] == "" and out[0] and out[2]
+    assert b"warning: line 1:" in proc.stderr and b"warning: line 3:" in proc.stderr
+
+
+def test_input_and_output_files(ckpt, tmp_path):
+    source = tmp_path / "in.txt"
+    source.write_bytes(b"the dog .\n\na cat sleeps .\n")
+    target = tmp_path / "out" / "hyp.txt"
+    result = cli("translate", ckpt, "--input", str(source), "--output", str(target))
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+    piped = cli("translate", ckpt, input=source.read_bytes())
+    assert target.read_text("utf-8") == piped.stdout
+    assert sorted(os.listdir(target.parent)) == ["hyp.txt"]  # no temp file left behind
+
+
+def test_streaming_in_chunks_gives_the_same_output(ckpt, tmp_path):
+    source = tmp_path / "in.txt"
+    source.write_text("".join(f"the dog sees {n} cats .\n" for n in range(7)), "utf-8")
+    whole, chunked = tmp_path / "whole.txt", tmp_path / "chunked.txt"
+    translate.run(ckpt, input_path=source, output_path=whole, device="cpu")
+    translate.run(ckpt, input_path=source, output_path=chunked, device="cpu", chunk_lines=2)
+    assert whole.read_text("utf-8") == chunked.read_text("utf-8")
+    assert len(whole.read_text("utf-8").splitlines()) == 7
+
+
+def test_a_failed_run_leaves_no_output_file(ckpt, tmp_path, monkeypatch):
+    source = tmp_path / "in.txt"
+    source.write_text("a\nb\nc\n", "utf-8")
+    target = tmp_path / "out.txt"
+    calls = []
+
+    def fail_on_second_chunk(self, lines):
+        calls.append(lines)
+        if len(calls) == 2:
+            raise RuntimeError("boom")
+        return list(lines)
+
+    monkeypatch.setattr(translate.Translator, "translate", fail_on_second_chunk)
+    with pytest.raises(RuntimeError):
+        translate.run(ckpt, input_path=source, output_path=target, device="cpu", chunk_lines=1)
+    assert not target.exists() and os.listdir(tmp_path) == ["in.txt"]
+
+
+def test_nbest_gives_k_scored_lines_per_input_best_first(ckpt):
+    result = cli("translate", ckpt, "--beam", "3", "--nbest", "3", "the dog .", "", "a cat")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert len(lines) == 9
+    groups = [lines[i : i + 3] for i in range(0, 9, 3)]
+    for group in groups:
+        fields = [line.split("\t") for line in group]
+        assert all(len(f) == 2 for f in fields)
+        scores = [float(score) for _, score in fields]
+        assert scores == sorted(scores, reverse=True)
+    assert groups[1] == ["\t0.0000"] * 3  # an empty line: K empty hypotheses
+    assert all(score < 0 for line in groups[0] for score in [float(line.split("\t")[1])])
+    best_of_beam = cli("translate", ckpt, "--beam", "3", "the dog .", "", "a cat")
+    assert best_of_beam.stdout.splitlines() == [g[0].split("\t")[0] for g in groups]
+
+
+def test_beam_one_equals_the_greedy_default(ckpt):
+    text = ["the small dog sees a cat .", "today the women read a book ."]
+    assert (
+        cli("translate", ckpt, *text).stdout == cli("translate", ckpt, "--beam", "1", *text).stdout
+    )
+
+
+def test_interactive_prompt_when_stdin_is_a_terminal(ckpt, monkeypatch, capsys):
+    class Terminal(io.TextIOWrapper):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stdin", Terminal(io.BytesIO(b"the dog .\n\n")))
+    assert translate.run(ckpt, device="cpu") == 2
+    captured = capsys.readouterr()
+    out = captured.out.split("\n")
+    assert len(out) == 3 and out[0] and out[1] == ""
+    assert captured.err.count("> ") == 3  # two lines, then the prompt that met EOF
+
+
+def test_load_model_gives_the_saved_weights(ckpt):
+    model, tokenizer, cfg = translate.load_model(ckpt, "cpu")
+    saved = load_checkpoint(ckpt)["model"]
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.items())
+    assert not model.training
+    assert cfg.model.src_vocab == tokenizer.src_vocab_size
+
+
+@pytest.mark.parametrize(
+    ("version", "ok"), [(__version__, True), ("0.1.7", True), ("0.2.0", False),
+                        ("1.1.0", False), ("unknown", False)],
+)  # fmt: skip
+def test_version_compatibility(version, ok):
+    assert translate.compatible_version(version) is ok
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("case", ["missing", "directory", "text", "plain_torch", "cut_short",
+                                  "missing_keys", "old_version", "wrong_weights"])  # fmt: skip
+def test_bad_checkpoints_are_one_line_errors(ckpt, tmp_path, case):
+    path = tmp_path / "bad.pt"
+    expected = {"missing": "no such checkpoint", "directory": "is a directory",
+                "text": "not a tfx checkpoint", "plain_torch": "not a tfx checkpoint",
+                "cut_short": "corrupt", "missing_keys": "missing config, tokenizer",
+                "old_version": "written by tfx 0.0.1",
+                "wrong_weights": "weights do not fit"}[case]  # fmt: skip
+    state = load_checkpoint(ckpt)
+    if case == "directory":
+        path = tmp_path
+    elif case == "text":
+        path.write_text("hello\n", "utf-8")
+    elif case == "plain_torch":
+        torch.save(state, path)
+    elif case == "cut_short":
+        path.write_bytes(Path(ckpt).read_bytes()[:2000])
+    elif case == "missing_keys":
+        save_checkpoint(path, {"tfx_version": __version__, "model": state["model"]})
+    elif case == "old_version":
+        save_checkpoint(path, {**state, "tfx_version": "0.0.1"})
+    elif case == "wrong_weights":
+        save_checkpoint(path, {**state, "model": {"encoder.nothing": torch.zeros(1)}})
+    assert_one_line_error(cli("translate", str(path), "a dog ."), expected)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [(["--beam", "2", "--nbest", "3"], "--nbest must be between 1 and --beam (2)"),
+     (["--beam", "0"], "--beam must be >= 1"),
+     (["--batch-size", "0"], "--batch-size must be >= 1"),
+     (["--input", "/nonexistent/in.txt"], "no such input file")],
+)  # fmt: skip
+def test_bad_options_are_one_line_errors(ckpt, args, expected):
+    extra = [] if "--input" in args else ["a dog ."]
+    assert_one_line_error(cli("translate", ckpt, *extra, *args), expected)
+
+
+def test_text_and_input_together_is_an_error(ckpt, tmp_path):
+    source = tmp_path / "in.txt"
+    source.write_text("a\n", "utf-8")
+    assert_one_line_error(cli("translate", ckpt, "a dog", "--input", str(source)), "not both")
