@@ -152,11 +152,13 @@ def _train(cfg: Config, run_dir: Path, resume: bool) -> dict:
     )
     started = time.monotonic() - progress.elapsed
     window = {"loss": torch.zeros(()), "nll": torch.zeros(()), "tokens": 0, "t0": time.monotonic()}
-    stop_reason = ""
-    last_eval_step = -1
+    # A resumed run may have ended already (killed after its final checkpoint, or resumed
+    # with the same limits): then it must not add a step, a validation or a save.
+    stop_reason = stop_condition(progress, t, stop_signal)
+    last_eval_step = progress.step if stop_reason else -1
     try:
+        batches = batching.epoch_batches(train_split, t.batch_tokens, t.seed, progress.epoch)
         while not stop_reason:
-            batches = batching.epoch_batches(train_split, t.batch_tokens, t.seed, progress.epoch)
             while progress.batch_pos < len(batches):
                 group = batches[progress.batch_pos : progress.batch_pos + t.accum_steps]
                 lr = schedule.learning_rate(progress.step + 1, t, cfg.model.d_model)
@@ -208,8 +210,11 @@ def _train(cfg: Config, run_dir: Path, resume: bool) -> dict:
             else:
                 progress.epoch += 1
                 progress.batch_pos = 0
-                if t.max_epochs and progress.epoch >= t.max_epochs:
-                    stop_reason = f"reached train.max_epochs={t.max_epochs}"
+                stop_reason = stop_condition(progress, t, stop_signal)
+                if not stop_reason:
+                    batches = batching.epoch_batches(
+                        train_split, t.batch_tokens, t.seed, progress.epoch
+                    )
         # ------------------------------------------------------------------ the end
         if stop_signal:
             save(is_best=False)
@@ -244,6 +249,8 @@ def stop_condition(progress: Progress, t, stop_signal: list[int]) -> str:
         return f"stopped by {name}; continue with --resume"
     if t.max_steps and progress.step >= t.max_steps:
         return f"reached train.max_steps={t.max_steps}"
+    if t.max_epochs and progress.epoch >= t.max_epochs:
+        return f"reached train.max_epochs={t.max_epochs}"
     if t.max_minutes and progress.elapsed >= t.max_minutes * 60:
         return f"reached train.max_minutes={t.max_minutes:g}"
     return ""
