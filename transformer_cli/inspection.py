@@ -13,8 +13,11 @@ Each command has a function that returns plain data (`batch_view`, `positions_vi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -37,6 +40,8 @@ SetOpt = Annotated[
 ]
 PlotOpt = Annotated[Path | None, typer.Option("--plot", help="Also draw it into this PNG.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the numbers as JSON.")]
+
+POSITION_TOLERANCE = 1e-5  # PE(pos + k) vs M_k PE(pos): float32 rounding is ~1e-7
 
 
 def _load(config: Path, overrides: list[str] | None):
@@ -155,12 +160,15 @@ def _grid_lines(grid: list, row_labels: list[str], indent: str = "  ") -> list[s
 def format_batch(view: dict) -> str:
     """The batch view as the text `tfx inspect batch` prints."""
     shown, names = view["shown_rows"], [f"row {r}" for r in view["shown_rows"]]
-    where = f"epoch {view['epoch']}, " if view["split"] == "train" else "eval order, "
+    if view["split"] == "train":
+        where = f"epoch {view['epoch']}, as the training loop sees it"
+    else:
+        where = "as validation and evaluation see it"
     shapes = view["shapes"]
     slots = view["padded_target_slots"]
     out = [
-        f"{view['split']} batch {view['index']} of {view['batches']} ({where}as training sees "
-        f"it): {view['batch_size']} sentences, src {tuple(shapes['src'])}, "
+        f"{view['split']} batch {view['index']} of {view['batches']} ({where}): "
+        f"{view['batch_size']} sentences, src {tuple(shapes['src'])}, "
         f"tgt_in/tgt_out {tuple(shapes['tgt_in'])}",
         f"batch-max padding: every row is padded to the longest in this batch; "
         f"{view['n_tokens']} of {slots} target slots are real ({view['n_tokens'] / slots:.0%}); "
@@ -236,7 +244,7 @@ def batch_command(
 ) -> None:
     """One real batch from the prepared cache: pieces, the target shift, and every mask."""
     view = batch_view(_load(config, set_), split, index, rows, epoch)
-    print(json.dumps(view) if json_ else format_batch(view))
+    _emit(json.dumps(view) if json_ else format_batch(view))
     if plot is not None:
         from transformer_cli.plots import plot_masks
 
@@ -244,9 +252,17 @@ def batch_command(
 
 
 def _report(path: Path) -> None:
-    import sys
-
     print(f"wrote {path}", file=sys.stderr)
+
+
+def _emit(text: str) -> None:
+    """Print to stdout; a reader that goes away (`| head`) just ends the output."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        # stdout now points at /dev/null, so the flush at exit cannot fail again
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 # ----------------------------------------------------------------------------- positions
@@ -285,6 +301,25 @@ def positions_view(d_model: int = 64, length: int = 100, ks: tuple[int, ...] = (
     return {"d_model": d_model, "length": length, "table": table.tolist(), "checks": checks}
 
 
+def format_positions(view: dict) -> str:
+    """The positions view as the text `tfx inspect positions` prints."""
+    out = [
+        f"sinusoidal positions: model.SinusoidalPositions({view['d_model']}, {view['length']});"
+        " PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(same)",
+        "PE(pos + k) = M_k PE(pos), M_k block-diagonal 2x2 rotations built from PE(k) alone "
+        "(no pos in it):",
+    ]
+    for c in view["checks"]:
+        out.append(
+            f"  k = {c['k']:>4}: max |PE(pos+k) - M_k PE(pos)| over {c['positions']} "
+            f"positions = {c['max_error']:.1e}"
+        )
+    worst = max(c["max_error"] for c in view["checks"])
+    verdict = "holds (float32 rounding only)" if worst < POSITION_TOLERANCE else "FAILS"
+    out.append(f"the linear map {verdict}: a shift by k is the same rotation at every position")
+    return "\n".join(out)
+
+
 @inspect_app.command("positions")
 @boundary
 def positions_command(
@@ -299,24 +334,9 @@ def positions_command(
     """The sinusoidal positional encoding, and proof that PE(pos+k) is linear in PE(pos)."""
     view = positions_view(d_model, length, tuple(k or ()))
     if json_:
-        print(json.dumps({key: v for key, v in view.items() if key != "table"}))
+        _emit(json.dumps({key: v for key, v in view.items() if key != "table"}))
     else:
-        print(
-            f"sinusoidal positions: model.SinusoidalPositions({d_model}, {length}); "
-            "PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(same)"
-        )
-        print(
-            "PE(pos + k) = M_k PE(pos), M_k block-diagonal 2x2 rotations built from PE(k) "
-            "alone (no pos in it):"
-        )
-        for c in view["checks"]:
-            print(
-                f"  k = {c['k']:>4}: max |PE(pos+k) - M_k PE(pos)| over {c['positions']} "
-                f"positions = {c['max_error']:.1e}"
-            )
-        worst = max(c["max_error"] for c in view["checks"])
-        verdict = "holds (float32 rounding only)" if worst < 1e-5 else "FAILS"
-        print(f"the linear map {verdict}: relative position is a fixed linear function")
+        _emit(format_positions(view))
     if plot is not None:
         from transformer_cli.plots import plot_positions
 
@@ -351,18 +371,50 @@ def scaling_view(d_k: int = 64, keys: int = 50, samples: int = 2000, seed: int =
     ):
         _, probs = attend_math(query, k, v, None)  # (N, 1, 1, S)
         p = probs.reshape(samples, keys).double()  # (N, S)
-        # the softmax's Jacobian d p / d scores = diag(p) - p p^T; near one-hot p it is ~0
+        # the softmax's Jacobian d p / d scores = diag(p) - p p^T, whose size is the
+        # gradient a row passes back to its scores; near a one-hot p it is ~0
         jacobian = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]  # (N, S, S)
-        top = p.max(-1).values
+        grad = jacobian.flatten(1).norm(dim=-1)  # (N,) Frobenius norms
+        top = p.max(-1).values  # (N,)
         result[name] = {
             "mean": scores.mean().item(),
             "var": scores.var().item(),
             "max_prob": top.mean().item(),
             "saturated": (top > 0.99).double().mean().item(),
-            "grad_norm": jacobian.flatten(1).norm(dim=-1).mean().item(),
+            "grad_median": grad.median().item(),
+            "grad_p10": grad.quantile(0.1).item(),
             "row_sum_error": (p.sum(-1) - 1).abs().max().item(),
         }
     return result
+
+
+def format_scaling(view: dict) -> str:
+    """The scaling view as the text `tfx inspect scaling` prints."""
+    d_k, keys, samples = view["d_k"], view["keys"], view["samples"]
+    out = [
+        f"{samples * keys:,} dot products q.k of random N(0, 1) vectors, d_k = {d_k}; softmax "
+        f"over {keys} keys by attention.attend_math, {samples:,} times",
+        f"  {'':<17}{'mean':>7}{'variance':>10}{'mean max p':>12}{'max p>0.99':>12}"
+        f"{'|dp/ds| median':>16}{'10th pct':>10}",
+    ]
+    for name, label in (("unscaled", "q.k"), ("scaled", "q.k / sqrt(d_k)")):
+        s = view[name]
+        out.append(
+            f"  {label:<17}{s['mean']:>7.3f}{s['var']:>10.2f}{s['max_prob']:>12.3f}"
+            f"{s['saturated']:>12.1%}{s['grad_median']:>16.4f}{s['grad_p10']:>10.2e}"
+        )
+    u, s = view["unscaled"], view["scaled"]
+    out += [
+        f"  theory: mean 0; variance d_k = {d_k} unscaled, 1 scaled",
+        "  |dp/ds| = ||diag(p) - p p^T||, the softmax's gradient with respect to its scores",
+        f"conclusion: unscaled, the scores' standard deviation grows as sqrt(d_k) "
+        f"({math.sqrt(u['var']):.1f} measured), so {u['saturated']:.0%} of the softmax rows "
+        f"are nearly one-hot and the weakest tenth pass back gradients below "
+        f"{u['grad_p10']:.1e}; divided by sqrt(d_k), the variance stays 1 for every d_k: "
+        f"{s['saturated']:.0%} of the rows saturate and the weakest tenth still pass back "
+        f"{s['grad_p10']:.2f}",
+    ]
+    return "\n".join(out)
 
 
 @inspect_app.command("scaling")
@@ -383,30 +435,7 @@ def scaling_command(
         cfg = _load(config, set_)
         d_k = cfg.model.d_model // cfg.model.heads
     view = scaling_view(d_k, keys, samples, seed)
-    if json_:
-        print(json.dumps(view))
-        return
-    n = samples * keys
-    print(
-        f"{n:,} dot products q.k of random N(0, 1) vectors, d_k = {d_k}; softmax over "
-        f"{keys} keys by attention.attend_math, {samples:,} times"
-    )
-    print(f"  {'':<22}{'mean':>8}{'variance':>10}{'max p':>8}{'p>0.99':>8}{'|dp/ds|':>9}")
-    for name, label in (("unscaled", "q.k"), ("scaled", "q.k / sqrt(d_k)")):
-        s = view[name]
-        print(
-            f"  {label:<22}{s['mean']:>8.3f}{s['var']:>10.2f}{s['max_prob']:>8.3f}"
-            f"{s['saturated']:>8.1%}{s['grad_norm']:>9.4f}"
-        )
-    print(f"  theory: variance d_k = {d_k} unscaled, 1 scaled; mean 0 for both")
-    u, s = view["unscaled"], view["scaled"]
-    print(
-        f"conclusion: unscaled, the scores' spread grows like sqrt(d_k) (std "
-        f"{math.sqrt(u['var']):.1f}), so the softmax nearly picks one key (max p "
-        f"{u['max_prob']:.2f}) and its gradient shrinks to {u['grad_norm']:.3f}; dividing by "
-        f"sqrt(d_k) keeps the variance at 1 for any d_k (max p {s['max_prob']:.2f}, "
-        f"gradient {s['grad_norm']:.3f}), so attention stays trainable"
-    )
+    _emit(json.dumps(view) if json_ else format_scaling(view))
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -436,13 +465,35 @@ def schedule_view(cfg, steps: int = 0) -> dict:
         "schedule": t.schedule,
         "formula": formula,
         "d_model": cfg.model.d_model,
-        "warmup": t.warmup,
+        "warmup": 0 if t.schedule == "constant" else t.warmup,
         "steps": steps,
         "peak_step": peak,
         "peak_lr": lrs[peak - 1],
         "lr": lrs,
         "note": note,
     }
+
+
+def format_schedule(view: dict) -> str:
+    """The schedule view as the text `tfx inspect schedule` prints."""
+    w, n, lrs, peak = view["warmup"], view["steps"], view["lr"], view["peak_step"]
+    out = [view["note"]] if view["note"] else []
+    out.append(
+        f"schedule {view['schedule']}: lr = {view['formula']} "
+        f"(d_model {view['d_model']}, warmup {w})"
+    )
+    for s in sorted({s for s in (1, w // 4, w // 2, w, 2 * w, 4 * w, n) if 1 <= s <= n}):
+        out.append(
+            f"  step {s:>8}: {lrs[s - 1]:.3e}" + ("  <- peak" if s == peak and w > 1 else "")
+        )
+    if view["schedule"] == "constant":
+        out.append("constant: no warm-up, the same rate from the first update to the last")
+    else:
+        out.append(
+            f"peak {view['peak_lr']:.3e} at step {peak}: small steps first, while Adam's "
+            "moment estimates are still noisy, then a slow 1/sqrt(step) decay"
+        )
+    return "\n".join(out)
 
 
 @inspect_app.command("schedule")
@@ -458,24 +509,7 @@ def schedule_command(
 ) -> None:
     """The configured learning-rate schedule over the run, warm-up peak marked."""
     view = schedule_view(_load(config, set_), steps)
-    if json_:
-        print(json.dumps(view))
-    else:
-        if view["note"]:
-            print(view["note"])
-        print(
-            f"schedule {view['schedule']}: lr = {view['formula']} "
-            f"(d_model {view['d_model']}, warmup {view['warmup']})"
-        )
-        w, n, lrs = view["warmup"], view["steps"], view["lr"]
-        marks = sorted({s for s in (1, w // 4, w // 2, w, 2 * w, 4 * w, n) if 1 <= s <= n})
-        for s in marks:
-            tag = "  <- peak" if s == view["peak_step"] else ""
-            print(f"  step {s:>8}: {lrs[s - 1]:.3e}{tag}")
-        print(
-            f"peak {view['peak_lr']:.3e} at step {view['peak_step']}: the rate grows "
-            "linearly while Adam's moment estimates are still noisy, then decays"
-        )
+    _emit(json.dumps(view) if json_ else format_schedule(view))
     if plot is not None:
         from transformer_cli.plots import plot_schedule
 

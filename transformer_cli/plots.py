@@ -202,7 +202,7 @@ def plot_masks(view: dict, path: str | Path) -> Path:
 # ----------------------------------------------------------------------------- positions
 
 
-def plot_positions(table, path: str | Path, curves: Sequence[int] = (0, 1, 8, 9, 20)) -> Path:
+def plot_positions(table, path: str | Path) -> Path:
     """Heatmap of a (positions, d_model) sinusoidal table, and a few dimensions as curves."""
     plt = _pyplot()
     rows = [list(map(float, r)) for r in table]
@@ -221,18 +221,21 @@ def plot_positions(table, path: str | Path, curves: Sequence[int] = (0, 1, 8, 9,
     )
     a_map.set_xlabel("embedding dimension")
     a_map.set_ylabel("position")
-    for dim in (d for d in curves if d < d_model):
-        a_lines.plot(
-            range(length),
-            [r[dim] for r in rows],
-            label=f"dim {dim} ({'sin' if dim % 2 == 0 else 'cos'})",
-        )
-    a_lines.set_title("a few dimensions: lower dims turn faster", fontsize=10)
+    # one sin/cos pair (a rotating point), then slower and slower sines
+    eighth = 2 * max(1, d_model // 16)
+    dims = sorted({eighth, eighth + 1, 2 * eighth, 3 * eighth} & set(range(d_model)))
+    for dim in dims:
+        kind = "sin" if dim % 2 == 0 else "cos"
+        style = "--" if kind == "cos" else "-"
+        a_lines.plot(range(length), [r[dim] for r in rows], style, label=f"dim {dim} ({kind})")
+    a_lines.set_title(
+        "a few dimensions: the higher the dimension, the slower it turns", fontsize=10
+    )
     a_lines.set_xlabel("position")
     a_lines.set_ylabel("PE(pos, dim)")
     a_lines.set_ylim(-1.1, 1.1)
     a_lines.grid(alpha=0.3)
-    a_lines.legend(fontsize=8, loc="lower left")
+    a_lines.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -241,13 +244,13 @@ def plot_positions(table, path: str | Path, curves: Sequence[int] = (0, 1, 8, 9,
 
 
 def plot_schedule(lrs: Sequence[float], warmup: int, path: str | Path, title: str) -> Path:
-    """The learning rate of steps 1..len(lrs), with the warm-up end and the peak marked."""
+    """The learning rate of steps 1..len(lrs), with the warm-up end (0 = none) and peak marked."""
     plt = _pyplot()
     steps = range(1, len(lrs) + 1)
     peak = max(range(len(lrs)), key=lambda i: lrs[i])
     fig, ax = plt.subplots(figsize=(9, 5))
     ax.plot(steps, lrs, color=ATTEND, label="learning rate")
-    if warmup <= len(lrs):
+    if 0 < warmup <= len(lrs):
         ax.axvline(warmup, color=LOOK_AHEAD, linestyle="--", label=f"end of warm-up ({warmup})")
     ax.plot(
         [peak + 1], [lrs[peak]], "o", color=BOTH, label=f"peak {lrs[peak]:.3g} at step {peak + 1}"
