@@ -17,13 +17,11 @@ The state a training checkpoint holds (all of it survives weights_only loading):
     model           model.state_dict()
     optimizer       optimizer.state_dict()
     scaler          GradScaler.state_dict() or None
-    step            int: optimiser updates done
-    epoch           int: the epoch in progress
-    batch_in_epoch  int: batches of that epoch already consumed
+    progress        train.Progress as a dict: step (optimiser updates done), epoch,
+                    batch_pos (batches of that epoch consumed), best_bleu, ...
     rng             capture_rng(): {"torch": ByteTensor, "cuda": [ByteTensor] | None,
                     "python": random.getstate()}
-    spm             {file name: SentencePiece model bytes}
-    metrics         dict, e.g. {"best_bleu": ..., "best_step": ...}
+    tokenizer       {file name: SentencePiece model bytes}
 
 Run-dir layout: RUN_DIR/checkpoints/ckpt_{step:08d}.pt (the newest `keep_last` are
 kept), plus last.pt and best.pt there as real files, hard links to a step checkpoint.
@@ -246,6 +244,16 @@ def remove_partial_writes(run_dir: str | Path) -> list[Path]:
     return removed
 
 
+def state_step(state: dict) -> int:
+    """The step a checkpoint was saved at (-1 if it does not say).
+
+    The training loop keeps it in state["progress"]["step"]; a top-level "step" is read too.
+    """
+    progress = state.get("progress")
+    step = progress.get("step") if isinstance(progress, dict) else state.get("step")
+    return step if isinstance(step, int) else -1
+
+
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
 
@@ -264,7 +272,7 @@ def find_resumable(run_dir: str | Path, warn: Callable[[str], None] = _stderr) -
     if last.exists():
         try:
             state = load_checkpoint(last)
-            newest, last_step = (last, state), int(state.get("step", -1))
+            newest, last_step = (last, state), state_step(state)
         except CheckpointError as e:
             skipped.append(str(e))
     for step, path in reversed(candidates):
