@@ -67,10 +67,21 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
         "payload_bytes": len(payload),
         "sha256": hashlib.sha256(payload).hexdigest(),
     }
-    with atomic_open(path) as f:
-        f.write(MAGIC)
-        f.write(json.dumps(header).encode("ascii") + b"\n")
-        f.write(payload)
+    try:
+        with atomic_open(path) as f:
+            f.write(MAGIC)
+            f.write(json.dumps(header).encode("ascii") + b"\n")
+            f.write(payload)
+    except OSError as e:  # a full disk, a quota, a read-only dir: the user's to fix
+        raise CheckpointError(_write_failure(e, path)) from None
+
+
+def _write_failure(e: OSError, path: str | Path) -> str:
+    reason = e.strerror or str(e) or type(e).__name__
+    return (
+        f"{reason[0].lower()}{reason[1:]} while writing {path}; "
+        "the checkpoints written before it are intact"
+    )
 
 
 def read_payload(path: str | Path) -> bytes:
@@ -225,9 +236,13 @@ def save_step(
     """Save ckpt_{step}.pt, point last.pt (and best.pt if `best`) at it, prune old ones."""
     path = step_path(run_dir, step)
     save_checkpoint(path, state)
-    publish(path, last_path(run_dir))
-    if best:
-        publish(path, best_path(run_dir))
+    for name, wanted in ((last_path(run_dir), True), (best_path(run_dir), best)):
+        if not wanted:
+            continue
+        try:
+            publish(path, name)
+        except OSError as e:
+            raise CheckpointError(_write_failure(e, name)) from None
     prune(run_dir, keep_last)
     return path
 
