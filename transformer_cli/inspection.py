@@ -513,7 +513,10 @@ def schedule_command(
     if plot is not None:
         from transformer_cli.plots import plot_schedule
 
-        title = f"{view['schedule']} schedule: lr = {view['formula']}"
+        title = (
+            f"{view['schedule']} schedule: lr = {view['formula']}\n"
+            f"d_model {view['d_model']}, warmup {view['warmup']}, {view['steps']} steps"
+        )
         _report(plot_schedule(view["lr"], view["warmup"], plot, title))
 
 
@@ -571,7 +574,8 @@ class AttentionMap:
     weights: object  # (T_out, S_in) float tensor; every row sums to 1
     src_pieces: list[str]  # S_in column labels: source pieces (decoder inputs for self)
     out_pieces: list[str]  # T_out row labels: the piece each query row predicts
-    translation: str  # the greedy hypothesis, detokenized
+    hypothesis: list[int]  # the greedy output's piece ids, without BOS/EOS
+    translation: str  # the same, detokenized
     title: str
 
 
@@ -650,7 +654,7 @@ def attention_map(
         f"(greedy)\n{text}  ->  {tokenizer.decode_tgt([hyp])[0]}"
     )
     translation = tokenizer.decode_tgt([hyp])[0]
-    return AttentionMap(weights, list(keys), list(out_pieces), translation, title)
+    return AttentionMap(weights, list(keys), list(out_pieces), hyp, translation, title)
 
 
 def plot_translation_attention(

@@ -277,17 +277,20 @@ def plot_curves(train: Sequence[dict], valid: Sequence[dict], path: str | Path, 
     t_steps = [r["step"] for r in train]
     v_steps = [r["step"] for r in valid]
     marker = "o" if len(valid) <= 40 else None
+    dot = "." if len(train) <= 40 else None  # a lone point of a line is invisible
 
     if train:
-        a_loss.plot(t_steps, [r["loss"] for r in train], label="train loss (label-smoothed)")
-        a_loss.plot(t_steps, [r["nll"] for r in train], label="train NLL", alpha=0.7)
+        a_loss.plot(
+            t_steps, [r["loss"] for r in train], marker=dot, label="train loss (label-smoothed)"
+        )
+        a_loss.plot(t_steps, [r["nll"] for r in train], marker=dot, label="train NLL", alpha=0.7)
     if valid:
         a_loss.plot(v_steps, [r["loss"] for r in valid], marker=marker, label="valid NLL")
     a_loss.set_title("loss per target token")
     a_loss.set_ylabel("nats per token")
 
     if train:
-        a_ppl.plot(t_steps, [r["ppl"] for r in train], label="train perplexity")
+        a_ppl.plot(t_steps, [r["ppl"] for r in train], marker=dot, label="train perplexity")
     if valid:
         a_ppl.plot(v_steps, [r["ppl"] for r in valid], marker=marker, label="valid perplexity")
     a_ppl.set_yscale("log")
@@ -306,12 +309,15 @@ def plot_curves(train: Sequence[dict], valid: Sequence[dict], path: str | Path, 
     a_bleu.set_ylabel("score (0-100)")
 
     if train:
-        a_lr.plot(t_steps, [r["lr"] for r in train], label="learning rate")
+        a_lr.plot(t_steps, [r["lr"] for r in train], marker=dot, label="learning rate")
     a_lr.set_title("learning rate (the schedule)")
     a_lr.set_ylabel("learning rate")
     a_lr.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
 
+    from matplotlib.ticker import MaxNLocator
+
     for ax in axes.flat:
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=10, integer=True))
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
