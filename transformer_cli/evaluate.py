@@ -124,7 +124,8 @@ def run(
         raise ConfigError(f"--average must be >= 1, got {average}")
     cfg_override = load_config(config, list(overrides)) if config is not None else None
     paths = average_mod.expand(checkpoints)
-    first_cfg = cfg_override or _config_of(load_state(paths[0]), paths[0])
+    first_state = load_state(paths[0])  # kept: it is the first to be scored, too
+    first_cfg = cfg_override or _config_of(first_state, paths[0])
     out_dir = Path(output_dir) if output_dir is not None else Path(first_cfg.run_dir) / "eval"
     # every checkpoint is decoded the same way, so that their scores compare
     options = dict(beam=beam, alpha=alpha, max_len_a=max_len_a, max_len_b=max_len_b,
@@ -152,7 +153,8 @@ def run(
     names: set[str] = set()
     for number, path in enumerate(paths, start=1):
         print(f"[{number}/{len(paths)}] {path}", file=sys.stderr, flush=True)
-        state = load_state(path)
+        state = first_state if number == 1 else load_state(path)
+        first_state = None
         model, tokenizer, ckpt_cfg = model_from_state(state, path, dev)
         cfg = cfg_override or ckpt_cfg
         if src_file is None:
@@ -164,12 +166,14 @@ def run(
         name = _unique(path.stem + "." + data.label, names)
         hyp_path = out_dir / f"{name}.hyp"
         atomic_write_text(hyp_path, "".join(h + "\n" for h in row.pop("hypotheses")))
-        rows.append({"checkpoint": str(path), "step": _step(state), **row, "hyp": str(hyp_path)})
+        step = average_mod.step_of(state)
+        rows.append({"checkpoint": str(path), "step": step if step >= 0 else None, **row,
+                     "data": data.origin, "hyp": str(hyp_path)})  # fmt: skip
         del model, state
 
     rows.sort(key=lambda r: -r["bleu"])
     report = {
-        "data": data.origin,
+        "data": data.origin,  # the first checkpoint's; each result names its own
         "label": data.label,
         "sentences": len(data.sources),
         "decode": dataclasses.asdict(decode),
@@ -196,11 +200,6 @@ def _config_of(state: dict, path: Path):
         return config_from_dict(state["config"], source=f"{path} (its config)")
     except ConfigError as e:
         raise CheckpointError(f"{path}: its config does not fit this tfx: {e}") from None
-
-
-def _step(state: dict) -> int | None:
-    progress = state.get("progress")
-    return progress.get("step") if isinstance(progress, dict) else None
 
 
 def _unique(name: str, taken: set[str]) -> str:

@@ -1,0 +1,154 @@
+"""Decoding speed: sentences/s and target pieces/s of greedy and beam-5 search, at batch
+sizes 64 and 1, with and without the KV cache, on a checkpoint and a prepared split.
+
+    .venv/bin/python bench/decode_speed.py [CHECKPOINT] [--split test] [--subset 200]
+
+CHECKPOINT defaults to runs/multi30k_de_en/checkpoints/best.pt. The sentences are the
+split's source lines from the checkpoint's run dir (or --config's). Timed is `decode_all`
+on sources already encoded, after one warm-up batch: model loading, SentencePiece and
+detokenization are not, which is what the peers' "translation time" in
+../shared/bench/peers/RESULTS.md measures too (their batch 64, 2 threads).
+
+The headline rows (batch 64, cached) run on the whole split; every configuration also
+runs on the first `--subset` sentences, so that the slow ones (batch 1, no cache) finish
+and all are compared on the same sentences. The check that matters: the cached greedy
+search must be at least 3x as fast as re-decoding the whole prefix at every step, and
+give the same output.
+
+Writes bench/out/decode_speed.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from transformer_cli.config import load_config
+from transformer_cli.evaluate import split_data
+from transformer_cli.search import decode_all
+from transformer_cli.translate import load_model
+
+DEFAULT_CKPT = Path("runs/multi30k_de_en/checkpoints/best.pt")
+OUT = Path(__file__).parent / "out" / "decode_speed.json"
+SEARCHES = {"greedy": 1, "beam5": 5}
+
+
+def timed(model, sources, decode, beam: int, batch: int, use_cache: bool) -> dict:
+    """Decode `sources` once (after a warm-up batch) and measure it."""
+    cfg = dataclasses.replace(decode, batch_sentences=batch)
+    decode_all(model, sources[:batch], cfg, "cpu", beam=beam, use_cache=use_cache)  # warm-up
+    started = time.perf_counter()
+    outputs = decode_all(model, sources, cfg, "cpu", beam=beam, use_cache=use_cache)
+    seconds = time.perf_counter() - started
+    pieces = sum(len(o) for o in outputs)
+    return {
+        "sentences": len(sources),
+        "seconds": round(seconds, 3),
+        "sentences_per_s": round(len(sources) / seconds, 1),
+        "pieces_per_s": round(pieces / seconds, 1),
+        "mean_output_pieces": round(pieces / max(len(sources), 1), 2),
+        "outputs": outputs,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", nargs="?", default=str(DEFAULT_CKPT))
+    parser.add_argument("--config", help="use this config's run dir for the split")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--subset", type=int, default=200, help="sentences for every config")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--alpha", type=float, help="beam length penalty (default: the config's)")
+    parser.add_argument("--max-len-a", type=float)
+    parser.add_argument("--max-len-b", type=int)
+    args = parser.parse_args()
+
+    if not Path(args.checkpoint).is_file():
+        print(f"no checkpoint at {args.checkpoint}: train one, or name one", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    model, tokenizer, cfg = load_model(args.checkpoint, "cpu")
+    data = split_data(load_config(args.config) if args.config else cfg, args.split)
+    sources = tokenizer.encode_src(data.sources)
+    overrides = {"alpha": args.alpha, "max_len_a": args.max_len_a, "max_len_b": args.max_len_b}
+    decode = dataclasses.replace(cfg.decode, **{k: v for k, v in overrides.items() if v is not None})
+    subset = sources[: args.subset]
+
+    rows = []
+
+    def measure(label: str, search: str, batch: int, use_cache: bool, sents) -> dict:
+        result = timed(model, sents, decode, SEARCHES[search], batch, use_cache)
+        row = {"set": label, "search": search, "batch": batch, "kv_cache": use_cache, **result}
+        rows.append(row)
+        print(
+            f"{label:<7} {search:<7} batch {batch:>3}  cache {'yes' if use_cache else 'no ':<3}  "
+            f"{row['sentences']:>5} sents  {row['seconds']:>8.2f} s  "
+            f"{row['sentences_per_s']:>8.1f} sent/s  {row['pieces_per_s']:>9.1f} pieces/s  "
+            f"(mean output {row['mean_output_pieces']} pieces)",
+            flush=True,
+        )
+        return row
+
+    print(f"{args.checkpoint}: {sum(p.numel() for p in model.parameters()):,} parameters; "
+          f"{data.origin}, {len(sources)} sentences; {args.threads} threads", flush=True)  # fmt: skip
+    for search in SEARCHES:
+        measure("full", search, 64, True, sources)
+    for search in SEARCHES:
+        for batch in (64, 1):
+            for use_cache in (True, False):
+                measure("subset", search, batch, use_cache, subset)
+
+    def find(search, batch, use_cache) -> dict:
+        return next(r for r in rows if r["set"] == "subset" and r["search"] == search
+                    and r["batch"] == batch and r["kv_cache"] == use_cache)  # fmt: skip
+
+    checks = {}
+    for search in SEARCHES:
+        for batch in (64, 1):
+            cached, uncached = find(search, batch, True), find(search, batch, False)
+            checks[f"{search}_b{batch}_cache_speedup"] = round(
+                uncached["seconds"] / cached["seconds"], 2
+            )
+            checks[f"{search}_b{batch}_cached_equals_uncached"] = (
+                cached["outputs"] == uncached["outputs"]
+            )
+        checks[f"{search}_batched_equals_batch_1"] = (
+            find(search, 64, True)["outputs"] == find(search, 1, True)["outputs"]
+        )
+    ok = checks["greedy_b64_cache_speedup"] >= 3.0
+    for name, value in checks.items():
+        print(f"{name}: {value}")
+    print(f"cached greedy (batch 64) >= 3x uncached: {'yes' if ok else 'NO'}")
+
+    report = {
+        "checkpoint": str(args.checkpoint),
+        "data": data.origin,
+        "sentences": len(sources),
+        "subset": len(subset),
+        "decode": dataclasses.asdict(decode),
+        "threads": args.threads,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "model": dataclasses.asdict(model.cfg),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                    "torch": torch.__version__, "python": platform.python_version()},  # fmt: skip
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "results": [{k: v for k, v in r.items() if k != "outputs"} for r in rows],
+        "checks": checks,
+    }
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(report, indent=2) + "\n", "utf-8")
+    print(f"wrote {OUT}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
