@@ -692,7 +692,31 @@ def plot_translation_attention(
         self_attention=self_attention,
         decode_cfg=cfg.decode,
     )
-    return plot_attention(view.weights, view.src_pieces, view.out_pieces, output, view.title)
+    key_label = "decoder input piece (key)" if self_attention else "source piece (key)"
+    return plot_attention(
+        view.weights, view.src_pieces, view.out_pieces, output, view.title, key_label=key_label
+    )
+
+
+def plot_first_attention(
+    checkpoint: str | Path,
+    texts: list[str] | None,
+    output: str | Path,
+    *,
+    layer: int = -1,
+    head: str = "mean",
+    self_attention: bool = False,
+    device: str = "auto",
+) -> Path:
+    """`tfx translate CKPT TEXT... --plot-attention FILE`: draw the first TEXT's attention."""
+    if not texts:
+        raise ConfigError("--plot-attention draws a sentence given as a TEXT argument; give one")
+    path = plot_translation_attention(
+        checkpoint, texts[0], output, layer=layer, head=head,
+        self_attention=self_attention, device=device,
+    )  # fmt: skip
+    _report(path)
+    return path
 
 
 @inspect_app.command("attention")

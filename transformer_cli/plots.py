@@ -333,7 +333,13 @@ def plot_curves(train: Sequence[dict], valid: Sequence[dict], path: str | Path, 
 
 
 def plot_attention(
-    weights, src_pieces: Sequence[str], out_pieces: Sequence[str], path: str | Path, title: str
+    weights,
+    src_pieces: Sequence[str],
+    out_pieces: Sequence[str],
+    path: str | Path,
+    title: str,
+    *,
+    key_label: str = "source piece (key)",
 ) -> Path:
     """Heatmap of attention probabilities: one row per output piece, one column per key.
 
@@ -342,6 +348,7 @@ def plot_attention(
         src_pieces: S_in column (key) labels: source pieces for cross-attention, decoder
             input pieces for decoder self-attention.
         out_pieces: T_out row (query) labels: the piece each row's query predicts.
+        key_label: the x axis's name.
     """
     plt = _pyplot()
     rows = [list(map(float, r)) for r in weights]
@@ -366,7 +373,7 @@ def plot_attention(
     fig.colorbar(image, ax=ax, label="attention probability", fraction=0.046, pad=0.04)
     _label_ticks(ax, "x", list(src_pieces), rotate=True)
     _label_ticks(ax, "y", list(out_pieces))
-    ax.set_xlabel("attended position (key)")
+    ax.set_xlabel(key_label)
     ax.set_ylabel("output piece (query)")
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
