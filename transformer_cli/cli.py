@@ -108,10 +108,30 @@ def translate(
     max_len_b: MaxLenBOpt = None,
     batch_size: BatchOpt = None,
     device: DeviceOpt = "auto",
+    plot_attention: Annotated[
+        Path | None,
+        typer.Option("--plot-attention", help="Draw the first TEXT's attention into this PNG."),
+    ] = None,
+    layer: Annotated[
+        int, typer.Option("--layer", help="--plot-attention: decoder layer, 0-based; -1 = last.")
+    ] = -1,
+    head: Annotated[
+        str, typer.Option("--head", help="--plot-attention: a head number, or mean.")
+    ] = "mean",
+    self_attention: Annotated[
+        bool, typer.Option("--self-attention", help="--plot-attention: decoder self-attention.")
+    ] = False,
 ) -> None:
     """Translate with a checkpoint: one output line per input line."""
     from transformer_cli import translate as translate_mod
 
+    if plot_attention is not None:  # first, so that a bad --layer or --head fails at once
+        from transformer_cli import inspection
+
+        inspection.plot_first_attention(
+            checkpoint, text, plot_attention, layer=layer, head=head,
+            self_attention=self_attention, device=device,
+        )  # fmt: skip
     translate_mod.run(
         checkpoint, text, input_, output, beam=beam, alpha=alpha, nbest=nbest,
         max_len_a=max_len_a, max_len_b=max_len_b, batch_size=batch_size, device=device,
