@@ -367,3 +367,17 @@ def test_inspect_attention_writes_a_png_and_rejects_bad_choices(loaded, tmp_path
     assert_one_line_error(
         cli("inspect", "attention", tmp_path / "no.pt", SENTENCE, "--plot", out), "no.pt"
     )
+
+
+def test_translate_plot_attention_draws_the_first_sentence(loaded, tmp_path):
+    ckpt = loaded[0]
+    out = tmp_path / "att.png"
+    result = cli("translate", ckpt, SENTENCE, "a dog .", "--plot-attention", out, "--layer", 0)
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.splitlines()) == 2  # stdout still holds the translations only
+    assert_png(out)
+    self_out = tmp_path / "self.png"
+    result = cli("translate", ckpt, SENTENCE, "--plot-attention", self_out, "--self-attention")
+    assert result.exit_code == 0, result.output
+    assert_png(self_out)
+    assert_one_line_error(cli("translate", ckpt, "--plot-attention", out), "TEXT argument")
