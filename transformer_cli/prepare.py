@@ -57,6 +57,10 @@ def run(cfg: Config) -> dict:
     # From here on the old cache is stale: losing its meta.json first means a crash
     # halfway through leaves an incomplete cache, never a mix that looks complete.
     (directory / "meta.json").unlink(missing_ok=True)
+    # A prepare killed mid-write leaves its temp file (fileio's `.NAME.*.tmp`), which can
+    # be as large as train.pt: nothing else would ever remove it.
+    for litter in directory.glob(".*.tmp"):
+        litter.unlink(missing_ok=True)
 
     _status(f"reading {_describe(cfg)}")
     pairs = {role: corpus.read_split(cfg.data, role) for role in SPLITS}
