@@ -331,7 +331,7 @@ def positions_command(
     plot: PlotOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """The sinusoidal positional encoding, and proof that PE(pos+k) is linear in PE(pos)."""
+    """The sinusoidal positional encoding, and a check that PE(pos+k) = M_k PE(pos)."""
     view = positions_view(d_model, length, tuple(k or ()))
     if json_:
         _emit(json.dumps({key: v for key, v in view.items() if key != "table"}))
