@@ -165,10 +165,11 @@ def beam_search(
     beams = 1  # live rows per sentence: 1 at the first step (all beams would be equal), then K
     for t in range(steps):
         if cache is not None:
-            hidden = model.decode_hidden(tokens, memory, src, cache)[:, -1]  # (R, D)
-        else:
-            rows_memory, rows_src = memory[row_sentence], src[row_sentence]
-            hidden = model.decode_hidden(prefix, rows_memory, rows_src)[:, -1]  # (R, D)
+            hidden = _step_hidden(model, tokens, prefix, memory, src, cache)  # (R, D)
+        else:  # every row needs its sentence's memory
+            hidden = _step_hidden(
+                model, tokens, prefix, memory[row_sentence], src[row_sentence], None
+            )
         logp = _never_special(model.logits(hidden).float().log_softmax(-1))  # (R, V)
         n_live, vocab = scores.size(0), logp.size(-1)
         total = scores[:, :, None] + logp.view(n_live, beams, vocab)  # (B_live, beams, V)
