@@ -26,8 +26,8 @@ fi
 if has translate; then
   step "tfx translate $CKPT (sentences from the test split's grammar)"
   "$TFX" translate "$CKPT" \
-    "the old man sees the small dog ." \
-    "today the women read a book , because the child sleeps ."
+    "The old man sees the small dog." \
+    "Today the women read a book because the child sleeps."
 fi
 
 plots=()
@@ -35,7 +35,7 @@ if has plot; then
   "$TFX" plot "$RUN_DIR" --output "$RUN_DIR/curves.png" && plots+=("$RUN_DIR/curves.png")
 fi
 if has translate && "$TFX" translate --help | grep -q -- --plot-attention; then
-  "$TFX" translate "$CKPT" "the old man sees the small dog ." \
+  "$TFX" translate "$CKPT" "The old man sees the small dog." \
     --plot-attention "$RUN_DIR/attention.png" >/dev/null && plots+=("$RUN_DIR/attention.png")
 fi
 if ((${#plots[@]})); then
