@@ -262,15 +262,6 @@ def _assert_equal(a, b, where: str) -> None:
         assert a == b, where
 
 
-def snapshot(root: Path) -> dict[str, int]:
-    """Every file under `root` with its size (for "nothing else was written" checks)."""
-    return {
-        str(p.relative_to(root)): p.stat().st_size
-        for p in sorted(root.rglob("*"))
-        if p.is_file() or p.is_symlink()
-    }
-
-
 # ----------------------------------------------------------------------------- shared runs
 
 _MEMO: dict[str, object] = {}
