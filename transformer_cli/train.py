@@ -88,7 +88,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool) -> dict:
         checkpoint.restore_rng(state["rng"])
         print(f"resuming from {path} at step {progress.step}", file=sys.stderr)
     write_resolved(cfg, run_dir)
-    step_model = torch.compile(model) if t.compile else model
+    step_model = CompiledSteps(model) if t.compile else model
 
     n_params = sum(p.numel() for p in model.parameters())
     print(
@@ -254,6 +254,20 @@ def stop_condition(progress: Progress, t, stop_signal: list[int]) -> str:
     if t.max_minutes and progress.elapsed >= t.max_minutes * 60:
         return f"reached train.max_minutes={t.max_minutes:g}"
     return ""
+
+
+class CompiledSteps:
+    """The three calls a training step makes, each through torch.compile.
+
+    `torch.compile(model)` would compile `forward` only, which the step never calls: it
+    encodes, decodes to hidden states, and projects just the real positions.
+    """
+
+    def __init__(self, model: Transformer) -> None:
+        self.encode = torch.compile(model.encode, dynamic=True)
+        self.decode_hidden = torch.compile(model.decode_hidden, dynamic=True)
+        self.logits = torch.compile(model.logits, dynamic=True)
+        self.parameters = model.parameters
 
 
 def make_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device):
