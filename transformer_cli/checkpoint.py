@@ -73,10 +73,11 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
             f.write(json.dumps(header).encode("ascii") + b"\n")
             f.write(payload)
     except OSError as e:  # a full disk, a quota, a read-only dir: the user's to fix
-        raise CheckpointError(_write_failure(e, path)) from None
+        raise CheckpointError(write_failure(e, path)) from None
 
 
-def _write_failure(e: OSError, path: str | Path) -> str:
+def write_failure(e: OSError, path: str | Path) -> str:
+    """The one-line message for a failed write during training: what, where, what is safe."""
     reason = e.strerror or str(e) or type(e).__name__
     return (
         f"{reason[0].lower()}{reason[1:]} while writing {path}; "
@@ -242,7 +243,7 @@ def save_step(
         try:
             publish(path, name)
         except OSError as e:
-            raise CheckpointError(_write_failure(e, name)) from None
+            raise CheckpointError(write_failure(e, name)) from None
     prune(run_dir, keep_last)
     return path
 

@@ -7,6 +7,7 @@ and greedy decoding for validation BLEU (search.py).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -126,11 +127,15 @@ def _train(cfg: Config, run_dir: Path, resume: bool) -> dict:
         save(is_best=improved)
         return result
 
-    metrics_file = (run_dir / "metrics.jsonl").open("a", encoding="utf-8")
+    metrics_path = run_dir / "metrics.jsonl"
+    metrics_file = metrics_path.open("a", encoding="utf-8")
 
     def log(record: dict) -> None:
-        metrics_file.write(json.dumps(record) + "\n")
-        metrics_file.flush()
+        try:
+            metrics_file.write(json.dumps(record) + "\n")
+            metrics_file.flush()
+        except OSError as e:  # a full disk usually shows here first, before a checkpoint save
+            raise TrainingError(checkpoint.write_failure(e, metrics_path)) from None
 
     # Ctrl-C (or SIGTERM) stops at the next step boundary with a checkpoint; a second one kills.
     stop_signal: list[int] = []
@@ -222,7 +227,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool) -> dict:
             validate()
     finally:
         bar.close()
-        metrics_file.close()
+        with contextlib.suppress(OSError):  # a failed write was reported already
+            metrics_file.close()
         for s, handler in old_handlers.items():
             signal.signal(s, handler)
 
