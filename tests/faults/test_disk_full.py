@@ -106,3 +106,44 @@ def test_disk_full_while_linking_last(tmp_path, tmp_path_factory, toy_pairs, mon
     # the step file did get written: resume starts from it
     path, state = checkpoint.find_resumable(run_dir)
     assert state["progress"]["step"] == 6
+
+
+class LogFillsUp:
+    """metrics.jsonl on a disk that fills up at record `n` (reported on flush, as by the OS)."""
+
+    def __init__(self, f, n: int):
+        self.f, self.n, self.records = f, n, 0
+
+    def write(self, text: str) -> int:
+        self.records += 1
+        return self.f.write(text)
+
+    def flush(self) -> None:
+        if self.records >= self.n:
+            raise ENOSPC
+        self.f.flush()
+
+    def close(self) -> None:
+        if self.records >= self.n:
+            self.f.close()
+            raise ENOSPC  # the buffered record cannot be written either
+        self.f.close()
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
+def test_disk_full_while_logging_metrics(tmp_path, tmp_path_factory, toy_pairs, monkeypatch):
+    run_dir, config = new_run(tmp_path, prepared_run(tmp_path_factory, toy_pairs))
+    real_open = Path.open
+
+    def open_(self, *args, **kwargs):
+        f = real_open(self, *args, **kwargs)
+        return LogFillsUp(f, n=5) if self.name == "metrics.jsonl" else f
+
+    monkeypatch.setattr(Path, "open", open_)
+    result = CliRunner().invoke(app, ["train", "--config", str(config)])
+    metrics = run_dir / "metrics.jsonl"
+    assert_one_error(result, f"no space left on device while writing {metrics}")
+    assert last_state(run_dir)["progress"]["step"] == 3
+    assert temp_litter(run_dir) == [] and not (run_dir / "train.lock").exists()
