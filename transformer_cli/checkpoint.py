@@ -46,7 +46,7 @@ from typing import Any
 
 import torch
 
-from transformer_cli.errors import CheckpointError, TrainingError
+from transformer_cli.errors import CheckpointError, TrainingError, os_problem
 from transformer_cli.fileio import atomic_open, fsync_dir
 
 MAGIC = b"TFXCKPT\n"
@@ -78,11 +78,7 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
 
 def write_failure(e: OSError, path: str | Path) -> str:
     """The one-line message for a failed write during training: what, where, what is safe."""
-    reason = e.strerror or str(e) or type(e).__name__
-    return (
-        f"{reason[0].lower()}{reason[1:]} while writing {path}; "
-        "the checkpoints written before it are intact"
-    )
+    return f"{os_problem(e)} while writing {path}; the checkpoints written before it are intact"
 
 
 def read_payload(path: str | Path) -> bytes:

@@ -1,12 +1,15 @@
 """The project's error types, and the one place that formats them for the shell.
 
 Anything a user can cause (a bad config, a broken file, a missing checkpoint) raises a
-`TfxError`; the CLI turns it into one line on stderr and exit code 2. Anything else is a
-bug in tfx and is reported as an internal error.
+`TfxError`; the CLI turns it into one line on stderr and exit code 2. So does an OSError
+that no command turned into a TfxError: the file system refusing a path the user gave (a
+full disk, an output path through a file, no permission) is theirs to fix too. Anything
+else is a bug in tfx and is reported as an internal error.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
@@ -47,6 +50,17 @@ def one_line(message: str) -> str:
     return " ".join(str(message).split())
 
 
+def os_problem(e: OSError) -> str:
+    """An OSError in words a user can act on: the path (when the OS names one), then why."""
+    reason = e.strerror or str(e) or type(e).__name__
+    reason = reason[:1].lower() + reason[1:]
+    if e.errno == errno.EEXIST and e.filename and not os.path.isdir(e.filename):
+        reason = "exists and is not a directory"  # mkdir(exist_ok=True) on a file's name
+    elif e.errno == errno.ENOTDIR:
+        reason = "not a directory (a part of this path is a file)"
+    return f"{e.filename}: {reason}" if e.filename else reason
+
+
 F = TypeVar("F", bound=Callable)
 
 
@@ -69,6 +83,11 @@ def boundary(func: F) -> F:
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             raise typer.Exit(EXIT_INTERRUPTED) from None
+        except OSError as e:
+            if debug_enabled():
+                traceback.print_exc()
+            print(f"error: {one_line(os_problem(e))}", file=sys.stderr)
+            raise typer.Exit(EXIT_USER_ERROR) from None
         except Exception as e:  # noqa: BLE001 - the boundary is where bugs are reported
             if debug_enabled():
                 traceback.print_exc()
