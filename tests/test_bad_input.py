@@ -239,6 +239,17 @@ CASES = [
          "2"], "--nbest must be between 1 and --beam (1)"),
     Case("text and --input", lambda w: ["translate", str(w.shared.ckpt), "x", "-i",
          w.text("in.txt", "a\n")], "not both"),
+    Case("--output under a file", lambda w: ["translate", str(w.shared.ckpt), "x", "-o",
+         w.text("f", "") + "/out.txt"], "/f: exists and is not a directory"),
+    # ------------------------------------------------------------------ outputs
+    Case("run dir under a file (prepare)", lambda w: ["prepare", "-c", w.config(), "--set",
+         f"run_dir={w.text('f', '')}/run"], "/f/run/cache/meta.json: not a directory"),
+    Case("run dir under a file (train)", lambda w: ["train", "-c", w.config(), "--set",
+         f"run_dir={w.text('f', '')}/run"], "/f/run: not a directory"),
+    Case("--output-dir under a file", lambda w: ["evaluate", str(w.shared.ckpt),
+         "--output-dir", w.text("f", "") + "/eval"], "/f/eval: not a directory"),
+    Case("average --output under a file", lambda w: ["average", str(w.shared.ckpt), "-o",
+         w.text("f", "") + "/avg.pt"], "/f: exists and is not a directory while writing"),
     # ------------------------------------------------------------------ evaluate
     Case("glob matching nothing", lambda w: ["evaluate", str(w.root / "nothing_*.pt")],
          "no checkpoint matches this pattern"),
