@@ -250,6 +250,16 @@ CASES = [
          "--output-dir", w.text("f", "") + "/eval"], "/f/eval: not a directory"),
     Case("average --output under a file", lambda w: ["average", str(w.shared.ckpt), "-o",
          w.text("f", "") + "/avg.pt"], "/f: exists and is not a directory while writing"),
+    # ------------------------------------------------------------------ plot, inspect
+    Case("plot a run dir without metrics", lambda w: ["plot", str(w.root)], "no metrics yet"),
+    Case("plot metrics without training records", lambda w: ["plot", str(Path(w.text(
+         "r/metrics.jsonl", '{"kind": "valid"}\n')).parent)], "no training records yet"),
+    Case("inspect batch before prepare", lambda w: ["inspect", "batch", "-c", w.config()],
+         "run `tfx prepare"),
+    Case("inspect attention: checkpoint runs code", lambda w: ["inspect", "attention", evil(w),
+         "x", "--plot", str(w.root / "a.png")], "refused to load"),
+    Case("inspect attention: checkpoint is a directory", lambda w: ["inspect", "attention",
+         str(w.root), "x", "--plot", str(w.root / "a.png")], "is a directory"),
     # ------------------------------------------------------------------ evaluate
     Case("glob matching nothing", lambda w: ["evaluate", str(w.root / "nothing_*.pt")],
          "no checkpoint matches this pattern"),
