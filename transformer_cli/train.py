@@ -128,6 +128,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool) -> dict:
         return result
 
     metrics_path = run_dir / "metrics.jsonl"
+    drop_partial_record(metrics_path)
     metrics_file = metrics_path.open("a", encoding="utf-8")
 
     def log(record: dict) -> None:
@@ -247,6 +248,24 @@ def _train(cfg: Config, run_dir: Path, resume: bool) -> dict:
     }
     print(format_summary(summary))
     return summary
+
+
+def drop_partial_record(path: Path) -> None:
+    """Cut a last line left without its newline (a write that failed on a full disk).
+
+    Appending after it would glue the next record onto the fragment, and the log would
+    no longer parse.
+    """
+    try:
+        with open(path, "rb+") as f:
+            size = f.seek(0, 2)
+            start = max(0, size - (1 << 16))  # records are far shorter than this
+            f.seek(start)
+            tail = f.read()
+            if tail and not tail.endswith(b"\n") and (b"\n" in tail or start == 0):
+                f.truncate(start + tail.rfind(b"\n") + 1)
+    except FileNotFoundError:
+        pass
 
 
 def stop_condition(progress: Progress, t, stop_signal: list[int]) -> str:
