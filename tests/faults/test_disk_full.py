@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 from transformer_cli import checkpoint
 from transformer_cli.cli import app
+from transformer_cli.inspection import read_metrics
 
 pytestmark = pytest.mark.faults
 
@@ -109,25 +110,18 @@ def test_disk_full_while_linking_last(tmp_path, tmp_path_factory, toy_pairs, mon
 
 
 class LogFillsUp:
-    """metrics.jsonl on a disk that fills up at record `n` (reported on flush, as by the OS)."""
+    """metrics.jsonl on a disk that fills up half-way through record `n`."""
 
     def __init__(self, f, n: int):
         self.f, self.n, self.records = f, n, 0
 
     def write(self, text: str) -> int:
         self.records += 1
-        return self.f.write(text)
-
-    def flush(self) -> None:
-        if self.records >= self.n:
+        if self.records == self.n:
+            self.f.write(text[: len(text) // 2])
+            self.f.flush()
             raise ENOSPC
-        self.f.flush()
-
-    def close(self) -> None:
-        if self.records >= self.n:
-            self.f.close()
-            raise ENOSPC  # the buffered record cannot be written either
-        self.f.close()
+        return self.f.write(text)
 
     def __getattr__(self, name):
         return getattr(self.f, name)
@@ -137,9 +131,9 @@ def test_disk_full_while_logging_metrics(tmp_path, tmp_path_factory, toy_pairs, 
     run_dir, config = new_run(tmp_path, prepared_run(tmp_path_factory, toy_pairs))
     real_open = Path.open
 
-    def open_(self, *args, **kwargs):
-        f = real_open(self, *args, **kwargs)
-        return LogFillsUp(f, n=5) if self.name == "metrics.jsonl" else f
+    def open_(self, mode="r", *args, **kwargs):
+        f = real_open(self, mode, *args, **kwargs)
+        return LogFillsUp(f, n=5) if self.name == "metrics.jsonl" and mode == "a" else f
 
     monkeypatch.setattr(Path, "open", open_)
     result = CliRunner().invoke(app, ["train", "--config", str(config)])
@@ -147,3 +141,11 @@ def test_disk_full_while_logging_metrics(tmp_path, tmp_path_factory, toy_pairs, 
     assert_one_error(result, f"no space left on device while writing {metrics}")
     assert last_state(run_dir)["progress"]["step"] == 3
     assert temp_litter(run_dir) == [] and not (run_dir / "train.lock").exists()
+    assert not metrics.read_bytes().endswith(b"\n")  # half a record made it to the disk
+
+    monkeypatch.undo()  # space was freed
+    result = CliRunner().invoke(app, ["train", "--config", str(config), "--resume"])
+    assert result.exit_code == 0, result.output
+    train_records, valid_records = read_metrics(run_dir)  # what tfx plot reads
+    assert [r["step"] for r in train_records] == list(range(1, 13))
+    assert [r["step"] for r in valid_records] == [3, 6, 9, 12]
