@@ -646,14 +646,13 @@ def attention_map(
         if self_attention
         else tokenizer.src_pieces(text)[: len(ids)]
     )
+    translation = tokenizer.decode_tgt([hyp])[0]
     which = "decoder self-attention" if self_attention else "cross-attention"
-    layer_no = layer % layers
     head_txt = "mean of heads" if head is None else f"head {head % heads}"
     title = (
-        f"{which}, decoder layer {layer_no} of 0..{layers - 1}, {head_txt} "
-        f"(greedy)\n{text}  ->  {tokenizer.decode_tgt([hyp])[0]}"
+        f"{which}, decoder layer {layer % layers} of 0..{layers - 1}, {head_txt} "
+        f"(greedy)\n{text}  ->  {translation}"
     )
-    translation = tokenizer.decode_tgt([hyp])[0]
     return AttentionMap(weights, list(keys), list(out_pieces), hyp, translation, title)
 
 
