@@ -109,8 +109,8 @@ def run(
     """Score checkpoints on a prepared split or raw files; print a table (or JSON).
 
     Writes, atomically, into `output_dir` (default: RUN_DIR/eval, RUN_DIR being --config's
-    run dir or else the first checkpoint's): `<checkpoint stem>.<label>.hyp` per
-    checkpoint, `report.<label>.json` for all, and `avg_last<N>.pt` with `average` N.
+    run dir or else the one the first checkpoint file is in): `<checkpoint stem>.<label>.hyp`
+    per checkpoint, `report.<label>.json` for all, and `avg_last<N>.pt` with `average` N.
     Decoding options left as None come from --config's decode section, or else from the
     first checkpoint's, and are the same for every checkpoint.
     """
@@ -126,7 +126,7 @@ def run(
     paths = average_mod.expand(checkpoints)
     first_state = load_state(paths[0])  # kept: it is the first to be scored, too
     first_cfg = cfg_override or _config_of(first_state, paths[0])
-    out_dir = Path(output_dir) if output_dir is not None else Path(first_cfg.run_dir) / "eval"
+    out_dir = Path(output_dir) if output_dir else default_output_dir(paths[0], cfg_override)
     # every checkpoint is decoded the same way, so that their scores compare
     options = dict(beam=beam, alpha=alpha, max_len_a=max_len_a, max_len_b=max_len_b,
                    batch_sentences=batch_size)  # fmt: skip
@@ -191,6 +191,18 @@ def run(
         print(format_table(report))
         print(f"hypotheses and report: {out_dir}/ ({report_path.name})")
     return report
+
+
+def default_output_dir(first: Path, cfg_override) -> Path:
+    """RUN_DIR/eval: --config's run dir, else the run dir the first checkpoint file is in.
+
+    Never the run_dir recorded inside a checkpoint: in a shared checkpoint that is its
+    author's path (or any path someone chose), and tfx writes only where it is pointed.
+    """
+    if cfg_override is not None:
+        return Path(cfg_override.run_dir) / "eval"
+    run_dir = first.parent.parent if first.parent.name == "checkpoints" else first.parent
+    return run_dir / "eval"
 
 
 def _config_of(state: dict, path: Path):
