@@ -147,7 +147,8 @@ def files(root: Path) -> dict[str, tuple[int, int]]:
 def test_a_whole_run_writes_only_into_the_run_dir_and_the_named_output(tmp_path, toy_pairs):
     """prepare -> train -> evaluate -> translate from an empty working directory, with HOME
     and TMPDIR empty too: afterwards every new or changed file is under the run dir or is
-    the --output file, and the working directory, HOME and TMPDIR are still empty."""
+    the --output file, the working directory is still empty, and HOME and TMPDIR hold no
+    file."""
     write_splits(tmp_path / "data", splits(toy_pairs))
     run_dir = tmp_path / "elsewhere" / "run"
     config = tmp_path / "config" / "tiny.yaml"
@@ -182,7 +183,10 @@ def test_a_whole_run_writes_only_into_the_run_dir_and_the_named_output(tmp_path,
     allowed = (str(run_dir.relative_to(tmp_path)) + os.sep, str(output.relative_to(tmp_path)))
     assert written and all(name.startswith(allowed) for name in written), written
     assert set(before) <= set(after)  # nothing was deleted either
-    assert [p for d in (cwd, home, tmp) for p in d.iterdir()] == []
+    assert list(cwd.iterdir()) == []
+    # torch may make an empty cache directory in TMPDIR (torchinductor_USER) as it imports
+    # torch._dynamo; no file may appear there or in HOME
+    assert [p for d in (home, tmp) for p in d.rglob("*") if not p.is_dir()] == []
     assert len(output.read_text().splitlines()) == 2
 
 
@@ -201,3 +205,29 @@ def test_relative_paths_in_a_config_are_taken_from_the_working_directory(
     assert (work / "runs" / "rel" / "cache" / "meta.json").is_file()
     assert sorted(p.name for p in config.parent.iterdir()) == ["c.yaml"]
     shutil.rmtree(work / "runs")
+
+
+def test_evaluate_never_writes_where_a_shared_checkpoint_says(tmp_path, toy_pairs, monkeypatch):
+    """The run_dir recorded in a checkpoint is its author's path (or a crafted one):
+    with no --config or --output-dir, results go next to the checkpoint file given."""
+    write_splits(tmp_path / "data", splits(toy_pairs))
+    cfg = config_from_dict(tiny(tmp_path / "author" / "run", tmp_path / "data"))
+    prepare.run(cfg)
+    train.run(cfg)
+    state = checkpoint.load_checkpoint(checkpoint.last_path(cfg.run_dir))
+    victim = tmp_path / "victim"
+    state["config"]["run_dir"] = str(victim)
+    shared = tmp_path / "downloads" / "model.pt"
+    checkpoint.save_checkpoint(shared, state)
+    (tmp_path / "s.txt").write_text("a dog .\n")
+    (tmp_path / "r.txt").write_text("ein Hund .\n")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+
+    argv = ["evaluate", str(shared), "--src", str(tmp_path / "s.txt"), "--ref",
+            str(tmp_path / "r.txt")]  # fmt: skip
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    assert not victim.exists() and list(cwd.iterdir()) == []
+    assert (tmp_path / "downloads" / "eval" / "report.s.txt.json").is_file()
