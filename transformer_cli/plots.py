@@ -86,7 +86,7 @@ def _grid(ax, values, colors: Sequence[str], annotate: bool) -> None:
         interpolation="nearest",
         aspect="auto",
     )
-    if annotate and rows and len(rows) * len(rows[0]) <= 900 and len(rows[0]) <= 40:
+    if annotate and rows and len(rows) * len(rows[0]) <= 600 and len(rows[0]) <= 24:
         for i, row in enumerate(rows):
             for j, v in enumerate(row):
                 ax.text(
