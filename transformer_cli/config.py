@@ -267,14 +267,13 @@ def _build(cls: type, raw: Any, prefix: str, errors: list[str], where) -> Any:
             continue
         tp = hints[name]
         if dataclasses.is_dataclass(tp):
-            values[name] = _build(tp, raw[name] if raw[name] is not None else {}, dotted + ".",
-                                  errors, where)
+            values[name] = _build(
+                tp, raw[name] if raw[name] is not None else {}, dotted + ".", errors, where
+            )
         else:
             value = _convert(raw[name], tp)
             if value is _MISSING:
-                errors.append(
-                    f"{where(dotted)}: expected {_type_name(tp)}, got {_show(raw[name])}"
-                )
+                errors.append(f"{where(dotted)}: expected {_type_name(tp)}, got {_show(raw[name])}")
             else:
                 values[name] = value
     if errors:  # keep checking the other sections, but build nothing half-valid
@@ -358,7 +357,8 @@ def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
 def _suggest(key: str, prefix: str) -> str:
     """A did-you-mean hint: first among the same section's keys, then anywhere."""
     keys = all_keys()
-    siblings = [k[len(prefix):] for k in keys if k.startswith(prefix) and "." not in k[len(prefix):]]
+    rest = [k[len(prefix) :] for k in keys if k.startswith(prefix)]
+    siblings = [k for k in rest if "." not in k]
     close = difflib.get_close_matches(key, siblings, n=1, cutoff=0.6)
     if close:
         return f" (did you mean {prefix}{close[0]}?)"
@@ -385,25 +385,40 @@ def validate(cfg: Config) -> list[str]:
     check(d.source != "hub" or bool(d.hub_name), "data.hub_name", "required when source is hub")
     check(d.max_len >= 1, "data.max_len", f"must be >= 1, got {d.max_len}")
     check(d.max_ratio >= 0, "data.max_ratio", f"must be >= 0 (0 = off), got {d.max_ratio}")
-    check(d.src_lang != d.tgt_lang or d.source != "files" or d.format != "text",
-          "data.tgt_lang", "must differ from data.src_lang for text files")
+    check(
+        d.src_lang != d.tgt_lang or d.source != "files" or d.format != "text",
+        "data.tgt_lang",
+        "must differ from data.src_lang for text files",
+    )
     check(tok.vocab_size >= 16, "tokenizer.vocab_size", f"must be >= 16, got {tok.vocab_size}")
-    check(0 < tok.character_coverage <= 1, "tokenizer.character_coverage",
-          f"must be in (0, 1], got {tok.character_coverage}")
+    check(
+        0 < tok.character_coverage <= 1,
+        "tokenizer.character_coverage",
+        f"must be in (0, 1], got {tok.character_coverage}",
+    )
     check(tok.sample_size >= 1, "tokenizer.sample_size", f"must be >= 1, got {tok.sample_size}")
     for name in ("d_model", "heads", "enc_layers", "dec_layers", "d_ff", "max_positions"):
         value = getattr(m, name)
         check(value >= 1, f"model.{name}", f"must be >= 1, got {value}")
     if m.heads >= 1:
-        check(m.d_model % m.heads == 0, "model.heads",
-              f"must divide model.d_model ({m.d_model} % {m.heads} != 0)")
+        check(
+            m.d_model % m.heads == 0,
+            "model.heads",
+            f"must divide model.d_model ({m.d_model} % {m.heads} != 0)",
+        )
     for name in ("dropout", "attention_dropout"):
         value = getattr(m, name)
         check(0 <= value < 1, f"model.{name}", f"must be in [0, 1), got {value}")
-    check(m.max_positions >= d.max_len + 2, "model.max_positions",
-          f"must be >= data.max_len + 2 ({d.max_len + 2}), got {m.max_positions}")
-    check(not m.share_embeddings or tok.joint, "model.share_embeddings",
-          "needs a joint vocabulary (tokenizer.joint: true)")
+    check(
+        m.max_positions >= d.max_len + 2,
+        "model.max_positions",
+        f"must be >= data.max_len + 2 ({d.max_len + 2}), got {m.max_positions}",
+    )
+    check(
+        not m.share_embeddings or tok.joint,
+        "model.share_embeddings",
+        "needs a joint vocabulary (tokenizer.joint: true)",
+    )
     check(m.src_vocab >= 0 and m.tgt_vocab >= 0, "model.src_vocab", "must be >= 0")
     check(t.threads >= 0, "train.threads", f"must be >= 0, got {t.threads}")
     check(t.batch_tokens >= 1, "train.batch_tokens", f"must be >= 1, got {t.batch_tokens}")
@@ -419,8 +434,11 @@ def validate(cfg: Config) -> list[str]:
     check(t.eps > 0, "train.eps", f"must be > 0, got {t.eps}")
     check(t.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {t.weight_decay}")
     check(t.clip_norm >= 0, "train.clip_norm", f"must be >= 0 (0 = off), got {t.clip_norm}")
-    check(0 <= t.label_smoothing < 1, "train.label_smoothing",
-          f"must be in [0, 1), got {t.label_smoothing}")
+    check(
+        0 <= t.label_smoothing < 1,
+        "train.label_smoothing",
+        f"must be in [0, 1), got {t.label_smoothing}",
+    )
     for name in ("log_every", "eval_every", "keep_last"):
         value = getattr(t, name)
         check(value >= 1, f"train.{name}", f"must be >= 1, got {value}")
@@ -428,10 +446,16 @@ def validate(cfg: Config) -> list[str]:
     check(dec.alpha >= 0, "decode.alpha", f"must be >= 0, got {dec.alpha}")
     check(dec.max_len_a >= 0, "decode.max_len_a", f"must be >= 0, got {dec.max_len_a}")
     check(dec.max_len_b >= 0, "decode.max_len_b", f"must be >= 0, got {dec.max_len_b}")
-    check(dec.max_len_a > 0 or dec.max_len_b > 0, "decode.max_len_b",
-          "max_len_a and max_len_b cannot both be 0")
-    check(dec.batch_sentences >= 1, "decode.batch_sentences",
-          f"must be >= 1, got {dec.batch_sentences}")
+    check(
+        dec.max_len_a > 0 or dec.max_len_b > 0,
+        "decode.max_len_b",
+        "max_len_a and max_len_b cannot both be 0",
+    )
+    check(
+        dec.batch_sentences >= 1,
+        "decode.batch_sentences",
+        f"must be >= 1, got {dec.batch_sentences}",
+    )
     return problems
 
 
