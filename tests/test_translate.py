@@ -265,6 +265,8 @@ def test_bad_checkpoints_are_one_line_errors(ckpt, tmp_path, case):
     [(["--beam", "2", "--nbest", "3"], "--nbest must be between 1 and --beam (2)"),
      (["--beam", "0"], "--beam must be >= 1"),
      (["--batch-size", "0"], "--batch-size must be >= 1"),
+     (["--max-len-a", "0", "--max-len-b", "0"], "cannot both be 0"),
+     (["--device", "tpu"], "--device must be one of auto, cpu, cuda, mps"),
      (["--input", "/nonexistent/in.txt"], "no such input file")],
 )  # fmt: skip
 def test_bad_options_are_one_line_errors(ckpt, args, expected):

@@ -116,23 +116,30 @@ def run(
     """
     from transformer_cli import average as average_mod
     from transformer_cli.config import load_config
-    from transformer_cli.translate import check_decode_options, load_state, model_from_state
+    from transformer_cli.translate import (
+        check_decode_options,
+        decode_options,
+        load_state,
+        model_from_state,
+        pick_device,
+    )
 
     if (src_file is None) != (ref_file is None):
         raise ConfigError("--src and --ref go together: give both, or neither (for --split)")
     if average < 0:
         raise ConfigError(f"--average must be >= 1, got {average}")
+    dev = pick_device(device)
+    precision = runtime.resolve_precision("auto", dev)
     cfg_override = load_config(config, list(overrides)) if config is not None else None
     paths = average_mod.expand(checkpoints)
     first_state = load_state(paths[0])  # kept: it is the first to be scored, too
     first_cfg = cfg_override or _config_of(first_state, paths[0])
     out_dir = Path(output_dir) if output_dir else default_output_dir(paths[0], cfg_override)
     # every checkpoint is decoded the same way, so that their scores compare
-    options = dict(beam=beam, alpha=alpha, max_len_a=max_len_a, max_len_b=max_len_b,
-                   batch_sentences=batch_size)  # fmt: skip
-    decode = dataclasses.replace(
-        first_cfg.decode, **{k: v for k, v in options.items() if v is not None}
-    )
+    decode = decode_options(
+        first_cfg.decode, beam=beam, alpha=alpha, max_len_a=max_len_a, max_len_b=max_len_b,
+        batch_sentences=batch_size,
+    )  # fmt: skip
     check_decode_options(decode, 1)
     # the data is read before any decoding, so that a mistake there is reported at once
     data_by_run: dict[str, EvalData] = {}
@@ -147,8 +154,6 @@ def run(
         print(f"averaged {', '.join(str(p) for p in chosen)} into {averaged}", file=sys.stderr)
         paths.append(averaged)
 
-    dev = runtime.pick_device(device)
-    precision = runtime.resolve_precision("auto", dev)
     rows: list[dict] = []
     names: set[str] = set()
     for number, path in enumerate(paths, start=1):

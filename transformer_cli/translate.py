@@ -22,6 +22,7 @@ log-probability of search.py). So that this always holds:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import os
 import sys
@@ -31,10 +32,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 from transformer_cli import __version__
-from transformer_cli.config import Config, ConfigError, config_from_dict
+from transformer_cli.config import Config, ConfigError, DecodeConfig, config_from_dict
 from transformer_cli.errors import CheckpointError, DataError, TfxError
 
 CHUNK_LINES = 1000
+DEVICES = ("auto", "cpu", "cuda", "mps")
 # what a checkpoint must hold for inference; training state (optimizer, rng) is optional
 REQUIRED_KEYS = ("tfx_version", "config", "tokenizer", "model")
 
@@ -155,23 +157,16 @@ class Translator:
         max_len_b: int | None = None,
         batch_size: int | None = None,
     ) -> None:
-        import dataclasses
-
         from transformer_cli import runtime
         from transformer_cli.search import max_source_pieces
 
-        self.device = runtime.pick_device(device)
+        self.device = pick_device(device)
         self.precision = runtime.resolve_precision("auto", self.device)
         self.model, self.tokenizer, cfg = load_model(checkpoint_path, self.device)
-        decode = cfg.decode
-        self.decode_cfg = dataclasses.replace(
-            decode,
-            beam=decode.beam if beam is None else beam,
-            alpha=decode.alpha if alpha is None else alpha,
-            max_len_a=decode.max_len_a if max_len_a is None else max_len_a,
-            max_len_b=decode.max_len_b if max_len_b is None else max_len_b,
-            batch_sentences=decode.batch_sentences if batch_size is None else batch_size,
-        )
+        self.decode_cfg = decode_options(
+            cfg.decode, beam=beam, alpha=alpha, max_len_a=max_len_a, max_len_b=max_len_b,
+            batch_sentences=batch_size,
+        )  # fmt: skip
         check_decode_options(self.decode_cfg, nbest)
         self.nbest = nbest
         self.cfg: Config = cfg
@@ -213,6 +208,23 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def pick_device(name: str):
+    """The torch device for --device; a one-line error naming the option if it cannot be used."""
+    from transformer_cli import runtime
+
+    if name not in DEVICES:
+        raise ConfigError(f"--device must be one of {', '.join(DEVICES)}, got {name!r}")
+    try:
+        return runtime.pick_device(name)
+    except ConfigError as e:  # its message names the config key train.device
+        raise ConfigError(f"--device {name}: not available here") from e
+
+
+def decode_options(decode: DecodeConfig, **options) -> DecodeConfig:
+    """`decode` with the options that were given (not None) put in."""
+    return dataclasses.replace(decode, **{k: v for k, v in options.items() if v is not None})
+
+
 def check_decode_options(decode, nbest: int) -> None:
     """One-line errors for decoding options out of range (the CLI's, or a config's)."""
     if decode.beam < 1:
@@ -223,6 +235,8 @@ def check_decode_options(decode, nbest: int) -> None:
         raise ConfigError(f"--alpha must be >= 0, got {decode.alpha}")
     if decode.max_len_a < 0 or decode.max_len_b < 0:
         raise ConfigError("--max-len-a and --max-len-b must be >= 0")
+    if decode.max_len_a == 0 and decode.max_len_b == 0:
+        raise ConfigError("--max-len-a and --max-len-b cannot both be 0")
     if decode.batch_sentences < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {decode.batch_sentences}")
 
