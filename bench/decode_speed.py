@@ -13,7 +13,7 @@ The headline rows (batch 64, cached) run on the whole split; every configuration
 runs on the first `--subset` sentences, so that the slow ones (batch 1, no cache) finish
 and all are compared on the same sentences. The check that matters: the cached greedy
 search must be at least 3x as fast as re-decoding the whole prefix at every step, and
-give the same output.
+give the same output (exit status 1 if it is not as fast).
 
 Writes bench/out/decode_speed.json.
 """
@@ -35,7 +35,7 @@ import torch
 from transformer_cli.config import load_config
 from transformer_cli.evaluate import split_data
 from transformer_cli.search import decode_all
-from transformer_cli.translate import load_model
+from transformer_cli.translate import decode_options, load_model
 
 DEFAULT_CKPT = Path("runs/multi30k_de_en/checkpoints/best.pt")
 OUT = Path(__file__).parent / "out" / "decode_speed.json"
@@ -102,9 +102,8 @@ def main() -> int:
     model, tokenizer, cfg = load_model(args.checkpoint, "cpu")
     data = split_data(load_config(args.config) if args.config else cfg, args.split)
     sources = tokenizer.encode_src(data.sources)
-    overrides = {"alpha": args.alpha, "max_len_a": args.max_len_a, "max_len_b": args.max_len_b}
-    decode = dataclasses.replace(
-        cfg.decode, **{k: v for k, v in overrides.items() if v is not None}
+    decode = decode_options(
+        cfg.decode, alpha=args.alpha, max_len_a=args.max_len_a, max_len_b=args.max_len_b
     )
     subset = sources[: args.subset]
 
