@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from transformer_cli import __version__
-from transformer_cli.config import Config, ConfigError, DecodeConfig, config_from_dict
+from transformer_cli.config import ConfigError, DecodeConfig, config_from_dict
 from transformer_cli.errors import CheckpointError, DataError, TfxError
 
 CHUNK_LINES = 1000
@@ -169,7 +169,6 @@ class Translator:
         )  # fmt: skip
         check_decode_options(self.decode_cfg, nbest)
         self.nbest = nbest
-        self.cfg: Config = cfg
         self.max_pieces = max_source_pieces(self.model)
         self.lines_done = 0  # for warnings' line numbers across chunks
 
