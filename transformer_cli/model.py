@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from transformer_cli.attention import Attention, CrossAttention, KVCache, LayerCache, SelfAttention
 from transformer_cli.config import ModelConfig
+from transformer_cli.dropout import Dropout
 from transformer_cli.masks import causal_mask, decoder_mask, padding_mask
 
 
@@ -75,7 +76,7 @@ class FeedForward(nn.Sequential):
 
     def __init__(self, d_model: int, d_ff: int, dropout: float) -> None:
         super().__init__(
-            nn.Linear(d_model, d_ff), nn.ReLU(), nn.Dropout(dropout), nn.Linear(d_ff, d_model)
+            nn.Linear(d_model, d_ff), nn.ReLU(), Dropout(dropout), nn.Linear(d_ff, d_model)
         )
 
 
@@ -94,7 +95,7 @@ class EncoderLayer(nn.Module):
         self.ff = FeedForward(cfg.d_model, cfg.d_ff, cfg.dropout)
         self.norm1 = nn.LayerNorm(cfg.d_model)
         self.norm2 = nn.LayerNorm(cfg.d_model)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.pre_norm = cfg.norm == "pre"
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
@@ -126,7 +127,7 @@ class DecoderLayer(nn.Module):
         self.norm1 = nn.LayerNorm(d)
         self.norm2 = nn.LayerNorm(d)
         self.norm3 = nn.LayerNorm(d)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.pre_norm = cfg.norm == "pre"
 
     def forward(
@@ -219,7 +220,7 @@ class Transformer(nn.Module):
             self.tgt_pos: nn.Module = LearnedPositions(d, cfg.max_positions)
         else:
             self.src_pos = self.tgt_pos = SinusoidalPositions(d, cfg.max_positions)
-        self.embed_dropout = nn.Dropout(cfg.dropout)
+        self.embed_dropout = Dropout(cfg.dropout)
         # section 3.4: embeddings are multiplied by sqrt(d_model), which brings them to
         # the scale of the positional encodings they are added to
         self.embed_scale = math.sqrt(d)
