@@ -51,7 +51,7 @@ def batch_loss(model, batch, label_smoothing: float, device, precision: str):
         hidden = model.decode_hidden(batch.tgt_in, memory, batch.src)  # (B, T, D)
         logits = model.logits(hidden.flatten(0, 1).index_select(0, real))  # (N, V)
     target = batch.tgt_out.view(-1).index_select(0, real)  # (N,)
-    return masked_cross_entropy(logits.float(), target, label_smoothing)
+    return masked_cross_entropy(logits, target, label_smoothing)  # it upcasts inside the softmax
 
 
 @torch.no_grad()
