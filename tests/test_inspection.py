@@ -13,7 +13,7 @@ from conftest import write_splits
 from test_plots import assert_png
 from typer.testing import CliRunner
 
-from transformer_cli import batching, cache, inspection, prepare, train
+from transformer_cli import attention_maps, batching, cache, curves, inspection, prepare, train
 from transformer_cli.cli import app
 from transformer_cli.config import load_config
 from transformer_cli.masks import causal_mask, decoder_mask, padding_mask
@@ -262,7 +262,7 @@ def test_schedule_defaults_to_the_runs_steps(tiny, tmp_path):
 
 def test_plot_draws_a_real_run(tiny, tmp_path):
     run_dir = load_config(tiny).run_dir
-    train_records, valid_records = inspection.read_metrics(run_dir)
+    train_records, valid_records = curves.read_metrics(run_dir)
     assert [r["step"] for r in train_records] == [1, 2, 3] and len(valid_records) == 1
     out = tmp_path / "curves.png"
     result = cli("plot", run_dir, "--output", out)
@@ -276,7 +276,7 @@ def test_plot_keeps_the_latest_record_of_a_step_and_skips_a_cut_last_line(tmp_pa
     lines.append(json.dumps({**record, "step": 2, "loss": 1.0}))  # logged again after a resume
     lines.append('{"kind": "valid", "st')  # training killed mid-write
     (tmp_path / "metrics.jsonl").write_text("\n".join(lines), encoding="utf-8")
-    train_records, valid_records = inspection.read_metrics(tmp_path)
+    train_records, valid_records = curves.read_metrics(tmp_path)
     assert [r["step"] for r in train_records] == [1, 2, 3] and valid_records == []
     assert train_records[1]["loss"] == 1.0
     result = cli("plot", tmp_path)
@@ -309,7 +309,7 @@ SENTENCE = "the old man sees the small dog ."
 @pytest.mark.parametrize("head", [None, 0, -1])
 def test_cross_attention_rows_are_distributions_over_the_source(loaded, head):
     _, model, tokenizer, cfg = loaded
-    view = inspection.attention_map(
+    view = attention_maps.attention_map(
         model, tokenizer, SENTENCE, layer=0, head=head, decode_cfg=cfg.decode
     )
     src = tokenizer.src_pieces(SENTENCE)
@@ -327,7 +327,7 @@ def test_cross_attention_rows_are_distributions_over_the_source(loaded, head):
 
 def test_self_attention_is_causal_and_sums_to_one(loaded):
     _, model, tokenizer, cfg = loaded
-    view = inspection.attention_map(
+    view = attention_maps.attention_map(
         model, tokenizer, SENTENCE, self_attention=True, decode_cfg=cfg.decode
     )
     t = len(view.out_pieces)
@@ -338,7 +338,7 @@ def test_self_attention_is_causal_and_sums_to_one(loaded):
 
 def test_attention_is_the_teacher_forced_models_own(loaded):
     _, model, tokenizer, cfg = loaded
-    view = inspection.attention_map(
+    view = attention_maps.attention_map(
         model, tokenizer, SENTENCE, layer=-1, head=1, decode_cfg=cfg.decode
     )
     src = torch.tensor(tokenizer.encode_src([SENTENCE]))

@@ -126,9 +126,9 @@ def translate(
     from transformer_cli import translate as translate_mod
 
     if plot_attention is not None:  # first, so that a bad --layer or --head fails at once
-        from transformer_cli import inspection
+        from transformer_cli.attention_maps import plot_first_attention
 
-        inspection.plot_first_attention(
+        plot_first_attention(
             checkpoint, text, plot_attention, layer=layer, head=head,
             self_attention=self_attention, device=device,
         )  # fmt: skip
@@ -206,9 +206,9 @@ def plot(
     ] = None,
 ) -> None:
     """Draw a run's training curves: loss, perplexity, validation BLEU, learning rate."""
-    from transformer_cli import inspection
+    from transformer_cli.curves import plot_run
 
-    print(inspection.plot_run(run_dir, output))
+    print(plot_run(run_dir, output))
 
 
 def main() -> None:

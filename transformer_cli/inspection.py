@@ -1,4 +1,4 @@
-"""`tfx inspect ...` and `tfx plot`: the Transformer's moving parts, shown on your own data.
+"""`tfx inspect ...`: the Transformer's moving parts, shown on your own data.
 
 Every number and grid here comes from the code training runs: batches from
 `batching`, masks from `masks`, the loss mask from `loss.masked_cross_entropy`,
@@ -7,8 +7,9 @@ and the model's own attention modules, learning rates from `schedule.learning_ra
 Nothing is re-implemented for display, so what you see is what the model gets.
 
 Each command has a function that returns plain data (`batch_view`, `positions_view`,
-`scaling_view`, `schedule_view`, `attention_map`); the command prints it, or with
-`--json` dumps it, and with `--plot FILE.png` draws it (plots.py).
+`scaling_view`, `schedule_view`; attention maps live in attention_maps.py and training
+curves in curves.py); the command prints it, or with `--json` dumps it, and with
+`--plot FILE.png` draws it (plots.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import json
 import math
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -520,204 +520,6 @@ def schedule_command(
         _report(plot_schedule(view["lr"], view["warmup"], plot, title))
 
 
-# ----------------------------------------------------------------------------- training curves
-
-
-def read_metrics(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
-    """(train records, valid records) of RUN_DIR/metrics.jsonl, one per step, by step.
-
-    A resumed run logs again the steps after its checkpoint; the later record wins. A
-    last line cut short (training killed mid-write) is skipped.
-    """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise DataError(f"{run_dir}: no such run dir")
-    path = run_dir / "metrics.jsonl"
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise DataError(f"{path}: no metrics yet (train first: tfx train --config ...)") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read ({e})") from None
-    kinds: dict[str, dict[int, dict]] = {"train": {}, "valid": {}}
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            kinds[record["kind"]][int(record["step"])] = record
-        except (ValueError, KeyError, TypeError):
-            if number == len(lines):
-                continue
-            raise DataError(f"{path}:{number}: not a tfx metrics record") from None
-    if not kinds["train"] and not kinds["valid"]:
-        raise DataError(f"{path}: no training records yet")
-    return tuple([r[s] for s in sorted(r)] for r in (kinds["train"], kinds["valid"]))  # type: ignore[return-value]
-
-
-def plot_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
-    """Draw RUN_DIR's training curves (default: RUN_DIR/curves.png)."""
-    from transformer_cli.plots import plot_curves
-
-    train, valid = read_metrics(run_dir)
-    output = Path(output) if output is not None else Path(run_dir) / "curves.png"
-    return plot_curves(train, valid, output, f"training curves of {run_dir}")
-
-
-# ----------------------------------------------------------------------------- attention
-
-
-@dataclass
-class AttentionMap:
-    """Attention probabilities of one sentence, with labels for both axes."""
-
-    weights: object  # (T_out, S_in) float tensor; every row sums to 1
-    src_pieces: list[str]  # S_in column labels: source pieces (decoder inputs for self)
-    out_pieces: list[str]  # T_out row labels: the piece each query row predicts
-    hypothesis: list[int]  # the greedy output's piece ids, without BOS/EOS
-    translation: str  # the same, detokenized
-    title: str
-
-
-def attention_map(
-    model,
-    tokenizer,
-    text: str,
-    *,
-    layer: int = -1,
-    head: int | None = None,
-    self_attention: bool = False,
-    decode_cfg=None,
-) -> AttentionMap:
-    """Greedy-decode `text`, then teacher-force the result once and read the attention.
-
-    Args:
-        model: a `Transformer`; tokenizer: its `Tokenizer`.
-        layer: decoder layer, 0-based; negative counts from the end (-1 = the last).
-        head: a head, 0-based (negative from the end), or None for the mean over heads.
-        self_attention: the decoder's masked self-attention instead of cross-attention.
-        decode_cfg: a `DecodeConfig` for the output length cap (default: its defaults).
-    Returns:
-        cross-attention: (T_out, S) weights, T_out output pieces by S source pieces;
-        self-attention: (T_out, T_out) over the decoder input pieces <s> y1 .. yn.
-    """
-    import torch
-
-    from transformer_cli.config import DecodeConfig
-    from transformer_cli.search import decode_all, max_source_pieces
-    from transformer_cli.tokenizer import BOS_ID
-
-    layers, heads = len(model.decoder.layers), model.cfg.heads
-    if not -layers <= layer < layers:
-        raise ConfigError(
-            f"--layer {layer}: the decoder has {layers} layers "
-            f"(0..{layers - 1}, or -1 for the last)"
-        )
-    if head is not None and not -heads <= head < heads:
-        raise ConfigError(f"--head {head}: each layer has {heads} heads (0..{heads - 1}, or mean)")
-    ids = tokenizer.encode_src([text])[0][: max_source_pieces(model)]
-    if not ids:
-        raise DataError("nothing to show: the sentence is empty")
-    device = next(model.parameters()).device
-    decode_cfg = decode_cfg or DecodeConfig()
-    hyp = decode_all(model, [ids], decode_cfg, device, beam=1)[0]
-    tgt_in = torch.tensor([[BOS_ID, *hyp]], device=device)[:, : model.cfg.max_positions]
-    src = torch.tensor([ids], device=device)
-    was_training = model.training
-    model.eval()
-    model.record_attention(True)
-    try:
-        with torch.no_grad():
-            memory = model.encode(src)
-            hidden = model.decode_hidden(tgt_in, memory, src)  # (1, T, D)
-            last = model.logits(hidden[0, -1]).argmax().item()
-        block = model.decoder.layers[layer]
-        attn = block.self_attn if self_attention else block.cross_attn
-        weights = attn.last_weights[0].float().cpu()  # (H, T, S)
-    finally:
-        model.record_attention(False)
-        model.train(was_training)
-    weights = weights.mean(0) if head is None else weights[head]  # (T, S)
-    # row t is the query at decoder input t, which predicts piece t + 1 of the output;
-    # the last row's prediction is what greedy search stopped on (normally </s>)
-    out_pieces = tokenizer.tgt_pieces([*hyp, last])[: tgt_in.size(1)]
-    keys = (
-        tokenizer.tgt_pieces(tgt_in[0])
-        if self_attention
-        else tokenizer.src_pieces(text)[: len(ids)]
-    )
-    translation = tokenizer.decode_tgt([hyp])[0]
-    which = "decoder self-attention" if self_attention else "cross-attention"
-    head_txt = "mean of heads" if head is None else f"head {head % heads}"
-    title = (
-        f"{which}, decoder layer {layer % layers} of 0..{layers - 1}, {head_txt} "
-        f"(greedy)\n{text}  ->  {translation}"
-    )
-    return AttentionMap(weights, list(keys), list(out_pieces), hyp, translation, title)
-
-
-def plot_translation_attention(
-    checkpoint: str | Path,
-    text: str,
-    output: str | Path,
-    *,
-    layer: int = -1,
-    head: str = "mean",
-    self_attention: bool = False,
-    device: str = "auto",
-) -> Path:
-    """Load a checkpoint, compute `attention_map` for `text` and draw it into `output`.
-
-    `head` is the CLI's spelling: a head number, or "mean" for the mean over heads.
-    """
-    from transformer_cli import runtime
-    from transformer_cli.plots import plot_attention
-    from transformer_cli.translate import load_model
-
-    if head == "mean":
-        head_index = None
-    else:
-        try:
-            head_index = int(head)
-        except ValueError:
-            raise ConfigError(f"--head {head}: give a head number or 'mean'") from None
-    model, tokenizer, cfg = load_model(checkpoint, runtime.pick_device(device))
-    view = attention_map(
-        model,
-        tokenizer,
-        text,
-        layer=layer,
-        head=head_index,
-        self_attention=self_attention,
-        decode_cfg=cfg.decode,
-    )
-    key_label = "decoder input piece (key)" if self_attention else "source piece (key)"
-    return plot_attention(
-        view.weights, view.src_pieces, view.out_pieces, output, view.title, key_label=key_label
-    )
-
-
-def plot_first_attention(
-    checkpoint: str | Path,
-    texts: list[str] | None,
-    output: str | Path,
-    *,
-    layer: int = -1,
-    head: str = "mean",
-    self_attention: bool = False,
-    device: str = "auto",
-) -> Path:
-    """`tfx translate CKPT TEXT... --plot-attention FILE`: draw the first TEXT's attention."""
-    if not texts:
-        raise ConfigError("--plot-attention draws a sentence given as a TEXT argument; give one")
-    path = plot_translation_attention(
-        checkpoint, texts[0], output, layer=layer, head=head,
-        self_attention=self_attention, device=device,
-    )  # fmt: skip
-    _report(path)
-    return path
-
-
 @inspect_app.command("attention")
 @boundary
 def attention_command(
@@ -732,6 +534,8 @@ def attention_command(
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")] = "auto",
 ) -> None:
     """Greedy-translate one sentence and draw its attention (cross, or decoder self)."""
+    from transformer_cli.attention_maps import plot_translation_attention
+
     _report(
         plot_translation_attention(
             checkpoint,

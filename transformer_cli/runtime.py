@@ -61,3 +61,27 @@ def set_threads(threads: int) -> int:
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed memory for reuse rather than unmapping it (Linux only).
+
+    Every training batch has its own shapes, and glibc serves blocks over 32 MB (the
+    (tokens x vocab) logits and their gradients) with fresh mmaps that it unmaps on free:
+    each step then page-faults ~0.5 GB back in, a fifth of the CPU time of the small
+    Multi30k model. With mmap off and no trimming, freed blocks are reused. The cost is
+    a higher resident peak (the process keeps what it has used). Returns whether it applied.
+    """
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_max = -1, -4  # from <malloc.h>
+        ok = libc.mallopt(m_mmap_max, 0) == 1
+        return ok and libc.mallopt(m_trim_threshold, 2**30) == 1
+    except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to tune
+        return False

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from transformer_cli import checkpoint
 from transformer_cli.cli import app
-from transformer_cli.inspection import read_metrics
+from transformer_cli.curves import read_metrics
 
 pytestmark = pytest.mark.faults
 

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Multi30k end to end under a training time budget:
+# prepare -> train -> evaluate (best, last and the average of the last 3 checkpoints,
+# greedy and beam 5) on test_2016_flickr, with sacreBLEU/chrF, decode speed and the
+# training summary written to bench/out/multi30k_<direction>.json.
+#
+#   bash bench/multi30k.sh de_en 12 [--set key=value ...]   # direction, budget in minutes
+#
+# The CPU protocol of ../shared/bench/peers (12 minutes, 2 threads, warmup 400 with the
+# peers' peak learning rate 1.98e-3, bf16 autocast) is:
+#   bash bench/multi30k.sh de_en 12 --set train.precision=bf16
+# Data: DATA=../shared/data/multi30k by default. Keep the machine otherwise idle.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DIR=${1:?direction: de_en or en_de}
+MINUTES=${2:?training budget in minutes}
+shift 2
+DATA=${DATA:-../shared/data/multi30k}
+RUN=${RUN:-runs/bench_multi30k_$DIR}
+OUT=bench/out
+TFX=.venv/bin/tfx
+mkdir -p "$OUT"
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+sets=(--set "data.dir=$DATA" --set "run_dir=$RUN"
+      --set train.warmup=400 --set train.noam_factor=0.632
+      --set "train.max_minutes=$MINUTES" --set train.eval_every=200 --set train.keep_last=3
+      --set train.log_every=20 "$@")
+CONFIG=configs/multi30k_$DIR.yaml
+
+rm -rf "$RUN"
+start=$(date +%s)
+"$TFX" prepare --config "$CONFIG" "${sets[@]}"
+/usr/bin/time -v -o "$OUT/multi30k_${DIR}.train.time" \
+  "$TFX" train --config "$CONFIG" "${sets[@]}" | tee "$OUT/multi30k_${DIR}.train.log"
+for beam in 1 5; do
+  "$TFX" evaluate "$RUN/checkpoints/" --average 3 \
+    --config "$CONFIG" "${sets[@]}" --split test --beam "$beam" --max-len-a 1.5 --max-len-b 10 \
+    --batch-size 64 --json --output-dir "$RUN/eval_beam$beam" > "$OUT/multi30k_${DIR}.beam$beam.json"
+done
+.venv/bin/python - "$DIR" "$RUN" "$OUT" "$start" "$MINUTES" <<'PY'
+import json, subprocess, sys, datetime, platform, re
+direction, run, out, start, minutes = sys.argv[1:]
+train = [json.loads(l) for l in open(f"{run}/metrics.jsonl")]
+steps = [r for r in train if r["kind"] == "train"]
+valid = [r for r in train if r["kind"] == "valid"]
+rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)",
+                open(f"{out}/multi30k_{direction}.train.time").read())
+result = {
+    "direction": direction,
+    "date": datetime.date.today().isoformat(),
+    "machine": f"{platform.machine()}, {subprocess.getoutput('nproc')} cores",
+    "commit": subprocess.getoutput("git rev-parse --short HEAD"),
+    "budget_minutes": float(minutes),
+    "steps": steps[-1]["step"] if steps else 0,
+    "train_seconds": steps[-1]["elapsed"] if steps else 0,
+    "tokens_per_s_last_logs": [round(r["tokens_per_s"]) for r in steps[-5:]],
+    "peak_rss_gib": round(int(rss.group(1)) / 2**20, 3) if rss else None,
+    "valid": valid,
+    "test": {f"beam{b}": json.load(open(f"{out}/multi30k_{direction}.beam{b}.json")) for b in (1, 5)},
+}
+json.dump(result, open(f"{out}/multi30k_{direction}.json", "w"), indent=2)
+print(json.dumps({k: v for k, v in result.items() if k not in ("valid", "test")}, indent=2))
+PY

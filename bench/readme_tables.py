@@ -1,0 +1,116 @@
+"""Render the benchmark results into README.md, so that no figure there is typed by hand.
+
+    .venv/bin/python bench/readme_tables.py            # reads bench/results/*.json
+
+The benchmark scripts write JSON to bench/out/ (not committed); copy a run worth keeping
+to bench/results/ (committed), then run this. It replaces the text between
+`<!-- results:begin -->` and `<!-- results:end -->` in README.md.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+README = HERE.parent / "README.md"
+RESULTS = HERE / "results"
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def train_speed(d: dict) -> list[str]:
+    peak = d["matmul_peak_gflops"]
+    lines = [
+        f"Training throughput (`bench/train_speed.py`, {d['date']}, commit {d['commit']}, "
+        f"{d['machine']}; `{d['config']}` {' '.join(d['overrides'])}). Best of the "
+        "alternating rounds; MFU = achieved matmul FLOP/s (weights only, "
+        f"{d['rows'][0]['flops_per_token'] / 1e6:.1f} MFLOP per target token) over the "
+        f"measured 2048^3 matmul peak (fp32 {peak['fp32']:.0f}, bf16 {peak['bf16']:.0f} GFLOP/s).",
+        "",
+        "| variant | real target tokens/s | all rounds | step (median) | target tokens/step "
+        "| peak RSS | MFU vs fp32 peak |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in d["rows"]:
+        lines.append(
+            f"| {r['variant']} | **{r['tokens_per_s']:.0f}** | {r['tokens_per_s_all_rounds']} "
+            f"| {r['step_ms_median']:.0f} ms | {r['target_tokens_per_step']:.0f} "
+            f"| {r['peak_rss_gib']:.2f} GiB | {100 * r['mfu_vs_fp32_peak']:.0f}% |"
+        )
+    return lines
+
+
+def decode_speed(d: dict) -> list[str]:
+    dec = d["decode"]
+    lines = [
+        f"Decoding speed (`bench/decode_speed.py`, {d['date'][:10]}, {d['machine']['cpus']} "
+        f"CPUs, {d['threads']} threads; checkpoint `{d['checkpoint']}`, {d['data']}; "
+        f"alpha {dec['alpha']}, output cap {dec['max_len_a']} x source + {dec['max_len_b']}). "
+        "Generation time only, model loading excluded.",
+        "",
+        "| sentences | search | batch | KV cache | sentences/s | output pieces/s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in d["results"]:
+        lines.append(
+            f"| {r['sentences']} | {r['search']} | {r['batch']} | "
+            f"{'yes' if r['kv_cache'] else 'no'} | **{r['sentences_per_s']:.0f}** | "
+            f"{r['pieces_per_s']:.0f} |"
+        )
+    return lines
+
+
+def multi30k(d: dict) -> list[str]:
+    lines = [
+        f"Multi30k {d['direction'].replace('_', '->')}, `bash bench/multi30k.sh "
+        f"{d['direction']} {d['budget_minutes']:g}` ({d['date']}, commit {d['commit']}, "
+        f"{d['machine']}): {d['steps']} updates in {d['train_seconds']:.0f} s of training, "
+        f"peak RSS {d['peak_rss_gib']:.2f} GiB, last logged throughput "
+        f"{d['tokens_per_s_last_logs']} real target tokens/s.",
+        "",
+        "| checkpoint | search | BLEU | chrF | test loss | ppl | decode | sentences/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    signature = ""
+    for name, report in d["test"].items():
+        for row in report["results"]:
+            signature = report.get("bleu_signature", signature)
+            lines.append(
+                f"| {Path(row['checkpoint']).name} | {name} | **{row['bleu']:.2f}** | "
+                f"{row['chrf']:.2f} | {row.get('loss', float('nan')):.3f} | "
+                f"{row.get('ppl', float('nan')):.2f} | {row['decode_seconds']:.1f} s | "
+                f"{row['sentences_per_s']:.0f} |"
+            )
+    if signature:
+        lines += ["", f"sacreBLEU: `{signature}`"]
+    return lines
+
+
+def main() -> None:
+    blocks = []
+    for name, render in [
+        ("train_speed", train_speed),
+        ("decode_speed", decode_speed),
+        ("multi30k_de_en", multi30k),
+        ("multi30k_en_de", multi30k),
+    ]:
+        d = load(name)
+        if d is not None:
+            blocks.append("\n".join(render(d)))
+    text = README.read_text(encoding="utf-8")
+    if BEGIN not in text or END not in text:
+        sys.exit(f"{README}: no {BEGIN} ... {END} block")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    README.write_text(head + BEGIN + "\n" + "\n\n".join(blocks) + "\n" + END + tail)
+    print(f"updated {README} from {len(blocks)} result files")
+
+
+if __name__ == "__main__":
+    main()
