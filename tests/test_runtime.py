@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import resource
+import os
+import subprocess
 import sys
 
 import pytest
@@ -26,14 +27,29 @@ def test_forcing_a_missing_device_is_a_config_error():
         runtime.pick_device("cuda")
 
 
+WORKLOAD = """
+import random, resource, sys, torch
+from transformer_cli.runtime import keep_freed_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+rng = random.Random(0)
+def step():  # like a training step: many tensors of batch-dependent sizes, then all freed
+    held = [torch.empty(rng.randrange(250_000, 6_000_000)).fill_(1.0) for _ in range(20)]
+    del held
+step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(4):
+    step()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
-def test_freed_big_blocks_are_reused_without_page_faults():
-    assert runtime.keep_freed_memory()
-    n = 16_000_000  # 64 MB of float32: above glibc's largest default mmap threshold
-    torch.empty(n).fill_(1.0)  # first touch: these pages fault in once
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(5):
-        torch.empty(n).fill_(1.0)
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-    # unmapped and re-mapped each time, this would be 5 x 15,625 pages
-    assert faults < n * 4 // 4096
+def test_kept_memory_is_reused_instead_of_faulted_in_again():
+    def faults(mode: str) -> int:
+        out = subprocess.run([sys.executable, "-c", WORKLOAD, mode], check=True,
+                             capture_output=True, text=True, env={**os.environ,
+                             "OMP_NUM_THREADS": "1"})  # fmt: skip
+        return int(out.stdout)
+
+    assert faults("keep") * 3 < faults("default")
