@@ -37,7 +37,7 @@ for beam in 1 5; do
     --config "$CONFIG" "${sets[@]}" --split test --beam "$beam" --max-len-a 1.5 --max-len-b 10 \
     --batch-size 64 --json --output-dir "$RUN/eval_beam$beam" > "$OUT/multi30k_${DIR}.beam$beam.json"
 done
-.venv/bin/python - "$DIR" "$RUN" "$OUT" "$start" "$MINUTES" <<'PY'
+.venv/bin/python - "$DIR" "$RUN" "$OUT" "$start" "$MINUTES" "$@" <<'PY'
 import json, subprocess, sys, datetime, platform, re
 direction, run, out, start, minutes = sys.argv[1:]
 train = [json.loads(l) for l in open(f"{run}/metrics.jsonl")]
@@ -55,6 +55,8 @@ result = {
     "train_seconds": steps[-1]["elapsed"] if steps else 0,
     "tokens_per_s_last_logs": [round(r["tokens_per_s"]) for r in steps[-5:]],
     "peak_rss_gib": round(int(rss.group(1)) / 2**20, 3) if rss else None,
+    "prepare_seconds": json.load(open(f"{run}/cache/meta.json")).get("seconds"),
+    "overrides": " ".join(sys.argv[6:]),
     "valid": valid,
     "test": {f"beam{b}": json.load(open(f"{out}/multi30k_{direction}.beam{b}.json")) for b in (1, 5)},
 }

@@ -46,6 +46,29 @@ def train_speed(d: dict) -> list[str]:
     return lines
 
 
+def model_step(d: dict) -> list[str]:
+    c = d["config"]
+    lines = [
+        f"Forward + backward of the model alone (`bench/model_step.py`, {d['date']}, "
+        f"{d['cpus']} CPUs, {d['threads']} threads, torch {d['torch']}): d_model {c['d_model']}, "
+        f"{c['enc_layers']}+{c['dec_layers']} layers, {c['heads']} heads, ffn {c['d_ff']}, "
+        f"vocab {c['tgt_vocab']}, {d['real_tgt_tokens_per_batch']:.0f} real target tokens per "
+        f"batch, fp32, the two attention paths alternated step by step.",
+        "",
+        "| attention path | real target tokens/s | median s/batch |",
+        "|---|---|---|",
+    ]
+    for name, r in d["results"].items():
+        lines.append(
+            f"| {name} | **{r['tgt_tokens_per_s']:.0f}** | {r['median_s_per_batch']:.3f} |"
+        )
+    lines += [
+        "",
+        f"Paired median speed-up of SDPA over math: {d['sdpa_speedup_paired_median']:.2f}x.",
+    ]
+    return lines
+
+
 def decode_speed(d: dict) -> list[str]:
     dec = d["decode"]
     lines = [

@@ -9,12 +9,14 @@ RUN_DIR=${1:-runs/toy}
 set_run=(--set "run_dir=$RUN_DIR")
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-has() { "$TFX" --help | grep -q " $1 "; }
+HELP=$("$TFX" --help)
+has() { grep -q "│ $1 " <<<"$HELP"; }  # a command row of the help table
 
 step "tfx prepare --config $CONFIG"
 "$TFX" prepare --config "$CONFIG" "${set_run[@]}"
 
 step "tfx train --config $CONFIG"
+rm -rf "$RUN_DIR/checkpoints" "$RUN_DIR/metrics.jsonl" "$RUN_DIR/eval"  # the demo starts afresh
 "$TFX" train --config "$CONFIG" "${set_run[@]}"
 
 CKPT="$RUN_DIR/checkpoints/best.pt"
@@ -34,7 +36,7 @@ plots=()
 if has plot; then
   "$TFX" plot "$RUN_DIR" --output "$RUN_DIR/curves.png" && plots+=("$RUN_DIR/curves.png")
 fi
-if has translate && "$TFX" translate --help | grep -q -- --plot-attention; then
+if has translate && grep -q -- --plot-attention <<<"$("$TFX" translate --help)"; then
   "$TFX" translate "$CKPT" "The old man sees the small dog." \
     --plot-attention "$RUN_DIR/attention.png" >/dev/null && plots+=("$RUN_DIR/attention.png")
 fi

@@ -248,3 +248,13 @@ def test_compiled_training_matches_eager(make_config, tmp_path):
     # gradient is near zero can move a little on that noise alone
     for name in runs[False]:
         torch.testing.assert_close(runs[True][name], runs[False][name], rtol=1e-4, atol=1e-4)
+
+
+def test_a_fresh_run_refuses_a_run_dir_that_already_has_one(make_config):
+    cfg = make_config(*TINY, "train.max_steps=2")
+    prepare.run(cfg)
+    train.run(cfg)
+    before = weights(cfg.run_dir)
+    with pytest.raises(TrainingError, match="already holds a training run.*--resume"):
+        train.run(cfg)
+    assert_same_weights(before, weights(cfg.run_dir))

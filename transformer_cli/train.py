@@ -81,6 +81,11 @@ def _train(cfg: Config, run_dir: Path, resume: bool) -> dict:
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     progress = Progress()
 
+    if not resume and checkpoint.step_checkpoints(run_dir):
+        raise TrainingError(
+            f"{run_dir} already holds a training run ({checkpoint.checkpoints_dir(run_dir)}); "
+            "continue it with --resume, or train into another run_dir"
+        )
     if resume:
         path, state = checkpoint.find_resumable(run_dir)
         model.load_state_dict(state["model"])
