@@ -92,8 +92,10 @@ def decode_speed(d: dict) -> list[str]:
 def multi30k(d: dict) -> list[str]:
     lines = [
         f"Multi30k {d['direction'].replace('_', '->')}, `bash bench/multi30k.sh "
-        f"{d['direction']} {d['budget_minutes']:g}` ({d['date']}, commit {d['commit']}, "
-        f"{d['machine']}): {d['steps']} updates in {d['train_seconds']:.0f} s of training, "
+        f"{d['direction']} {d['budget_minutes']:g} {d.get('overrides', '')}` ({d['date']}, "
+        f"commit {d['commit']}, {d['machine']}): `tfx prepare` {d.get('prepare_seconds', 0):.1f} s "
+        f"(29,000 pairs, 8k joint SentencePiece); {d['steps']} updates in "
+        f"{d['train_seconds']:.0f} s of training, "
         f"peak RSS {d['peak_rss_gib']:.2f} GiB, last logged throughput "
         f"{d['tokens_per_s_last_logs']} real target tokens/s.",
         "",
@@ -115,10 +117,106 @@ def multi30k(d: dict) -> list[str]:
     return lines
 
 
+# The peers' figures on this kind of machine, from ../shared/bench/peers/RESULTS.md
+# (OpenNMT-py 3.5.1, same model and data, 2 threads; ranges over its two runs).
+PEER_TOKENS_PER_S = (2056, 2297)
+PEER_PEAK_RSS_GIB = 2.41
+PEER_GREEDY_BLEU_12MIN = 16.88  # warmup 400, test_2016, greedy
+PEER_GREEDY_SENT_PER_S = (244, 357)
+PEER_BEAM5_SENT_PER_S = (60, 141)
+
+
+def goals(speed: dict | None, m30k: dict | None, decode: dict | None) -> list[str]:
+    """Each goal of the issues, the measured figure, and met or missed by how much."""
+    rows = []
+
+    def row(goal: str, measured: float, target: float, unit: str, higher_is_better=True):
+        met = measured >= target if higher_is_better else measured <= target
+        gap = measured / target - 1 if higher_is_better else target / measured - 1
+        if met:
+            verdict = "met"
+        elif higher_is_better:
+            verdict = f"missed by {abs(gap):.0%}"
+        else:
+            verdict = f"missed: {measured / target:.1f}x the target"
+        rows.append(f"| {goal} | {measured:,.2f} {unit} | {target:,.2f} {unit} | {verdict} |")
+
+    if speed:
+        means = [
+            sum(r["tokens_per_s_all_rounds"]) / len(r["tokens_per_s_all_rounds"])
+            for r in speed["rows"]
+        ]
+        row(
+            "training throughput, fastest variant, mean of rounds (>= 2x OpenNMT-py)",
+            max(means),
+            4400,
+            "tok/s",
+        )
+    if m30k:
+        row(
+            "peak memory of the 12-minute run (< OpenNMT-py)",
+            m30k["peak_rss_gib"],
+            PEER_PEAK_RSS_GIB,
+            "GiB",
+            higher_is_better=False,
+        )
+        bleu = max(r["bleu"] for r in m30k["test"]["beam1"]["results"])
+        row(
+            "test_2016 greedy BLEU after 12 minutes (> OpenNMT-py)",
+            bleu,
+            PEER_GREEDY_BLEU_12MIN,
+            "BLEU",
+        )
+        beam = max(r["bleu"] for r in m30k["test"]["beam5"]["results"])
+        row("beam 5 BLEU above greedy", beam, bleu, "BLEU")
+    if decode:
+        full = {
+            (r["search"], r["batch"], r["kv_cache"]): r
+            for r in decode["results"]
+            if r["set"] == "full"
+        }
+        sub = {
+            (r["search"], r["batch"], r["kv_cache"]): r
+            for r in decode["results"]
+            if r["set"] == "subset"
+        }
+        if ("greedy", 64, True) in full:
+            row(
+                "greedy decoding, batch 64 (> OpenNMT-py's best)",
+                full[("greedy", 64, True)]["sentences_per_s"],
+                PEER_GREEDY_SENT_PER_S[1],
+                "sent/s",
+            )
+        if ("beam5", 64, True) in full:
+            row(
+                "beam-5 decoding, batch 64 (> OpenNMT-py's best)",
+                full[("beam5", 64, True)]["sentences_per_s"],
+                PEER_BEAM5_SENT_PER_S[1],
+                "sent/s",
+            )
+        if ("greedy", 64, True) in sub and ("greedy", 64, False) in sub:
+            ratio = (
+                sub[("greedy", 64, True)]["sentences_per_s"]
+                / sub[("greedy", 64, False)]["sentences_per_s"]
+            )
+            row("KV cache speed-up, greedy batch 64 (>= 3x)", ratio, 3.0, "x")
+    if not rows:
+        return []
+    return [
+        "Goals from the issues against these results (OpenNMT-py figures from "
+        "`../shared/bench/peers/RESULTS.md`):",
+        "",
+        "| goal | measured | target | |",
+        "|---|---|---|---|",
+        *rows,
+    ]
+
+
 def main() -> None:
     blocks = []
     for name, render in [
         ("train_speed", train_speed),
+        ("model_step", model_step),
         ("decode_speed", decode_speed),
         ("multi30k_de_en", multi30k),
         ("multi30k_en_de", multi30k),
@@ -126,6 +224,9 @@ def main() -> None:
         d = load(name)
         if d is not None:
             blocks.append("\n".join(render(d)))
+    goal_rows = goals(load("train_speed"), load("multi30k_de_en"), load("decode_speed"))
+    if goal_rows:
+        blocks.insert(0, "\n".join(goal_rows))
     text = README.read_text(encoding="utf-8")
     if BEGIN not in text or END not in text:
         sys.exit(f"{README}: no {BEGIN} ... {END} block")
