@@ -12,6 +12,7 @@ import typer
 
 from transformer_cli.errors import boundary
 from transformer_cli.inspection import inspect_app
+from transformer_cli.options import ConfigOpt, SetOpt, load
 
 app = typer.Typer(
     name="tfx",
@@ -21,18 +22,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="YAML config file.")]
-SetOpt = Annotated[
-    list[str] | None,
-    typer.Option("--set", help="Override a config value: --set train.lr=3e-4 (repeatable)."),
-]
-
-
-def _load(config: Path, overrides: list[str] | None):
-    from transformer_cli.config import load_config
-
-    return load_config(config, overrides or [])
-
 
 @app.command()
 @boundary
@@ -40,7 +29,7 @@ def prepare(config: ConfigOpt, set_: SetOpt = None) -> None:
     """Read the corpus, train SentencePiece, and write the encoded cache into the run dir."""
     from transformer_cli import prepare as prepare_mod
 
-    prepare_mod.run(_load(config, set_))
+    prepare_mod.run(load(config, set_))
 
 
 @app.command()
@@ -55,7 +44,7 @@ def train(
     """Train a model on the prepared cache; checkpoints go into the run dir."""
     from transformer_cli import train as train_mod
 
-    train_mod.run(_load(config, set_), resume=resume)
+    train_mod.run(load(config, set_), resume=resume)
 
 
 # ----------------------------------------------------------------------------- decoding

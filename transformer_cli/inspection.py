@@ -25,6 +25,7 @@ from typing import Annotated
 import typer
 
 from transformer_cli.errors import ConfigError, DataError, boundary
+from transformer_cli.options import ConfigOpt, SetOpt, load
 
 inspect_app = typer.Typer(
     help="Look inside: batches and masks, positions, attention scaling, the LR schedule.",
@@ -33,21 +34,10 @@ inspect_app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="YAML config file.")]
-SetOpt = Annotated[
-    list[str] | None,
-    typer.Option("--set", help="Override a config value: --set train.lr=3e-4 (repeatable)."),
-]
 PlotOpt = Annotated[Path | None, typer.Option("--plot", help="Also draw it into this PNG.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the numbers as JSON.")]
 
 POSITION_TOLERANCE = 1e-5  # PE(pos + k) vs M_k PE(pos): float32 rounding is ~1e-7
-
-
-def _load(config: Path, overrides: list[str] | None):
-    from transformer_cli.config import load_config
-
-    return load_config(config, overrides or [])
 
 
 def _bits(mask) -> list:
@@ -243,7 +233,7 @@ def batch_command(
     json_: JsonOpt = False,
 ) -> None:
     """One real batch from the prepared cache: pieces, the target shift, and every mask."""
-    view = batch_view(_load(config, set_), split, index, rows, epoch)
+    view = batch_view(load(config, set_), split, index, rows, epoch)
     _emit(json.dumps(view) if json_ else format_batch(view))
     if plot is not None:
         from transformer_cli.plots import plot_masks
@@ -432,7 +422,7 @@ def scaling_command(
 ) -> None:
     """Why scores are divided by sqrt(d_k): variance, softmax peak and gradient, measured."""
     if config is not None:
-        cfg = _load(config, set_)
+        cfg = load(config, set_)
         d_k = cfg.model.d_model // cfg.model.heads
     view = scaling_view(d_k, keys, samples, seed)
     _emit(json.dumps(view) if json_ else format_scaling(view))
@@ -508,7 +498,7 @@ def schedule_command(
     json_: JsonOpt = False,
 ) -> None:
     """The configured learning-rate schedule over the run, warm-up peak marked."""
-    view = schedule_view(_load(config, set_), steps)
+    view = schedule_view(load(config, set_), steps)
     _emit(json.dumps(view) if json_ else format_schedule(view))
     if plot is not None:
         from transformer_cli.plots import plot_schedule
