@@ -16,6 +16,7 @@ from transformer_cli import batching, cache, runtime
 from transformer_cli.errors import CheckpointError, ConfigError, DataError
 from transformer_cli.fileio import atomic_write_text
 from transformer_cli.loss import masked_cross_entropy
+from transformer_cli.table import aligned
 from transformer_cli.tokenizer import PAD_ID
 
 
@@ -305,14 +306,7 @@ def format_table(report: dict) -> str:
             f"{r['ppl']:.2f}", str(r["sentences"]), f"{r['decode_seconds']:.2f}",
             f"{r['sentences_per_s']:.1f}",
         ))  # fmt: skip
-    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
-    text = [
-        "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in lines
-    ]
+    text = aligned(lines)
     d = report["decode"]
     search = "greedy" if d["beam"] == 1 else f"beam {d['beam']}, alpha {d['alpha']}"
     text.append(f"data: {report['data']}, {report['sentences']} sentences; {search}; "

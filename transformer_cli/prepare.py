@@ -26,6 +26,7 @@ from transformer_cli.cache import SPLITS, EncodedSplit
 from transformer_cli.config import Config, to_dict, write_resolved
 from transformer_cli.errors import DataError
 from transformer_cli.fileio import atomic_write_text
+from transformer_cli.table import aligned
 from transformer_cli.tokenizer import (
     JOINT_FILE,
     SPECIAL_IDS,
@@ -296,14 +297,7 @@ def summary(meta: dict, directory: Path) -> str:
                 "/".join(str(v) for v in s["tgt_len"].values()),
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = [
-        "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(r, widths, strict=True))
-        )
-        for r in rows
-    ]
+    lines = aligned(rows)
     t = meta["tokenizer"]
     vocab = (
         f"joint vocabulary {t['src_vocab_size']}"
