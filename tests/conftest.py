@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 from transformer_cli.config import Config, config_from_dict
 from transformer_cli.toy import generate
@@ -46,3 +47,16 @@ def make_config(tmp_path: Path, corpus_dir: Path) -> Callable[..., Config]:
         return config_from_dict(raw, list(overrides))
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Every test on one thread, restored afterwards (training sets its own count).
+
+    The tensors here are tiny: a second thread adds only OpenMP barriers, and on shared
+    cores those stall for a whole scheduler slice (tests run up to 10x slower).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -17,15 +17,6 @@ from transformer_cli.translate import load_model
 STEPS = (10, 20, 30)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, above all on a machine shared with others."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, toy_pairs):
     """A run with three (identical) step checkpoints and last.pt hard-linked to the newest."""

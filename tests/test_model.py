@@ -24,17 +24,6 @@ CFG = ModelConfig(
 PATHS = ["math", "sdpa"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Run this module's tests on one thread."""
-    # the tensors are tiny: a second thread adds only OpenMP barriers, and those stall
-    # for a whole scheduler slice when the cores are shared (10x slower tests)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @functools.cache
 def model_for(attention: str = "sdpa", norm: str = "post") -> Transformer:
     """One float64 model per (path, norm), in eval mode; same weights on both paths."""

@@ -26,17 +26,6 @@ CFG = ModelConfig(
 PATHS = ["math", "sdpa"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Run this module's tests on one thread."""
-    # the tensors are tiny: a second thread adds only OpenMP barriers, and those stall
-    # for a whole scheduler slice when the cores are shared (10x slower tests)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def ids_with_lengths(lengths: list[int], width: int, gen: torch.Generator) -> torch.Tensor:
     """Random real tokens (ids >= 4), right-padded with PAD_ID to `width`."""
     ids = torch.randint(4, CFG.src_vocab, (len(lengths), width), generator=gen)

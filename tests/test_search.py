@@ -16,15 +16,6 @@ FIRST_REAL = EOS_ID + 1
 VOCAB = 14  # small: the tiny models train in a fraction of a second
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, above all on a machine shared with others."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_model(seed: int = 0, train_steps: int = 40, **overrides) -> Transformer:
     """A tiny model, half-trained to reverse its source.
 

@@ -24,15 +24,6 @@ MAX_POSITIONS = 24  # small, so that an overlong line is easy to write
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, above all on a machine shared with others."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_tiny_run(root: Path, pairs: list[tuple[str, str]], steps: tuple[int, ...] = (10,)):
     """A prepared run dir with a tiny random model saved at `steps`: returns the config.
 
