@@ -91,8 +91,13 @@ class Attention(nn.Module):
             `parts` tensors of shape (B, H, L, K): views, no copy.
         """
         B, L, _ = x.shape
-        x = x.view(B, L, parts, self.heads, self.head_dim)  # (B,L,p*D) -> (B,L,p,H,K)
-        return x.permute(2, 0, 3, 1, 4).unbind(0)  # (B,L,p,H,K) -> p x (B,H,L,K)
+        d = self.heads * self.head_dim
+        # split (not unbind): backward then concatenates the parts' gradients straight
+        # into the (B, L, p*D) layout in one pass, instead of stacking and re-laying out
+        return tuple(
+            t.view(B, L, self.heads, self.head_dim).transpose(1, 2)  # (B,L,D) -> (B,H,L,K)
+            for t in x.split(d, dim=-1)  # (B,L,p*D) -> p x (B,L,D)
+        )
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
         """Attention over heads, heads concatenated, output projection: (B, T, D)."""
