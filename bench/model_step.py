@@ -12,7 +12,7 @@ step is reported, and the median ratio of neighbouring math and sdpa steps.
 
     .venv/bin/python bench/model_step.py [--reps 5] [--threads 2]
 
-Writes bench/out/model_step.json.
+Writes bench/out/model_step.json (model_step_len<scale>.json with --len-scale).
 """
 
 from __future__ import annotations
@@ -31,23 +31,31 @@ import torch
 import torch.nn.functional as F
 
 from transformer_cli.config import ModelConfig
+from transformer_cli.masks import decoder_mask, padding_mask
 from transformer_cli.model import Transformer
 from transformer_cli.tokenizer import PAD_ID
 
 VOCAB = 8000
 SMALL = ModelConfig(
     d_model=256, heads=4, enc_layers=3, dec_layers=3, d_ff=1024, dropout=0.1,
-    max_positions=256, share_embeddings=True, tie_output=True, src_vocab=VOCAB, tgt_vocab=VOCAB,
+    max_positions=1024, share_embeddings=True, tie_output=True, src_vocab=VOCAB, tgt_vocab=VOCAB,
 )  # fmt: skip
 OUT = Path(__file__).parent / "out" / "model_step.json"
 
 
-def multi30k_like_batches(n_batches: int, budget: int, seed: int) -> list[tuple]:
-    """Length-bucketed batches of (src, tgt_in, tgt_out), each ~`budget` real target tokens."""
+def multi30k_like_batches(
+    n_batches: int, budget: int, seed: int, scale: float = 1.0
+) -> list[tuple]:
+    """Length-bucketed batches of (src, tgt_in, tgt_out), each ~`budget` real target tokens.
+
+    `scale` stretches the length distribution (mean and spread), for longer corpora.
+    """
     gen = torch.Generator().manual_seed(seed)
-    pool = 30 * budget // 16  # about 30 batches' worth of pairs to bucket from
-    src_len = (torch.randn(pool, generator=gen) * 5 + 14).round().clamp(2, 60).long()
-    tgt_len = (torch.randn(pool, generator=gen) * 6 + 16).round().clamp(2, 60).long()
+    pool = int(30 * budget / (16 * scale))  # about 30 batches' worth of pairs to bucket from
+    longest = int(60 * scale)
+    src_len = (torch.randn(pool, generator=gen) * 5 * scale + 14 * scale).round()
+    tgt_len = (torch.randn(pool, generator=gen) * 6 * scale + 16 * scale).round()
+    src_len, tgt_len = src_len.clamp(2, longest).long(), tgt_len.clamp(2, longest).long()
     order = sorted(range(pool), key=lambda i: (tgt_len[i].item(), src_len[i].item()))
     buckets, current, tokens = [], [], 0
     for i in order:
@@ -80,12 +88,25 @@ def train_step(model: Transformer, src, tgt_in, tgt_out) -> None:
     model.zero_grad(set_to_none=True)
 
 
+def attention_step(model: Transformer, src, tgt_in, x_src, x_tgt) -> None:
+    """Only the attention of one layer pair: encoder self-, decoder self-, cross-attention."""
+    enc, dec = model.encoder.layers[0], model.decoder.layers[0]
+    src_mask = padding_mask(src)
+    out = enc.self_attn(x_src, src_mask).sum() + dec.self_attn(x_tgt, decoder_mask(tgt_in)).sum()
+    out = out + dec.cross_attn(x_tgt, x_src, src_mask).sum()
+    out.backward()
+    model.zero_grad(set_to_none=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=5, help="timed passes over the batches")
     parser.add_argument("--batches", type=int, default=3, help="distinct batch shapes")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--budget", type=int, default=4096, help="target tokens per batch")
+    parser.add_argument(
+        "--len-scale", type=float, default=1.0, help="stretch sentence lengths (1 = Multi30k)"
+    )
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -93,16 +114,24 @@ def main() -> None:
     models = {"sdpa": Transformer(SMALL).train()}
     models["math"] = Transformer(dataclasses.replace(SMALL, attention="math")).train()
     models["math"].load_state_dict(models["sdpa"].state_dict())
-    batches = multi30k_like_batches(args.batches, args.budget, seed=0)
+    batches = multi30k_like_batches(args.batches, args.budget, seed=0, scale=args.len_scale)
     real_tokens = sum(int((b[2] != PAD_ID).sum()) for b in batches)
     padded_tokens = sum(b[2].numel() for b in batches)
+
+    states = [
+        (torch.randn(*b[0].shape, SMALL.d_model, requires_grad=True),
+         torch.randn(*b[1].shape, SMALL.d_model, requires_grad=True))
+        for b in batches
+    ]  # fmt: skip
 
     load_before = os.getloadavg()
     for model in models.values():  # warm-up: allocator, kernels, autograd graph caches
         train_step(model, *batches[0])
+        attention_step(model, *batches[0][:2], *states[0])
     # times[name][k] = the step times of batch k; the two paths alternate step by step,
     # in ABBA order, so that load from other processes falls on both alike
     times: dict[str, list[list[float]]] = {name: [[] for _ in batches] for name in models}
+    attn_times: dict[str, list[float]] = {name: [] for name in models}
     names = list(models)
     for rep in range(args.reps):
         for k, b in enumerate(batches):
@@ -110,6 +139,9 @@ def main() -> None:
                 start = time.perf_counter()
                 train_step(models[name], *b)
                 times[name][k].append(time.perf_counter() - start)
+                start = time.perf_counter()
+                attention_step(models[name], *b[:2], *states[k])
+                attn_times[name].append(time.perf_counter() - start)
     load_after = os.getloadavg()
 
     results = {}
@@ -120,6 +152,7 @@ def main() -> None:
             "median_s_per_batch": total / len(batches),
             "tgt_tokens_per_s": real_tokens / total,
             "step_s": per_batch,
+            "attention_fwd_bwd_ms_per_layer_pair": 1000 * statistics.median(attn_times[name]),
         }
     # the paired ratio is the robust number on a shared machine: each math step is
     # compared with the sdpa step of the same batch taken right next to it
@@ -130,24 +163,29 @@ def main() -> None:
     ]
     speedup = statistics.median(ratios)
 
-    print(f"forward+backward, d_model 256, 3+3 layers, vocab {VOCAB}, {args.threads} threads")
+    print(f"forward+backward, d_model 256, 3+3 layers, vocab {VOCAB}, {args.threads} threads, "
+          f"lengths x{args.len_scale:g}")  # fmt: skip
     print(f"{args.batches} batches, {real_tokens / args.batches:.0f} real target tokens each, "
           f"{1 - real_tokens / padded_tokens:.1%} padding; median of {args.reps} reps")  # fmt: skip
-    print(f"{'path':<6} {'s/batch':>9} {'tgt tok/s':>11}")
+    print(f"{'path':<6} {'s/batch':>9} {'tgt tok/s':>11} {'attention ms':>13}")
     for name, r in results.items():
-        print(f"{name:<6} {r['median_s_per_batch']:>9.3f} {r['tgt_tokens_per_s']:>11.0f}")
+        print(f"{name:<6} {r['median_s_per_batch']:>9.3f} {r['tgt_tokens_per_s']:>11.0f} "
+              f"{r['attention_fwd_bwd_ms_per_layer_pair']:>13.1f}")  # fmt: skip
+    print("(attention ms: fwd+bwd of one encoder self-, decoder self- and cross-attention)")
     faster = sum(r > 1 for r in ratios)
     print(f"sdpa speed-up over math (median of paired steps): {speedup:.2f}x; "
           f"sdpa faster in {faster} of {len(ratios)} pairs")  # fmt: skip
     print(f"load average (1 min) before/after: {load_before[0]:.2f} / {load_after[0]:.2f}")
 
-    OUT.parent.mkdir(parents=True, exist_ok=True)
+    out = OUT if args.len_scale == 1 else OUT.with_name(f"model_step_len{args.len_scale:g}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "date": datetime.date.today().isoformat(),
         "torch": torch.__version__,
         "machine": platform.machine(),
         "processor": platform.processor(),
         "threads": args.threads,
+        "len_scale": args.len_scale,
         "cpus": os.cpu_count(),
         "load_average_1min_before_after": [load_before[0], load_after[0]],
         "config": dataclasses.asdict(SMALL),
@@ -158,8 +196,8 @@ def main() -> None:
         "sdpa_speedup_paired_median": speedup,
         "paired_ratios_math_over_sdpa": ratios,
     }
-    OUT.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {OUT}")
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
