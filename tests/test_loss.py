@@ -10,7 +10,12 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transformer_cli.loss import masked_cross_entropy, per_token, perplexity
+from transformer_cli.loss import (
+    masked_cross_entropy,
+    per_token,
+    perplexity,
+    projected_cross_entropy,
+)
 from transformer_cli.tokenizer import PAD_ID
 
 EPS = [0.0, 0.1, 0.3]
@@ -168,3 +173,79 @@ def test_no_tokens_gives_nan():
 def test_shape_mismatch_is_refused():
     with pytest.raises(ValueError, match="do not match"):
         masked_cross_entropy(torch.randn(2, 3, 5), torch.ones(2, 4, dtype=torch.long))
+
+
+# ---------------------------------------------------------------- the fused, chunked path
+
+
+def plain_and_fused(seed: int, n: int, eps: float, rows: int, dtype=torch.float64):
+    """Loss, NLL and both gradients by the plain path and by the chunked one."""
+    g = torch.Generator().manual_seed(seed)
+    d, v = 6, 13
+    hidden = torch.randn(n, d, generator=g, dtype=dtype) * 2
+    weight = torch.randn(v, d, generator=g, dtype=dtype)
+    target = torch.randint(1, v, (n,), generator=g)  # real positions only
+    results = []
+    for fused in (False, True):
+        h = hidden.clone().requires_grad_()
+        w = weight.clone().requires_grad_()
+        if fused:
+            parts = projected_cross_entropy(h, w, target, eps, chunk_bytes=4 * v * rows)
+        else:
+            parts = masked_cross_entropy(h @ w.t(), target, eps)
+        (parts.loss * 0.37).backward()  # an upstream scale must pass through
+        results.append((parts, h.grad, w.grad))
+    return results
+
+
+@pytest.mark.parametrize("eps", EPS)
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 40), rows=st.integers(1, 50))
+def test_fused_loss_equals_the_plain_one_for_any_chunking(eps, seed, n, rows):
+    (plain, plain_h, plain_w), (fused, fused_h, fused_w) = plain_and_fused(seed, n, eps, rows)
+    assert int(fused.n_tokens) == int(plain.n_tokens) == n
+    torch.testing.assert_close(fused.loss, plain.loss)
+    torch.testing.assert_close(fused.nll, plain.nll)
+    torch.testing.assert_close(fused_h, plain_h)
+    torch.testing.assert_close(fused_w, plain_w)
+
+
+def test_fused_loss_without_gradients_still_scores():
+    (plain, _, _), _ = plain_and_fused(3, 17, 0.1, 5)
+    g = torch.Generator().manual_seed(3)
+    hidden = torch.randn(17, 6, generator=g, dtype=torch.float64) * 2
+    weight = torch.randn(13, 6, generator=g, dtype=torch.float64)
+    target = torch.randint(1, 13, (17,), generator=g)
+    with torch.no_grad():
+        parts = projected_cross_entropy(hidden, weight, target, 0.1, chunk_bytes=4 * 13 * 5)
+    assert not parts.loss.requires_grad
+    torch.testing.assert_close(parts.loss, plain.loss.detach())
+
+
+def test_fused_loss_in_bf16_matches_bf16_autocast():
+    """Matmuls in bf16, softmax in fp32: as the plain path under autocast."""
+    g = torch.Generator().manual_seed(5)
+    hidden = torch.randn(64, 32, generator=g)
+    weight = torch.randn(50, 32, generator=g) * 0.2
+    target = torch.randint(1, 50, (64,), generator=g)
+    grads = []
+    for fused in (False, True):
+        h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            if fused:
+                parts = projected_cross_entropy(h, w, target, 0.1, torch.bfloat16, 4 * 50 * 16)
+            else:
+                parts = masked_cross_entropy(torch.nn.functional.linear(h, w), target, 0.1)
+        parts.loss.backward()
+        assert parts.loss.dtype == torch.float32 and h.grad.dtype == w.grad.dtype == torch.float32
+        grads.append((parts.loss, h.grad, w.grad))
+    for fused_x, plain_x in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(fused_x, plain_x, rtol=2e-2, atol=2e-2)
+
+
+def test_fused_loss_checks_its_arguments():
+    hidden, weight = torch.randn(4, 3), torch.randn(5, 3)
+    with pytest.raises(ValueError, match="does not match"):
+        projected_cross_entropy(hidden, weight, torch.ones(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="label_smoothing"):
+        projected_cross_entropy(hidden, weight, torch.ones(4, dtype=torch.long), 1.0)

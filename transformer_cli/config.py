@@ -102,6 +102,7 @@ class TrainConfig:
     warmup: int = 4000
     clip_norm: float = 0.0  # 0 = no clipping
     label_smoothing: float = 0.1
+    fused_loss: bool = True  # project + score in chunks, never all (tokens x vocab) logits
     log_every: int = 50
     eval_every: int = 1000
     keep_last: int = 3

@@ -15,7 +15,7 @@ import torch
 from transformer_cli import batching, cache, runtime
 from transformer_cli.errors import CheckpointError, ConfigError, DataError
 from transformer_cli.fileio import atomic_write_text
-from transformer_cli.loss import masked_cross_entropy
+from transformer_cli.loss import masked_cross_entropy, projected_cross_entropy
 from transformer_cli.table import aligned
 from transformer_cli.tokenizer import PAD_ID
 
@@ -38,21 +38,27 @@ def score_texts(hyps: list[str], refs: list[str]) -> dict:
     }
 
 
-def batch_loss(model, batch, label_smoothing: float, device, precision: str):
+def batch_loss(model, batch, label_smoothing: float, device, precision: str, fused: bool = True):
     """The masked loss of one batch: sums over its real target tokens (see loss.py).
 
     Only the real positions are projected onto the vocabulary, so padding never reaches
-    the (expensive) full-vocabulary softmax.
+    the (expensive) full-vocabulary softmax. `fused` projects and scores them in chunks
+    (`projected_cross_entropy`); otherwise the whole (N, V) logits are formed and passed to
+    `masked_cross_entropy`, the plain definition. Both compute the same numbers.
     """
     real = (batch.tgt_out != PAD_ID).view(-1).nonzero().squeeze(1)  # on the host: no sync
     batch = batch.to(device)
     real = real.to(device, non_blocking=True)
+    target = batch.tgt_out.view(-1).index_select(0, real)  # (N,)
     with runtime.autocast(device, precision):
         memory = model.encode(batch.src)
         hidden = model.decode_hidden(batch.tgt_in, memory, batch.src)  # (B, T, D)
-        logits = model.logits(hidden.flatten(0, 1).index_select(0, real))  # (N, V)
-    target = batch.tgt_out.view(-1).index_select(0, real)  # (N,)
-    return masked_cross_entropy(logits, target, label_smoothing)  # it upcasts inside the softmax
+        hidden = hidden.flatten(0, 1).index_select(0, real)  # (N, D)
+        if not fused:
+            logits = model.logits(hidden)  # (N, V)
+            return masked_cross_entropy(logits, target, label_smoothing)  # fp32 softmax inside
+    dtype = runtime.matmul_dtype(precision)
+    return projected_cross_entropy(hidden, model.out_proj.weight, target, label_smoothing, dtype)
 
 
 @torch.no_grad()
@@ -64,7 +70,8 @@ def split_loss(model, split, cfg, device, precision: str) -> dict:
     # (the target side needs one position for BOS)
     truncate = cfg.model.max_positions - 1
     for batch in batching.eval_batches(split, cfg.train.batch_tokens, truncate=truncate):
-        nll += batch_loss(model, batch, 0.0, device, precision).nll.double().cpu()
+        parts = batch_loss(model, batch, 0.0, device, precision, cfg.train.fused_loss)
+        nll += parts.nll.double().cpu()
         tokens += batch.n_tokens
     per_token = float(nll) / max(tokens, 1)
     return {

@@ -39,12 +39,16 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+def matmul_dtype(precision: str) -> torch.dtype:
+    """The dtype that matrix products run in under a resolved precision."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+
+
 def autocast(device: torch.device, precision: str):
     """The autocast context for a resolved precision (a no-op for fp32)."""
     if precision == "fp32":
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=matmul_dtype(precision))
 
 
 def set_threads(threads: int) -> int:

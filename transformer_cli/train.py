@@ -299,6 +299,7 @@ class CompiledSteps:
         self.encode = torch.compile(model.encode, dynamic=True)
         self.decode_hidden = torch.compile(model.decode_hidden, dynamic=True)
         self.logits = torch.compile(model.logits, dynamic=True)
+        self.out_proj = model.out_proj  # the fused loss projects in chunks itself
         self.parameters = model.parameters
 
 
@@ -326,7 +327,9 @@ def train_step(model, optimizer, scaler, split, group, cfg: Config, device, prec
     loss_sum = torch.zeros((), device=device)
     nll_sum = torch.zeros((), device=device)
     for batch in batches:
-        parts = batch_loss(model, batch, cfg.train.label_smoothing, device, precision)
+        parts = batch_loss(
+            model, batch, cfg.train.label_smoothing, device, precision, cfg.train.fused_loss
+        )
         loss = parts.loss / n_tokens
         (scaler.scale(loss) if scaler is not None else loss).backward()
         loss_sum += parts.loss.detach()
