@@ -80,7 +80,7 @@ def worker(args) -> dict:
     precision = runtime.resolve_precision(cfg.train.precision, device)
     threads = runtime.set_threads(cfg.train.threads)
     if device.type == "cpu":
-        runtime.keep_freed_memory()  # as tfx train does
+        runtime.tune_cpu_memory()  # as tfx train does
     runtime.seed_everything(cfg.train.seed)
     split = cache.load_split(cfg.run_dir, "train")
     model = train.Transformer(cfg.model).to(device)

@@ -29,9 +29,9 @@ def test_forcing_a_missing_device_is_a_config_error():
 
 WORKLOAD = """
 import random, resource, sys, torch
-from transformer_cli.runtime import keep_freed_memory
+from transformer_cli.runtime import tune_cpu_memory
 if sys.argv[1] == "keep":
-    assert keep_freed_memory()
+    assert tune_cpu_memory()
 rng = random.Random(0)
 def step():  # like a training step: many tensors of batch-dependent sizes, then all freed
     held = [torch.empty(rng.randrange(250_000, 6_000_000)).fill_(1.0) for _ in range(20)]

@@ -69,7 +69,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool) -> dict:
     precision = runtime.resolve_precision(t.precision, device)
     threads = runtime.set_threads(t.threads)
     if device.type == "cpu":
-        runtime.keep_freed_memory()
+        runtime.tune_cpu_memory()
     runtime.seed_everything(t.seed)
 
     train_split = cache.load_split(run_dir, "train")
