@@ -28,7 +28,7 @@ sets=(--set "data.dir=$DATA" --set "run_dir=$RUN"
 CONFIG=configs/multi30k_$DIR.yaml
 
 rm -rf "$RUN"
-start=$(date +%s)
+commit=$(git rev-parse --short HEAD)
 "$TFX" prepare --config "$CONFIG" "${sets[@]}"
 /usr/bin/time -v -o "$OUT/multi30k_${DIR}.train.time" \
   "$TFX" train --config "$CONFIG" "${sets[@]}" | tee "$OUT/multi30k_${DIR}.train.log"
@@ -37,29 +37,4 @@ for beam in 1 5; do
     --config "$CONFIG" "${sets[@]}" --split test --beam "$beam" --max-len-a 1.5 --max-len-b 10 \
     --batch-size 64 --json --output-dir "$RUN/eval_beam$beam" > "$OUT/multi30k_${DIR}.beam$beam.json"
 done
-.venv/bin/python - "$DIR" "$RUN" "$OUT" "$start" "$MINUTES" "$@" <<'PY'
-import json, subprocess, sys, datetime, platform, re
-direction, run, out, start, minutes = sys.argv[1:]
-train = [json.loads(l) for l in open(f"{run}/metrics.jsonl")]
-steps = [r for r in train if r["kind"] == "train"]
-valid = [r for r in train if r["kind"] == "valid"]
-rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)",
-                open(f"{out}/multi30k_{direction}.train.time").read())
-result = {
-    "direction": direction,
-    "date": datetime.date.today().isoformat(),
-    "machine": f"{platform.machine()}, {subprocess.getoutput('nproc')} cores",
-    "commit": subprocess.getoutput("git rev-parse --short HEAD"),
-    "budget_minutes": float(minutes),
-    "steps": steps[-1]["step"] if steps else 0,
-    "train_seconds": steps[-1]["elapsed"] if steps else 0,
-    "tokens_per_s_last_logs": [round(r["tokens_per_s"]) for r in steps[-5:]],
-    "peak_rss_gib": round(int(rss.group(1)) / 2**20, 3) if rss else None,
-    "prepare_seconds": json.load(open(f"{run}/cache/meta.json")).get("seconds"),
-    "overrides": " ".join(sys.argv[6:]),
-    "valid": valid,
-    "test": {f"beam{b}": json.load(open(f"{out}/multi30k_{direction}.beam{b}.json")) for b in (1, 5)},
-}
-json.dump(result, open(f"{out}/multi30k_{direction}.json", "w"), indent=2)
-print(json.dumps({k: v for k, v in result.items() if k not in ("valid", "test")}, indent=2))
-PY
+COMMIT=$commit .venv/bin/python bench/multi30k_summary.py "$DIR" "$RUN" "$OUT" "$MINUTES" "$@"

@@ -117,6 +117,54 @@ def multi30k(d: dict) -> list[str]:
     return lines
 
 
+def side_by_side(tfx: dict, onmt: dict, speed: dict | None) -> list[str]:
+    """tfx's 12-minute run next to OpenNMT-py's, run on the same machine the same day."""
+    best = {b: max(tfx["test"][b]["results"], key=lambda r: r["bleu"]) for b in ("beam1", "beam5")}
+    onmt_rate = onmt["tok_s"]
+    rows = [
+        ("updates in the 12-minute budget", tfx["steps"], onmt["steps"], "{:,.0f}"),
+        ("real target tokens/s (training loop)", tfx["tokens_per_s_mean"], onmt_rate, "{:,.0f}"),
+        ("peak RSS of training (GiB)", tfx["peak_rss_gib"], onmt["time"]["rss_gib"], "{:.2f}"),
+        ("test_2016 BLEU, greedy", best["beam1"]["bleu"], onmt["beam1"]["bleu"], "{:.2f}"),
+        ("test_2016 BLEU, beam 5", best["beam5"]["bleu"], onmt["beam5"]["bleu"], "{:.2f}"),
+        (
+            "greedy decoding, batch 64 (sentences/s)",
+            best["beam1"]["sentences_per_s"],
+            1000 / onmt["beam1"]["gen_s"],
+            "{:,.0f}",
+        ),
+        (
+            "beam-5 decoding, batch 64 (sentences/s)",
+            best["beam5"]["sentences_per_s"],
+            1000 / onmt["beam5"]["gen_s"],
+            "{:,.0f}",
+        ),
+    ]
+    lines = [
+        f"tfx next to OpenNMT-py {onmt['version']} on the same machine, one after the other "
+        f"({onmt['date']}): `bash bench/multi30k.sh de_en 12 {tfx.get('overrides', '')}` and "
+        f"`bash bench/peer_onmt.sh` ({onmt['config']}). Same data, model size, batch and "
+        "schedule; decoding times are generation only, best checkpoint for tfx.",
+        "",
+        "| | tfx | OpenNMT-py | tfx / OpenNMT-py |",
+        "|---|---|---|---|",
+    ]
+    for name, ours, theirs, spec in rows:
+        ratio = f"{ours / theirs:.2f}x" if theirs else "n/a"
+        lines.append(f"| {name} | {spec.format(ours)} | {spec.format(theirs)} | {ratio} |")
+    if speed:
+        flops = speed["rows"][0]["flops_per_token"]
+        peak = speed["matmul_peak_gflops"]["fp32"]
+        lines += [
+            "",
+            f"MFU of the 12-minute run against the measured fp32 matmul peak ({peak:.0f} "
+            f"GFLOP/s, {flops / 1e6:.1f} MFLOP per target token): tfx "
+            f"{tfx['tokens_per_s_mean'] * flops / 1e9 / peak:.0%}, OpenNMT-py "
+            f"{onmt_rate * flops / 1e9 / peak:.0%}.",
+        ]
+    return lines
+
+
 # The peers' figures on this kind of machine, from ../shared/bench/peers/RESULTS.md
 # (OpenNMT-py 3.5.1, same model and data, 2 threads; ranges over its two runs).
 PEER_TOKENS_PER_S = (2056, 2297)
@@ -126,9 +174,12 @@ PEER_GREEDY_SENT_PER_S = (244, 357)
 PEER_BEAM5_SENT_PER_S = (60, 141)
 
 
-def goals(speed: dict | None, m30k: dict | None, decode: dict | None) -> list[str]:
+def goals(
+    speed: dict | None, m30k: dict | None, decode: dict | None, onmt: dict | None = None
+) -> list[str]:
     """Each goal of the issues, the measured figure, and met or missed by how much."""
     rows = []
+    peer_rss = onmt["time"]["rss_gib"] if onmt else PEER_PEAK_RSS_GIB
 
     def row(goal: str, measured: float, target: float, unit: str, higher_is_better=True):
         met = measured >= target if higher_is_better else measured <= target
@@ -152,11 +203,18 @@ def goals(speed: dict | None, m30k: dict | None, decode: dict | None) -> list[st
             4400,
             "tok/s",
         )
+    if m30k and onmt:
+        row(
+            "training throughput of the 12-minute run (>= 2x OpenNMT-py beside it)",
+            m30k["tokens_per_s_mean"],
+            2 * onmt["tok_s"],
+            "tok/s",
+        )
     if m30k:
         row(
             "peak memory of the 12-minute run (< OpenNMT-py)",
             m30k["peak_rss_gib"],
-            PEER_PEAK_RSS_GIB,
+            peer_rss,
             "GiB",
             higher_is_better=False,
         )
@@ -224,7 +282,10 @@ def main() -> None:
         d = load(name)
         if d is not None:
             blocks.append("\n".join(render(d)))
-    goal_rows = goals(load("train_speed"), load("multi30k_de_en"), load("decode_speed"))
+    tfx, onmt = load("multi30k_de_en"), load("peer_onmt")
+    if tfx and onmt:
+        blocks.insert(0, "\n".join(side_by_side(tfx, onmt, load("train_speed"))))
+    goal_rows = goals(load("train_speed"), tfx, load("decode_speed"), onmt)
     if goal_rows:
         blocks.insert(0, "\n".join(goal_rows))
     text = README.read_text(encoding="utf-8")

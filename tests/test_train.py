@@ -302,3 +302,23 @@ def test_fused_and_plain_batch_loss_agree_on_a_model(precision, label_smoothing)
     torch.testing.assert_close(fused.nll, plain.nll, **tol)
     for got, want in zip(fused_grads, plain_grads, strict=True):
         torch.testing.assert_close(got, want, **tol)
+
+
+def test_logged_throughput_leaves_validation_time_out(make_config, monkeypatch):
+    import time
+
+    real = train.validation
+
+    def slow_validation(*args, **kwargs):
+        time.sleep(1.0)  # many times the few ms that the tiny model's 4 steps take
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "validation", slow_validation)
+    cfg = make_config(*TINY, "train.max_steps=12", "train.log_every=4", "train.eval_every=6")
+    prepare.run(cfg)
+    train.run(cfg)
+    records = [json.loads(line) for line in open(f"{cfg.run_dir}/metrics.jsonl")]
+    rates = [r["tokens_per_s"] for r in records if r["kind"] == "train"]
+    # the window of steps 5-8 holds the validation at step 6; with it counted, its rate
+    # would be a small fraction of the others'
+    assert len(rates) == 3 and rates[1] > 0.3 * min(rates[0], rates[2])

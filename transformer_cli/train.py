@@ -213,7 +213,10 @@ def _train(cfg: Config, run_dir: Path, resume: bool) -> dict:
                     )
 
                 if progress.step % t.eval_every == 0:
+                    paused = time.monotonic()
                     validate()
+                    # the log's tokens/s is the training loop's own: validation is left out
+                    window["t0"] += time.monotonic() - paused
                     last_eval_step = progress.step
                     if t.patience and progress.evals_since_best >= t.patience:
                         stop_reason = f"early stopping: no better BLEU in {t.patience} validations"

@@ -1,0 +1,57 @@
+"""Summarise a finished `bench/multi30k.sh` run into bench/out/multi30k_<direction>.json.
+
+    .venv/bin/python bench/multi30k_summary.py DIRECTION RUN_DIR OUT_DIR MINUTES [OVERRIDES...]
+
+Reads the run's metrics.jsonl, cache/meta.json, the `/usr/bin/time -v` report of training
+and the two `tfx evaluate --json` reports that multi30k.sh wrote.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+
+
+def main() -> None:
+    direction, run, out, minutes, *overrides = sys.argv[1:]
+    records = [json.loads(line) for line in open(f"{run}/metrics.jsonl")]
+    steps = [r for r in records if r["kind"] == "train"]
+    valid = [r for r in records if r["kind"] == "valid"]
+    rss = re.search(
+        r"Maximum resident set size \(kbytes\): (\d+)",
+        open(f"{out}/multi30k_{direction}.train.time").read(),
+    )
+    # every log window holds the same number of updates of ~equal tokens: the rate of the
+    # whole run is the harmonic mean of the windows' rates (validation time excluded)
+    rates = [r["tokens_per_s"] for r in steps]
+    result = {
+        "direction": direction,
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{platform.machine()}, {subprocess.getoutput('nproc')} cores",
+        # the commit that trained (multi30k.sh records it at the start), else HEAD
+        "commit": os.environ.get("COMMIT") or subprocess.getoutput("git rev-parse --short HEAD"),
+        "budget_minutes": float(minutes),
+        "steps": steps[-1]["step"] if steps else 0,
+        "train_seconds": steps[-1]["elapsed"] if steps else 0,
+        "tokens_per_s_mean": round(len(rates) / sum(1 / r for r in rates)) if rates else 0,
+        "tokens_per_s_last_logs": [round(r) for r in rates[-5:]],
+        "peak_rss_gib": round(int(rss.group(1)) / 2**20, 3) if rss else None,
+        "prepare_seconds": json.load(open(f"{run}/cache/meta.json")).get("seconds"),
+        "overrides": " ".join(overrides),
+        "valid": valid,
+        "test": {
+            f"beam{b}": json.load(open(f"{out}/multi30k_{direction}.beam{b}.json")) for b in (1, 5)
+        },
+    }
+    json.dump(result, open(f"{out}/multi30k_{direction}.json", "w"), indent=2)
+    summary = {k: v for k, v in result.items() if k not in ("valid", "test")}
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
