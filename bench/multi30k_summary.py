@@ -26,9 +26,17 @@ def main() -> None:
         r"Maximum resident set size \(kbytes\): (\d+)",
         open(f"{out}/multi30k_{direction}.train.time").read(),
     )
-    # every log window holds the same number of updates of ~equal tokens: the rate of the
-    # whole run is the harmonic mean of the windows' rates (validation time excluded)
-    rates = [r["tokens_per_s"] for r in steps]
+    # Every log window holds the same number of updates of ~equal tokens: the training
+    # loop's rate is the harmonic mean of the windows' rates. A validation at step v runs
+    # after the log at v, inside the next window; those windows are left out, so that the
+    # rate is the loop's own whichever tfx version logged it.
+    eval_steps = {r["step"] for r in valid}
+    ends = [r["step"] for r in steps]
+    rates = [
+        r["tokens_per_s"]
+        for prev, r in zip([0, *ends], steps, strict=False)
+        if not any(prev <= v < r["step"] for v in eval_steps)
+    ]
     result = {
         "direction": direction,
         "date": datetime.date.today().isoformat(),
@@ -39,7 +47,7 @@ def main() -> None:
         "steps": steps[-1]["step"] if steps else 0,
         "train_seconds": steps[-1]["elapsed"] if steps else 0,
         "tokens_per_s_mean": round(len(rates) / sum(1 / r for r in rates)) if rates else 0,
-        "tokens_per_s_last_logs": [round(r) for r in rates[-5:]],
+        "tokens_per_s_last_logs": [round(r["tokens_per_s"]) for r in steps[-5:]],
         "peak_rss_gib": round(int(rss.group(1)) / 2**20, 3) if rss else None,
         "prepare_seconds": json.load(open(f"{run}/cache/meta.json")).get("seconds"),
         "overrides": " ".join(overrides),

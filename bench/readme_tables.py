@@ -179,7 +179,7 @@ def goals(
 ) -> list[str]:
     """Each goal of the issues, the measured figure, and met or missed by how much."""
     rows = []
-    peer_rss = onmt["time"]["rss_gib"] if onmt else PEER_PEAK_RSS_GIB
+    peer_rss = min(PEER_PEAK_RSS_GIB, onmt["time"]["rss_gib"] if onmt else PEER_PEAK_RSS_GIB)
 
     def row(goal: str, measured: float, target: float, unit: str, higher_is_better=True):
         met = measured >= target if higher_is_better else measured <= target
@@ -220,9 +220,9 @@ def goals(
         )
         bleu = max(r["bleu"] for r in m30k["test"]["beam1"]["results"])
         row(
-            "test_2016 greedy BLEU after 12 minutes (> OpenNMT-py)",
+            "test_2016 greedy BLEU after 12 minutes (> OpenNMT-py's best run)",
             bleu,
-            PEER_GREEDY_BLEU_12MIN,
+            max(PEER_GREEDY_BLEU_12MIN, onmt["beam1"]["bleu"] if onmt else 0.0),
             "BLEU",
         )
         beam = max(r["bleu"] for r in m30k["test"]["beam5"]["results"])
@@ -261,8 +261,8 @@ def goals(
     if not rows:
         return []
     return [
-        "Goals from the issues against these results (OpenNMT-py figures from "
-        "`../shared/bench/peers/RESULTS.md`):",
+        "Goals from the issues against these results (OpenNMT-py: the run beside tfx below, "
+        "or the best figure in `../shared/bench/peers/RESULTS.md` where that is higher):",
         "",
         "| goal | measured | target | |",
         "|---|---|---|---|",

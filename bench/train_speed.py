@@ -3,7 +3,7 @@
     .venv/bin/python bench/train_speed.py --config configs/multi30k_de_en.yaml \
         --set run_dir=runs/multi30k_de_en --variants fp32,bf16 --steps 20 --rounds 2
 
-The run dir must be prepared (`tfx prepare`). Each variant (precision[+compile][+math])
+The run dir must be prepared (`tfx prepare`). Each variant (precision[+compile][+math][+unfused])
 runs the real training step (`train.train_step`) on the run's own batches in a fresh
 subprocess, so that peak memory is its own; variants alternate over `--rounds`, because
 this kind of machine drifts by up to 10% between identical runs. Prints a table and
@@ -70,6 +70,7 @@ def worker(args) -> dict:
     overrides = [*args.set, f"train.precision={precision}"]
     overrides += ["train.compile=true"] if "compile" in flags else []
     overrides += ["model.attention=math"] if "math" in flags else []
+    overrides += ["train.fused_loss=false"] if "unfused" in flags else []
     cfg = load_config(args.config, overrides)
     tok = Tokenizer.load(cfg.run_dir)
     model_cfg = dataclasses.replace(
@@ -133,7 +134,7 @@ def main() -> None:
     parser.add_argument(
         "--variants",
         default="fp32,bf16",
-        help="comma list of precision[+compile][+math], e.g. fp32,bf16+compile",
+        help="comma list of precision[+compile][+math][+unfused], e.g. fp32,bf16+compile",
     )
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=3)
