@@ -322,3 +322,32 @@ def test_logged_throughput_leaves_validation_time_out(make_config, monkeypatch):
     # the window of steps 5-8 holds the validation at step 6; with it counted, its rate
     # would be a small fraction of the others'
     assert len(rates) == 3 and rates[1] > 0.3 * min(rates[0], rates[2])
+
+
+def test_train_evaluate_and_translate_run_without_the_datasets_package(make_config, tmp_path):
+    """A GPU box may lack `datasets`: only `tfx prepare` may need it."""
+    import subprocess
+    import sys
+
+    from transformer_cli.config import to_yaml
+
+    cfg = make_config(*TINY, "train.max_steps=2")
+    prepare.run(cfg)
+    config_path = tmp_path / "c.yaml"
+    config_path.write_text(to_yaml(cfg))
+    blocked = (
+        "import sys; sys.modules['datasets'] = None\n"  # any `import datasets` now fails
+        "from transformer_cli.cli import app\n"
+        "app(sys.argv[1:])\n"
+    )
+    ckpt = str(tmp_path / "run" / "checkpoints" / "last.pt")
+    for args in (
+        ["train", "--config", str(config_path)],
+        ["evaluate", ckpt, "--split", "test"],
+        ["translate", ckpt, "a short sentence"],
+    ):
+        done = subprocess.run(
+            [sys.executable, "-c", blocked, *args], capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, (args[0], done.stderr[-2000:])
+    assert "datasets" not in done.stderr
