@@ -185,8 +185,8 @@ def test_a_tiny_model_overfits_a_tiny_corpus(tmp_path, toy_pairs):
                 "schedule": "constant",
                 "lr": 3e-3,
                 "threads": 1,
-                "max_steps": 150,
-                "eval_every": 150,
+                "max_steps": 250,
+                "eval_every": 50,
                 "log_every": 10,
                 "label_smoothing": 0,
             },
@@ -197,9 +197,7 @@ def test_a_tiny_model_overfits_a_tiny_corpus(tmp_path, toy_pairs):
     records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     losses = [r["nll"] for r in records if r["kind"] == "train"]
     assert losses[-1] < 0.1 * losses[0]
-    # it reproduces the sentences it memorised; one wrong piece in 12 short sentences
-    # costs several BLEU points, and runs land anywhere from about 88 to 100
-    assert summary["best_bleu"] > 80
+    assert summary["best_bleu"] > 90  # it reproduces the sentences it memorised
 
 
 def test_cli_prepare_and_train_a_few_steps(make_config, tmp_path):
