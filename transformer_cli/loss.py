@@ -92,7 +92,7 @@ def projected_cross_entropy(
         target: (N,) token ids.
         label_smoothing: eps in [0, 1), with the same definition as `masked_cross_entropy`.
         dtype: the matmul dtype (bfloat16/float16 under mixed precision); default
-            `hidden.dtype`. The softmax is always float32.
+            `hidden.dtype`. The softmax runs in float32 (float64 for float64 inputs).
     """
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")

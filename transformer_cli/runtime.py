@@ -98,10 +98,3 @@ def tune_cpu_memory(primitive_cache: int = ONEDNN_PRIMITIVE_CACHE) -> bool:
         return ok and libc.mallopt(m_trim_threshold, 2**30) == 1
     except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to tune
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        m_trim_threshold, m_mmap_max = -1, -4  # from <malloc.h>
-        ok = libc.mallopt(m_mmap_max, 0) == 1
-        return ok and libc.mallopt(m_trim_threshold, 2**30) == 1
-    except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to tune
-        return False
