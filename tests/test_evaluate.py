@@ -93,10 +93,12 @@ def test_raw_files_with_beam_search(ckpt_dir, tmp_path):
     ckpt = str(ckpt_dir / "ckpt_00000010.pt")
     out = str(tmp_path / "eval")
     report = evaluate_json(
-        ckpt, "--src", str(src), "--ref", str(ref), "--beam", "3", "--output-dir", out
-    )
+        ckpt, "--src", str(src), "--ref", str(ref), "--beam", "3", "--early-stop",
+        "--output-dir", out,
+    )  # fmt: skip
     (result,) = report["results"]
     assert result["sentences"] == 3 and report["decode"]["beam"] == 3
+    assert report["decode"]["early_stop"] is True
     assert Path(result["hyp"]).name == "ckpt_00000010.in.en.hyp"
     assert len(Path(result["hyp"]).read_text("utf-8").splitlines()) == 3
 

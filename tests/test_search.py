@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -154,6 +155,67 @@ def test_beam_scores_are_normalised_log_probabilities(model, sources, alpha):
             target = ids + [EOS_ID] if len(ids) < limit else ids
             logp = sum(teacher_forced_logp(model, source, target))
             assert score == pytest.approx(logp / length_penalty(len(target), alpha), abs=1e-3)
+
+
+class BigramModel:
+    """A decoder whose next-token distribution depends only on the previous token.
+
+    `table[prev]` holds the next-token probabilities: a search over it can be checked
+    by hand. The hidden state is the previous token, one-hot.
+    """
+
+    def __init__(self, table: dict[int, dict[int, float]], max_positions: int = 10) -> None:
+        self.cfg = ModelConfig(d_model=VOCAB, heads=1, max_positions=max_positions,
+                               src_vocab=VOCAB, tgt_vocab=VOCAB)  # fmt: skip
+        logp = torch.full((VOCAB, VOCAB), -30.0)
+        for prev, row in table.items():
+            for tok, p in row.items():
+                logp[prev, tok] = math.log(p)
+        self.logp = logp
+
+    def encode(self, src):
+        return torch.zeros(src.size(0), src.size(1), VOCAB)
+
+    def new_cache(self):
+        return SimpleNamespace(select=lambda index: None)
+
+    def decode_hidden(self, tgt_in, memory, src, cache=None):
+        return torch.nn.functional.one_hot(tgt_in, VOCAB).float()  # (R, T, V)
+
+    def logits(self, hidden):
+        return hidden @ self.logp  # (R, V)
+
+
+A, B = FIRST_REAL, FIRST_REAL + 1
+# EOS first is the most probable step, but "A EOS" wins once lengths are normalised
+# at alpha 1: log(0.44 * 0.99) / (7/6) = -0.71 > log(0.45) / 1 = -0.80
+SHORT_OR_LONG = {BOS_ID: {EOS_ID: 0.45, A: 0.44, B: 0.11}, A: {EOS_ID: 0.99, B: 0.01},
+                 B: {EOS_ID: 0.5, A: 0.5}}  # fmt: skip
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_beam_waits_for_k_finished_hypotheses(use_cache):
+    model = BigramModel(SHORT_OR_LONG)
+    src = torch.tensor([[A]])
+    full = beam_search(model, src, 2, 1.0, 5, use_cache=use_cache)[0]
+    early = beam_search(model, src, 2, 1.0, 5, use_cache=use_cache, early_stop=True)[0]
+    assert full[0][0] == [A]
+    assert full[0][1] == pytest.approx(math.log(0.44 * 0.99) / length_penalty(2, 1.0), abs=1e-5)
+    assert early[0][0] == []  # stopped at the first step: its best candidate was EOS
+    # at alpha 0 the early rule is exact: nothing live can overtake a finished hypothesis
+    assert beam_search(model, src, 2, 0.0, 5, early_stop=True)[0][0][0] == []
+    assert beam_search(model, src, 2, 0.0, 5)[0][0][0] == []
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_waiting_for_k_finished_never_does_worse_than_stopping_early(model, sources, alpha):
+    # both searches walk the same path until the early rule stops; waiting for K finished
+    # hypotheses only adds candidates, so its best normalised score is never lower
+    src = pad(sources)
+    full = beam_search(model, src, 4, alpha, LIMITS, nbest=1)
+    early = beam_search(model, src, 4, alpha, LIMITS, nbest=1, early_stop=True)
+    for f, e in zip(full, early, strict=True):
+        assert f[0][1] >= e[0][1] - 1e-5
 
 
 def test_nbest_must_fit_in_the_beam(model, sources):

@@ -185,6 +185,25 @@ def test_nbest_gives_k_scored_lines_per_input_best_first(ckpt):
     assert best_of_beam.stdout.splitlines() == [g[0].split("\t")[0] for g in groups]
 
 
+@pytest.mark.parametrize(
+    ("flag", "expected"), [([], False), (["--early-stop"], True), (["--no-early-stop"], False)]
+)
+def test_early_stop_flag_reaches_the_beam_search(ckpt, monkeypatch, flag, expected):
+    from transformer_cli import search
+
+    seen = []
+    real = search.beam_search
+
+    def spy(*args, **kwargs):
+        seen.append(args[7] if len(args) > 7 else kwargs.get("early_stop", False))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(search, "beam_search", spy)
+    result = cli("translate", ckpt, "--beam", "3", *flag, "the dog .")
+    assert result.exit_code == 0, result.output
+    assert seen == [expected]
+
+
 def test_beam_one_equals_the_greedy_default(ckpt):
     text = ["the small dog sees a cat .", "today the women read a book ."]
     assert (

@@ -57,6 +57,14 @@ AlphaOpt = Annotated[
     float | None,
     typer.Option("--alpha", help="GNMT length penalty exponent. (default: the checkpoint config)"),
 ]
+EarlyStopOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--early-stop/--no-early-stop",
+        help="Beam: also stop a sentence once its best candidate ends (faster, favours "
+        "short outputs). (default: the checkpoint config)",
+    ),
+]
 MaxLenAOpt = Annotated[
     float | None,
     typer.Option(
@@ -90,6 +98,7 @@ def translate(
     ] = None,
     beam: BeamOpt = None,
     alpha: AlphaOpt = None,
+    early_stop: EarlyStopOpt = None,
     nbest: Annotated[
         int, typer.Option("--nbest", help="K lines per input: hypothesis<TAB>score.")
     ] = 1,
@@ -122,8 +131,9 @@ def translate(
             self_attention=self_attention, device=device,
         )  # fmt: skip
     translate_mod.run(
-        checkpoint, text, input_, output, beam=beam, alpha=alpha, nbest=nbest,
-        max_len_a=max_len_a, max_len_b=max_len_b, batch_size=batch_size, device=device,
+        checkpoint, text, input_, output, beam=beam, alpha=alpha, early_stop=early_stop,
+        nbest=nbest, max_len_a=max_len_a, max_len_b=max_len_b, batch_size=batch_size,
+        device=device,
     )  # fmt: skip
 
 
@@ -144,6 +154,7 @@ def evaluate(
     set_: SetOpt = None,
     beam: BeamOpt = None,
     alpha: AlphaOpt = None,
+    early_stop: EarlyStopOpt = None,
     max_len_a: MaxLenAOpt = None,
     max_len_b: MaxLenBOpt = None,
     batch_size: BatchOpt = None,
@@ -161,8 +172,9 @@ def evaluate(
 
     evaluate_mod.run(
         checkpoints, split, src, ref, config, set_ or [], beam=beam, alpha=alpha,
-        max_len_a=max_len_a, max_len_b=max_len_b, batch_size=batch_size, device=device,
-        as_json=json_, average=average, output_dir=output_dir,
+        early_stop=early_stop, max_len_a=max_len_a, max_len_b=max_len_b,
+        batch_size=batch_size, device=device, as_json=json_,
+        average=average, output_dir=output_dir,
     )  # fmt: skip
 
 

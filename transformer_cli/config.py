@@ -115,7 +115,8 @@ class DecodeConfig:
     """Defaults for greedy/beam search in validation, translate and evaluate."""
 
     beam: int = 1
-    alpha: float = 0.6  # GNMT length penalty exponent (beam search only)
+    alpha: float = 1.0  # GNMT length penalty exponent (beam search only)
+    early_stop: bool = False  # beam: also stop a sentence when its best candidate ends
     max_len_a: float = 1.5  # max output pieces = a * source pieces + b
     max_len_b: int = 10
     batch_sentences: int = 64

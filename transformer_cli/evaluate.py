@@ -106,6 +106,7 @@ def run(
     *,
     beam: int | None = None,
     alpha: float | None = None,
+    early_stop: bool | None = None,
     max_len_a: float | None = None,
     max_len_b: int | None = None,
     batch_size: int | None = None,
@@ -146,7 +147,7 @@ def run(
     # every checkpoint is decoded the same way, so that their scores compare
     decode = decode_options(
         first_cfg.decode, beam=beam, alpha=alpha, max_len_a=max_len_a, max_len_b=max_len_b,
-        batch_sentences=batch_size,
+        batch_sentences=batch_size, early_stop=early_stop,
     )  # fmt: skip
     check_decode_options(decode, 1)
     # the data is read before any decoding, so that a mistake there is reported at once
@@ -316,6 +317,8 @@ def format_table(report: dict) -> str:
     text = aligned(lines)
     d = report["decode"]
     search = "greedy" if d["beam"] == 1 else f"beam {d['beam']}, alpha {d['alpha']}"
+    if d["beam"] > 1 and d.get("early_stop"):
+        search += ", early stop"
     text.append(f"data: {report['data']}, {report['sentences']} sentences; {search}; "
                 f"{report['device']} {report['precision']}")  # fmt: skip
     text.append(f"BLEU: {report['bleu_signature']}")

@@ -156,6 +156,7 @@ class Translator:
         max_len_a: float | None = None,
         max_len_b: int | None = None,
         batch_size: int | None = None,
+        early_stop: bool | None = None,
     ) -> None:
         from transformer_cli import runtime
         from transformer_cli.search import max_source_pieces
@@ -165,7 +166,7 @@ class Translator:
         self.model, self.tokenizer, cfg = load_model(checkpoint_path, self.device)
         self.decode_cfg = decode_options(
             cfg.decode, beam=beam, alpha=alpha, max_len_a=max_len_a, max_len_b=max_len_b,
-            batch_sentences=batch_size,
+            batch_sentences=batch_size, early_stop=early_stop,
         )  # fmt: skip
         check_decode_options(self.decode_cfg, nbest)
         self.nbest = nbest
@@ -251,6 +252,7 @@ def run(
     *,
     beam: int | None = None,
     alpha: float | None = None,
+    early_stop: bool | None = None,
     nbest: int = 1,
     max_len_a: float | None = None,
     max_len_b: int | None = None,
@@ -263,7 +265,7 @@ def run(
         raise TfxError("give sentences as arguments or --input FILE, not both")
     interactive = not texts and input_path is None and sys.stdin.isatty()
     translator = Translator(
-        checkpoint, device, beam, alpha, nbest, max_len_a, max_len_b, batch_size
+        checkpoint, device, beam, alpha, nbest, max_len_a, max_len_b, batch_size, early_stop
     )
     if interactive and output_path is None:
         return interact(translator)
