@@ -33,13 +33,14 @@ def train_speed(d: dict) -> list[str]:
         f"{d['rows'][0]['flops_per_token'] / 1e6:.1f} MFLOP per target token) over the "
         f"measured 2048^3 matmul peak (fp32 {peak['fp32']:.0f}, bf16 {peak['bf16']:.0f} GFLOP/s).",
         "",
-        "| variant | real target tokens/s | all rounds | step (median) | target tokens/step "
-        "| peak RSS | MFU vs fp32 peak |",
-        "|---|---|---|---|---|---|---|",
+        "| variant | malloc | real target tokens/s | all rounds | step (median) "
+        "| target tokens/step | peak RSS | MFU vs fp32 peak |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in d["rows"]:
         lines.append(
-            f"| {r['variant']} | **{r['tokens_per_s']:.0f}** | {r['tokens_per_s_all_rounds']} "
+            f"| {r['variant']} | {r.get('malloc', 'glibc')} | **{r['tokens_per_s']:.0f}** "
+            f"| {r['tokens_per_s_all_rounds']} "
             f"| {r['step_ms_median']:.0f} ms | {r['target_tokens_per_step']:.0f} "
             f"| {r['peak_rss_gib']:.2f} GiB | {100 * r['mfu_vs_fp32_peak']:.0f}% |"
         )

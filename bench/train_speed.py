@@ -3,11 +3,13 @@
     .venv/bin/python bench/train_speed.py --config configs/multi30k_de_en.yaml \
         --set run_dir=runs/multi30k_de_en --variants fp32,bf16 --steps 20 --rounds 2
 
-The run dir must be prepared (`tfx prepare`). Each variant (precision[+compile][+math][+unfused])
-runs the real training step (`train.train_step`) on the run's own batches in a fresh
-subprocess, so that peak memory is its own; variants alternate over `--rounds`, because
-this kind of machine drifts by up to 10% between identical runs. Prints a table and
-writes JSON to bench/out/train_speed.json.
+The run dir must be prepared (`tfx prepare`). Each variant
+(precision[+compile][+math][+unfused][+glibc]) runs the real training step
+(`train.train_step`) on the run's own batches in a fresh subprocess, so that peak memory
+is its own, under the malloc `tfx train` would use (jemalloc where installed, see
+`transformer_cli/allocator.py`; +glibc keeps the system's); variants alternate over
+`--rounds`, because this kind of machine drifts by up to 10% between identical runs.
+Prints a table and writes JSON to bench/out/train_speed.json.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import argparse
 import dataclasses
 import datetime
 import json
+import os
 import platform
 import resource
 import statistics
@@ -62,7 +65,7 @@ def worker(args) -> dict:
     """Time `--steps` training steps of one variant; runs in its own process."""
     import torch
 
-    from transformer_cli import batching, cache, runtime, train
+    from transformer_cli import allocator, batching, cache, runtime, train
     from transformer_cli.config import load_config
     from transformer_cli.tokenizer import Tokenizer
 
@@ -81,7 +84,7 @@ def worker(args) -> dict:
     precision = runtime.resolve_precision(cfg.train.precision, device)
     threads = runtime.set_threads(cfg.train.threads)
     if device.type == "cpu":
-        runtime.tune_cpu_memory()  # as tfx train does
+        allocator.tune_cpu_memory()  # as tfx train does
     runtime.seed_everything(cfg.train.seed)
     split = cache.load_split(cfg.run_dir, "train")
     model = train.Transformer(cfg.model).to(device)
@@ -113,6 +116,7 @@ def worker(args) -> dict:
     return {
         "variant": args.variant,
         "device": device.type,
+        "malloc": allocator.active(),
         "threads": threads,
         "steps": len(times),
         "target_tokens_per_step": tokens / len(times),
@@ -127,6 +131,17 @@ def worker(args) -> dict:
     }
 
 
+def worker_env(variant: str) -> dict[str, str]:
+    """The environment `tfx train` would run in: under jemalloc where installed (see
+    `allocator`), unless the variant says +glibc."""
+    from transformer_cli import allocator
+
+    base = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")}
+    if "glibc" in variant.split("+"):
+        return {**base, allocator.ENV: "system"}
+    return allocator.jemalloc_env(base) or base
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True)
@@ -134,7 +149,7 @@ def main() -> None:
     parser.add_argument(
         "--variants",
         default="fp32,bf16",
-        help="comma list of precision[+compile][+math][+unfused], e.g. fp32,bf16+compile",
+        help="comma list of precision[+compile][+math][+unfused][+glibc], e.g. fp32,bf16+glibc",
     )
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=3)
@@ -165,7 +180,9 @@ def main() -> None:
             ]
             for s in args.set:
                 cmd += ["--set", s]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            out = subprocess.run(
+                cmd, check=True, capture_output=True, text=True, env=worker_env(v)
+            ).stdout
             runs[v].append(json.loads(out.strip().splitlines()[-1]))
             print(f"round {r + 1}: {v}: {runs[v][-1]['tokens_per_s']:.0f} tok/s", file=sys.stderr)
 
@@ -200,13 +217,14 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"matmul peak (2048^3): fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f}")
     print(
-        "| variant | tgt tokens/s (best of rounds) | all rounds | step ms | tokens/step | "
-        "peak RSS GiB | MFU vs fp32 peak |"
+        "| variant | malloc | tgt tokens/s (best of rounds) | all rounds | step ms | "
+        "tokens/step | peak RSS GiB | MFU vs fp32 peak |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['variant']} | {r['tokens_per_s']:.0f} | {r['tokens_per_s_all_rounds']} | "
+            f"| {r['variant']} | {r['malloc']} | {r['tokens_per_s']:.0f} | "
+            f"{r['tokens_per_s_all_rounds']} | "
             f"{r['step_ms_median']:.0f} | {r['target_tokens_per_step']:.0f} | "
             f"{r['peak_rss_gib']:.2f} | {100 * r['mfu_vs_fp32_peak']:.0f}% |"
         )

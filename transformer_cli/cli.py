@@ -5,6 +5,7 @@ torch and the heavy modules are imported inside the commands, so `tfx --help` is
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -214,6 +215,10 @@ def plot(
 
 def main() -> None:
     """Console-script entry point."""
+    if sys.argv[1:2] == ["train"]:
+        from transformer_cli import allocator
+
+        allocator.use_jemalloc()  # runs this command again under jemalloc, where installed
     app()
 
 

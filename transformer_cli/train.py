@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from transformer_cli import __version__, batching, cache, checkpoint, runtime, schedule
+from transformer_cli import __version__, allocator, batching, cache, checkpoint, runtime, schedule
 from transformer_cli.config import Config, to_dict, write_resolved
 from transformer_cli.errors import TrainingError
 from transformer_cli.evaluate import batch_loss, score_texts, split_loss
@@ -69,7 +69,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool) -> dict:
     precision = runtime.resolve_precision(t.precision, device)
     threads = runtime.set_threads(t.threads)
     if device.type == "cpu":
-        runtime.tune_cpu_memory()
+        allocator.tune_cpu_memory()
     runtime.seed_everything(t.seed)
 
     train_split = cache.load_split(run_dir, "train")
@@ -100,7 +100,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool) -> dict:
 
     n_params = sum(p.numel() for p in model.parameters())
     print(
-        f"training {n_params:,} parameters on {device.type} ({precision}, {threads} threads); "
+        f"training {n_params:,} parameters on {device.type} ({precision}, {threads} threads, "
+        f"{allocator.active()} malloc); "
         f"{len(train_split):,} training pairs; run dir {run_dir}",
         file=sys.stderr,
     )
