@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from transformer_cli.attention import _sdpa, attend_math
 from transformer_cli.config import ModelConfig
 from transformer_cli.masks import decoder_mask, padding_mask
 from transformer_cli.model import Transformer
@@ -98,6 +99,32 @@ def attention_step(model: Transformer, src, tgt_in, x_src, x_tgt) -> None:
     model.zero_grad(set_to_none=True)
 
 
+def core_inputs(batch: tuple) -> list[tuple]:
+    """Random (q, k, v, mask) of one layer's three attentions at this batch's shapes."""
+    src, tgt_in, _ = batch
+    heads, head_dim = SMALL.heads, SMALL.d_model // SMALL.heads
+
+    def qkv(queries: int, keys: int) -> tuple:
+        shapes = [(src.size(0), heads, n, head_dim) for n in (queries, keys, keys)]
+        return tuple(torch.randn(*shape, requires_grad=True) for shape in shapes)
+
+    S, T = src.size(1), tgt_in.size(1)
+    return [(*qkv(S, S), padding_mask(src)), (*qkv(T, T), decoder_mask(tgt_in)),
+            (*qkv(T, S), padding_mask(src))]  # fmt: skip
+
+
+CORES = {
+    "sdpa": lambda q, k, v, mask: _sdpa(q, k, v, mask, 0.0),
+    "math": lambda q, k, v, mask: attend_math(q, k, v, mask)[0],
+}
+
+
+def core_step(name: str, inputs: list[tuple]) -> None:
+    """softmax(QK^T / sqrt(d_k)) V alone, forward and backward, without the projections."""
+    out = sum(CORES[name](q, k, v, mask).sum() for q, k, v, mask in inputs)
+    out.backward()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=5, help="timed passes over the batches")
@@ -124,14 +151,18 @@ def main() -> None:
         for b in batches
     ]  # fmt: skip
 
+    cores = [core_inputs(b) for b in batches]
+
     load_before = os.getloadavg()
-    for model in models.values():  # warm-up: allocator, kernels, autograd graph caches
+    for name, model in models.items():  # warm-up: allocator, kernels, autograd graph caches
         train_step(model, *batches[0])
         attention_step(model, *batches[0][:2], *states[0])
+        core_step(name, cores[0])
     # times[name][k] = the step times of batch k; the two paths alternate step by step,
     # in ABBA order, so that load from other processes falls on both alike
     times: dict[str, list[list[float]]] = {name: [[] for _ in batches] for name in models}
     attn_times: dict[str, list[float]] = {name: [] for name in models}
+    core_times: dict[str, list[float]] = {name: [] for name in models}
     names = list(models)
     for rep in range(args.reps):
         for k, b in enumerate(batches):
@@ -142,6 +173,9 @@ def main() -> None:
                 start = time.perf_counter()
                 attention_step(models[name], *b[:2], *states[k])
                 attn_times[name].append(time.perf_counter() - start)
+                start = time.perf_counter()
+                core_step(name, cores[k])
+                core_times[name].append(time.perf_counter() - start)
     load_after = os.getloadavg()
 
     results = {}
@@ -153,6 +187,7 @@ def main() -> None:
             "tgt_tokens_per_s": real_tokens / total,
             "step_s": per_batch,
             "attention_fwd_bwd_ms_per_layer_pair": 1000 * statistics.median(attn_times[name]),
+            "attention_core_fwd_bwd_ms": 1000 * statistics.median(core_times[name]),
         }
     # the paired ratio is the robust number on a shared machine: each math step is
     # compared with the sdpa step of the same batch taken right next to it
@@ -162,16 +197,22 @@ def main() -> None:
         for m, s in zip(ms, ss, strict=True)
     ]
     speedup = statistics.median(ratios)
+    core_speedup = statistics.median(
+        m / s for m, s in zip(core_times["math"], core_times["sdpa"], strict=True)
+    )
 
     print(f"forward+backward, d_model 256, 3+3 layers, vocab {VOCAB}, {args.threads} threads, "
           f"lengths x{args.len_scale:g}")  # fmt: skip
     print(f"{args.batches} batches, {real_tokens / args.batches:.0f} real target tokens each, "
           f"{1 - real_tokens / padded_tokens:.1%} padding; median of {args.reps} reps")  # fmt: skip
-    print(f"{'path':<6} {'s/batch':>9} {'tgt tok/s':>11} {'attention ms':>13}")
+    print(f"{'path':<6} {'s/batch':>9} {'tgt tok/s':>11} {'attention ms':>13} {'core ms':>8}")
     for name, r in results.items():
         print(f"{name:<6} {r['median_s_per_batch']:>9.3f} {r['tgt_tokens_per_s']:>11.0f} "
-              f"{r['attention_fwd_bwd_ms_per_layer_pair']:>13.1f}")  # fmt: skip
-    print("(attention ms: fwd+bwd of one encoder self-, decoder self- and cross-attention)")
+              f"{r['attention_fwd_bwd_ms_per_layer_pair']:>13.1f} "
+              f"{r['attention_core_fwd_bwd_ms']:>8.1f}")  # fmt: skip
+    print("(attention ms: fwd+bwd of one encoder self-, decoder self- and cross-attention;")
+    print(" core ms: the same three without their projections, softmax(QK^T/sqrt(d))V alone)")
+    print(f"sdpa speed-up over math on the attention core: {core_speedup:.2f}x")
     faster = sum(r > 1 for r in ratios)
     print(f"sdpa speed-up over math (median of paired steps): {speedup:.2f}x; "
           f"sdpa faster in {faster} of {len(ratios)} pairs")  # fmt: skip
@@ -194,6 +235,7 @@ def main() -> None:
         "padding_fraction": 1 - real_tokens / padded_tokens,
         "results": results,
         "sdpa_speedup_paired_median": speedup,
+        "sdpa_core_speedup_paired_median": core_speedup,
         "paired_ratios_math_over_sdpa": ratios,
     }
     out.write_text(json.dumps(report, indent=2) + "\n")

@@ -56,16 +56,26 @@ def model_step(d: dict) -> list[str]:
         f"vocab {c['tgt_vocab']}, {d['real_tgt_tokens_per_batch']:.0f} real target tokens per "
         f"batch, fp32, the two attention paths alternated step by step.",
         "",
-        "| attention path | real target tokens/s | median s/batch |",
-        "|---|---|---|",
+        "| attention path | real target tokens/s | median s/batch | attention core, fwd+bwd |",
+        "|---|---|---|---|",
     ]
     for name, r in d["results"].items():
+        core = r.get("attention_core_fwd_bwd_ms")
         lines.append(
-            f"| {name} | **{r['tgt_tokens_per_s']:.0f}** | {r['median_s_per_batch']:.3f} |"
+            f"| {name} | **{r['tgt_tokens_per_s']:.0f}** | {r['median_s_per_batch']:.3f} "
+            f"| {'-' if core is None else f'{core:.1f} ms'} |"
         )
     lines += [
         "",
-        f"Paired median speed-up of SDPA over math: {d['sdpa_speedup_paired_median']:.2f}x.",
+        f"Paired median speed-up of SDPA over math: {d['sdpa_speedup_paired_median']:.2f}x "
+        "for the whole step"
+        + (
+            f", {d['sdpa_core_speedup_paired_median']:.2f}x for the attention core alone "
+            "(softmax(QK^T / sqrt(d_k)) V of one layer's three attentions, without their "
+            "projections)."
+            if "sdpa_core_speedup_paired_median" in d
+            else "."
+        ),
     ]
     return lines
 
@@ -250,6 +260,13 @@ def goals(
             row(
                 "beam-5 decoding, batch 64 (> OpenNMT-py's best)",
                 full[("beam5", 64, True)]["sentences_per_s"],
+                PEER_BEAM5_SENT_PER_S[1],
+                "sent/s",
+            )
+        if ("beam5_early", 64, True) in full:
+            row(
+                "beam-5 decoding, batch 64, with OpenNMT-py's stopping rule (> its best)",
+                full[("beam5_early", 64, True)]["sentences_per_s"],
                 PEER_BEAM5_SENT_PER_S[1],
                 "sent/s",
             )
