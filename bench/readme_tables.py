@@ -80,6 +80,24 @@ def model_step(d: dict) -> list[str]:
     return lines
 
 
+def train_memory(d: dict) -> list[str]:
+    lines = [
+        f"Host memory over a long run (`bench/train_memory.py`, {d['date']}, commit "
+        f"{d['commit']}; `{d['config']}` {' '.join(d['overrides'])}): the same real training "
+        "steps, over as many epochs as they take, under each malloc in turn.",
+        "",
+        "| malloc | peak RSS | tokens/s | RSS by step |",
+        "|---|---|---|---|",
+    ]
+    for r in d["runs"]:
+        trace = ", ".join(f"{t['step']}: {t['rss_gib']:.2f}" for t in r["trace"])
+        lines.append(
+            f"| {r['malloc']} | **{r['peak_rss_gib']:.2f} GiB** | {r['tokens_per_s']} "
+            f"| {trace} GiB |"
+        )
+    return lines
+
+
 def decode_speed(d: dict) -> list[str]:
     dec = d["decode"]
     lines = [
@@ -292,6 +310,7 @@ def main() -> None:
     blocks = []
     for name, render in [
         ("train_speed", train_speed),
+        ("train_memory", train_memory),
         ("model_step", model_step),
         ("decode_speed", decode_speed),
         ("multi30k_de_en", multi30k),
