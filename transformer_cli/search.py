@@ -145,8 +145,8 @@ def beam_search(
     it has `nbest` finished), OpenNMT-py's rule. That is exact for alpha 0 (nothing live
     can overtake a finished hypothesis whose probability it already trails) but not for
     alpha > 0, where a longer hypothesis may still win after normalisation; it favours
-    short outputs. On Multi30k de->en (bench/results) it saved ~15% of the time and cost
-    0.7 BLEU at alpha 1.0.
+    short outputs. On a 12-minute Multi30k de->en model at alpha 1.0 it took ~12% less
+    decoding time and scored 0.4 BLEU lower on the valid split.
 
     Args:
         src: (B, S) source ids, right-padded, on the model's device.
