@@ -13,7 +13,6 @@ bench/out/train_memory.json.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import json
 import resource
@@ -35,26 +34,13 @@ def rss_gib() -> float:
 
 
 def worker(args) -> dict:
-    import torch
+    from train_speed import setup
 
-    from transformer_cli import allocator, batching, cache, runtime, schedule, train
-    from transformer_cli.config import load_config
-    from transformer_cli.tokenizer import Tokenizer
+    from transformer_cli import allocator, batching, schedule, train
 
-    cfg = load_config(args.config, args.set)
-    tok = Tokenizer.load(cfg.run_dir)
-    model_cfg = dataclasses.replace(
-        cfg.model, src_vocab=tok.src_vocab_size, tgt_vocab=tok.tgt_vocab_size
+    cfg, device, precision, _, split, model, optimizer = setup(
+        args.config, [*args.set, "train.device=cpu"]
     )
-    cfg = dataclasses.replace(cfg, model=model_cfg)
-    device = torch.device("cpu")
-    precision = runtime.resolve_precision(cfg.train.precision, device)
-    runtime.set_threads(cfg.train.threads)
-    allocator.tune_cpu_memory()  # as tfx train does
-    runtime.seed_everything(cfg.train.seed)
-    split = cache.load_split(cfg.run_dir, "train")
-    model = train.Transformer(cfg.model)
-    optimizer = train.make_optimizer(model, cfg, device)
     trace, step, epoch, tokens = [], 0, 0, 0
     started = time.perf_counter()
     while step < args.steps:

@@ -61,20 +61,16 @@ def matmul_peak(dtype_name: str, threads: int) -> float:
     return best
 
 
-def worker(args) -> dict:
-    """Time `--steps` training steps of one variant; runs in its own process."""
-    import torch
+def setup(config: str, overrides: list[str]):
+    """What `tfx train` sets up before its first step, for a prepared run dir.
 
-    from transformer_cli import allocator, batching, cache, runtime, train
+    Returns (cfg, device, precision, threads, split, model, optimizer).
+    """
+    from transformer_cli import allocator, cache, runtime, train
     from transformer_cli.config import load_config
     from transformer_cli.tokenizer import Tokenizer
 
-    precision, *flags = args.variant.split("+")
-    overrides = [*args.set, f"train.precision={precision}"]
-    overrides += ["train.compile=true"] if "compile" in flags else []
-    overrides += ["model.attention=math"] if "math" in flags else []
-    overrides += ["train.fused_loss=false"] if "unfused" in flags else []
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(config, overrides)
     tok = Tokenizer.load(cfg.run_dir)
     model_cfg = dataclasses.replace(
         cfg.model, src_vocab=tok.src_vocab_size, tgt_vocab=tok.tgt_vocab_size
@@ -89,6 +85,21 @@ def worker(args) -> dict:
     split = cache.load_split(cfg.run_dir, "train")
     model = train.Transformer(cfg.model).to(device)
     optimizer = train.make_optimizer(model, cfg, device)
+    return cfg, device, precision, threads, split, model, optimizer
+
+
+def worker(args) -> dict:
+    """Time `--steps` training steps of one variant; runs in its own process."""
+    import torch
+
+    from transformer_cli import allocator, batching, train
+
+    precision, *flags = args.variant.split("+")
+    overrides = [*args.set, f"train.precision={precision}"]
+    overrides += ["train.compile=true"] if "compile" in flags else []
+    overrides += ["model.attention=math"] if "math" in flags else []
+    overrides += ["train.fused_loss=false"] if "unfused" in flags else []
+    cfg, device, precision, threads, split, model, optimizer = setup(args.config, overrides)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     step_model = train.CompiledSteps(model) if cfg.train.compile else model
     batches = batching.epoch_batches(split, cfg.train.batch_tokens, cfg.train.seed, 0)
