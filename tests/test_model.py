@@ -191,6 +191,27 @@ def test_cached_decoding_after_select_equals_full_decoding_of_the_selected_rows(
 
 
 @torch.no_grad()
+def test_reordering_within_sentences_may_leave_the_source_state_alone():
+    """Beam search's usual step: every row's new parent is a beam of its own sentence."""
+    model = model_for()
+    beams = 3
+    src = batch([5, 2], seed=15).repeat_interleave(beams, 0)  # rows 0-2: sentence 0, 3-5: 1
+    tgt = batch([6] * 2 * beams, seed=16)
+    memory = model.encode(src)
+    cache = model.new_cache()
+    for t in range(3):
+        model.decode(tgt[:, t : t + 1], memory, src, cache)
+    index = torch.tensor([2, 2, 0, 4, 3, 3])  # within sentence 0, within sentence 1
+    cross_k, src_mask = cache.layers[0].cross_k, cache.src_mask
+    cache.select(index, sources_too=False)
+    assert cache.layers[0].cross_k is cross_k and cache.src_mask is src_mask  # not copied
+    rows = tgt.index_select(0, index)
+    steps = [model.decode(rows[:, t : t + 1], memory, src, cache) for t in range(3, 6)]
+    full = model.decode(rows, memory, src)  # same sentences in the same rows as before
+    torch.testing.assert_close(torch.cat(steps, dim=1), full[:, 3:])
+
+
+@torch.no_grad()
 def test_cached_decoding_accepts_several_tokens_at_once():
     model = model_for()
     src, tgt = batch([5, 3], seed=11), batch([6, 6], seed=12)

@@ -177,7 +177,7 @@ class BigramModel:
         return torch.zeros(src.size(0), src.size(1), VOCAB)
 
     def new_cache(self):
-        return SimpleNamespace(select=lambda index: None)
+        return SimpleNamespace(select=lambda index, sources_too=True: None)
 
     def decode_hidden(self, tgt_in, memory, src, cache=None):
         return torch.nn.functional.one_hot(tgt_in, VOCAB).float()  # (R, T, V)

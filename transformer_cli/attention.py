@@ -184,8 +184,9 @@ class LayerCache:
         self.cross_k: Tensor | None = None
         self.cross_v: Tensor | None = None
 
-    def select(self, index: Tensor) -> None:
-        for name in self.__slots__:
+    def select(self, index: Tensor, sources_too: bool = True) -> None:
+        names = self.__slots__ if sources_too else ("self_k", "self_v")
+        for name in names:
             t = getattr(self, name)
             if t is not None:
                 setattr(self, name, t.index_select(0, index))
@@ -210,6 +211,11 @@ class KVCache:
       LongTensor on the model's device) of everything above, so beam search can
       reorder hypotheses and greedy search can drop finished sentences. The caller
       does not need to select `memory` or `src`; it does select its own `tgt_in`.
+    - `select(index, sources_too=False)` reorders only the self-attention keys and
+      values. It is for an `index` that maps every row to a row of the same source
+      sentence (beam search reordering beams within sentences): the rows of the
+      source-derived state are then equal to the ones they replace, and copying them
+      (the largest part of the cache) would change nothing.
     - Target padding is not masked in the cache: with right padding, causality
       alone hides pad tokens from every real position, so a sentence that has
       finished may keep being fed PAD and its real logits do not change.
@@ -225,10 +231,14 @@ class KVCache:
         """Rows in the cache, or None before the first decode call."""
         return None if self.src_mask is None else self.src_mask.size(0)
 
-    def select(self, index: Tensor) -> KVCache:
-        """Keep (and reorder to) the batch rows `index`, in place; returns self."""
-        if self.src_mask is not None:
+    def select(self, index: Tensor, sources_too: bool = True) -> KVCache:
+        """Keep (and reorder to) the batch rows `index`, in place; returns self.
+
+        `sources_too=False` leaves the source padding mask and the cross-attention keys
+        and values as they are: only for an `index` within sentences (see above).
+        """
+        if sources_too and self.src_mask is not None:
             self.src_mask = self.src_mask.index_select(0, index)
         for layer in self.layers:
-            layer.select(index)
+            layer.select(index, sources_too)
         return self

@@ -223,7 +223,8 @@ def beam_search(
         parent = torch.arange(n_live)[:, None] * beams + n_beam  # (B_live, K) rows at step t
         history = torch.cat([history[parent.view(-1)], n_token.view(-1, 1)], dim=1)
         parent_dev = (torch.arange(n_live, device=device)[:, None] * beams + next_beam).view(-1)
-        if bool(done.any()):
+        dropped = bool(done.any())
+        if dropped:
             keep = (~done).nonzero().squeeze(1)  # (B_live',) host
             keep_rows = (keep[:, None] * k + torch.arange(k)).view(-1)  # (R',)
             history, alive, limits = history[keep_rows], alive[keep], limits[keep]
@@ -233,7 +234,10 @@ def beam_search(
         scores = next_scores  # (B_live', K)
         tokens = next_token.reshape(-1, 1)  # (R', 1)
         if cache is not None:
-            cache.select(parent_dev)
+            # each row's parent is a beam of its own sentence, so unless a sentence was
+            # dropped (or the beams fanned out from one row at the first step) the
+            # cross-attention keys and values already sit in the right rows
+            cache.select(parent_dev, sources_too=dropped or beams != k)
         else:
             prefix = torch.cat([prefix[parent_dev], tokens], dim=1)  # (R', t + 2)
             row_sentence = row_sentence[parent_dev]
