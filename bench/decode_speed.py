@@ -9,7 +9,10 @@ on sources already encoded, after one warm-up batch: model loading, SentencePiec
 detokenization are not, which is what the peers' "translation time" in
 ../shared/bench/peers/RESULTS.md measures too (their batch 64, 2 threads).
 
-The headline rows (batch 64, cached) run on the whole split; every configuration also
+The headline rows (batch 64, cached) run on the whole split, in fp32 and with
+`--precision bf16`, each with its sacreBLEU score against the split's references (so that
+what bf16 costs in quality is on the same line as what it gains in speed); every
+fp32 configuration also
 runs on the first `--subset` sentences, so that the slow ones (batch 1, no cache) finish
 and all are compared on the same sentences. The check that matters: the cached greedy
 search must be at least 3x as fast as re-decoding the whole prefix at every step, and
@@ -30,6 +33,7 @@ import sys
 import time
 from pathlib import Path
 
+import sacrebleu
 import torch
 
 from transformer_cli.config import load_config
@@ -39,17 +43,24 @@ from transformer_cli.translate import decode_options, load_model
 
 DEFAULT_CKPT = Path("runs/multi30k_de_en/checkpoints/best.pt")
 OUT = Path(__file__).parent / "out" / "decode_speed.json"
-# name: (beam, early_stop); beam5_early is OpenNMT-py's stopping rule, for a like-for-like
-# speed comparison with its figures (it runs on the whole split only)
-SEARCHES = {"greedy": (1, False), "beam5": (5, False), "beam5_early": (5, True)}
+# name: (beam, early_stop, precision). beam5_early is OpenNMT-py's stopping rule, for a
+# like-for-like speed comparison with its figures; the bf16 rows are `--precision bf16`.
+# Those three run on the whole split only.
+SEARCHES = {
+    "greedy": (1, False, "fp32"),
+    "beam5": (5, False, "fp32"),
+    "beam5_early": (5, True, "fp32"),
+    "greedy_bf16": (1, False, "bf16"),
+    "beam5_bf16": (5, False, "bf16"),
+}
 
 
 def timed(model, sources, decode, search: str, batch: int, use_cache: bool) -> dict:
     """Decode `sources` once and measure it."""
-    beam, early_stop = SEARCHES[search]
+    beam, early_stop, precision = SEARCHES[search]
     cfg = dataclasses.replace(decode, batch_sentences=batch, early_stop=early_stop)
     started = time.perf_counter()
-    outputs = decode_all(model, sources, cfg, "cpu", beam=beam, use_cache=use_cache)
+    outputs = decode_all(model, sources, cfg, "cpu", precision, beam=beam, use_cache=use_cache)
     seconds = time.perf_counter() - started
     pieces = sum(len(o) for o in outputs)
     return {"seconds": seconds, "pieces": pieces, "outputs": outputs}
@@ -115,16 +126,20 @@ def main() -> int:
     rows = []
     full = [(search, 64, True) for search in SEARCHES]
     for row in fastest(model, sources, decode, full, args.reps):
-        rows.append({"set": "full", **row})
+        hypotheses = tokenizer.decode_tgt(row["outputs"])
+        bleu = sacrebleu.corpus_bleu(hypotheses, [data.references]).score
+        rows.append({"set": "full", **row, "precision": SEARCHES[row["search"]][2],
+                     "bleu": round(bleu, 2)})  # fmt: skip
     every = [(s, b, c) for s in ("greedy", "beam5") for b in (64, 1) for c in (True, False)]
     for row in fastest(model, subset, decode, every, args.reps):
         rows.append({"set": "subset", **row})
     for row in rows:
         print(
-            f"{row['set']:<7} {row['search']:<7} batch {row['batch']:>3}  "
+            f"{row['set']:<7} {row['search']:<11} batch {row['batch']:>3}  "
             f"cache {'yes' if row['kv_cache'] else 'no ':<3}  {row['sentences']:>5} sents  "
             f"{row['seconds']:>8.2f} s  {row['sentences_per_s']:>8.1f} sent/s  "
             f"{row['pieces_per_s']:>9.1f} pieces/s  (mean {row['mean_output_pieces']} pieces)"
+            + (f"  BLEU {row['bleu']}" if "bleu" in row else "")
         )
 
     def find(search, batch, use_cache) -> dict:

@@ -106,14 +106,16 @@ def decode_speed(d: dict) -> list[str]:
         f"alpha {dec['alpha']}, output cap {dec['max_len_a']} x source + {dec['max_len_b']}). "
         "Generation time only, model loading excluded.",
         "",
-        "| sentences | search | batch | KV cache | sentences/s | output pieces/s |",
-        "|---|---|---|---|---|---|",
+        "| sentences | search | precision | batch | KV cache | sentences/s | output pieces/s "
+        "| test BLEU |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in d["results"]:
+        bleu = f"{r['bleu']:.2f}" if "bleu" in r else ""
         lines.append(
-            f"| {r['sentences']} | {r['search']} | {r['batch']} | "
+            f"| {r['sentences']} | {r['search']} | {r.get('precision', 'fp32')} | {r['batch']} | "
             f"{'yes' if r['kv_cache'] else 'no'} | **{r['sentences_per_s']:.0f}** | "
-            f"{r['pieces_per_s']:.0f} |"
+            f"{r['pieces_per_s']:.0f} | {bleu} |"
         )
     return lines
 
@@ -288,6 +290,13 @@ def goals(
                 PEER_BEAM5_SENT_PER_S[1],
                 "sent/s",
             )
+        for search, goal, peer in [
+            ("greedy_bf16", "greedy decoding, batch 64, --precision bf16", PEER_GREEDY_SENT_PER_S),
+            ("beam5_bf16", "beam-5 decoding, batch 64, --precision bf16", PEER_BEAM5_SENT_PER_S),
+        ]:
+            if (search, 64, True) in full:
+                row(f"{goal} (> OpenNMT-py's best, which is fp32)",
+                    full[(search, 64, True)]["sentences_per_s"], peer[1], "sent/s")  # fmt: skip
         if ("greedy", 64, True) in sub and ("greedy", 64, False) in sub:
             ratio = (
                 sub[("greedy", 64, True)]["sentences_per_s"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch
 from test_translate import assert_one_line_error, cli, make_tiny_run
 
 from transformer_cli import average, cache
-from transformer_cli.checkpoint import load_checkpoint
+from transformer_cli.checkpoint import load_checkpoint, save_checkpoint
 from transformer_cli.translate import load_model
 
 STEPS = (10, 20, 30)
@@ -99,6 +100,7 @@ def test_raw_files_with_beam_search(ckpt_dir, tmp_path):
     (result,) = report["results"]
     assert result["sentences"] == 3 and report["decode"]["beam"] == 3
     assert report["decode"]["early_stop"] is True
+    assert report["precision"] == "fp32"  # auto, on the CPU
     assert Path(result["hyp"]).name == "ckpt_00000010.in.en.hyp"
     assert len(Path(result["hyp"]).read_text("utf-8").splitlines()) == 3
 
@@ -176,3 +178,22 @@ def test_evaluate_errors_are_one_line(tiny, ckpt_dir, tmp_path):
         assert_one_line_error(cli("evaluate", *args), expected)
     assert_one_line_error(cli("average", str(tmp_path / "x*.pt"), "-o", str(tmp_path / "o.pt")),
                           "no checkpoint matches")  # fmt: skip
+
+
+def test_precision_comes_from_the_flag_or_the_config(ckpt_dir, tmp_path):
+    ckpt = str(ckpt_dir / "ckpt_00000010.pt")
+    report = evaluate_json(ckpt, "--precision", "bf16", "--output-dir", str(tmp_path / "a"))
+    assert report["precision"] == "bf16"
+    (result,) = report["results"]
+    assert math.isfinite(result["loss"]) and 0 <= result["bleu"] <= 100
+    # a checkpoint whose config asks for bf16 decodes in bf16 without the flag
+    state = load_checkpoint(ckpt)
+    state["config"]["decode"]["precision"] = "bf16"
+    bf16_ckpt = tmp_path / "bf16.pt"
+    save_checkpoint(bf16_ckpt, state)
+    report = evaluate_json(str(bf16_ckpt), "--output-dir", str(tmp_path / "b"))
+    assert report["precision"] == "bf16"
+    report = evaluate_json(
+        str(bf16_ckpt), "--precision", "fp32", "--output-dir", str(tmp_path / "c")
+    )
+    assert report["precision"] == "fp32"

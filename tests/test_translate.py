@@ -204,6 +204,36 @@ def test_early_stop_flag_reaches_the_beam_search(ckpt, monkeypatch, flag, expect
     assert seen == [expected]
 
 
+@pytest.mark.parametrize(("flag", "expected"), [([], "fp32"), (["--precision", "bf16"], "bf16")])
+def test_precision_flag_reaches_the_decoder(ckpt, monkeypatch, flag, expected):
+    from transformer_cli import search
+
+    seen = []
+    real = search.decode_all
+
+    def spy(model, sources, decode_cfg, device, precision="fp32", **kwargs):
+        seen.append((precision, torch.is_autocast_enabled("cpu")))
+        return real(model, sources, decode_cfg, device, precision, **kwargs)
+
+    monkeypatch.setattr(search, "decode_all", spy)
+    result = cli("translate", ckpt, *flag, "the dog .", "a cat sleeps .")
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.splitlines()) == 2
+    assert seen == [(expected, False)]  # on the CPU, auto is fp32
+
+
+def test_bf16_decoding_runs_the_matrix_products_in_bf16(ckpt):
+    """The flag changes the arithmetic: the model's logits come out in bf16 under it."""
+    from transformer_cli import runtime
+
+    model, _, _ = translate.load_model(ckpt, "cpu")
+    src = torch.tensor([[5, 6, 7]])
+    with torch.inference_mode(), runtime.autocast(torch.device("cpu"), "bf16"):
+        assert model.decode(src, model.encode(src), src).dtype == torch.bfloat16
+    with torch.inference_mode(), runtime.autocast(torch.device("cpu"), "fp32"):
+        assert model.decode(src, model.encode(src), src).dtype == torch.float32
+
+
 def test_beam_one_equals_the_greedy_default(ckpt):
     text = ["the small dog sees a cat .", "today the women read a book ."]
     assert (
@@ -277,6 +307,8 @@ def test_bad_checkpoints_are_one_line_errors(ckpt, tmp_path, case):
      (["--batch-size", "0"], "--batch-size must be >= 1"),
      (["--max-len-a", "0", "--max-len-b", "0"], "cannot both be 0"),
      (["--device", "tpu"], "--device must be one of auto, cpu, cuda, mps"),
+     (["--precision", "fp16"], "--precision: fp16 needs CUDA"),
+     (["--precision", "int8"], "--precision: must be one of auto|fp32|bf16|fp16"),
      (["--input", "/nonexistent/in.txt"], "no such input file")],
 )  # fmt: skip
 def test_bad_options_are_one_line_errors(ckpt, args, expected):

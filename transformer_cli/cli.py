@@ -81,6 +81,14 @@ BatchOpt = Annotated[
     typer.Option("--batch-size", help="Sentences per batch. (default: the checkpoint config)"),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")]
+PrecisionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--precision",
+        help="auto, fp32, bf16 or fp16 (CUDA only). auto: fp32 on the CPU, bf16/fp16 on "
+        "CUDA; bf16 decodes faster on CPUs with bf16 units. (default: the checkpoint config)",
+    ),
+]
 
 
 @app.command()
@@ -107,6 +115,7 @@ def translate(
     max_len_b: MaxLenBOpt = None,
     batch_size: BatchOpt = None,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = None,
     plot_attention: Annotated[
         Path | None,
         typer.Option("--plot-attention", help="Draw the first TEXT's attention into this PNG."),
@@ -134,7 +143,7 @@ def translate(
     translate_mod.run(
         checkpoint, text, input_, output, beam=beam, alpha=alpha, early_stop=early_stop,
         nbest=nbest, max_len_a=max_len_a, max_len_b=max_len_b, batch_size=batch_size,
-        device=device,
+        device=device, precision=precision,
     )  # fmt: skip
 
 
@@ -160,6 +169,7 @@ def evaluate(
     max_len_b: MaxLenBOpt = None,
     batch_size: BatchOpt = None,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = None,
     json_: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     average: Annotated[
         int, typer.Option("--average", help="Also score the average of the last N checkpoints.")
@@ -174,7 +184,7 @@ def evaluate(
     evaluate_mod.run(
         checkpoints, split, src, ref, config, set_ or [], beam=beam, alpha=alpha,
         early_stop=early_stop, max_len_a=max_len_a, max_len_b=max_len_b,
-        batch_size=batch_size, device=device, as_json=json_,
+        batch_size=batch_size, device=device, precision=precision, as_json=json_,
         average=average, output_dir=output_dir,
     )  # fmt: skip
 

@@ -120,6 +120,9 @@ class DecodeConfig:
     max_len_a: float = 1.5  # max output pieces = a * source pieces + b
     max_len_b: int = 10
     batch_sentences: int = 64
+    # auto: fp32 on the CPU, bf16 (or fp16) on CUDA. bf16 on a CPU with bf16 matrix
+    # units decodes faster; outputs then differ from fp32 in a few sentences
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
 
 
 @dataclass(frozen=True)

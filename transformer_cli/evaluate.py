@@ -111,6 +111,7 @@ def run(
     max_len_b: int | None = None,
     batch_size: int | None = None,
     device: str = "auto",
+    precision: str | None = None,
     as_json: bool = False,
     average: int = 0,
     output_dir: str | Path | None = None,
@@ -128,6 +129,7 @@ def run(
     from transformer_cli.translate import (
         check_decode_options,
         decode_options,
+        decode_precision,
         load_state,
         model_from_state,
         pick_device,
@@ -138,7 +140,6 @@ def run(
     if average < 0:
         raise ConfigError(f"--average must be >= 1, got {average}")
     dev = pick_device(device)
-    precision = runtime.resolve_precision("auto", dev)
     cfg_override = load_config(config, list(overrides)) if config is not None else None
     paths = average_mod.expand(checkpoints)
     first_state = load_state(paths[0])  # kept: it is the first to be scored, too
@@ -147,9 +148,10 @@ def run(
     # every checkpoint is decoded the same way, so that their scores compare
     decode = decode_options(
         first_cfg.decode, beam=beam, alpha=alpha, max_len_a=max_len_a, max_len_b=max_len_b,
-        batch_sentences=batch_size, early_stop=early_stop,
+        batch_sentences=batch_size, early_stop=early_stop, precision=precision,
     )  # fmt: skip
     check_decode_options(decode, 1)
+    precision = decode_precision(decode, dev)
     # the data is read before any decoding, so that a mistake there is reported at once
     data_by_run: dict[str, EvalData] = {}
     if src_file is not None:

@@ -28,14 +28,22 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """Turn `auto` into fp32/bf16/fp16 for this device, and reject combinations that can't run."""
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def resolve_precision(precision: str, device: torch.device, key: str = "train.precision") -> str:
+    """Turn `auto` into fp32/bf16/fp16 for this device, and reject combinations that can't run.
+
+    `key` names the setting in error messages.
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"{key}: must be one of {'|'.join(PRECISIONS)}, got {precision!r}")
     if precision == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return "fp32"
     if precision == "fp16" and device.type != "cuda":
-        raise ConfigError(f"train.precision: fp16 needs CUDA (device is {device.type}); use bf16")
+        raise ConfigError(f"{key}: fp16 needs CUDA (device is {device.type}); use bf16")
     return precision
 
 

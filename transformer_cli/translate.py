@@ -157,18 +157,18 @@ class Translator:
         max_len_b: int | None = None,
         batch_size: int | None = None,
         early_stop: bool | None = None,
+        precision: str | None = None,
     ) -> None:
-        from transformer_cli import runtime
         from transformer_cli.search import max_source_pieces
 
         self.device = pick_device(device)
-        self.precision = runtime.resolve_precision("auto", self.device)
         self.model, self.tokenizer, cfg = load_model(checkpoint_path, self.device)
         self.decode_cfg = decode_options(
             cfg.decode, beam=beam, alpha=alpha, max_len_a=max_len_a, max_len_b=max_len_b,
-            batch_sentences=batch_size, early_stop=early_stop,
+            batch_sentences=batch_size, early_stop=early_stop, precision=precision,
         )  # fmt: skip
         check_decode_options(self.decode_cfg, nbest)
+        self.precision = decode_precision(self.decode_cfg, self.device)
         self.nbest = nbest
         self.max_pieces = max_source_pieces(self.model)
         self.lines_done = 0  # for warnings' line numbers across chunks
@@ -225,6 +225,13 @@ def decode_options(decode: DecodeConfig, **options) -> DecodeConfig:
     return dataclasses.replace(decode, **{k: v for k, v in options.items() if v is not None})
 
 
+def decode_precision(decode, device) -> str:
+    """The resolved precision of `decode.precision` (or --precision) on `device`."""
+    from transformer_cli import runtime
+
+    return runtime.resolve_precision(decode.precision, device, "--precision")
+
+
 def check_decode_options(decode, nbest: int) -> None:
     """One-line errors for decoding options out of range (the CLI's, or a config's)."""
     if decode.beam < 1:
@@ -258,6 +265,7 @@ def run(
     max_len_b: int | None = None,
     batch_size: int | None = None,
     device: str = "auto",
+    precision: str | None = None,
     chunk_lines: int = CHUNK_LINES,
 ) -> int:
     """Translate TEXT arguments, a file or stdin to stdout or a file; returns lines read."""
@@ -265,8 +273,9 @@ def run(
         raise TfxError("give sentences as arguments or --input FILE, not both")
     interactive = not texts and input_path is None and sys.stdin.isatty()
     translator = Translator(
-        checkpoint, device, beam, alpha, nbest, max_len_a, max_len_b, batch_size, early_stop
-    )
+        checkpoint, device, beam, alpha, nbest, max_len_a, max_len_b, batch_size, early_stop,
+        precision,
+    )  # fmt: skip
     if interactive and output_path is None:
         return interact(translator)
     with contextlib.ExitStack() as stack:
