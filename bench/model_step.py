@@ -10,14 +10,20 @@ Both paths share one set of weights and run alternately, step by step, in one
 process, so that whatever else the machine is doing falls on both alike; the median
 step is reported, and the median ratio of neighbouring math and sdpa steps.
 
-    .venv/bin/python bench/model_step.py [--reps 5] [--threads 2]
+    .venv/bin/python bench/model_step.py [--reps 5] [--threads 2] [--precision bf16]
 
-Writes bench/out/model_step.json (model_step_len<scale>.json with --len-scale).
+With `--precision bf16` the forward passes run under bf16 autocast, as `tfx train` does
+with train.precision=bf16. This is what `model.attention: auto` rests on: on the CPU the
+math path comes out ahead (see the README).
+
+Writes bench/out/model_step.json (model_step_len<scale>.json with --len-scale,
+model_step_bf16.json with --precision bf16).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -40,7 +46,11 @@ VOCAB = 8000
 SMALL = ModelConfig(
     d_model=256, heads=4, enc_layers=3, dec_layers=3, d_ff=1024, dropout=0.1,
     max_positions=1024, share_embeddings=True, tie_output=True, src_vocab=VOCAB, tgt_vocab=VOCAB,
+    attention="sdpa",
 )  # fmt: skip
+# the forward passes run under this: bf16 autocast with --precision bf16, as tfx train does
+AMP = {"fp32": contextlib.nullcontext, "bf16": lambda: torch.autocast("cpu", torch.bfloat16)}
+amp = AMP["fp32"]
 OUT = Path(__file__).parent / "out" / "model_step.json"
 
 
@@ -80,37 +90,53 @@ def multi30k_like_batches(
 
 
 def train_step(model: Transformer, src, tgt_in, tgt_out) -> None:
-    memory = model.encode(src)
-    hidden = model.decode_hidden(tgt_in, memory, src)  # (B, T, D)
-    real = tgt_out != PAD_ID
-    logits = model.logits(hidden[real])  # (N, V), real positions only
-    loss = F.cross_entropy(logits, tgt_out[real], label_smoothing=0.1)
+    with amp():
+        memory = model.encode(src)
+        hidden = model.decode_hidden(tgt_in, memory, src)  # (B, T, D)
+        real = tgt_out != PAD_ID
+        logits = model.logits(hidden[real])  # (N, V), real positions only
+    loss = F.cross_entropy(logits.float(), tgt_out[real], label_smoothing=0.1)
     loss.backward()
     model.zero_grad(set_to_none=True)
 
 
 def attention_step(model: Transformer, src, tgt_in, x_src, x_tgt) -> None:
-    """Only the attention of one layer pair: encoder self-, decoder self-, cross-attention."""
+    """Only the attention of one layer pair: encoder self-, decoder self-, cross-attention.
+
+    The gradients flowing in are dense random tensors, as in training, not the
+    stride-0 ones of a `.sum().backward()`, which would send the backward kernels
+    down other (slower, and path-dependent) code.
+    """
     enc, dec = model.encoder.layers[0], model.decoder.layers[0]
     src_mask = padding_mask(src)
-    out = enc.self_attn(x_src, src_mask).sum() + dec.self_attn(x_tgt, decoder_mask(tgt_in)).sum()
-    out = out + dec.cross_attn(x_tgt, x_src, src_mask).sum()
-    out.backward()
+    with amp():
+        outs = [enc.self_attn(x_src, src_mask), dec.self_attn(x_tgt, decoder_mask(tgt_in)),
+                dec.cross_attn(x_tgt, x_src, src_mask)]  # fmt: skip
+    torch.autograd.backward(outs, [upstream_grad(o.shape).to(o.dtype) for o in outs])
     model.zero_grad(set_to_none=True)
 
 
-def core_inputs(batch: tuple) -> list[tuple]:
-    """Random (q, k, v, mask) of one layer's three attentions at this batch's shapes."""
+def upstream_grad(shape: torch.Size) -> torch.Tensor:
+    """A fixed dense gradient for an output of this shape."""
+    return torch.randn(shape, generator=torch.Generator().manual_seed(1))
+
+
+def core_inputs(batch: tuple, dtype: torch.dtype) -> list[tuple]:
+    """Random (q, k, v, mask, upstream gradient) of one layer's three attentions.
+
+    `dtype` is that of the projections' outputs: bfloat16 under bf16 autocast.
+    """
     src, tgt_in, _ = batch
     heads, head_dim = SMALL.heads, SMALL.d_model // SMALL.heads
 
     def qkv(queries: int, keys: int) -> tuple:
         shapes = [(src.size(0), heads, n, head_dim) for n in (queries, keys, keys)]
-        return tuple(torch.randn(*shape, requires_grad=True) for shape in shapes)
+        return tuple(torch.randn(*shape, dtype=dtype, requires_grad=True) for shape in shapes)
 
-    S, T = src.size(1), tgt_in.size(1)
-    return [(*qkv(S, S), padding_mask(src)), (*qkv(T, T), decoder_mask(tgt_in)),
-            (*qkv(T, S), padding_mask(src))]  # fmt: skip
+    B, S, T, D = src.size(0), src.size(1), tgt_in.size(1), SMALL.d_model
+    return [(*qkv(S, S), padding_mask(src), upstream_grad((B, S, D))),
+            (*qkv(T, T), decoder_mask(tgt_in), upstream_grad((B, T, D))),
+            (*qkv(T, S), padding_mask(src), upstream_grad((B, T, D)))]  # fmt: skip
 
 
 CORES = {
@@ -120,9 +146,15 @@ CORES = {
 
 
 def core_step(name: str, inputs: list[tuple]) -> None:
-    """softmax(QK^T / sqrt(d_k)) V alone, forward and backward, without the projections."""
-    out = sum(CORES[name](q, k, v, mask).sum() for q, k, v, mask in inputs)
-    out.backward()
+    """softmax(QK^T / sqrt(d_k)) V and the heads' concatenation, forward and backward,
+    without the projections: what `Attention._attend` does before its `out_proj`."""
+    outs, grads = [], []
+    for q, k, v, mask, grad in inputs:
+        B, H, T, K = q.shape
+        with amp():
+            outs.append(CORES[name](q, k, v, mask).transpose(1, 2).reshape(B, T, H * K))
+        grads.append(grad.to(outs[-1].dtype))
+    torch.autograd.backward(outs, grads)
 
 
 def main() -> None:
@@ -134,7 +166,10 @@ def main() -> None:
     parser.add_argument(
         "--len-scale", type=float, default=1.0, help="stretch sentence lengths (1 = Multi30k)"
     )
+    parser.add_argument("--precision", choices=sorted(AMP), default="fp32")
     args = parser.parse_args()
+    global amp
+    amp = AMP[args.precision]
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -151,7 +186,8 @@ def main() -> None:
         for b in batches
     ]  # fmt: skip
 
-    cores = [core_inputs(b) for b in batches]
+    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    cores = [core_inputs(b, dtype) for b in batches]
 
     load_before = os.getloadavg()
     for name, model in models.items():  # warm-up: allocator, kernels, autograd graph caches
@@ -200,9 +236,12 @@ def main() -> None:
     core_speedup = statistics.median(
         m / s for m, s in zip(core_times["math"], core_times["sdpa"], strict=True)
     )
+    attention_speedup = statistics.median(
+        m / s for m, s in zip(attn_times["math"], attn_times["sdpa"], strict=True)
+    )
 
     print(f"forward+backward, d_model 256, 3+3 layers, vocab {VOCAB}, {args.threads} threads, "
-          f"lengths x{args.len_scale:g}")  # fmt: skip
+          f"lengths x{args.len_scale:g}, {args.precision}")  # fmt: skip
     print(f"{args.batches} batches, {real_tokens / args.batches:.0f} real target tokens each, "
           f"{1 - real_tokens / padded_tokens:.1%} padding; median of {args.reps} reps")  # fmt: skip
     print(f"{'path':<6} {'s/batch':>9} {'tgt tok/s':>11} {'attention ms':>13} {'core ms':>8}")
@@ -212,13 +251,17 @@ def main() -> None:
               f"{r['attention_core_fwd_bwd_ms']:>8.1f}")  # fmt: skip
     print("(attention ms: fwd+bwd of one encoder self-, decoder self- and cross-attention;")
     print(" core ms: the same three without their projections, softmax(QK^T/sqrt(d))V alone)")
-    print(f"sdpa speed-up over math on the attention core: {core_speedup:.2f}x")
+    print(f"sdpa speed-up over math on the attention core: {core_speedup:.2f}x, "
+          f"with the projections: {attention_speedup:.2f}x")  # fmt: skip
     faster = sum(r > 1 for r in ratios)
     print(f"sdpa speed-up over math (median of paired steps): {speedup:.2f}x; "
           f"sdpa faster in {faster} of {len(ratios)} pairs")  # fmt: skip
     print(f"load average (1 min) before/after: {load_before[0]:.2f} / {load_after[0]:.2f}")
 
-    out = OUT if args.len_scale == 1 else OUT.with_name(f"model_step_len{args.len_scale:g}.json")
+    suffix = ("" if args.len_scale == 1 else f"_len{args.len_scale:g}") + (
+        "" if args.precision == "fp32" else f"_{args.precision}"
+    )
+    out = OUT.with_name(f"model_step{suffix}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "date": datetime.date.today().isoformat(),
@@ -227,6 +270,7 @@ def main() -> None:
         "processor": platform.processor(),
         "threads": args.threads,
         "len_scale": args.len_scale,
+        "precision": args.precision,
         "cpus": os.cpu_count(),
         "load_average_1min_before_after": [load_before[0], load_after[0]],
         "config": dataclasses.asdict(SMALL),
@@ -236,6 +280,7 @@ def main() -> None:
         "results": results,
         "sdpa_speedup_paired_median": speedup,
         "sdpa_core_speedup_paired_median": core_speedup,
+        "sdpa_attention_speedup_paired_median": attention_speedup,
         "paired_ratios_math_over_sdpa": ratios,
     }
     out.write_text(json.dumps(report, indent=2) + "\n")

@@ -54,7 +54,7 @@ def model_step(d: dict) -> list[str]:
         f"{d['cpus']} CPUs, {d['threads']} threads, torch {d['torch']}): d_model {c['d_model']}, "
         f"{c['enc_layers']}+{c['dec_layers']} layers, {c['heads']} heads, ffn {c['d_ff']}, "
         f"vocab {c['tgt_vocab']}, {d['real_tgt_tokens_per_batch']:.0f} real target tokens per "
-        f"batch, fp32, the two attention paths alternated step by step.",
+        f"batch, {d.get('precision', 'fp32')}, the two attention paths alternated step by step.",
         "",
         "| attention path | real target tokens/s | median s/batch | attention core, fwd+bwd |",
         "|---|---|---|---|",
@@ -65,15 +65,17 @@ def model_step(d: dict) -> list[str]:
             f"| {name} | **{r['tgt_tokens_per_s']:.0f}** | {r['median_s_per_batch']:.3f} "
             f"| {'-' if core is None else f'{core:.1f} ms'} |"
         )
+    ratios = d["paired_ratios_math_over_sdpa"]
     lines += [
         "",
         f"Paired median speed-up of SDPA over math: {d['sdpa_speedup_paired_median']:.2f}x "
-        "for the whole step"
+        f"for the whole step (SDPA faster in {sum(r > 1 for r in ratios)} of {len(ratios)} "
+        "pairs)"
         + (
-            f", {d['sdpa_core_speedup_paired_median']:.2f}x for the attention core alone "
-            "(softmax(QK^T / sqrt(d_k)) V of one layer's three attentions, without their "
-            "projections)."
-            if "sdpa_core_speedup_paired_median" in d
+            f", {d['sdpa_attention_speedup_paired_median']:.2f}x for one layer's three "
+            f"attentions with their projections, {d['sdpa_core_speedup_paired_median']:.2f}x "
+            "for their core alone (softmax(QK^T / sqrt(d_k)) V and the heads' concatenation)."
+            if "sdpa_attention_speedup_paired_median" in d
             else "."
         ),
     ]
@@ -321,6 +323,7 @@ def main() -> None:
         ("train_speed", train_speed),
         ("train_memory", train_memory),
         ("model_step", model_step),
+        ("model_step_bf16", model_step),
         ("decode_speed", decode_speed),
         ("multi30k_de_en", multi30k),
         ("multi30k_en_de", multi30k),

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transformer_cli.attention import attend_math
+from transformer_cli.attention import SelfAttention, attend_math
 from transformer_cli.config import ModelConfig
 from transformer_cli.masks import causal_mask, padding_mask
 from transformer_cli.model import Transformer, sinusoidal_table
@@ -28,11 +28,11 @@ PATHS = ["math", "sdpa"]
 def model_for(attention: str = "sdpa", norm: str = "post") -> Transformer:
     """One float64 model per (path, norm), in eval mode; same weights on both paths."""
     torch.manual_seed(0)
-    model = Transformer(dataclasses.replace(CFG, norm=norm)).double().eval()
-    if attention == "math":
-        math_model = Transformer(dataclasses.replace(CFG, norm=norm, attention="math"))
-        math_model.double().eval().load_state_dict(model.state_dict())
-        return math_model
+    model = Transformer(dataclasses.replace(CFG, norm=norm, attention="sdpa")).double().eval()
+    if attention != "sdpa":
+        other = Transformer(dataclasses.replace(CFG, norm=norm, attention=attention))
+        other.double().eval().load_state_dict(model.state_dict())
+        return other
     return model
 
 
@@ -89,6 +89,34 @@ def test_math_and_sdpa_models_agree_in_outputs_and_gradients(norm):
     torch.testing.assert_close(outs[0], outs[1])
     for g_math, g_sdpa in zip(*grads, strict=True):
         torch.testing.assert_close(g_math, g_sdpa)
+
+
+@pytest.mark.parametrize(("path", "cpu", "cuda"), [("auto", False, True), ("sdpa", True, True),
+                                                   ("math", False, False)])  # fmt: skip
+def test_each_path_resolves_per_device(path, cpu, cuda):
+    module = SelfAttention(8, 2, 0.0, path)
+    assert module.uses_sdpa(torch.device("cpu")) is cpu
+    assert module.uses_sdpa(torch.device("cuda")) is cuda
+
+
+@pytest.mark.parametrize(("path", "fused_calls"), [("auto", 0), ("sdpa", 1), ("math", 0)])
+def test_the_fused_kernel_runs_only_where_the_path_says(monkeypatch, path, fused_calls):
+    calls = []
+    real = F.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    module = SelfAttention(8, 2, 0.0, path)
+    module(torch.randn(2, 3, 8), None)  # on the CPU
+    assert len(calls) == fused_calls
+
+
+def test_an_unknown_path_is_rejected():
+    with pytest.raises(ValueError, match="attention path"):
+        SelfAttention(8, 2, 0.0, "flash")
 
 
 # ----------------------------------------------------------------------------- padding

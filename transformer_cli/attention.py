@@ -5,7 +5,10 @@ B batch, H heads, T query len, S key len, K head dim (D / H), D model dim
 Two paths share one set of weights: the "math" path spells out eq. 1,
 softmax(Q K^T / sqrt(d_k)) V, and can hand back the attention probabilities; the
 "sdpa" path calls `torch.nn.functional.scaled_dot_product_attention`, which computes
-the same thing with fused kernels. Masks come from `masks.py` (True = may attend).
+the same thing with fused kernels. "auto" takes sdpa on CUDA and math elsewhere: on
+the CPU, at sentence lengths (up to ~60 pieces), torch's fused kernel is the slower
+of the two, forward plus backward, in fp32 and more so under bf16 autocast
+(`bench/model_step.py`). Masks come from `masks.py` (True = may attend).
 
 The projections keep the weight layout of `torch.nn.MultiheadAttention`: the fused
 `in_proj` of self-attention is its `in_proj_weight` (rows: Q, then K, then V), and
@@ -19,6 +22,9 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+PATHS = ("auto", "sdpa", "math")
 
 
 def attend_math(
@@ -70,17 +76,23 @@ class Attention(nn.Module):
     and stores them, detached, in `last_weights` with shape (B, H, T, S).
     """
 
-    def __init__(self, d_model: int, heads: int, dropout: float, use_sdpa: bool) -> None:
+    def __init__(self, d_model: int, heads: int, dropout: float, path: str = "auto") -> None:
         super().__init__()
         if d_model % heads != 0:
             raise ValueError(f"heads ({heads}) must divide d_model ({d_model})")
+        if path not in PATHS:
+            raise ValueError(f"attention path must be one of {', '.join(PATHS)}, got {path!r}")
         self.heads = heads
         self.head_dim = d_model // heads
         self.dropout = dropout
-        self.use_sdpa = use_sdpa
+        self.path = path
         self.out_proj = nn.Linear(d_model, d_model)
         self.need_weights = False
         self.last_weights: Tensor | None = None
+
+    def uses_sdpa(self, device: torch.device) -> bool:
+        """Whether attention on `device` goes through the fused kernel (`path` resolved)."""
+        return self.path == "sdpa" or (self.path == "auto" and device.type == "cuda")
 
     def _heads(self, x: Tensor, parts: int) -> tuple[Tensor, ...]:
         """Split a fused projection into `parts` tensors of heads.
@@ -102,7 +114,7 @@ class Attention(nn.Module):
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
         """Attention over heads, heads concatenated, output projection: (B, T, D)."""
         dropout_p = self.dropout if self.training else 0.0
-        if self.use_sdpa and not self.need_weights:
+        if self.uses_sdpa(q.device) and not self.need_weights:
             out = _sdpa(q, k, v, mask, dropout_p)
         else:
             out, probs = attend_math(q, k, v, mask, dropout_p)
@@ -118,8 +130,8 @@ class Attention(nn.Module):
 class SelfAttention(Attention):
     """Queries, keys and values from the same sequence, by one fused projection."""
 
-    def __init__(self, d_model: int, heads: int, dropout: float, use_sdpa: bool) -> None:
-        super().__init__(d_model, heads, dropout, use_sdpa)
+    def __init__(self, d_model: int, heads: int, dropout: float, path: str = "auto") -> None:
+        super().__init__(d_model, heads, dropout, path)
         self.in_proj = nn.Linear(d_model, 3 * d_model)  # = MultiheadAttention.in_proj_weight
 
     def forward(self, x: Tensor, mask: Tensor | None, cache: LayerCache | None = None) -> Tensor:
@@ -144,8 +156,8 @@ class SelfAttention(Attention):
 class CrossAttention(Attention):
     """Queries from the decoder; keys and values from the encoder output (section 3.2.3)."""
 
-    def __init__(self, d_model: int, heads: int, dropout: float, use_sdpa: bool) -> None:
-        super().__init__(d_model, heads, dropout, use_sdpa)
+    def __init__(self, d_model: int, heads: int, dropout: float, path: str = "auto") -> None:
+        super().__init__(d_model, heads, dropout, path)
         self.q_proj = nn.Linear(d_model, d_model)  # = in_proj_weight[:D]
         self.kv_proj = nn.Linear(d_model, 2 * d_model)  # = in_proj_weight[D:]
 

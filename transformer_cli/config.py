@@ -73,7 +73,9 @@ class ModelConfig:
     max_positions: int = 1024
     share_embeddings: bool = True
     tie_output: bool = True
-    attention: Literal["sdpa", "math"] = "sdpa"
+    # sdpa: torch's fused kernel; math: eq. 1 written out; auto: sdpa on CUDA, math on the
+    # CPU, where it is the faster one at sentence lengths (README, "attention paths")
+    attention: Literal["auto", "sdpa", "math"] = "auto"
     src_vocab: int = 0
     tgt_vocab: int = 0
 

@@ -90,8 +90,7 @@ class EncoderLayer(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        use_sdpa = cfg.attention == "sdpa"
-        self.self_attn = SelfAttention(cfg.d_model, cfg.heads, cfg.attention_dropout, use_sdpa)
+        self.self_attn = SelfAttention(cfg.d_model, cfg.heads, cfg.attention_dropout, cfg.attention)
         self.ff = FeedForward(cfg.d_model, cfg.d_ff, cfg.dropout)
         self.norm1 = nn.LayerNorm(cfg.d_model)
         self.norm2 = nn.LayerNorm(cfg.d_model)
@@ -119,10 +118,9 @@ class DecoderLayer(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        use_sdpa = cfg.attention == "sdpa"
-        d, h, p = cfg.d_model, cfg.heads, cfg.attention_dropout
-        self.self_attn = SelfAttention(d, h, p, use_sdpa)
-        self.cross_attn = CrossAttention(d, h, p, use_sdpa)
+        d, h, p, path = cfg.d_model, cfg.heads, cfg.attention_dropout, cfg.attention
+        self.self_attn = SelfAttention(d, h, p, path)
+        self.cross_attn = CrossAttention(d, h, p, path)
         self.ff = FeedForward(d, cfg.d_ff, cfg.dropout)
         self.norm1 = nn.LayerNorm(d)
         self.norm2 = nn.LayerNorm(d)
