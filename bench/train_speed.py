@@ -4,7 +4,7 @@
         --set run_dir=runs/multi30k_de_en --variants fp32,bf16 --steps 20 --rounds 2
 
 The run dir must be prepared (`tfx prepare`). Each variant
-(precision[+compile][+math][+unfused][+glibc]) runs the real training step
+(precision[+compile][+math|+sdpa][+unfused][+glibc]) runs the real training step
 (`train.train_step`) on the run's own batches in a fresh subprocess, so that peak memory
 is its own, under the malloc `tfx train` would use (jemalloc where installed, see
 `transformer_cli/allocator.py`; +glibc keeps the system's); variants alternate over
@@ -98,6 +98,7 @@ def worker(args) -> dict:
     overrides = [*args.set, f"train.precision={precision}"]
     overrides += ["train.compile=true"] if "compile" in flags else []
     overrides += ["model.attention=math"] if "math" in flags else []
+    overrides += ["model.attention=sdpa"] if "sdpa" in flags else []
     overrides += ["train.fused_loss=false"] if "unfused" in flags else []
     cfg, device, precision, threads, split, model, optimizer = setup(args.config, overrides)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
@@ -160,7 +161,7 @@ def main() -> None:
     parser.add_argument(
         "--variants",
         default="fp32,bf16",
-        help="comma list of precision[+compile][+math][+unfused][+glibc], e.g. fp32,bf16+glibc",
+        help="comma list of precision[+compile][+math|+sdpa][+unfused][+glibc], e.g. bf16,fp32",
     )
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=3)
