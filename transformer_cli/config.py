@@ -20,6 +20,9 @@ import yaml
 
 from transformer_cli.errors import ConfigError
 
+# auto: bf16 (or fp16) on CUDA, fp32 elsewhere; resolved by `runtime.resolve_precision`
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -86,7 +89,7 @@ class TrainConfig:
 
     seed: int = 1234
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    precision: Precision = "auto"
     compile: bool = False
     threads: int = 0  # 0 = one per core
     batch_tokens: int = 4096  # real (non-pad) target tokens per batch
@@ -122,9 +125,9 @@ class DecodeConfig:
     max_len_a: float = 1.5  # max output pieces = a * source pieces + b
     max_len_b: int = 10
     batch_sentences: int = 64
-    # auto: fp32 on the CPU, bf16 (or fp16) on CUDA. bf16 on a CPU with bf16 matrix
-    # units decodes faster; outputs then differ from fp32 in a few sentences
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # bf16 on a CPU with bf16 matrix units decodes faster; outputs then differ from fp32
+    # in a few sentences
+    precision: Precision = "auto"
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import typing
 
 import torch
 
+from transformer_cli.config import Precision
 from transformer_cli.errors import ConfigError
 
 
@@ -28,7 +30,7 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = typing.get_args(Precision)
 
 
 def resolve_precision(precision: str, device: torch.device, key: str = "train.precision") -> str:
