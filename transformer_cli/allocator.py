@@ -88,8 +88,7 @@ def tune_cpu_memory(primitive_cache: int = ONEDNN_PRIMITIVE_CACHE) -> bool:
     Under glibc (jemalloc is configured by MALLOC_CONF instead, see `use_jemalloc`): by
     default glibc hands each freed block of more than a few MB back to the kernel
     (unmapping it, or trimming the top of the heap), so the next step page-faults it in
-    again. Here blocks up to
-    32 MB (every tensor of a step once the loss is chunked; see
+    again. Here blocks up to 32 MB (every tensor of a step once the loss is chunked; see
     `loss.projected_cross_entropy`) come from the heap, which is never trimmed, and only
     larger ones are mapped and unmapped. Returns whether glibc was tuned.
     """
