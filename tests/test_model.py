@@ -9,12 +9,13 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import Tensor
 
 from transformer_cli.attention import SelfAttention, attend_math
 from transformer_cli.config import ModelConfig
 from transformer_cli.masks import causal_mask, padding_mask
 from transformer_cli.model import Transformer, sinusoidal_table
-from transformer_cli.tokenizer import PAD_ID
+from transformer_cli.tokenizer import BOS_ID, PAD_ID
 
 V = 29
 CFG = ModelConfig(
@@ -258,6 +259,103 @@ def test_cache_rejects_a_batch_it_was_not_selected_to():
     model.decode(tgt[:, :1], model.encode(src), src, cache)
     with pytest.raises(ValueError, match="select"):
         model.decode(tgt[:1, 1:2], model.encode(src), src, cache)
+
+
+# ----------------------------------------------------------------------------- slot cache
+
+
+def run_slots(model, sources: list[Tensor], targets: list[Tensor], slots: int) -> dict:
+    """Teacher-force each target through a `SlotCache` of `slots` slots.
+
+    A slot whose sentence has fed all its tokens takes the next sentence at once, or is
+    dropped (`select`) when none is left, as greedy search's stream does. Sources come
+    in two batches of different widths, so slots hold differently padded sources.
+    Returns each sentence's logits, (T, V).
+    """
+    half = (len(sources) + 1) // 2
+    states = []
+    for group in (sources[:half], sources[half:]):
+        if group:
+            width = max(len(s) for s in group) + 1
+            src = torch.stack([F.pad(s, (0, width - len(s)), value=PAD_ID) for s in group])
+            cross, mask = model.slot_sources(src)
+            states += [([(k[i : i + 1], v[i : i + 1]) for k, v in cross], mask[i : i + 1])
+                       for i in range(len(group))]  # fmt: skip
+    cache = model.new_slot_cache("cpu")
+    queue = list(range(len(sources)))
+    sentence: list[int] = []
+    fed: list[int] = []
+    logits: dict[int, list[Tensor]] = {i: [] for i in queue}
+
+    def start(slot: int) -> None:
+        i = queue.pop(0)
+        cache.fill(torch.tensor([slot]), *states[i])
+        if slot == len(sentence):
+            sentence.append(i), fed.append(0)
+        sentence[slot], fed[slot] = i, 0
+
+    while queue and len(sentence) < slots:
+        start(len(sentence))
+    while cache.slots:
+        tokens = torch.tensor([targets[i][n] for i, n in zip(sentence, fed, strict=True)])
+        step = model.logits(model.decode_slots(tokens, cache))  # (N, V)
+        keep = []
+        for slot, i in enumerate(sentence):
+            logits[i].append(step[slot])
+            fed[slot] += 1
+            if fed[slot] < len(targets[i]):
+                keep.append(slot)
+            elif queue:
+                start(slot)
+                keep.append(slot)
+        if len(keep) < cache.slots:
+            cache.select(torch.tensor(keep, dtype=torch.long))
+            sentence[:], fed[:] = [sentence[k] for k in keep], [fed[k] for k in keep]
+    return {i: torch.stack(rows) for i, rows in logits.items()}
+
+
+@pytest.mark.parametrize("norm", ["post", "pre"])
+@pytest.mark.parametrize("attention", PATHS)
+@settings(max_examples=15, deadline=None)
+@given(
+    src_lengths=st.lists(st.integers(1, 9), min_size=1, max_size=7),
+    tgt_lengths=st.data(),
+    slots=st.integers(1, 4),
+    seed=st.integers(0, 2**16),
+)
+@torch.no_grad()
+def test_slot_decoding_equals_full_decoding_whenever_sentences_start(
+    attention, norm, src_lengths, tgt_lengths, slots, seed
+):
+    """Each slot at its own position gives the logits of decoding its sentence alone."""
+    model = model_for(attention, norm)
+    n = len(src_lengths)
+    lengths = tgt_lengths.draw(st.lists(st.integers(1, 20), min_size=n, max_size=n))
+    gen = torch.Generator().manual_seed(seed)
+    sources = [torch.randint(4, V, (k,), generator=gen) for k in src_lengths]
+    targets = [torch.cat([torch.tensor([BOS_ID]), torch.randint(4, V, (k - 1,), generator=gen)])
+               for k in lengths]  # fmt: skip
+    got = run_slots(model, sources, targets, slots)
+    for i, (src, tgt) in enumerate(zip(sources, targets, strict=True)):
+        alone = model.decode(tgt[None], model.encode(src[None]), src[None])[0]  # (T, V)
+        torch.testing.assert_close(got[i], alone)
+
+
+@torch.no_grad()
+def test_slot_cache_keeps_bf16_keys_and_values_in_fp32_on_the_cpu():
+    """bf16 matmuls on the CPU copy strided inputs; the buffers' prefixes are strided."""
+    model = Transformer(dataclasses.replace(CFG, attention="math")).eval()
+    src, tgt = batch([5, 3], seed=21), batch([4, 4], seed=22)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cache = model.new_slot_cache("cpu")
+        cache.fill(torch.arange(2), *model.slot_sources(src))
+        low = [model.logits(model.decode_slots(tgt[:, t], cache)) for t in range(4)]
+    layer = cache.layers[0]
+    assert {layer.self_k.dtype, layer.cross_k.dtype} == {torch.float32}
+    assert low[0].dtype == torch.bfloat16
+    full = model.decode(tgt, model.encode(src), src)  # fp32, no cache
+    # bf16 keeps ~3 significant digits
+    torch.testing.assert_close(torch.stack(low, 1).float(), full, atol=0.1, rtol=0.05)
 
 
 # ----------------------------------------------------------------------------- positions

@@ -7,10 +7,18 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from transformer_cli.config import DecodeConfig, ModelConfig
 from transformer_cli.model import Transformer
-from transformer_cli.search import beam_search, decode_all, greedy_search, length_penalty
+from transformer_cli.search import (
+    beam_search,
+    decode_all,
+    greedy_search,
+    greedy_stream,
+    length_penalty,
+)
 from transformer_cli.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 FIRST_REAL = EOS_ID + 1
@@ -116,6 +124,61 @@ def test_greedy_batched_equals_one_at_a_time(model, sources):
     batched = greedy_search(model, pad(sources), LIMITS)
     alone = [greedy_search(model, pad([s]), n)[0] for s, n in zip(sources, LIMITS, strict=True)]
     assert batched == alone
+
+
+@pytest.fixture(scope="module")
+def model64() -> Transformer:
+    """The tiny model in float64, where batch composition cannot flip a near-tie."""
+    return tiny_model().double()
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    batch_sizes=st.lists(st.integers(1, 5), min_size=1, max_size=5),
+    slots=st.integers(1, 6),
+    seed=st.integers(0, 2**16),
+)
+def test_greedy_stream_gives_each_sentence_its_output_alone(model64, batch_sizes, slots, seed):
+    """Sentences taking over finished ones' slots, at any point, decode as if alone."""
+    sources = random_sources(sum(batch_sizes), seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    limits = torch.randint(1, 16, (len(sources),), generator=g)
+    batches, start = [], 0
+    for size in batch_sizes:
+        batches.append((pad(sources[start : start + size]), limits[start : start + size]))
+        start += size
+    outs = greedy_stream(model64, iter(batches), slots)
+    alone = [
+        greedy_search(model64, pad([s]), int(n))[0] for s, n in zip(sources, limits, strict=True)
+    ]
+    assert outs == alone
+
+
+def test_greedy_stream_of_nothing_is_nothing(model):
+    assert greedy_stream(model, iter([]), 4) == []
+
+
+@pytest.mark.parametrize("batch_sentences", [1, 3, 64])
+def test_decode_all_refill_changes_no_output(model64, sources, batch_sentences):
+    cfg = DecodeConfig(beam=1, max_len_a=1.0, max_len_b=4, batch_sentences=batch_sentences)
+    refilled = decode_all(model64, sources, cfg, "cpu")
+    assert refilled == decode_all(model64, sources, cfg, "cpu", refill=False)
+    assert refilled == decode_all(model64, sources, cfg, "cpu", use_cache=False)
+
+
+def test_decoding_keeps_autocasts_weight_copies(model, sources, monkeypatch):
+    """Under inference_mode, autocast re-casts every weight at every step (measured: a
+    third of bf16 greedy decoding's time); decode_all must run under no_grad instead."""
+    seen = []
+    real = model.logits
+
+    def spy(hidden):
+        seen.append((torch.is_inference_mode_enabled(), torch.is_grad_enabled()))
+        return real(hidden)
+
+    monkeypatch.setattr(model, "logits", spy)
+    decode_all(model, sources[:3], DecodeConfig(beam=1), "cpu", "bf16")
+    assert seen and set(seen) == {(False, False)}
 
 
 @pytest.mark.parametrize("use_cache", [True, False])

@@ -18,10 +18,14 @@ cross-attention's `q_proj` / `kv_proj` are that matrix's first third / last two 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from transformer_cli.slots import SlotLayerCache
 
 PATHS = ("auto", "sdpa", "math")
 
@@ -112,18 +116,28 @@ class Attention(nn.Module):
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
         """Attention over heads, heads concatenated, output projection: (B, T, D)."""
-        dropout_p = self.dropout if self.training else 0.0
-        if self.uses_sdpa(q.device) and not self.need_weights:
-            out = _sdpa(q, k, v, mask, dropout_p)
+        if q.dtype == k.dtype:
+            out = self._heads_attend(q, k, v, mask)
         else:
-            out, probs = attend_math(q, k, v, mask, dropout_p)
-            if self.need_weights:
-                self.last_weights = probs.detach()
+            # a cache that holds keys and values in a wider type than autocast's (see
+            # `slots.SlotLayerCache`): attend in theirs, so they are not cast back down
+            with torch.autocast(q.device.type, enabled=False):
+                out = self._heads_attend(q.to(k.dtype), k, v, mask)
         B, H, T, K = out.shape
         # Concat(head_1, ..., head_h) of eq. 4; a view when the kernel already wrote
         # its output as (B, T, H, K), which the fused CPU kernel does
         out = out.transpose(1, 2).reshape(B, T, H * K)  # (B,H,T,K) -> (B,T,H,K) -> (B,T,D)
         return self.out_proj(out)
+
+    def _heads_attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        """Every head's attention output, by the configured path: (B, H, T, K)."""
+        dropout_p = self.dropout if self.training else 0.0
+        if self.uses_sdpa(q.device) and not self.need_weights:
+            return _sdpa(q, k, v, mask, dropout_p)
+        out, probs = attend_math(q, k, v, mask, dropout_p)
+        if self.need_weights:
+            self.last_weights = probs.detach()
+        return out
 
 
 class SelfAttention(Attention):
@@ -133,7 +147,9 @@ class SelfAttention(Attention):
         super().__init__(d_model, heads, dropout, path)
         self.in_proj = nn.Linear(d_model, 3 * d_model)  # = MultiheadAttention.in_proj_weight
 
-    def forward(self, x: Tensor, mask: Tensor | None, cache: LayerCache | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, mask: Tensor | None, cache: LayerCache | SlotLayerCache | None = None
+    ) -> Tensor:
         """Attend from every new position to the cached and new positions.
 
         Args:
@@ -145,10 +161,7 @@ class SelfAttention(Attention):
         """
         q, k, v = self._heads(self.in_proj(x), 3)  # (B,T,3D) -> 3 x (B,H,T,K)
         if cache is not None:
-            if cache.self_k is not None:
-                k = torch.cat([cache.self_k, k], dim=2)  # (B,H,L,K) + (B,H,T,K) -> (B,H,L+T,K)
-                v = torch.cat([cache.self_v, v], dim=2)
-            cache.self_k, cache.self_v = k, v
+            k, v = cache.append(k, v)
         return self._attend(q, k, v, mask)
 
 
@@ -161,7 +174,11 @@ class CrossAttention(Attention):
         self.kv_proj = nn.Linear(d_model, 2 * d_model)  # = in_proj_weight[D:]
 
     def forward(
-        self, x: Tensor, memory: Tensor, mask: Tensor | None, cache: LayerCache | None = None
+        self,
+        x: Tensor,
+        memory: Tensor | None,
+        mask: Tensor | None,
+        cache: LayerCache | SlotLayerCache | None = None,
     ) -> Tensor:
         """Attend from the decoder states to the encoder output.
 
@@ -175,13 +192,22 @@ class CrossAttention(Attention):
             (B, T, D).
         """
         (q,) = self._heads(self.q_proj(x), 1)  # (B,T,D) -> (B,H,T,K)
-        if cache is not None and cache.cross_k is not None:
-            k, v = cache.cross_k, cache.cross_v
-        else:
+        if cache is None:
             k, v = self._heads(self.kv_proj(memory), 2)  # (B,S,2D) -> 2 x (B,H,S,K)
-            if cache is not None:
-                cache.cross_k, cache.cross_v = k, v
+        else:
+            if cache.cross_k is None:
+                cache.cross_k, cache.cross_v = self.keys_values(memory)
+            k, v = cache.cross_k, cache.cross_v
         return self._attend(q, k, v, mask)
+
+    def keys_values(self, memory: Tensor) -> tuple[Tensor, Tensor]:
+        """The keys and values of `memory` (B, S, D), to cache: 2 x (B, H, S, K), contiguous.
+
+        Views into the fused projection cannot fold (B, H) into one batch dimension, so
+        every decoding step's matmul would copy them: they are copied once, here.
+        """
+        k, v = self._heads(self.kv_proj(memory), 2)  # (B,S,2D) -> 2 x (B,H,S,K)
+        return k.contiguous(), v.contiguous()
 
 
 class LayerCache:
@@ -194,6 +220,14 @@ class LayerCache:
         self.self_v: Tensor | None = None
         self.cross_k: Tensor | None = None
         self.cross_v: Tensor | None = None
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Add the new positions' keys and values (B, H, T, K); return all (B, H, L+T, K)."""
+        if self.self_k is not None:
+            k = torch.cat([self.self_k, k], dim=2)  # (B,H,L,K) + (B,H,T,K) -> (B,H,L+T,K)
+            v = torch.cat([self.self_v, v], dim=2)
+        self.self_k, self.self_v = k, v
+        return k, v
 
     def select(self, index: Tensor, sources_too: bool = True) -> None:
         names = self.__slots__ if sources_too else ("self_k", "self_v")

@@ -66,3 +66,15 @@ def decoder_mask(tgt_ids: Tensor) -> Tensor:
     """
     look_ahead = causal_mask(tgt_ids.size(1), device=tgt_ids.device)  # (T, T)
     return look_ahead & padding_mask(tgt_ids)  # (T, T) & (B, 1, 1, T) -> (B, 1, T, T)
+
+
+def prefix_mask(lengths: Tensor, width: int) -> Tensor:
+    """Key j is real for row b if j < lengths[b]: rows of a cache filled to different depths.
+
+    Args:
+        lengths: (B,) int, each row's number of real keys, at most `width`.
+    Returns:
+        (B, 1, 1, width) bool.
+    """
+    keys = torch.arange(width, device=lengths.device)  # (width,)
+    return (keys < lengths[:, None])[:, None, None, :]  # (B, width) -> (B, 1, 1, width)

@@ -12,7 +12,9 @@ are derived from token ids inside (`masks.py`), so callers pass ids only:
     logits = model.logits(hidden[real])           # project only the positions you need
 
 Incremental decoding (greedy / beam search) goes through `new_cache()` and
-`decode(..., cache=cache)`; `attention.KVCache` documents the contract.
+`decode(..., cache=cache)`; `attention.KVCache` documents the contract. Greedy search
+over many sentences keeps its batch full with `new_slot_cache()`, `slot_sources()` and
+`decode_slots()`, where each row is at its own position (`slots.SlotCache`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from transformer_cli.attention import Attention, CrossAttention, KVCache, LayerC
 from transformer_cli.config import ModelConfig
 from transformer_cli.dropout import Dropout
 from transformer_cli.masks import causal_mask, decoder_mask, padding_mask
+from transformer_cli.slots import SlotCache, SlotLayerCache
 
 
 def sinusoidal_table(positions: int, d_model: int) -> Tensor:
@@ -131,16 +134,16 @@ class DecoderLayer(nn.Module):
     def forward(
         self,
         x: Tensor,
-        memory: Tensor,
+        memory: Tensor | None,
         self_mask: Tensor | None,
         cross_mask: Tensor,
-        cache: LayerCache | None = None,
+        cache: LayerCache | SlotLayerCache | None = None,
     ) -> Tensor:
         """Decode one layer.
 
         Args:
             x: (B, T, D).
-            memory: (B, S, D) encoder output.
+            memory: (B, S, D) encoder output; None when the cache holds its keys and values.
             self_mask: bool, broadcastable to (B, 1, T, T + cached length); None = all.
             cross_mask: (B, 1, 1, S) bool source padding mask.
             cache: this layer's keys and values for incremental decoding.
@@ -183,10 +186,10 @@ class Decoder(nn.Module):
     def forward(
         self,
         x: Tensor,
-        memory: Tensor,
+        memory: Tensor | None,
         self_mask: Tensor | None,
         cross_mask: Tensor,
-        cache: KVCache | None = None,
+        cache: KVCache | SlotCache | None = None,
     ) -> Tensor:
         """(B, T, D) embedded target -> (B, T, D) hidden states; see DecoderLayer."""
         for i, layer in enumerate(self.layers):
@@ -326,6 +329,40 @@ class Transformer(nn.Module):
     def new_cache(self) -> KVCache:
         """An empty cache for incremental decoding of one batch (see `KVCache`)."""
         return KVCache(len(self.decoder.layers))
+
+    def new_slot_cache(self, device: torch.device | str) -> SlotCache:
+        """An empty cache for continuous batching, with no slots yet (see `SlotCache`)."""
+        return SlotCache(len(self.decoder.layers), device)
+
+    def slot_sources(self, src: Tensor) -> tuple[list[tuple[Tensor, Tensor]], Tensor]:
+        """Encode `src` into what a slot needs of its sentence: `SlotCache.fill`'s inputs.
+
+        Args:
+            src: (n, S) source ids, right-padded.
+        Returns:
+            each decoder layer's cross-attention keys and values, 2 x (n, H, S, K), and
+            the (n, 1, 1, S) source padding mask. Rows can be sliced to fill some slots.
+        """
+        memory = self.encode(src)  # (n, S, D)
+        cross = [layer.cross_attn.keys_values(memory) for layer in self.decoder.layers]
+        return cross, padding_mask(src)
+
+    def decode_slots(self, tokens: Tensor, cache: SlotCache) -> Tensor:
+        """One decoding step for every slot, each at its own position.
+
+        Args:
+            tokens: (N,) each slot's newest token (BOS for a slot just filled).
+        Returns:
+            (N, D) the decoder's last hidden state of each slot.
+        """
+        # every slot's position is below its sentence's output cap, which
+        # `search` keeps within max_positions, so no range check is needed here
+        positions = self.tgt_pos.table[cache.pos_device]  # (N, D)
+        x = self.tgt_embed(tokens) * self.embed_scale + positions  # (N, D)
+        x = self.embed_dropout(x)[:, None]  # (N, D) -> (N, 1, D)
+        hidden = self.decoder(x, None, cache.self_mask(), cache.src_mask, cache)  # (N, 1, D)
+        cache.advance()
+        return hidden[:, 0]
 
     def record_attention(self, on: bool = True) -> None:
         """Make every attention module keep its probabilities in `last_weights`.

@@ -12,13 +12,16 @@ Length conventions, shared by both searches:
 
 Both searches keep only unfinished sentences in the batch: a sentence that is done is
 dropped from the KV cache (`KVCache.select`), so one long straggler costs one row per
-step, not the whole batch. The one host sync per step is the "who finished?" check.
+step, not the whole batch. Greedy search over many batches goes further
+(`greedy_stream`): the next sentence takes a finished one's place at once, each at its
+own position (`slots.SlotCache`), so the decoder runs on full batches until the input
+runs out. The one host sync per step is the "who finished?" check.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -59,6 +62,15 @@ def _never_special(scores: Tensor) -> Tensor:
     return scores
 
 
+def _most_probable(logits: Tensor) -> Tensor:
+    """Each row's highest-scoring piece other than PAD and BOS: (R, V) -> (R,).
+
+    `max(-1).indices` is argmax (both give the first of tied maxima); on the CPU it is
+    ~4x faster than `argmax` on bf16 logits, and as fast on fp32.
+    """
+    return _never_special(logits).max(-1).indices
+
+
 def _step_hidden(model, tokens: Tensor, prefix: Tensor, memory: Tensor, src: Tensor, cache):
     """The decoder's last hidden state of every row: (R, D).
 
@@ -84,19 +96,123 @@ def greedy_search(
     Returns:
         B lists of piece ids, without BOS/EOS.
     """
+    limits = _limits(model, max_len, src.size(0))
+    if use_cache:
+        return greedy_stream(model, [(src, limits)], slots=max(1, src.size(0)))
+    return _greedy_uncached(model, src, limits)
+
+
+@torch.no_grad()
+def greedy_stream(model, batches: Iterable[tuple[Tensor, Tensor]], slots: int) -> list[list[int]]:
+    """Greedy search over a stream of batches, keeping `slots` sentences in flight.
+
+    A sentence that finishes hands its slot to the next sentence of the stream at once
+    (`slots.SlotCache`), so every step decodes a full batch until the input runs out;
+    each batch is encoded when its first sentence is needed. Each sentence's output is
+    the one `greedy_search` gives it alone.
+
+    Args:
+        model: a `Transformer` in eval mode.
+        batches: (src, max_len) pairs: (b, S) right-padded source ids on the model's
+            device and (b,) int64 output caps (see `_limits`).
+        slots: the most sentences decoded at once.
+    Returns:
+        one list of piece ids per sentence, in the order of the stream.
+    """
+    stream = _Sources(model, iter(batches))
+    outputs: list[list[int]] = []
+    caps: list[int] = []
+    sentence = torch.zeros(0, dtype=torch.long)  # (N,) host: each slot's sentence
+    limit = torch.zeros(0, dtype=torch.long)  # (N,) host: its sentence's output cap
+    cache, tokens = None, None  # tokens: (N,) on the device, each slot's newest token
+    free = torch.arange(slots)  # slots to fill; numbers >= N add slots
+    while True:
+        filled = 0
+        for cross, src_mask, ids, caps_in in stream.take(len(free)):
+            if cache is None:
+                cache = model.new_slot_cache(src_mask.device)
+                tokens = torch.zeros(0, dtype=torch.long, device=src_mask.device)
+            where = free[filled : filled + len(ids)]
+            filled += len(ids)
+            added = int((where >= cache.slots).sum())
+            cache.fill(where, cross, src_mask)
+            sentence = torch.cat([sentence, torch.zeros(added, dtype=torch.long)])
+            limit = torch.cat([limit, torch.zeros(added, dtype=torch.long)])
+            tokens = torch.cat([tokens, tokens.new_zeros(added)])
+            sentence[where], limit[where] = torch.tensor(list(ids)), caps_in
+            tokens[where.to(tokens.device)] = BOS_ID
+            outputs.extend([] for _ in ids)
+            caps.extend(caps_in.tolist())
+        if cache is None:
+            break  # an empty stream
+        empty = free[filled:]
+        empty = empty[empty < cache.slots]
+        if len(empty):  # the stream has run dry: drop the slots it left empty
+            keep = torch.ones(cache.slots, dtype=torch.bool)
+            keep[empty] = False
+            kept = keep.nonzero().squeeze(1)
+            cache.select(kept)
+            sentence, limit = sentence[kept], limit[kept]
+            tokens = tokens[kept.to(tokens.device)]
+        if not cache.slots:
+            break
+        hidden = model.decode_slots(tokens, cache)  # (N, D)
+        tokens = _most_probable(model.logits(hidden))  # (N,)
+        best = tokens.cpu()  # the step's one host sync
+        for s, piece in zip(sentence.tolist(), best.tolist(), strict=True):
+            outputs[s].append(piece)
+        done = (best == EOS_ID) | (cache.pos >= limit)  # pos: pieces emitted so far
+        free = done.nonzero().squeeze(1)
+    return [_cut(row, n) for row, n in zip(outputs, caps, strict=True)]
+
+
+class _Sources:
+    """The sentences of a stream of batches, encoded a batch at a time as they are taken."""
+
+    def __init__(self, model, batches: Iterator[tuple[Tensor, Tensor]]) -> None:
+        self.model, self.batches = model, batches
+        self.next_id = 0
+        self.size = 0  # the current batch, from row `self.row` on
+        self.row = 0
+
+    def take(self, n: int) -> Iterator[tuple[list, Tensor, range, Tensor]]:
+        """Up to `n` sentences: (cross keys and values, source mask, numbers, caps) slices."""
+        while n > 0:
+            if self.row == self.size:
+                batch = next(self.batches, None)
+                if batch is None:
+                    return
+                src, caps = batch
+                self.cross, self.src_mask = self.model.slot_sources(src)
+                self.caps = caps.cpu().clamp(1, self.model.cfg.max_positions)
+                self.size, self.row = len(src), 0
+            rows = slice(self.row, min(self.row + n, self.size))
+            count = rows.stop - rows.start
+            cross = [(k[rows], v[rows]) for k, v in self.cross]
+            yield (
+                cross,
+                self.src_mask[rows],
+                range(self.next_id, self.next_id + count),
+                self.caps[rows],
+            )
+            self.row, self.next_id, n = rows.stop, self.next_id + count, n - count
+
+
+def _greedy_uncached(model, src: Tensor, limits_host: Tensor) -> list[list[int]]:
+    """Greedy search re-running the decoder over the whole prefix at every step.
+
+    What the cache must reproduce, and what the speed benchmark compares it to.
+    """
     batch, device = src.size(0), src.device
-    limits_host = _limits(model, max_len, batch)
     steps = int(limits_host.max()) if batch else 0
     memory = model.encode(src)  # (B, S, D)
     out = torch.full((batch, steps), EOS_ID, dtype=torch.long, device=device)  # (B, steps)
     alive = torch.arange(batch, device=device)  # (R,) each live row's sentence
     limits = limits_host.to(device)
-    tokens = torch.full((batch, 1), BOS_ID, dtype=torch.long, device=device)  # (R, 1)
-    prefix = tokens  # (R, t + 1), read only without a cache
-    cache = model.new_cache() if use_cache else None
+    prefix = torch.full((batch, 1), BOS_ID, dtype=torch.long, device=device)  # (R, t + 1)
     for t in range(steps):
-        hidden = _step_hidden(model, tokens, prefix, memory, src, cache)  # (R, D)
-        best = _never_special(model.logits(hidden)).argmax(-1)  # (R,)
+        hidden = model.decode_hidden(prefix, memory, src)[:, -1]  # (R, D)
+        best = _most_probable(model.logits(hidden))  # (R,)
         out[alive, t] = best
         done = (best == EOS_ID) | (limits <= t + 1)  # (R,)
         done_host = done.cpu()  # the step's one host sync
@@ -106,13 +222,8 @@ def greedy_search(
         if n_done:
             keep = (~done_host).nonzero().squeeze(1).to(device, non_blocking=True)
             alive, limits, best = alive[keep], limits[keep], best[keep]
-            if cache is not None:
-                cache.select(keep)
-            else:
-                prefix, memory, src = prefix[keep], memory[keep], src[keep]
-        tokens = best[:, None]  # (R,) -> (R, 1)
-        if cache is None:
-            prefix = torch.cat([prefix, tokens], dim=1)  # (R, t + 1) -> (R, t + 2)
+            prefix, memory, src = prefix[keep], memory[keep], src[keep]
+        prefix = torch.cat([prefix, best[:, None]], dim=1)  # (R, t + 1) -> (R, t + 2)
     return [_cut(row, n) for row, n in zip(out.tolist(), limits_host.tolist(), strict=True)]
 
 
@@ -262,6 +373,7 @@ def decode_all(
     max_len_a: float | None = None,
     max_len_b: int | None = None,
     use_cache: bool = True,
+    refill: bool = True,
 ) -> list[list[int]] | list[list[Hypothesis]]:
     """Decode many sources in length-sorted batches; results come back in input order.
 
@@ -269,6 +381,11 @@ def decode_all(
     most int(a * source pieces + b) pieces (at least 1, at most the model's positions);
     sources longer than the model's positions are cut to fit. An empty source gives an
     empty output (score 0.0) without running the model.
+
+    Greedy search with the cache runs the batches as one stream (`greedy_stream`):
+    `batch_sentences` sentences in flight, a finished one replaced by the next at once.
+    `refill=False` decodes each batch on its own until its last sentence finishes (what
+    beam search and the uncached search always do); the outputs are the same.
 
     Args:
         sources: piece ids per sentence, without BOS/EOS.
@@ -292,25 +409,38 @@ def decode_all(
     size = decode_cfg.batch_sentences
     was_training = model.training
     model.eval()
+    chunks = [order[start : start + size] for start in range(0, len(order), size)]
+
+    def batch(chunk: list[int]) -> tuple[Tensor, Tensor]:
+        """A chunk's right-padded sources on the device, and its output caps."""
+        src = torch.full((len(chunk), lengths[chunk[0]]), PAD_ID, dtype=torch.long)
+        for row, i in enumerate(chunk):
+            src[row, : lengths[i]] = torch.as_tensor(sources[i][: lengths[i]])
+        limits = _limits(model, [max(1, int(a * lengths[i] + b)) for i in chunk], len(chunk))
+        return src.to(device, non_blocking=True), limits
+
     try:
-        with torch.inference_mode(), runtime.autocast(device, precision):
-            for start in range(0, len(order), size):
-                chunk = order[start : start + size]
-                width = lengths[chunk[0]]
-                src = torch.full((len(chunk), width), PAD_ID, dtype=torch.long)
-                for row, i in enumerate(chunk):
-                    src[row, : lengths[i]] = torch.as_tensor(sources[i][: lengths[i]])
-                src = src.to(device, non_blocking=True)
-                limits = [max(1, int(a * lengths[i] + b)) for i in chunk]
-                if beam == 1 and nbest == 1:
-                    outs = greedy_search(model, src, limits, use_cache)
-                else:
-                    hyps = beam_search(
-                        model, src, beam, alpha, limits, nbest, use_cache, decode_cfg.early_stop
-                    )
-                    outs = [h[0][0] for h in hyps] if nbest == 1 else hyps
-                for i, out in zip(chunk, outs, strict=True):
+        # no_grad, not inference_mode: under inference_mode autocast does not keep its
+        # low-precision copies of the weights, and casts every matrix again at every step
+        with torch.no_grad(), runtime.autocast(device, precision):
+            greedy = beam == 1 and nbest == 1
+            if greedy and use_cache and refill:
+                outs = greedy_stream(model, (batch(c) for c in chunks), size)
+                for i, out in zip(order, outs, strict=True):
                     results[i] = out
+            else:
+                for chunk in chunks:
+                    src, limits = batch(chunk)
+                    if greedy:
+                        outs = greedy_search(model, src, limits, use_cache)
+                    else:
+                        hyps = beam_search(
+                            model, src, beam, alpha, limits, nbest, use_cache,
+                            decode_cfg.early_stop,
+                        )  # fmt: skip
+                        outs = [h[0][0] for h in hyps] if nbest == 1 else hyps
+                    for i, out in zip(chunk, outs, strict=True):
+                        results[i] = out
     finally:
         model.train(was_training)
     return results

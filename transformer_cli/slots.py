@@ -1,0 +1,199 @@
+"""A KV cache whose rows are slots: continuous batching for greedy search.
+
+N slots, H heads, W widest filled prefix, S source len, K head dim
+
+`KVCache` (attention.py) decodes one batch in lockstep: every row is at the same target
+position. When most sentences of a batch have finished, the few still running pay for
+reading every weight matrix at each step, as a full batch would: on a CPU the step is
+then bound by memory bandwidth, not arithmetic. A `SlotCache` instead gives each row its
+own position, so a row whose sentence finished takes the next sentence at once, and the
+decoder keeps working on full batches until the input runs out.
+
+What a slot holds:
+
+- `pos[n]`: the target position of the token it is fed next (0 = BOS);
+- each layer's self-attention keys and values in a buffer (N, H, capacity, K), written at
+  `pos[n]`; keys at and beyond it are stale or empty, and masked out (`prefix_mask`);
+- each layer's cross-attention keys and values (N, H, S, K) and the source padding mask
+  (N, 1, 1, S) of its sentence, S the widest source so far: a shorter source is padded,
+  and its pad keys are masked like any other.
+
+Each slot's numbers are those `KVCache` gives the same sentence alone, up to the
+order of floating-point sums: masked keys get probability exactly 0.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from transformer_cli.masks import prefix_mask
+
+
+def _pad_dim(t: Tensor, dim: int, size: int, value: float | bool = 0) -> Tensor:
+    """`t` padded at the end of dimension `dim` to `size` with `value`."""
+    missing = size - t.size(dim)
+    if missing <= 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([t, t.new_full(shape, value)], dim=dim)
+
+
+class SlotLayerCache:
+    """One decoder layer's slots: self K/V buffers and cross K/V, see `SlotCache`."""
+
+    __slots__ = ("owner", "self_k", "self_v", "cross_k", "cross_v")
+
+    def __init__(self, owner: SlotCache) -> None:
+        self.owner = owner
+        self.self_k: Tensor | None = None  # (N, H, capacity, K)
+        self.self_v: Tensor | None = None
+        self.cross_k: Tensor | None = None  # (N, H, S, K)
+        self.cross_v: Tensor | None = None
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write each slot's new key and value at its position; return the filled prefix.
+
+        Args:
+            k, v: (N, H, 1, K), one new token per slot.
+        Returns:
+            keys and values (N, H, W, K), W = the deepest slot's position + 1: views.
+        """
+        owner = self.owner
+        width = owner.width
+        if self.self_k is None or self.self_k.size(2) < width:
+            # grow by doubling, so that a long sentence costs O(log length) copies
+            capacity = max(16, 2 * width)
+            n, h, _, d = k.shape
+            for name in ("self_k", "self_v"):
+                old = getattr(self, name)
+                new = k.new_zeros(n, h, capacity, d, dtype=owner.dtype(k))
+                if old is not None:
+                    new[:, :, : old.size(2)] = old
+                setattr(self, name, new)
+        rows, pos = owner.rows, owner.pos_device
+        self.self_k[rows, :, pos] = k[:, :, 0].to(self.self_k.dtype)  # (N,H,K) -> (N,H,cap,K)
+        self.self_v[rows, :, pos] = v[:, :, 0].to(self.self_v.dtype)
+        return self.self_k[:, :, :width], self.self_v[:, :, :width]
+
+
+class SlotCache:
+    """Per-slot positions, keys and values; see the module docstring.
+
+    `fill(slots, *Transformer.slot_sources(src))` starts new sentences in slots (rows
+    of what `slot_sources` returns may be sliced to start some of them);
+    `Transformer.decode_slots(tokens, cache)` runs one step for every slot;
+    `select(index)` keeps only some slots, in the given order.
+    """
+
+    def __init__(self, num_layers: int, device: torch.device | str) -> None:
+        self.layers = [SlotLayerCache(self) for _ in range(num_layers)]
+        self.device = torch.device(device)
+        self.src_mask: Tensor | None = None  # (N, 1, 1, S) bool
+        self.src_len = torch.zeros(0, dtype=torch.long)  # (N,) host: real source keys
+        self.pos = torch.zeros(0, dtype=torch.long)  # (N,) host: each slot's next position
+        self.pos_device = self.pos.to(self.device)
+        self.rows = self.pos_device  # (N,) arange, to index slots
+
+    def dtype(self, t: Tensor) -> torch.dtype:
+        """The type keys and values `t` are kept in: bf16 and fp16 become fp32 on the CPU.
+
+        On the CPU, a bf16 matmul copies strided inputs (the filled prefix of a buffer
+        is one) before it starts, and at one query per slot the copy costs more than
+        the product; fp32 keys and values are read in place.
+        """
+        low = t.dtype in (torch.bfloat16, torch.float16)
+        return torch.float32 if low and self.device.type == "cpu" else t.dtype
+
+    @property
+    def slots(self) -> int:
+        return len(self.pos)
+
+    @property
+    def width(self) -> int:
+        """Keys to attend over this step: the deepest slot's position + 1."""
+        return int(self.pos.max()) + 1 if len(self.pos) else 0
+
+    def self_mask(self) -> Tensor:
+        """(N, 1, 1, W) bool: each slot sees its own positions 0 .. pos, nothing else."""
+        return prefix_mask(self.pos_device + 1, self.width)
+
+    def advance(self) -> None:
+        """After a step: every slot moves on by one position."""
+        self._set_pos(self.pos + 1)
+
+    def fill(self, slots: Tensor, cross: list[tuple[Tensor, Tensor]], src_mask: Tensor) -> None:
+        """Start new sentences in `slots` (host, int64; the value `self.slots` appends).
+
+        Args:
+            slots: (n,) slot numbers, existing ones to replace or N, N+1, .. to add.
+            cross: each layer's cross-attention keys and values of the new sentences,
+                (n, H, S', K) each.
+            src_mask: (n, 1, 1, S') their source padding mask.
+        """
+        width = max(src_mask.size(-1), 0 if self.src_mask is None else self.src_mask.size(-1))
+        added = int((slots >= self.slots).sum())
+        index = slots.to(self.device)
+        self.src_mask = self._put(self.src_mask, index, src_mask, added, 3, width, False)
+        for layer, (k, v) in zip(self.layers, cross, strict=True):
+            k, v = k.to(self.dtype(k)), v.to(self.dtype(v))
+            layer.cross_k = self._put(layer.cross_k, index, k, added, 2, width, 0.0)
+            layer.cross_v = self._put(layer.cross_v, index, v, added, 2, width, 0.0)
+            if added and layer.self_k is not None:
+                extra = layer.self_k.new_zeros(added, *layer.self_k.shape[1:])
+                layer.self_k = torch.cat([layer.self_k, extra])
+                layer.self_v = torch.cat([layer.self_v, extra])
+        pos = torch.cat([self.pos, torch.zeros(added, dtype=torch.long)])
+        pos[slots] = 0
+        self._set_pos(pos)
+        src_len = torch.cat([self.src_len, torch.zeros(added, dtype=torch.long)])
+        src_len[slots] = src_mask.sum(-1).view(-1).cpu()
+        self.src_len = src_len
+        self._trim_sources()
+
+    def select(self, index: Tensor) -> SlotCache:
+        """Keep (and reorder to) the slots `index` (host, int64), in place; returns self."""
+        device_index = index.to(self.device)
+        self.src_mask = self.src_mask.index_select(0, device_index)
+        for layer in self.layers:
+            for name in ("self_k", "self_v", "cross_k", "cross_v"):
+                t = getattr(layer, name)
+                if t is not None:
+                    setattr(layer, name, t.index_select(0, device_index))
+        self._set_pos(self.pos[index])
+        self.src_len = self.src_len[index]
+        self._trim_sources()
+        return self
+
+    def _trim_sources(self) -> None:
+        """Narrow the source keys to the longest source still in a slot (views, no copy).
+
+        Sources arrive longest first, so without this every later sentence would attend
+        over the pad keys of the first, longest one.
+        """
+        need = int(self.src_len.max()) if len(self.src_len) else 0
+        if 0 < need < self.src_mask.size(-1):
+            self.src_mask = self.src_mask[..., :need]
+            for layer in self.layers:
+                layer.cross_k = layer.cross_k[:, :, :need]
+                layer.cross_v = layer.cross_v[:, :, :need]
+
+    def _set_pos(self, pos: Tensor) -> None:
+        self.pos = pos
+        self.pos_device = pos.to(self.device, non_blocking=True)
+        if len(self.rows) != len(pos):
+            self.rows = torch.arange(len(pos), device=self.device)
+
+    @staticmethod
+    def _put(
+        old: Tensor | None, index: Tensor, new: Tensor, added: int, dim: int, width: int, value
+    ) -> Tensor:
+        """`old` with rows `index` set to `new`, `added` rows appended, `dim` padded to width."""
+        new = _pad_dim(new, dim, width, value)
+        if old is None:
+            return new.contiguous()
+        old = _pad_dim(old, dim, width, value)
+        if added:
+            old = torch.cat([old, new.new_full((added, *old.shape[1:]), value)])
+        return old.index_copy_(0, index, new)
