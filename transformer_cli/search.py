@@ -88,6 +88,8 @@ def greedy_search(
 ) -> list[list[int]]:
     """The most probable next piece at every step, until EOS or `max_len` pieces.
 
+    Decodes one batch in lockstep (`KVCache`); `greedy_stream` decodes many.
+
     Args:
         model: a `Transformer` in eval mode.
         src: (B, S) source ids, right-padded with PAD_ID, on the model's device.
@@ -96,10 +98,36 @@ def greedy_search(
     Returns:
         B lists of piece ids, without BOS/EOS.
     """
-    limits = _limits(model, max_len, src.size(0))
-    if use_cache:
-        return greedy_stream(model, [(src, limits)], slots=max(1, src.size(0)))
-    return _greedy_uncached(model, src, limits)
+    batch, device = src.size(0), src.device
+    limits_host = _limits(model, max_len, batch)
+    steps = int(limits_host.max()) if batch else 0
+    memory = model.encode(src)  # (B, S, D)
+    out = torch.full((batch, steps), EOS_ID, dtype=torch.long, device=device)  # (B, steps)
+    alive = torch.arange(batch, device=device)  # (R,) each live row's sentence
+    limits = limits_host.to(device)
+    tokens = torch.full((batch, 1), BOS_ID, dtype=torch.long, device=device)  # (R, 1)
+    prefix = tokens  # (R, t + 1), read only without a cache
+    cache = model.new_cache() if use_cache else None
+    for t in range(steps):
+        hidden = _step_hidden(model, tokens, prefix, memory, src, cache)  # (R, D)
+        best = _most_probable(model.logits(hidden))  # (R,)
+        out[alive, t] = best
+        done = (best == EOS_ID) | (limits <= t + 1)  # (R,)
+        done_host = done.cpu()  # the step's one host sync
+        n_done = int(done_host.sum())
+        if n_done == len(done_host):
+            break
+        if n_done:
+            keep = (~done_host).nonzero().squeeze(1).to(device, non_blocking=True)
+            alive, limits, best = alive[keep], limits[keep], best[keep]
+            if cache is not None:
+                cache.select(keep)
+            else:
+                prefix, memory, src = prefix[keep], memory[keep], src[keep]
+        tokens = best[:, None]  # (R,) -> (R, 1)
+        if cache is None:
+            prefix = torch.cat([prefix, tokens], dim=1)  # (R, t + 1) -> (R, t + 2)
+    return [_cut(row, n) for row, n in zip(out.tolist(), limits_host.tolist(), strict=True)]
 
 
 @torch.no_grad()
@@ -128,7 +156,7 @@ def greedy_stream(model, batches: Iterable[tuple[Tensor, Tensor]], slots: int) -
     free = torch.arange(slots)  # slots to fill; numbers >= N add slots
     while True:
         filled = 0
-        for cross, src_mask, ids, caps_in in stream.take(len(free)):
+        for cross, src_mask, ids, caps_in in stream.take(len(free)) if len(free) else ():
             if cache is None:
                 cache = model.new_slot_cache(src_mask.device)
                 tokens = torch.zeros(0, dtype=torch.long, device=src_mask.device)
@@ -145,7 +173,7 @@ def greedy_stream(model, batches: Iterable[tuple[Tensor, Tensor]], slots: int) -
             caps.extend(caps_in.tolist())
         if cache is None:
             break  # an empty stream
-        empty = free[filled:]
+        empty = free[filled:] if filled < len(free) else free[:0]
         empty = empty[empty < cache.slots]
         if len(empty):  # the stream has run dry: drop the slots it left empty
             keep = torch.ones(cache.slots, dtype=torch.bool)
@@ -196,35 +224,6 @@ class _Sources:
                 self.caps[rows],
             )
             self.row, self.next_id, n = rows.stop, self.next_id + count, n - count
-
-
-def _greedy_uncached(model, src: Tensor, limits_host: Tensor) -> list[list[int]]:
-    """Greedy search re-running the decoder over the whole prefix at every step.
-
-    What the cache must reproduce, and what the speed benchmark compares it to.
-    """
-    batch, device = src.size(0), src.device
-    steps = int(limits_host.max()) if batch else 0
-    memory = model.encode(src)  # (B, S, D)
-    out = torch.full((batch, steps), EOS_ID, dtype=torch.long, device=device)  # (B, steps)
-    alive = torch.arange(batch, device=device)  # (R,) each live row's sentence
-    limits = limits_host.to(device)
-    prefix = torch.full((batch, 1), BOS_ID, dtype=torch.long, device=device)  # (R, t + 1)
-    for t in range(steps):
-        hidden = model.decode_hidden(prefix, memory, src)[:, -1]  # (R, D)
-        best = _most_probable(model.logits(hidden))  # (R,)
-        out[alive, t] = best
-        done = (best == EOS_ID) | (limits <= t + 1)  # (R,)
-        done_host = done.cpu()  # the step's one host sync
-        n_done = int(done_host.sum())
-        if n_done == len(done_host):
-            break
-        if n_done:
-            keep = (~done_host).nonzero().squeeze(1).to(device, non_blocking=True)
-            alive, limits, best = alive[keep], limits[keep], best[keep]
-            prefix, memory, src = prefix[keep], memory[keep], src[keep]
-        prefix = torch.cat([prefix, best[:, None]], dim=1)  # (R, t + 1) -> (R, t + 2)
-    return [_cut(row, n) for row, n in zip(out.tolist(), limits_host.tolist(), strict=True)]
 
 
 def _cut(row: list[int], limit: int) -> list[int]:
@@ -382,10 +381,11 @@ def decode_all(
     sources longer than the model's positions are cut to fit. An empty source gives an
     empty output (score 0.0) without running the model.
 
-    Greedy search with the cache runs the batches as one stream (`greedy_stream`):
-    `batch_sentences` sentences in flight, a finished one replaced by the next at once.
-    `refill=False` decodes each batch on its own until its last sentence finishes (what
-    beam search and the uncached search always do); the outputs are the same.
+    Greedy search with the cache, over several batches of more than one sentence, runs
+    them as one stream (`greedy_stream`): `batch_sentences` sentences in flight, a
+    finished one replaced by the next at once. `refill=False` decodes each batch on its
+    own until its last sentence finishes (`greedy_search`, as beam search and the
+    uncached search always do); the outputs are the same.
 
     Args:
         sources: piece ids per sentence, without BOS/EOS.
@@ -420,11 +420,13 @@ def decode_all(
         return src.to(device, non_blocking=True), limits
 
     try:
-        # no_grad, not inference_mode: under inference_mode autocast does not keep its
-        # low-precision copies of the weights, and casts every matrix again at every step
-        with torch.no_grad(), runtime.autocast(device, precision):
+        # inference_mode skips autograd's bookkeeping, but under it autocast does not
+        # keep its low-precision copies of the weights and casts every matrix again at
+        # every step: so it is for fp32 only
+        grad_off = torch.inference_mode() if precision == "fp32" else torch.no_grad()
+        with grad_off, runtime.autocast(device, precision):
             greedy = beam == 1 and nbest == 1
-            if greedy and use_cache and refill:
+            if greedy and use_cache and refill and size > 1 and len(chunks) > 1:
                 outs = greedy_stream(model, (batch(c) for c in chunks), size)
                 for i, out in zip(order, outs, strict=True):
                     results[i] = out

@@ -72,9 +72,13 @@ class SlotLayerCache:
                 if old is not None:
                     new[:, :, : old.size(2)] = old
                 setattr(self, name, new)
-        rows, pos = owner.rows, owner.pos_device
-        self.self_k[rows, :, pos] = k[:, :, 0].to(self.self_k.dtype)  # (N,H,K) -> (N,H,cap,K)
-        self.self_v[rows, :, pos] = v[:, :, 0].to(self.self_v.dtype)
+        if owner.level is not None:  # every slot at one position: a plain slice
+            self.self_k[:, :, owner.level] = k[:, :, 0]  # (N, H, K) -> (N, H, capacity, K)
+            self.self_v[:, :, owner.level] = v[:, :, 0]
+        else:
+            rows, pos = owner.rows, owner.pos_device
+            self.self_k[rows, :, pos] = k[:, :, 0].to(self.self_k.dtype)
+            self.self_v[rows, :, pos] = v[:, :, 0].to(self.self_v.dtype)
         return self.self_k[:, :, :width], self.self_v[:, :, :width]
 
 
@@ -92,9 +96,8 @@ class SlotCache:
         self.device = torch.device(device)
         self.src_mask: Tensor | None = None  # (N, 1, 1, S) bool
         self.src_len = torch.zeros(0, dtype=torch.long)  # (N,) host: real source keys
-        self.pos = torch.zeros(0, dtype=torch.long)  # (N,) host: each slot's next position
-        self.pos_device = self.pos.to(self.device)
-        self.rows = self.pos_device  # (N,) arange, to index slots
+        self.rows = torch.zeros(0, dtype=torch.long, device=self.device)  # (N,) arange
+        self._set_pos(torch.zeros(0, dtype=torch.long))  # pos: (N,) host, next positions
 
     def dtype(self, t: Tensor) -> torch.dtype:
         """The type keys and values `t` are kept in: bf16 and fp16 become fp32 on the CPU.
@@ -110,18 +113,23 @@ class SlotCache:
     def slots(self) -> int:
         return len(self.pos)
 
-    @property
-    def width(self) -> int:
-        """Keys to attend over this step: the deepest slot's position + 1."""
-        return int(self.pos.max()) + 1 if len(self.pos) else 0
+    def self_mask(self) -> Tensor | None:
+        """(N, 1, 1, W) bool: each slot sees its own positions 0 .. pos, nothing else.
 
-    def self_mask(self) -> Tensor:
-        """(N, 1, 1, W) bool: each slot sees its own positions 0 .. pos, nothing else."""
+        None (attend to all) while every slot is at the same position: a batch that
+        started together and took no new sentence, as `KVCache` decodes.
+        """
+        if self.level is not None:
+            return None
         return prefix_mask(self.pos_device + 1, self.width)
 
     def advance(self) -> None:
         """After a step: every slot moves on by one position."""
-        self._set_pos(self.pos + 1)
+        self.pos += 1
+        self.pos_device += 1
+        self.width += 1
+        if self.level is not None:
+            self.level += 1
 
     def fill(self, slots: Tensor, cross: list[tuple[Tensor, Tensor]], src_mask: Tensor) -> None:
         """Start new sentences in `slots` (host, int64; the value `self.slots` appends).
@@ -181,7 +189,12 @@ class SlotCache:
 
     def _set_pos(self, pos: Tensor) -> None:
         self.pos = pos
-        self.pos_device = pos.to(self.device, non_blocking=True)
+        self.pos_device = pos.to(self.device, copy=True)  # advance() adds to both
+        # width: keys to attend over this step, the deepest slot's position + 1;
+        # level: the one position of every slot, or None when they differ
+        self.width = int(pos.max()) + 1 if len(pos) else 0
+        level = bool((pos == pos[0]).all()) if len(pos) else False
+        self.level = int(pos[0]) if level else None
         if len(self.rows) != len(pos):
             self.rows = torch.arange(len(pos), device=self.device)
 
