@@ -29,6 +29,7 @@ import datetime
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -203,6 +204,9 @@ def main() -> int:
             "python": platform.python_version(),
         },  # fmt: skip
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip(),
         "results": [{k: v for k, v in r.items() if k != "outputs"} for r in rows],
         "checks": checks,
     }

@@ -103,7 +103,8 @@ def train_memory(d: dict) -> list[str]:
 def decode_speed(d: dict) -> list[str]:
     dec = d["decode"]
     lines = [
-        f"Decoding speed (`bench/decode_speed.py`, {d['date'][:10]}, {d['machine']['cpus']} "
+        f"Decoding speed (`bench/decode_speed.py`, {d['date'][:10]}, commit "
+        f"{d.get('commit', '?')}, {d['machine']['cpus']} "
         f"CPUs, {d['threads']} threads; checkpoint `{d['checkpoint']}`, {d['data']}; "
         f"alpha {dec['alpha']}, output cap {dec['max_len_a']} x source + {dec['max_len_b']}). "
         "Generation time only, model loading excluded.",
