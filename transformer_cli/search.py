@@ -156,7 +156,7 @@ def greedy_stream(model, batches: Iterable[tuple[Tensor, Tensor]], slots: int) -
     free = torch.arange(slots)  # slots to fill; numbers >= N add slots
     while True:
         filled = 0
-        for cross, src_mask, ids, caps_in in stream.take(len(free)) if len(free) else ():
+        for cross, src_mask, ids, caps_in in stream.take(len(free)):
             if cache is None:
                 cache = model.new_slot_cache(src_mask.device)
                 tokens = torch.zeros(0, dtype=torch.long, device=src_mask.device)
@@ -173,7 +173,7 @@ def greedy_stream(model, batches: Iterable[tuple[Tensor, Tensor]], slots: int) -
             caps.extend(caps_in.tolist())
         if cache is None:
             break  # an empty stream
-        empty = free[filled:] if filled < len(free) else free[:0]
+        empty = free[filled:]
         empty = empty[empty < cache.slots]
         if len(empty):  # the stream has run dry: drop the slots it left empty
             keep = torch.ones(cache.slots, dtype=torch.bool)
