@@ -278,9 +278,9 @@ def run_slots(model, sources: list[Tensor], targets: list[Tensor], slots: int) -
         if group:
             width = max(len(s) for s in group) + 1
             src = torch.stack([F.pad(s, (0, width - len(s)), value=PAD_ID) for s in group])
-            cross, mask = model.slot_sources(src)
-            states += [([(k[i : i + 1], v[i : i + 1]) for k, v in cross], mask[i : i + 1])
-                       for i in range(len(group))]  # fmt: skip
+            cross, mask, lengths = model.slot_sources(src)
+            states += [([(k[i : i + 1], v[i : i + 1]) for k, v in cross], mask[i : i + 1],
+                        lengths[i : i + 1]) for i in range(len(group))]  # fmt: skip
     cache = model.new_slot_cache("cpu")
     queue = list(range(len(sources)))
     sentence: list[int] = []

@@ -334,18 +334,21 @@ class Transformer(nn.Module):
         """An empty cache for continuous batching, with no slots yet (see `SlotCache`)."""
         return SlotCache(len(self.decoder.layers), device)
 
-    def slot_sources(self, src: Tensor) -> tuple[list[tuple[Tensor, Tensor]], Tensor]:
+    def slot_sources(self, src: Tensor) -> tuple[list[tuple[Tensor, Tensor]], Tensor, Tensor]:
         """Encode `src` into what a slot needs of its sentence: `SlotCache.fill`'s inputs.
 
         Args:
             src: (n, S) source ids, right-padded.
         Returns:
-            each decoder layer's cross-attention keys and values, 2 x (n, H, S, K), and
-            the (n, 1, 1, S) source padding mask. Rows can be sliced to fill some slots.
+            each decoder layer's cross-attention keys and values, 2 x (n, H, S, K); the
+            (n, 1, 1, S) source padding mask; and its row sums on the host, (n,) int64
+            (one transfer per batch, not per slot filled). Rows can be sliced to fill
+            some slots.
         """
         memory = self.encode(src)  # (n, S, D)
         cross = [layer.cross_attn.keys_values(memory) for layer in self.decoder.layers]
-        return cross, padding_mask(src)
+        mask = padding_mask(src)  # (n, 1, 1, S)
+        return cross, mask, mask.sum(-1).view(-1).cpu()
 
     def decode_slots(self, tokens: Tensor, cache: SlotCache) -> Tensor:
         """One decoding step for every slot, each at its own position.

@@ -156,14 +156,14 @@ def greedy_stream(model, batches: Iterable[tuple[Tensor, Tensor]], slots: int) -
     free = torch.arange(slots)  # slots to fill; numbers >= N add slots
     while True:
         filled = 0
-        for cross, src_mask, ids, caps_in in stream.take(len(free)):
+        for cross, src_mask, src_len, ids, caps_in in stream.take(len(free)):
             if cache is None:
                 cache = model.new_slot_cache(src_mask.device)
                 tokens = torch.zeros(0, dtype=torch.long, device=src_mask.device)
             where = free[filled : filled + len(ids)]
             filled += len(ids)
             added = int((where >= cache.slots).sum())
-            cache.fill(where, cross, src_mask)
+            cache.fill(where, cross, src_mask, src_len)
             sentence = torch.cat([sentence, torch.zeros(added, dtype=torch.long)])
             limit = torch.cat([limit, torch.zeros(added, dtype=torch.long)])
             tokens = torch.cat([tokens, tokens.new_zeros(added)])
@@ -203,15 +203,16 @@ class _Sources:
         self.size = 0  # the current batch, from row `self.row` on
         self.row = 0
 
-    def take(self, n: int) -> Iterator[tuple[list, Tensor, range, Tensor]]:
-        """Up to `n` sentences: (cross keys and values, source mask, numbers, caps) slices."""
+    def take(self, n: int) -> Iterator[tuple[list, Tensor, Tensor, range, Tensor]]:
+        """Up to `n` sentences, as slices of a batch's `slot_sources` (cross keys and
+        values, source mask, source lengths), their numbers in the stream and caps."""
         while n > 0:
             if self.row == self.size:
                 batch = next(self.batches, None)
                 if batch is None:
                     return
                 src, caps = batch
-                self.cross, self.src_mask = self.model.slot_sources(src)
+                self.cross, self.src_mask, self.src_len = self.model.slot_sources(src)
                 self.caps = caps.cpu().clamp(1, self.model.cfg.max_positions)
                 self.size, self.row = len(src), 0
             rows = slice(self.row, min(self.row + n, self.size))
@@ -220,6 +221,7 @@ class _Sources:
             yield (
                 cross,
                 self.src_mask[rows],
+                self.src_len[rows],
                 range(self.next_id, self.next_id + count),
                 self.caps[rows],
             )

@@ -72,13 +72,9 @@ class SlotLayerCache:
                 if old is not None:
                     new[:, :, : old.size(2)] = old
                 setattr(self, name, new)
-        if owner.level is not None:  # every slot at one position: a plain slice
-            self.self_k[:, :, owner.level] = k[:, :, 0]  # (N, H, K) -> (N, H, capacity, K)
-            self.self_v[:, :, owner.level] = v[:, :, 0]
-        else:
-            rows, pos = owner.rows, owner.pos_device
-            self.self_k[rows, :, pos] = k[:, :, 0].to(self.self_k.dtype)
-            self.self_v[rows, :, pos] = v[:, :, 0].to(self.self_v.dtype)
+        rows, pos = owner.rows, owner.pos_device
+        self.self_k[rows, :, pos] = k[:, :, 0].to(self.self_k.dtype)  # (N,H,K) -> (N,H,cap,K)
+        self.self_v[rows, :, pos] = v[:, :, 0].to(self.self_v.dtype)
         return self.self_k[:, :, :width], self.self_v[:, :, :width]
 
 
@@ -113,14 +109,8 @@ class SlotCache:
     def slots(self) -> int:
         return len(self.pos)
 
-    def self_mask(self) -> Tensor | None:
-        """(N, 1, 1, W) bool: each slot sees its own positions 0 .. pos, nothing else.
-
-        None (attend to all) while every slot is at the same position: a batch that
-        started together and took no new sentence, as `KVCache` decodes.
-        """
-        if self.level is not None:
-            return None
+    def self_mask(self) -> Tensor:
+        """(N, 1, 1, W) bool: each slot sees its own positions 0 .. pos, nothing else."""
         return prefix_mask(self.pos_device + 1, self.width)
 
     def advance(self) -> None:
@@ -128,10 +118,14 @@ class SlotCache:
         self.pos += 1
         self.pos_device += 1
         self.width += 1
-        if self.level is not None:
-            self.level += 1
 
-    def fill(self, slots: Tensor, cross: list[tuple[Tensor, Tensor]], src_mask: Tensor) -> None:
+    def fill(
+        self,
+        slots: Tensor,
+        cross: list[tuple[Tensor, Tensor]],
+        src_mask: Tensor,
+        src_len: Tensor,
+    ) -> None:
         """Start new sentences in `slots` (host, int64; the value `self.slots` appends).
 
         Args:
@@ -139,6 +133,7 @@ class SlotCache:
             cross: each layer's cross-attention keys and values of the new sentences,
                 (n, H, S', K) each.
             src_mask: (n, 1, 1, S') their source padding mask.
+            src_len: (n,) host int64, their real source keys (the mask's row sums).
         """
         width = max(src_mask.size(-1), 0 if self.src_mask is None else self.src_mask.size(-1))
         added = int((slots >= self.slots).sum())
@@ -155,9 +150,9 @@ class SlotCache:
         pos = torch.cat([self.pos, torch.zeros(added, dtype=torch.long)])
         pos[slots] = 0
         self._set_pos(pos)
-        src_len = torch.cat([self.src_len, torch.zeros(added, dtype=torch.long)])
-        src_len[slots] = src_mask.sum(-1).view(-1).cpu()
-        self.src_len = src_len
+        lengths = torch.cat([self.src_len, torch.zeros(added, dtype=torch.long)])
+        lengths[slots] = src_len
+        self.src_len = lengths
         self._trim_sources()
 
     def select(self, index: Tensor) -> SlotCache:
@@ -190,11 +185,8 @@ class SlotCache:
     def _set_pos(self, pos: Tensor) -> None:
         self.pos = pos
         self.pos_device = pos.to(self.device, copy=True)  # advance() adds to both
-        # width: keys to attend over this step, the deepest slot's position + 1;
-        # level: the one position of every slot, or None when they differ
+        # keys to attend over this step: the deepest slot's position + 1
         self.width = int(pos.max()) + 1 if len(pos) else 0
-        level = bool((pos == pos[0]).all()) if len(pos) else False
-        self.level = int(pos[0]) if level else None
         if len(self.rows) != len(pos):
             self.rows = torch.arange(len(pos), device=self.device)
 
