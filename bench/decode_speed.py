@@ -39,30 +39,37 @@ import torch
 
 from transformer_cli.config import load_config
 from transformer_cli.evaluate import split_data
+from transformer_cli.runtime import decoding_layout
 from transformer_cli.search import decode_all
 from transformer_cli.translate import decode_options, load_model
 
 DEFAULT_CKPT = Path("runs/multi30k_de_en/checkpoints/best.pt")
 OUT = Path(__file__).parent / "out" / "decode_speed.json"
-# name: (beam, early_stop, precision, refill). beam5_early is OpenNMT-py's stopping rule,
-# for a like-for-like speed comparison with its figures; the bf16 rows are `--precision
-# bf16`; the _batchwise rows decode each batch of 64 to its end, without handing finished
-# sentences' slots to the next batch (`decode_all(refill=False)`), to show what that gains.
-# All but greedy and beam5 run on the whole split only.
+# name: (beam, early_stop, precision, refill, layout). beam5_early is OpenNMT-py's stopping
+# rule, for a like-for-like speed comparison with its figures; the bf16 rows are
+# `--precision bf16`; the _batchwise rows decode each batch of 64 to its end, without
+# handing finished sentences' slots to the next batch (`decode_all(refill=False)`), to show
+# what that gains. `layout`: fp32 rows decode with the wide weights input-major, as `tfx
+# translate` and `tfx evaluate` do (`runtime.decoding_layout`); greedy_trained_layout keeps
+# them as trained, to show what that gains. greedy and beam5 run on the whole split and on
+# the subset, greedy_trained_layout on the subset only, the others on the whole split only.
 SEARCHES = {
-    "greedy": (1, False, "fp32", True),
-    "greedy_batchwise": (1, False, "fp32", False),
-    "beam5": (5, False, "fp32", True),
-    "beam5_early": (5, True, "fp32", True),
-    "greedy_bf16": (1, False, "bf16", True),
-    "greedy_batchwise_bf16": (1, False, "bf16", False),
-    "beam5_bf16": (5, False, "bf16", True),
+    "greedy": (1, False, "fp32", True, True),
+    "greedy_batchwise": (1, False, "fp32", False, True),
+    "beam5": (5, False, "fp32", True, True),
+    "beam5_early": (5, True, "fp32", True, True),
+    "greedy_bf16": (1, False, "bf16", True, False),
+    "greedy_batchwise_bf16": (1, False, "bf16", False, False),
+    "beam5_bf16": (5, False, "bf16", True, False),
+    "greedy_trained_layout": (1, False, "fp32", True, False),
 }
+FULL_ONLY = [s for s in SEARCHES if s not in ("greedy_trained_layout",)]
 
 
-def timed(model, sources, decode, search: str, batch: int, use_cache: bool) -> dict:
-    """Decode `sources` once and measure it."""
-    beam, early_stop, precision, refill = SEARCHES[search]
+def timed(models, sources, decode, search: str, batch: int, use_cache: bool) -> dict:
+    """Decode `sources` once and measure it; `models[layout]` is the model to use."""
+    beam, early_stop, precision, refill, layout = SEARCHES[search]
+    model = models[layout]
     cfg = dataclasses.replace(decode, batch_sentences=batch, early_stop=early_stop)
     started = time.perf_counter()
     outputs = decode_all(
@@ -73,19 +80,19 @@ def timed(model, sources, decode, search: str, batch: int, use_cache: bool) -> d
     return {"seconds": seconds, "pieces": pieces, "outputs": outputs}
 
 
-def fastest(model, sources, decode, configs: list[tuple], reps: int) -> list[dict]:
+def fastest(models, sources, decode, configs: list[tuple], reps: int) -> list[dict]:
     """Each (search, batch, cache) config `reps` times, alternating; the fastest run of each.
 
     Alternating spreads whatever else the machine does over all configs alike, and the
     fastest run is the one least disturbed by it.
     """
     for search, batch, use_cache in configs:  # warm-up: first-call allocations, lazy init
-        timed(model, sources[:batch], decode, search, batch, use_cache)
+        timed(models, sources[:batch], decode, search, batch, use_cache)
     best: dict[tuple, dict] = {}
     for _ in range(reps):
         for config in configs:
             search, batch, use_cache = config
-            run = timed(model, sources, decode, search, batch, use_cache)
+            run = timed(models, sources, decode, search, batch, use_cache)
             if config not in best or run["seconds"] < best[config]["seconds"]:
                 best[config] = run
     rows = []
@@ -120,6 +127,9 @@ def main() -> int:
         return 2
     torch.set_num_threads(args.threads)
     model, tokenizer, cfg = load_model(args.checkpoint, "cpu")
+    laid_out, _, _ = load_model(args.checkpoint, "cpu")
+    decoding_layout(laid_out, "cpu", "fp32")
+    models = {False: model, True: laid_out}
     data = split_data(load_config(args.config) if args.config else cfg, args.split)
     sources = tokenizer.encode_src(data.sources)
     decode = decode_options(
@@ -131,18 +141,19 @@ def main() -> int:
           f"{data.origin}, {len(sources)} sentences; {args.threads} threads; "
           f"fastest of {args.reps}", flush=True)  # fmt: skip
     rows = []
-    full = [(search, 64, True) for search in SEARCHES] + [("greedy", 64, False)]
-    for row in fastest(model, sources, decode, full, args.reps):
+    full = [(search, 64, True) for search in FULL_ONLY] + [("greedy", 64, False)]
+    for row in fastest(models, sources, decode, full, args.reps):
         hypotheses = tokenizer.decode_tgt(row["outputs"])
         bleu = sacrebleu.corpus_bleu(hypotheses, [data.references]).score
         rows.append({"set": "full", **row, "precision": SEARCHES[row["search"]][2],
                      "refill": SEARCHES[row["search"]][3], "bleu": round(bleu, 2)})  # fmt: skip
     every = [(s, b, c) for s in ("greedy", "beam5") for b in (64, 1) for c in (True, False)]
-    for row in fastest(model, subset, decode, every, args.reps):
+    every += [("greedy_trained_layout", b, True) for b in (64, 1)]
+    for row in fastest(models, subset, decode, every, args.reps):
         rows.append({"set": "subset", **row})
     for row in rows:
         print(
-            f"{row['set']:<7} {row['search']:<11} batch {row['batch']:>3}  "
+            f"{row['set']:<7} {row['search']:<21} batch {row['batch']:>3}  "
             f"cache {'yes' if row['kv_cache'] else 'no ':<3}  {row['sentences']:>5} sents  "
             f"{row['seconds']:>8.2f} s  {row['sentences_per_s']:>8.1f} sent/s  "
             f"{row['pieces_per_s']:>9.1f} pieces/s  (mean {row['mean_output_pieces']} pieces)"
@@ -169,6 +180,14 @@ def main() -> int:
     checks["greedy_batchwise_equals_refilled"] = (
         batchwise["outputs"] == full_greedy[True]["outputs"]
     )
+    for batch in (64, 1):
+        trained = find("greedy_trained_layout", batch, True)
+        checks[f"greedy_b{batch}_layout_speedup"] = round(
+            trained["seconds"] / find("greedy", batch, True)["seconds"], 2
+        )
+        checks[f"greedy_b{batch}_layout_same_output"] = (
+            trained["outputs"] == find("greedy", batch, True)["outputs"]
+        )
     for search in ("greedy", "beam5"):
         for batch in (64, 1):
             cached, uncached = find(search, batch, True), find(search, batch, False)

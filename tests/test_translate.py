@@ -212,14 +212,16 @@ def test_precision_flag_reaches_the_decoder(ckpt, monkeypatch, flag, expected):
     real = search.decode_all
 
     def spy(model, sources, decode_cfg, device, precision="fp32", **kwargs):
-        seen.append((precision, torch.is_autocast_enabled("cpu")))
+        input_major = model.out_proj.weight.t().is_contiguous()
+        seen.append((precision, torch.is_autocast_enabled("cpu"), input_major))
         return real(model, sources, decode_cfg, device, precision, **kwargs)
 
     monkeypatch.setattr(search, "decode_all", spy)
     result = cli("translate", ckpt, *flag, "the dog .", "a cat sleeps .")
     assert result.exit_code == 0, result.output
     assert len(result.stdout.splitlines()) == 2
-    assert seen == [(expected, False)]  # on the CPU, auto is fp32
+    # on the CPU, auto is fp32; fp32 decodes with the wide weights input-major
+    assert seen == [(expected, False, expected == "fp32")]
 
 
 def test_bf16_decoding_runs_the_matrix_products_in_bf16(ckpt):

@@ -172,6 +172,7 @@ def run(
         state = first_state if number == 1 else load_state(path)
         first_state = None
         model, tokenizer, ckpt_cfg = model_from_state(state, path, dev)
+        runtime.decoding_layout(model, dev, precision)
         cfg = cfg_override or ckpt_cfg
         if src_file is None:
             run_dir = cfg.run_dir

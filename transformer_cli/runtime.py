@@ -8,6 +8,7 @@ import random
 import typing
 
 import torch
+from torch import nn
 
 from transformer_cli.config import Precision
 from transformer_cli.errors import ConfigError
@@ -75,3 +76,36 @@ def set_threads(threads: int) -> int:
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
+
+
+def decoding_layout(model: nn.Module, device: torch.device | str, precision: str) -> int:
+    """Store each wide linear layer's weight input-major, for fp32 decoding on the CPU.
+
+    A wide layer has more outputs than inputs: the output projection (D -> V), the fused
+    Q/K/V projection (D -> 3D), the first feed-forward layer (D -> d_ff), cross-attention's
+    K/V projection (D -> 2D). Its weight keeps its values and its (out, in) shape; only its
+    memory order becomes (in, out), so that `F.linear`'s product x @ W^T reads W^T
+    contiguously. At one row per product, as when decoding a single sentence, the CPU's
+    BLAS then streams the weight 2-3x as fast (`bench/decode_speed.py` shows it whole); at
+    64 rows the two orders are level. Under bf16 autocast the input-major order is the
+    slower one (its casts keep the order), and on CUDA it does not matter: so it is for fp32
+    on the CPU only. Layers with fewer outputs than inputs (the second feed-forward layer)
+    are faster as they are.
+
+    A weight shared with an embedding (`tie_output`) is copied, so the embedding keeps its
+    contiguous rows: the layer no longer shares it, so this is for decoding, never for a
+    model that goes on training. Returns the number of weights laid out anew.
+    """
+    if torch.device(device).type != "cpu" or precision != "fp32":
+        return 0
+    changed = 0
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Linear) and module.out_features > module.in_features:
+                weight = module.weight
+                if weight.t().is_contiguous():
+                    continue
+                input_major = weight.detach().t().contiguous().t()  # (out, in), strides (1, out)
+                module.weight = nn.Parameter(input_major, requires_grad=weight.requires_grad)
+                changed += 1
+    return changed
