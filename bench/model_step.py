@@ -14,7 +14,9 @@ step is reported, and the median ratio of neighbouring math and sdpa steps.
 
 With `--precision bf16` the forward passes run under bf16 autocast, as `tfx train` does
 with train.precision=bf16. This is what `model.attention: auto` rests on: on the CPU the
-math path comes out ahead (see the README).
+math path comes out ahead (see the README). The attention core runs without dropout, so
+SDPA takes torch's fused CPU kernel there; the whole training step has attention dropout,
+which that kernel lacks, so SDPA runs its unfused fallback (the report lists the kernels).
 
 Writes bench/out/model_step.json (model_step_len<scale>.json with --len-scale,
 model_step_bf16.json with --precision bf16).
@@ -157,6 +159,18 @@ def core_step(name: str, inputs: list[tuple]) -> None:
     torch.autograd.backward(outs, grads)
 
 
+def sdpa_kernels(model: Transformer, batch: tuple) -> list[str]:
+    """The torch kernels behind `scaled_dot_product_attention` in one training step.
+
+    On the CPU, torch's fused (flash) kernel has no dropout: with attention dropout on, as
+    in training, SDPA runs its own unfused fallback, `_scaled_dot_product_attention_math`.
+    """
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        train_step(model, *batch)
+    names = {e.key for e in prof.key_averages()}
+    return sorted(n for n in names if n.startswith("aten::_scaled_dot_product"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=5, help="timed passes over the batches")
@@ -213,6 +227,7 @@ def main() -> None:
                 core_step(name, cores[k])
                 core_times[name].append(time.perf_counter() - start)
     load_after = os.getloadavg()
+    kernels = sdpa_kernels(models["sdpa"], batches[0])
 
     results = {}
     for name, per_batch in times.items():
@@ -256,6 +271,7 @@ def main() -> None:
     faster = sum(r > 1 for r in ratios)
     print(f"sdpa speed-up over math (median of paired steps): {speedup:.2f}x; "
           f"sdpa faster in {faster} of {len(ratios)} pairs")  # fmt: skip
+    print(f"sdpa's kernels in a training step (dropout {SMALL.dropout}): {', '.join(kernels)}")
     print(f"load average (1 min) before/after: {load_before[0]:.2f} / {load_after[0]:.2f}")
 
     suffix = ("" if args.len_scale == 1 else f"_len{args.len_scale:g}") + (
@@ -278,6 +294,7 @@ def main() -> None:
         "real_tgt_tokens_per_batch": real_tokens / args.batches,
         "padding_fraction": 1 - real_tokens / padded_tokens,
         "results": results,
+        "sdpa_kernels_in_training_step": kernels,
         "sdpa_speedup_paired_median": speedup,
         "sdpa_core_speedup_paired_median": core_speedup,
         "sdpa_attention_speedup_paired_median": attention_speedup,

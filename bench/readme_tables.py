@@ -123,6 +123,31 @@ def decode_speed(d: dict) -> list[str]:
     return lines
 
 
+def linear_layout(d: dict) -> list[str]:
+    rows = sorted({r["rows"] for r in d["results"]})
+    lines = [
+        f"One linear layer's product, weight as trained (out, in) or input-major (in, out) in "
+        f"memory (`bench/linear_layout.py`, {d['date']}, {d['cpus']} CPUs, {d['threads']} "
+        f"threads, cache flushed before each call, median of {d['reps']}): how many times "
+        "faster input-major is, by rows per product.",
+        "",
+        "| precision | layer (in -> out) | " + " | ".join(f"{n} rows" for n in rows) + " |",
+        "|---|---|" + "---|" * len(rows),
+    ]
+    shapes: dict[tuple, dict[int, dict]] = {}
+    for r in d["results"]:
+        shapes.setdefault((r["precision"], r["in"], r["out"]), {})[r["rows"]] = r
+    for (precision, d_in, d_out), by_rows in shapes.items():
+        cells = []
+        for n in rows:
+            r = by_rows[n]
+            cells.append(
+                f"{r['speedup']:.2f}x ({r['trained_us']:.0f} / {r['input_major_us']:.0f} us)"
+            )
+        lines.append(f"| {precision} | {d_in} -> {d_out} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def multi30k(d: dict) -> list[str]:
     lines = [
         f"Multi30k {d['direction'].replace('_', '->')}, `bash bench/multi30k.sh "
@@ -317,6 +342,7 @@ def main() -> None:
         ("model_step", model_step),
         ("model_step_bf16", model_step),
         ("decode_speed", decode_speed),
+        ("linear_layout", linear_layout),
         ("multi30k_de_en", multi30k),
         ("multi30k_en_de", multi30k),
     ]:
