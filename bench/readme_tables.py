@@ -120,6 +120,19 @@ def decode_speed(d: dict) -> list[str]:
             f"{'yes' if r['kv_cache'] else 'no'} | **{r['sentences_per_s']:.0f}** | "
             f"{r['pieces_per_s']:.0f} | {bleu} |"
         )
+    c = d["checks"]
+    if "greedy_b1_layout_speedup" in c:
+        same = all(v for k, v in c.items() if isinstance(v, bool))
+        lines += [
+            "",
+            "Speed-ups, each the median of round-by-round ratios of two configs run one after "
+            f"the other: the KV cache, greedy batch 64, {c['greedy_full_b64_cache_speedup']}x "
+            f"on the whole set ({c['greedy_b64_cache_speedup']}x on the subset, batch 1 "
+            f"{c['greedy_b1_cache_speedup']}x; beam 5 {c['beam5_b64_cache_speedup']}x and "
+            f"{c['beam5_b1_cache_speedup']}x); input-major wide weights (fp32), greedy "
+            f"{c['greedy_b1_layout_speedup']}x at batch 1 and {c['greedy_b64_layout_speedup']}x "
+            f"at batch 64. Every pair's outputs identical: {'yes' if same else 'NO'}.",
+        ]
     return lines
 
 

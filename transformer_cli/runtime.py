@@ -85,12 +85,13 @@ def decoding_layout(model: nn.Module, device: torch.device | str, precision: str
     Q/K/V projection (D -> 3D), the first feed-forward layer (D -> d_ff), cross-attention's
     K/V projection (D -> 2D). Its weight keeps its values and its (out, in) shape; only its
     memory order becomes (in, out), so that `F.linear`'s product x @ W^T reads W^T
-    contiguously. At one row per product, as when decoding a single sentence, the CPU's
-    BLAS then streams the weight 2-3x as fast (`bench/decode_speed.py` shows it whole); at
-    64 rows the two orders are level. Under bf16 autocast the input-major order is the
-    slower one (its casts keep the order), and on CUDA it does not matter: so it is for fp32
-    on the CPU only. Layers with fewer outputs than inputs (the second feed-forward layer)
-    are faster as they are.
+    contiguously. At one or two rows per product, as when decoding a single sentence, the
+    CPU's BLAS then reads a wide weight 1.3-2.9x as fast (`bench/linear_layout.py`), and
+    greedy decoding one sentence at a time runs ~1.3x as fast (`bench/decode_speed.py`);
+    at 64 rows the gain is small. In bf16 the two orders are level per product, and whole
+    decoding was slower with this one; on CUDA it is not measured: so it is for fp32 on
+    the CPU only. Layers with fewer outputs than inputs (the second feed-forward layer)
+    are faster as they are at one or two rows.
 
     A weight shared with an embedding (`tie_output`) is copied, so the embedding keeps its
     contiguous rows: the layer no longer shares it, so this is for decoding, never for a
