@@ -14,9 +14,9 @@ step is reported, and the median ratio of neighbouring math and sdpa steps.
 
 With `--precision bf16` the forward passes run under bf16 autocast, as `tfx train` does
 with train.precision=bf16. This is what `model.attention: auto` rests on: on the CPU the
-math path comes out ahead (see the README). The attention core runs without dropout, so
-SDPA takes torch's fused CPU kernel there; the whole training step has attention dropout,
-which that kernel lacks, so SDPA runs its unfused fallback (the report lists the kernels).
+math path comes out ahead (see the README). The report lists the torch kernels SDPA ran
+in a training step: the fused CPU kernel has no dropout, so with attention dropout above 0
+SDPA would run its own unfused fallback instead (the small config, like tfx's, has 0).
 
 Writes bench/out/model_step.json (model_step_len<scale>.json with --len-scale,
 model_step_bf16.json with --precision bf16).
@@ -162,8 +162,8 @@ def core_step(name: str, inputs: list[tuple]) -> None:
 def sdpa_kernels(model: Transformer, batch: tuple) -> list[str]:
     """The torch kernels behind `scaled_dot_product_attention` in one training step.
 
-    On the CPU, torch's fused (flash) kernel has no dropout: with attention dropout on, as
-    in training, SDPA runs its own unfused fallback, `_scaled_dot_product_attention_math`.
+    On the CPU, torch's fused (flash) kernel has no dropout: with attention dropout above 0,
+    SDPA runs its own unfused fallback, `_scaled_dot_product_attention_math`, instead.
     """
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         train_step(model, *batch)
@@ -271,7 +271,8 @@ def main() -> None:
     faster = sum(r > 1 for r in ratios)
     print(f"sdpa speed-up over math (median of paired steps): {speedup:.2f}x; "
           f"sdpa faster in {faster} of {len(ratios)} pairs")  # fmt: skip
-    print(f"sdpa's kernels in a training step (dropout {SMALL.dropout}): {', '.join(kernels)}")
+    print(f"sdpa's kernels in a training step (attention dropout {SMALL.attention_dropout}): "
+          f"{', '.join(kernels)}")  # fmt: skip
     print(f"load average (1 min) before/after: {load_before[0]:.2f} / {load_after[0]:.2f}")
 
     suffix = ("" if args.len_scale == 1 else f"_len{args.len_scale:g}") + (

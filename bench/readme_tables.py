@@ -79,6 +79,11 @@ def model_step(d: dict) -> list[str]:
             else "."
         ),
     ]
+    if "sdpa_kernels_in_training_step" in d:
+        kernels = ", ".join(
+            f"`{k.removeprefix('aten::')}`" for k in d["sdpa_kernels_in_training_step"]
+        )
+        lines[-1] += f" SDPA's kernels in a training step: {kernels}."
     return lines
 
 

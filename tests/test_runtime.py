@@ -28,6 +28,7 @@ def test_forcing_a_missing_device_is_a_config_error():
         runtime.pick_device("cuda")
 
 
+@pytest.mark.skipif(not torch.backends.mkl.is_available(), reason="the layout is for MKL")
 @settings(max_examples=15, deadline=None)
 @given(
     tie=st.booleans(),
@@ -70,8 +71,12 @@ def test_decoding_layout_changes_memory_order_only(tie, share, norm, rows, seed)
     assert runtime.decoding_layout(model, "cpu", "fp32") == 0  # once is enough
 
 
-@pytest.mark.parametrize(("device", "precision"), [("cpu", "bf16"), ("cuda", "fp32")])
-def test_decoding_layout_is_for_fp32_on_the_cpu_only(device, precision):
+@pytest.mark.parametrize(
+    ("device", "precision", "mkl"),
+    [("cpu", "bf16", True), ("cuda", "fp32", True), ("cpu", "fp32", False)],
+)
+def test_decoding_layout_is_for_fp32_on_the_cpu_with_mkl_only(device, precision, mkl, monkeypatch):
+    monkeypatch.setattr(torch.backends.mkl, "is_available", lambda: mkl)
     model = Transformer(ModelConfig(d_model=16, heads=2, enc_layers=1, dec_layers=1, d_ff=32,
                                     src_vocab=40, tgt_vocab=40))  # fmt: skip
     weights = [p for p in model.parameters()]

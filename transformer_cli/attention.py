@@ -8,9 +8,9 @@ softmax(Q K^T / sqrt(d_k)) V, and can hand back the attention probabilities; the
 the same thing with fused kernels. "auto" takes sdpa on CUDA and math elsewhere: on
 the CPU, at sentence lengths (up to ~60 pieces), torch's fused kernel is the slower
 of the two, forward plus backward, in fp32 and more so under bf16 autocast
-(`bench/model_step.py`); and with dropout on, as in training, the CPU has no fused
-kernel at all: SDPA falls back to an unfused eq. 1 of its own. Masks come from
-`masks.py` (True = may attend).
+(`bench/model_step.py`); and with attention dropout above 0 (`attention_dropout`, 0 by
+default) the CPU has no fused kernel at all: SDPA falls back to an unfused eq. 1 of its
+own. Masks come from `masks.py` (True = may attend).
 
 The projections keep the weight layout of `torch.nn.MultiheadAttention`: the fused
 `in_proj` of self-attention is its `in_proj_weight` (rows: Q, then K, then V), and

@@ -89,15 +89,17 @@ def decoding_layout(model: nn.Module, device: torch.device | str, precision: str
     CPU's BLAS then reads a wide weight 1.3-2.9x as fast (`bench/linear_layout.py`), and
     greedy decoding one sentence at a time runs ~1.3x as fast (`bench/decode_speed.py`);
     at 64 rows the gain is small. In bf16 the two orders are level per product, and whole
-    decoding was slower with this one; on CUDA it is not measured: so it is for fp32 on
-    the CPU only. Layers with fewer outputs than inputs (the second feed-forward layer)
-    are faster as they are at one or two rows.
+    decoding was slower with this one; on CUDA, and with CPU BLAS libraries other than
+    Intel's MKL (which x86 builds of torch use), it is not measured: so it is for fp32 on
+    the CPU with MKL only. Layers with fewer outputs than inputs (the second feed-forward
+    layer) are faster as they are at one or two rows.
 
     A weight shared with an embedding (`tie_output`) is copied, so the embedding keeps its
     contiguous rows: the layer no longer shares it, so this is for decoding, never for a
     model that goes on training. Returns the number of weights laid out anew.
     """
-    if torch.device(device).type != "cpu" or precision != "fp32":
+    on_mkl = torch.device(device).type == "cpu" and torch.backends.mkl.is_available()
+    if not on_mkl or precision != "fp32":
         return 0
     changed = 0
     with torch.no_grad():
