@@ -42,37 +42,43 @@ import torch
 
 from transformer_cli.config import load_config
 from transformer_cli.evaluate import split_data
-from transformer_cli.runtime import decoding_layout
+from transformer_cli.packing import PackedLinear, pack_linears
+from transformer_cli.runtime import matmul_dtype
 from transformer_cli.search import decode_all
 from transformer_cli.translate import decode_options, load_model
 
 DEFAULT_CKPT = Path("runs/multi30k_de_en/checkpoints/best.pt")
 OUT = Path(__file__).parent / "out" / "decode_speed.json"
-# name: (beam, early_stop, precision, refill, layout). beam5_early is OpenNMT-py's stopping
+# name: (beam, early_stop, precision, refill, packing). beam5_early is OpenNMT-py's stopping
 # rule, for a like-for-like speed comparison with its figures; the bf16 rows are
 # `--precision bf16`; the _batchwise rows decode each batch of 64 to its end, without
 # handing finished sentences' slots to the next batch (`decode_all(refill=False)`), to show
-# what that gains. `layout`: fp32 rows decode with the wide weights input-major, as `tfx
-# translate` and `tfx evaluate` do (`runtime.decoding_layout`); greedy_trained_layout keeps
-# them as trained, to show what that gains. greedy and beam5 run on the whole split and on
-# the subset, greedy_trained_layout on the subset only, the others on the whole split only.
+# what that gains. `packing` "all": every linear layer is packed in the row's precision, as
+# `tfx translate` and `tfx evaluate` pack them (`packing.pack_linears`); greedy_unpacked
+# multiplies with `F.linear` on the weights as trained, and greedy_packed_output only packs
+# the output projection (the layer that gains most on its own, `bench/linear_packing.py`),
+# to show what packing, and packing every layer, gains. greedy and beam5 run on the whole
+# split and on the subset, the two comparison rows on the subset only, the others on the
+# whole split only.
 SEARCHES = {
-    "greedy": (1, False, "fp32", True, True),
-    "greedy_batchwise": (1, False, "fp32", False, True),
-    "beam5": (5, False, "fp32", True, True),
-    "beam5_early": (5, True, "fp32", True, True),
-    "greedy_bf16": (1, False, "bf16", True, False),
-    "greedy_batchwise_bf16": (1, False, "bf16", False, False),
-    "beam5_bf16": (5, False, "bf16", True, False),
-    "greedy_trained_layout": (1, False, "fp32", True, False),
+    "greedy": (1, False, "fp32", True, "all"),
+    "greedy_batchwise": (1, False, "fp32", False, "all"),
+    "beam5": (5, False, "fp32", True, "all"),
+    "beam5_early": (5, True, "fp32", True, "all"),
+    "greedy_bf16": (1, False, "bf16", True, "all"),
+    "greedy_batchwise_bf16": (1, False, "bf16", False, "all"),
+    "beam5_bf16": (5, False, "bf16", True, "all"),
+    "greedy_unpacked": (1, False, "fp32", True, None),
+    "greedy_packed_output": (1, False, "fp32", True, "output"),
 }
-FULL_ONLY = [s for s in SEARCHES if s != "greedy_trained_layout"]
+SUBSET_ONLY = ["greedy_unpacked", "greedy_packed_output"]
+FULL_ONLY = [s for s in SEARCHES if s not in SUBSET_ONLY]
 
 
 def timed(models, sources, decode, search: str, batch: int, use_cache: bool) -> dict:
-    """Decode `sources` once and measure it; `models[layout]` is the model to use."""
-    beam, early_stop, precision, refill, layout = SEARCHES[search]
-    model = models[layout]
+    """Decode `sources` once and measure it; `models[(precision, packing)]` is the model."""
+    beam, early_stop, precision, refill, packing = SEARCHES[search]
+    model = models[(precision, packing)]
     cfg = dataclasses.replace(decode, batch_sentences=batch, early_stop=early_stop)
     started = time.perf_counter()
     outputs = decode_all(
@@ -146,9 +152,14 @@ def main() -> int:
         return 2
     torch.set_num_threads(args.threads)
     model, tokenizer, cfg = load_model(args.checkpoint, "cpu")
-    laid_out = copy.deepcopy(model)  # the same weights, without reading the file again
-    decoding_layout(laid_out, "cpu", "fp32")
-    models = {False: model, True: laid_out}
+    models = {("fp32", None): model}  # as trained; packed as translate and evaluate pack
+    for precision, packing in {(s[2], s[4]) for s in SEARCHES.values() if s[4] is not None}:
+        models[(precision, packing)] = copy.deepcopy(model)  # without reading the file again
+        if packing == "all":
+            pack_linears(models[(precision, packing)], "cpu", precision)
+        else:
+            packed = models[(precision, packing)]
+            packed.out_proj = PackedLinear.from_linear(packed.out_proj, matmul_dtype(precision))
     data = split_data(load_config(args.config) if args.config else cfg, args.split)
     sources = tokenizer.encode_src(data.sources)
     decode = decode_options(
@@ -167,7 +178,7 @@ def main() -> int:
         rows.append({"set": "full", **row, "precision": SEARCHES[row["search"]][2],
                      "refill": SEARCHES[row["search"]][3], "bleu": round(bleu, 2)})  # fmt: skip
     every = [(s, b, c) for s in ("greedy", "beam5") for b in (64, 1) for c in (True, False)]
-    every += [("greedy_trained_layout", b, True) for b in (64, 1)]
+    every += [(search, b, True) for search in SUBSET_ONLY for b in (64, 1)]
     for row in fastest(models, subset, decode, every, args.reps):
         rows.append({"set": "subset", **row})
     for row in rows:
@@ -196,10 +207,17 @@ def main() -> int:
         batchwise["outputs"] == full_greedy[True]["outputs"]
     )
     for batch in (64, 1):
-        trained = find("greedy_trained_layout", batch, True)
-        checks[f"greedy_b{batch}_layout_speedup"] = paired(trained, find("greedy", batch, True))
-        checks[f"greedy_b{batch}_layout_same_output"] = (
-            trained["outputs"] == find("greedy", batch, True)["outputs"]
+        unpacked = find("greedy_unpacked", batch, True)
+        checks[f"greedy_b{batch}_packing_speedup"] = paired(unpacked, find("greedy", batch, True))
+        checks[f"greedy_b{batch}_packing_same_output"] = (
+            unpacked["outputs"] == find("greedy", batch, True)["outputs"]
+        )
+        output_only = find("greedy_packed_output", batch, True)
+        checks[f"greedy_b{batch}_packing_all_vs_output_only"] = paired(
+            output_only, find("greedy", batch, True)
+        )
+        checks[f"greedy_b{batch}_packing_output_only_same_output"] = (
+            output_only["outputs"] == find("greedy", batch, True)["outputs"]
         )
     for search in ("greedy", "beam5"):
         for batch in (64, 1):

@@ -126,7 +126,7 @@ def decode_speed(d: dict) -> list[str]:
             f"{r['pieces_per_s']:.0f} | {bleu} |"
         )
     c = d["checks"]
-    if "greedy_b1_layout_speedup" in c:
+    if "greedy_b1_packing_speedup" in c:
         same = all(v for k, v in c.items() if isinstance(v, bool))
         lines += [
             "",
@@ -134,35 +134,37 @@ def decode_speed(d: dict) -> list[str]:
             f"the other: the KV cache, greedy batch 64, {c['greedy_full_b64_cache_speedup']}x "
             f"on the whole set ({c['greedy_b64_cache_speedup']}x on the subset, batch 1 "
             f"{c['greedy_b1_cache_speedup']}x; beam 5 {c['beam5_b64_cache_speedup']}x and "
-            f"{c['beam5_b1_cache_speedup']}x); input-major wide weights (fp32), greedy "
-            f"{c['greedy_b1_layout_speedup']}x at batch 1 and {c['greedy_b64_layout_speedup']}x "
-            f"at batch 64. Every pair's outputs identical: {'yes' if same else 'NO'}.",
+            f"{c['beam5_b1_cache_speedup']}x); packed linear layers (fp32), greedy "
+            f"{c['greedy_b64_packing_speedup']}x at batch 64 and "
+            f"{c['greedy_b1_packing_speedup']}x at batch 1 (every layer packed against only the "
+            f"output projection: {c['greedy_b64_packing_all_vs_output_only']}x and "
+            f"{c['greedy_b1_packing_all_vs_output_only']}x). Every pair's outputs identical: "
+            f"{'yes' if same else 'NO'}.",
         ]
     return lines
 
 
-def linear_layout(d: dict) -> list[str]:
+def linear_packing(d: dict) -> list[str]:
     rows = sorted({r["rows"] for r in d["results"]})
     lines = [
-        f"One linear layer's product, weight as trained (out, in) or input-major (in, out) in "
-        f"memory (`bench/linear_layout.py`, {d['date']}, {d['cpus']} CPUs, {d['threads']} "
-        f"threads, cache flushed before each call, median of {d['reps']}): how many times "
-        "faster input-major is, by rows per product.",
+        f"One linear layer's product, `F.linear` against the weight packed for oneDNN "
+        f"(`bench/linear_packing.py`, {d['date']}, {d['cpus']} CPUs, {d['threads']} "
+        f"threads, median of {d['reps']}; cold: cache flushed before each call, warm: "
+        "the weight in the cache): how many times faster the packed product is, by rows "
+        "per product.",
         "",
-        "| precision | layer (in -> out) | " + " | ".join(f"{n} rows" for n in rows) + " |",
-        "|---|---|" + "---|" * len(rows),
+        "| precision | layer (in -> out) | cache | " + " | ".join(f"{n} rows" for n in rows) + " |",
+        "|---|---|---|" + "---|" * len(rows),
     ]
     shapes: dict[tuple, dict[int, dict]] = {}
     for r in d["results"]:
-        shapes.setdefault((r["precision"], r["in"], r["out"]), {})[r["rows"]] = r
-    for (precision, d_in, d_out), by_rows in shapes.items():
+        shapes.setdefault((r["precision"], r["in"], r["out"], r["cache"]), {})[r["rows"]] = r
+    for (precision, d_in, d_out, cache), by_rows in shapes.items():
         cells = []
         for n in rows:
             r = by_rows[n]
-            cells.append(
-                f"{r['speedup']:.2f}x ({r['trained_us']:.0f} / {r['input_major_us']:.0f} us)"
-            )
-        lines.append(f"| {precision} | {d_in} -> {d_out} | " + " | ".join(cells) + " |")
+            cells.append(f"{r['speedup']:.2f}x ({r['linear_us']:.0f} / {r['packed_us']:.0f} us)")
+        lines.append(f"| {precision} | {d_in} -> {d_out} | {cache} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -360,7 +362,7 @@ def main() -> None:
         ("model_step", model_step),
         ("model_step_bf16", model_step),
         ("decode_speed", decode_speed),
-        ("linear_layout", linear_layout),
+        ("linear_packing", linear_packing),
         ("multi30k_de_en", multi30k),
         ("multi30k_en_de", multi30k),
     ]:

@@ -18,6 +18,7 @@ from transformer_cli.checkpoint import load_checkpoint, save_checkpoint
 from transformer_cli.cli import app
 from transformer_cli.config import config_from_dict, to_dict
 from transformer_cli.model import Transformer
+from transformer_cli.packing import packing_available
 from transformer_cli.tokenizer import Tokenizer
 
 MAX_POSITIONS = 24  # small, so that an overlong line is easy to write
@@ -212,16 +213,17 @@ def test_precision_flag_reaches_the_decoder(ckpt, monkeypatch, flag, expected):
     real = search.decode_all
 
     def spy(model, sources, decode_cfg, device, precision="fp32", **kwargs):
-        input_major = model.out_proj.weight.t().is_contiguous()
-        seen.append((precision, torch.is_autocast_enabled("cpu"), input_major))
+        packed = getattr(model.out_proj, "packed_dtype", None)
+        seen.append((precision, torch.is_autocast_enabled("cpu"), packed))
         return real(model, sources, decode_cfg, device, precision, **kwargs)
 
     monkeypatch.setattr(search, "decode_all", spy)
     result = cli("translate", ckpt, *flag, "the dog .", "a cat sleeps .")
     assert result.exit_code == 0, result.output
     assert len(result.stdout.splitlines()) == 2
-    # on the CPU, auto is fp32; fp32 decodes with the wide weights input-major (with MKL)
-    assert seen == [(expected, False, expected == "fp32" and torch.backends.mkl.is_available())]
+    # on the CPU, auto is fp32; the linear layers are packed in the precision's type
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[expected]
+    assert seen == [(expected, False, dtype if packing_available("cpu") else None)]
 
 
 def test_bf16_decoding_runs_the_matrix_products_in_bf16(ckpt):

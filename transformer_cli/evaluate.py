@@ -16,6 +16,7 @@ from transformer_cli import batching, cache, runtime
 from transformer_cli.errors import CheckpointError, ConfigError, DataError
 from transformer_cli.fileio import atomic_write_text
 from transformer_cli.loss import masked_cross_entropy, projected_cross_entropy
+from transformer_cli.packing import pack_linears
 from transformer_cli.table import aligned
 from transformer_cli.tokenizer import PAD_ID
 
@@ -172,7 +173,7 @@ def run(
         state = first_state if number == 1 else load_state(path)
         first_state = None
         model, tokenizer, ckpt_cfg = model_from_state(state, path, dev)
-        runtime.decoding_layout(model, dev, precision)
+        pack_linears(model, dev, precision)
         cfg = cfg_override or ckpt_cfg
         if src_file is None:
             run_dir = cfg.run_dir

@@ -8,7 +8,6 @@ import random
 import typing
 
 import torch
-from torch import nn
 
 from transformer_cli.config import Precision
 from transformer_cli.errors import ConfigError
@@ -76,39 +75,3 @@ def set_threads(threads: int) -> int:
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
-
-
-def decoding_layout(model: nn.Module, device: torch.device | str, precision: str) -> int:
-    """Store each wide linear layer's weight input-major, for fp32 decoding on the CPU.
-
-    A wide layer has more outputs than inputs: the output projection (D -> V), the fused
-    Q/K/V projection (D -> 3D), the first feed-forward layer (D -> d_ff), cross-attention's
-    K/V projection (D -> 2D). Its weight keeps its values and its (out, in) shape; only its
-    memory order becomes (in, out), so that `F.linear`'s product x @ W^T reads W^T
-    contiguously. At one or two rows per product, as when decoding a single sentence, the
-    CPU's BLAS then reads a wide weight 1.3-2.9x as fast (`bench/linear_layout.py`), and
-    greedy decoding one sentence at a time runs ~1.3x as fast (`bench/decode_speed.py`);
-    at 64 rows the gain is small. In bf16 the two orders are level per product, and whole
-    decoding was slower with this one; on CUDA, and with CPU BLAS libraries other than
-    Intel's MKL (which x86 builds of torch use), it is not measured: so it is for fp32 on
-    the CPU with MKL only. Layers with fewer outputs than inputs (the second feed-forward
-    layer) are faster as they are at one or two rows.
-
-    A weight shared with an embedding (`tie_output`) is copied, so the embedding keeps its
-    contiguous rows: the layer no longer shares it, so this is for decoding, never for a
-    model that goes on training. Returns the number of weights laid out anew.
-    """
-    on_mkl = torch.device(device).type == "cpu" and torch.backends.mkl.is_available()
-    if not on_mkl or precision != "fp32":
-        return 0
-    changed = 0
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.Linear) and module.out_features > module.in_features:
-                weight = module.weight
-                if weight.t().is_contiguous():
-                    continue
-                input_major = weight.detach().t().contiguous().t()  # (out, in), strides (1, out)
-                module.weight = nn.Parameter(input_major, requires_grad=weight.requires_grad)
-                changed += 1
-    return changed

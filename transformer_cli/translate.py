@@ -159,7 +159,7 @@ class Translator:
         early_stop: bool | None = None,
         precision: str | None = None,
     ) -> None:
-        from transformer_cli.runtime import decoding_layout
+        from transformer_cli.packing import pack_linears
         from transformer_cli.search import max_source_pieces
 
         self.device = pick_device(device)
@@ -170,7 +170,7 @@ class Translator:
         )  # fmt: skip
         check_decode_options(self.decode_cfg, nbest)
         self.precision = decode_precision(self.decode_cfg, self.device)
-        decoding_layout(self.model, self.device, self.precision)  # its weights, for speed
+        pack_linears(self.model, self.device, self.precision)  # weights packed, for speed
         self.nbest = nbest
         self.max_pieces = max_source_pieces(self.model)
         self.lines_done = 0  # for warnings' line numbers across chunks

@@ -1,0 +1,117 @@
+"""Packed linear layers: the same module and parameters, the same numbers, faster decoding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from transformer_cli import packing
+from transformer_cli.config import ModelConfig
+from transformer_cli.model import Transformer
+from transformer_cli.packing import PackedLinear, pack_linears
+from transformer_cli.tokenizer import PAD_ID
+
+needs_onednn = pytest.mark.skipif(
+    not packing.packing_available("cpu"), reason="packing needs torch's oneDNN on the CPU"
+)
+
+
+def small_model(tie=True, share=True, norm="post", seed=0) -> Transformer:
+    torch.manual_seed(seed)
+    cfg = ModelConfig(
+        d_model=16, heads=2, enc_layers=1, dec_layers=2, d_ff=40, dropout=0.0,
+        max_positions=32, src_vocab=50, tgt_vocab=50 if share else 60,
+        share_embeddings=share, tie_output=tie, norm=norm,
+    )  # fmt: skip
+    return Transformer(cfg).eval()
+
+
+def batch(model, rows: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    src = torch.randint(4, model.cfg.src_vocab, (rows, 7), generator=g)
+    src[0, 5:] = PAD_ID
+    tgt = torch.randint(4, model.cfg.tgt_vocab, (rows, 6), generator=g)
+    return src, tgt
+
+
+@needs_onednn
+@settings(max_examples=15, deadline=None)
+@given(
+    tie=st.booleans(),
+    share=st.booleans(),
+    norm=st.sampled_from(["post", "pre"]),
+    rows=st.integers(1, 5),
+    seed=st.integers(0, 2**16),
+)
+def test_packing_keeps_the_parameters_and_the_numbers(tie, share, norm, rows, seed):
+    model = small_model(tie, share, norm, seed)
+    src, tgt = batch(model, rows, seed)
+    with torch.no_grad():
+        before_logits = model(src, tgt)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    params = {name: p for name, p in model.named_parameters(remove_duplicate=False)}
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+
+    assert pack_linears(model, "cpu", "fp32") == len(linears) > 0
+
+    linears_now = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert all(isinstance(m, PackedLinear) for m in linears_now)
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+    # the very same parameter objects, so a tied output projection stays tied
+    assert all(p is params[name] for name, p in model.named_parameters(remove_duplicate=False))
+    if tie:
+        assert model.out_proj.weight is model.tgt_embed.weight
+    with torch.no_grad():  # the packed products
+        torch.testing.assert_close(model(src, tgt), before_logits)
+    assert torch.equal(model(src, tgt).detach(), before_logits)  # with autograd: F.linear
+    assert pack_linears(model, "cpu", "fp32") == 0  # once is enough
+
+
+@needs_onednn
+def test_a_weight_changed_after_packing_is_packed_again():
+    layer = PackedLinear.from_linear(torch.nn.Linear(8, 12), torch.float32)
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        layer.weight.mul_(-2.0)  # in place: the packed copy is now stale
+        layer.bias.add_(1.0)
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
+
+
+@needs_onednn
+def test_gradients_flow_through_a_packed_model_as_through_the_plain_one():
+    plain, packed = small_model(seed=3), small_model(seed=3)
+    pack_linears(packed, "cpu", "fp32")
+    src, tgt = batch(plain, 3, 1)
+    for model in (plain, packed):
+        model.train()
+        model(src, tgt).square().mean().backward()
+    for (name, a), b in zip(plain.named_parameters(), packed.parameters(), strict=True):
+        assert torch.equal(a.grad, b.grad), name
+
+
+@needs_onednn
+def test_bf16_packing_runs_the_products_in_bf16():
+    model = small_model(seed=5)
+    src, tgt = batch(model, 2, 5)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        autocast_logits = model(src, tgt).float()
+    assert pack_linears(model, "cpu", "bf16") > 0
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        logits = model(src, tgt)
+    assert logits.dtype == torch.bfloat16
+    assert model.out_proj.packed_weight.dtype == torch.bfloat16
+    torch.testing.assert_close(logits.float(), autocast_logits, atol=0.05, rtol=0.05)
+
+
+@pytest.mark.parametrize(("device", "onednn"), [("cuda", True), ("cpu", False)])
+def test_nothing_is_packed_off_the_cpu_or_without_onednn(device, onednn, monkeypatch):
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: onednn)
+    model = small_model()
+    modules = list(model.modules())
+    assert pack_linears(model, device, "fp32") == 0
+    assert all(a is b for a, b in zip(modules, model.modules(), strict=True))
