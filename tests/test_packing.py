@@ -66,6 +66,10 @@ def test_packing_keeps_the_parameters_and_the_numbers(tie, share, norm, rows, se
     assert all(p is params[name] for name, p in model.named_parameters(remove_duplicate=False))
     if tie:
         assert model.out_proj.weight is model.tgt_embed.weight
+    # each feed-forward layer's ReLU now runs inside its first product
+    assert not any(isinstance(m, torch.nn.ReLU) for m in model.modules())
+    fused = [m for m in linears_now if m.activation == "relu"]
+    assert len(fused) == model.cfg.enc_layers + model.cfg.dec_layers
     with torch.no_grad():  # the packed products
         torch.testing.assert_close(model(src, tgt), before_logits)
     assert torch.equal(model(src, tgt).detach(), before_logits)  # with autograd: F.linear

@@ -58,11 +58,14 @@ class PackedLinear(nn.Linear):
 
     Build one with `PackedLinear.from_linear(linear, dtype)`: it shares `linear`'s
     parameters. The packed copy is in `dtype` (fp32 or bf16), and inputs are cast to it.
+    With `activation = "relu"` the layer computes relu(x W^T + b), in the packed product
+    itself (oneDNN applies it as the product's results are written).
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__(in_features, out_features, bias)
         self.packed_dtype = torch.float32
+        self.activation = "none"
         self._pack()
 
     @classmethod
@@ -72,6 +75,7 @@ class PackedLinear(nn.Linear):
         new.in_features, new.out_features = linear.in_features, linear.out_features
         new.weight, new.bias = linear.weight, linear.bias  # the same Parameter objects
         new.packed_dtype = dtype
+        new.activation = "none"
         new._pack()
         return new
 
@@ -87,22 +91,25 @@ class PackedLinear(nn.Linear):
 
     def forward(self, x: Tensor) -> Tensor:
         if torch.is_grad_enabled() or not x.is_cpu:
-            return F.linear(x, self.weight, self.bias)
+            y = F.linear(x, self.weight, self.bias)
+            return y.relu() if self.activation == "relu" else y
         if self._versions() != self.packed_versions:
             self._pack()  # the weight changed after packing
         if x.dtype != self.packed_dtype:
             x = x.to(self.packed_dtype)
-        return _product(x, self.packed_weight, self.packed_bias, "none", [], "")
+        return _product(x, self.packed_weight, self.packed_bias, self.activation, [], "")
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, packed={self.packed_dtype}"
+        return f"{super().extra_repr()}, packed={self.packed_dtype}, activation={self.activation}"
 
 
 def pack_linears(model: nn.Module, device: torch.device | str, precision: str) -> int:
     """Swap every `nn.Linear` of `model` for a `PackedLinear`, for decoding on the CPU.
 
     The packed copies are in the precision's matmul type (fp32, or bf16 for
-    `--precision bf16`, which then no longer relies on autocast for these products).
+    `--precision bf16`, which then no longer relies on autocast for these products). A
+    ReLU that follows a linear layer in an `nn.Sequential` (the feed-forward layers) moves
+    into the product, and an `nn.Identity` takes its place.
     Nothing changes on other devices, or where torch lacks oneDNN: the model then decodes
     with `F.linear` as trained. Returns the number of layers packed (0 on a second call).
     """
@@ -117,4 +124,9 @@ def pack_linears(model: nn.Module, device: torch.device | str, precision: str) -
     ]
     for parent, name, child in swaps:
         setattr(parent, name, PackedLinear.from_linear(child, dtype))
+    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        for i in range(len(seq) - 1):
+            if isinstance(seq[i], PackedLinear) and type(seq[i + 1]) is nn.ReLU:
+                seq[i].activation = "relu"
+                seq[i + 1] = nn.Identity()
     return len(swaps)
