@@ -55,11 +55,11 @@ OUT = Path(__file__).parent / "out" / "decode_speed.json"
 # handing finished sentences' slots to the next batch (`decode_all(refill=False)`), to show
 # what that gains. `packing` "all": every linear layer is packed in the row's precision, as
 # `tfx translate` and `tfx evaluate` pack them (`packing.pack_linears`); greedy_unpacked
-# multiplies with `F.linear` on the weights as trained, and greedy_packed_output only packs
-# the output projection (the layer that gains most on its own, `bench/linear_packing.py`),
-# to show what packing, and packing every layer, gains. greedy and beam5 run on the whole
-# split and on the subset, the two comparison rows on the subset only, the others on the
-# whole split only.
+# (and greedy_unpacked_bf16, under autocast) multiplies with `F.linear` on the weights as
+# trained, and greedy_packed_output packs the output projection only (the layer that gains
+# most on its own, `bench/linear_packing.py`), to show what packing, and packing every
+# layer, gains. greedy and beam5 run on the whole split and on the subset, greedy_bf16 too,
+# the comparison rows on the subset only, the others on the whole split only.
 SEARCHES = {
     "greedy": (1, False, "fp32", True, "all"),
     "greedy_batchwise": (1, False, "fp32", False, "all"),
@@ -70,8 +70,9 @@ SEARCHES = {
     "beam5_bf16": (5, False, "bf16", True, "all"),
     "greedy_unpacked": (1, False, "fp32", True, None),
     "greedy_packed_output": (1, False, "fp32", True, "output"),
+    "greedy_unpacked_bf16": (1, False, "bf16", True, None),
 }
-SUBSET_ONLY = ["greedy_unpacked", "greedy_packed_output"]
+SUBSET_ONLY = ["greedy_unpacked", "greedy_packed_output", "greedy_unpacked_bf16"]
 FULL_ONLY = [s for s in SEARCHES if s not in SUBSET_ONLY]
 
 
@@ -152,7 +153,8 @@ def main() -> int:
         return 2
     torch.set_num_threads(args.threads)
     model, tokenizer, cfg = load_model(args.checkpoint, "cpu")
-    models = {("fp32", None): model}  # as trained; packed as translate and evaluate pack
+    # as trained (for either precision), and packed as translate and evaluate pack them
+    models = {("fp32", None): model, ("bf16", None): model}
     for precision, packing in {(s[2], s[4]) for s in SEARCHES.values() if s[4] is not None}:
         models[(precision, packing)] = copy.deepcopy(model)  # without reading the file again
         if packing == "all":
@@ -178,7 +180,7 @@ def main() -> int:
         rows.append({"set": "full", **row, "precision": SEARCHES[row["search"]][2],
                      "refill": SEARCHES[row["search"]][3], "bleu": round(bleu, 2)})  # fmt: skip
     every = [(s, b, c) for s in ("greedy", "beam5") for b in (64, 1) for c in (True, False)]
-    every += [(search, b, True) for search in SUBSET_ONLY for b in (64, 1)]
+    every += [(search, b, True) for search in ["greedy_bf16", *SUBSET_ONLY] for b in (64, 1)]
     for row in fastest(models, subset, decode, every, args.reps):
         rows.append({"set": "subset", **row})
     for row in rows:
@@ -218,6 +220,12 @@ def main() -> int:
         )
         checks[f"greedy_b{batch}_packing_output_only_same_output"] = (
             output_only["outputs"] == find("greedy", batch, True)["outputs"]
+        )
+        unpacked = find("greedy_unpacked_bf16", batch, True)
+        packed = find("greedy_bf16", batch, True)
+        checks[f"greedy_bf16_b{batch}_packing_speedup"] = paired(unpacked, packed)
+        checks[f"greedy_bf16_b{batch}_packing_same_output"] = (
+            unpacked["outputs"] == packed["outputs"]
         )
     for search in ("greedy", "beam5"):
         for batch in (64, 1):

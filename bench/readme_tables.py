@@ -138,7 +138,9 @@ def decode_speed(d: dict) -> list[str]:
             f"{c['greedy_b64_packing_speedup']}x at batch 64 and "
             f"{c['greedy_b1_packing_speedup']}x at batch 1 (every layer packed against only the "
             f"output projection: {c['greedy_b64_packing_all_vs_output_only']}x and "
-            f"{c['greedy_b1_packing_all_vs_output_only']}x). Every pair's outputs identical: "
+            f"{c['greedy_b1_packing_all_vs_output_only']}x; bf16 packed against autocast: "
+            f"{c.get('greedy_bf16_b64_packing_speedup', '?')}x and "
+            f"{c.get('greedy_bf16_b1_packing_speedup', '?')}x). Every pair's outputs identical: "
             f"{'yes' if same else 'NO'}.",
         ]
     return lines
