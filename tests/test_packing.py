@@ -17,6 +17,9 @@ from transformer_cli.tokenizer import PAD_ID
 needs_onednn = pytest.mark.skipif(
     not packing.packing_available("cpu"), reason="packing needs torch's oneDNN on the CPU"
 )
+needs_onednn_bf16 = pytest.mark.skipif(
+    not packing.packing_available("cpu", "bf16"), reason="this CPU has no oneDNN bf16 products"
+)
 
 
 def small_model(tie=True, share=True, norm="post", seed=0) -> Transformer:
@@ -98,7 +101,7 @@ def test_gradients_flow_through_a_packed_model_as_through_the_plain_one():
         assert torch.equal(a.grad, b.grad), name
 
 
-@needs_onednn
+@needs_onednn_bf16
 def test_bf16_packing_runs_the_products_in_bf16():
     model = small_model(seed=5)
     src, tgt = batch(model, 2, 5)
@@ -119,3 +122,10 @@ def test_nothing_is_packed_off_the_cpu_or_without_onednn(device, onednn, monkeyp
     modules = list(model.modules())
     assert pack_linears(model, device, "fp32") == 0
     assert all(a is b for a, b in zip(modules, model.modules(), strict=True))
+
+
+def test_bf16_is_not_packed_where_onednn_has_no_bf16_products(monkeypatch):
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    model = small_model()
+    assert pack_linears(model, "cpu", "bf16") == 0
+    assert not any(isinstance(m, PackedLinear) for m in model.modules())

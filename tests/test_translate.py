@@ -223,7 +223,7 @@ def test_precision_flag_reaches_the_decoder(ckpt, monkeypatch, flag, expected):
     assert len(result.stdout.splitlines()) == 2
     # on the CPU, auto is fp32; the linear layers are packed in the precision's type
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[expected]
-    assert seen == [(expected, False, dtype if packing_available("cpu") else None)]
+    assert seen == [(expected, False, dtype if packing_available("cpu", expected) else None)]
 
 
 def test_bf16_decoding_runs_the_matrix_products_in_bf16(ckpt):

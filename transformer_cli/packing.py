@@ -44,13 +44,18 @@ def _ops():
 _reorder, _product = _ops()
 
 
-def packing_available(device: torch.device | str) -> bool:
-    """Whether `pack_linears` packs anything on `device`: the CPU, with oneDNN."""
-    return (
-        torch.device(device).type == "cpu"
-        and torch.backends.mkldnn.is_available()
-        and _product is not None
-    )
+def packing_available(device: torch.device | str, precision: str = "fp32") -> bool:
+    """Whether `pack_linears` packs anything: on the CPU, with oneDNN, and for bf16 only
+    where oneDNN runs bf16 products on this CPU (AVX-512 and up; autocast's `F.linear`
+    runs them anywhere)."""
+    if torch.device(device).type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    if _product is None:
+        return False
+    if precision == "bf16":
+        supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+        return supported is not None and bool(supported())
+    return True
 
 
 class PackedLinear(nn.Linear):
@@ -113,7 +118,7 @@ def pack_linears(model: nn.Module, device: torch.device | str, precision: str) -
     Nothing changes on other devices, or where torch lacks oneDNN: the model then decodes
     with `F.linear` as trained. Returns the number of layers packed (0 on a second call).
     """
-    if not packing_available(device):
+    if not packing_available(device, precision):
         return 0
     dtype = matmul_dtype(precision)
     swaps = [
