@@ -161,7 +161,7 @@ def main() -> int:
             pack_linears(models[(precision, packing)], "cpu", precision)
         else:
             packed = models[(precision, packing)]
-            packed.out_proj = PackedLinear.from_linear(packed.out_proj, matmul_dtype(precision))
+            packed.out_proj = PackedLinear(packed.out_proj, matmul_dtype(precision))
     data = split_data(load_config(args.config) if args.config else cfg, args.split)
     sources = tokenizer.encode_src(data.sources)
     decode = decode_options(

@@ -60,7 +60,7 @@ def main() -> int:
         for precision, dtype in PRECISIONS.items():
             for d_in, d_out, bias in SHAPES:
                 layer = torch.nn.Linear(d_in, d_out, bias=bias)
-                packed = PackedLinear.from_linear(layer, dtype)
+                packed = PackedLinear(layer, dtype)
                 w = layer.weight.to(dtype)
                 b = None if layer.bias is None else layer.bias.to(dtype)
                 for cache, rows in ((c, n) for c in CACHE for n in ROWS):

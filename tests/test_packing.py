@@ -81,7 +81,7 @@ def test_packing_keeps_the_parameters_and_the_numbers(tie, share, norm, rows, se
 
 @needs_onednn
 def test_a_weight_changed_after_packing_is_packed_again():
-    layer = PackedLinear.from_linear(torch.nn.Linear(8, 12), torch.float32)
+    layer = PackedLinear(torch.nn.Linear(8, 12), torch.float32)
     x = torch.randn(3, 8)
     with torch.no_grad():
         layer.weight.mul_(-2.0)  # in place: the packed copy is now stale

@@ -64,28 +64,19 @@ def packing_available(device: torch.device | str, precision: str = "fp32") -> bo
 class PackedLinear(nn.Linear):
     """An `nn.Linear` that also keeps its weight packed for oneDNN; see the module docstring.
 
-    Build one with `PackedLinear.from_linear(linear, dtype)`: it shares `linear`'s
-    parameters. The packed copy is in `dtype` (fp32 or bf16), and inputs are cast to it.
+    `PackedLinear(linear, dtype)` shares `linear`'s parameters (no new weights are made).
+    The packed copy is in `dtype` (fp32 or bf16), and inputs are cast to it.
     With `activation = "relu"` the layer computes relu(x W^T + b), in the packed product
     itself (oneDNN applies it as the product's results are written).
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
-        super().__init__(in_features, out_features, bias)
-        self.packed_dtype = torch.float32
+    def __init__(self, linear: nn.Linear, dtype: torch.dtype) -> None:
+        nn.Module.__init__(self)  # not nn.Linear's, which would make new weights
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight, self.bias = linear.weight, linear.bias  # the same Parameter objects
+        self.packed_dtype = dtype
         self.activation = "none"
         self._pack()
-
-    @classmethod
-    def from_linear(cls, linear: nn.Linear, dtype: torch.dtype) -> PackedLinear:
-        new = cls.__new__(cls)
-        nn.Module.__init__(new)
-        new.in_features, new.out_features = linear.in_features, linear.out_features
-        new.weight, new.bias = linear.weight, linear.bias  # the same Parameter objects
-        new.packed_dtype = dtype
-        new.activation = "none"
-        new._pack()
-        return new
 
     def _pack(self) -> None:
         with torch.no_grad():
@@ -131,7 +122,7 @@ def pack_linears(model: nn.Module, device: torch.device | str, precision: str) -
         if type(child) is nn.Linear
     ]
     for parent, name, child in swaps:
-        setattr(parent, name, PackedLinear.from_linear(child, dtype))
+        setattr(parent, name, PackedLinear(child, dtype))
     for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
         for i in range(len(seq) - 1):
             if isinstance(seq[i], PackedLinear) and type(seq[i + 1]) is nn.ReLU:
