@@ -95,7 +95,7 @@ def test_raw_files_with_beam_search(ckpt_dir, tmp_path):
     out = str(tmp_path / "eval")
     report = evaluate_json(
         ckpt, "--src", str(src), "--ref", str(ref), "--beam", "3", "--early-stop",
-        "--output-dir", out,
+        "--output-dir", out, "--device", "cpu",
     )  # fmt: skip
     (result,) = report["results"]
     assert result["sentences"] == 3 and report["decode"]["beam"] == 3

@@ -218,7 +218,7 @@ def test_precision_flag_reaches_the_decoder(ckpt, monkeypatch, flag, expected):
         return real(model, sources, decode_cfg, device, precision, **kwargs)
 
     monkeypatch.setattr(search, "decode_all", spy)
-    result = cli("translate", ckpt, *flag, "the dog .", "a cat sleeps .")
+    result = cli("translate", ckpt, "--device", "cpu", *flag, "the dog .", "a cat sleeps .")
     assert result.exit_code == 0, result.output
     assert len(result.stdout.splitlines()) == 2
     # on the CPU, auto is fp32; the linear layers are packed in the precision's type
@@ -311,7 +311,7 @@ def test_bad_checkpoints_are_one_line_errors(ckpt, tmp_path, case):
      (["--batch-size", "0"], "--batch-size must be >= 1"),
      (["--max-len-a", "0", "--max-len-b", "0"], "cannot both be 0"),
      (["--device", "tpu"], "--device must be one of auto, cpu, cuda, mps"),
-     (["--precision", "fp16"], "--precision: fp16 needs CUDA"),
+     (["--device", "cpu", "--precision", "fp16"], "--precision: fp16 needs CUDA"),
      (["--precision", "int8"], "--precision: must be one of auto|fp32|bf16|fp16"),
      (["--input", "/nonexistent/in.txt"], "no such input file")],
 )  # fmt: skip
