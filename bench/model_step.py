@@ -11,6 +11,7 @@ process, so that whatever else the machine is doing falls on both alike; the med
 step is reported, and the median ratio of neighbouring math and sdpa steps.
 
     .venv/bin/python bench/model_step.py [--reps 5] [--threads 2] [--precision bf16]
+        [--device cuda]
 
 With `--precision bf16` the forward passes run under bf16 autocast, as `tfx train` does
 with train.precision=bf16. This is what `model.attention: auto` rests on: on the CPU the
@@ -18,8 +19,11 @@ math path comes out ahead (see the README). The report lists the torch kernels S
 in a training step: the fused CPU kernel has no dropout, so with attention dropout above 0
 SDPA would run its own unfused fallback instead (the small config, like tfx's, has 0).
 
+With `--device cuda` the same steps run on the GPU (`model.attention: auto` takes SDPA
+there), timed with the GPU synchronised before and after each.
+
 Writes bench/out/model_step.json (model_step_len<scale>.json with --len-scale,
-model_step_bf16.json with --precision bf16).
+model_step_bf16.json with --precision bf16, a `_cuda` suffix with --device cuda).
 """
 
 from __future__ import annotations
@@ -51,8 +55,12 @@ SMALL = ModelConfig(
     attention="sdpa",
 )  # fmt: skip
 # the forward passes run under this: bf16 autocast with --precision bf16, as tfx train does
-AMP = {"fp32": contextlib.nullcontext, "bf16": lambda: torch.autocast("cpu", torch.bfloat16)}
+AMP = {
+    "fp32": lambda: contextlib.nullcontext(),
+    "bf16": lambda: torch.autocast(DEVICE.type, torch.bfloat16),
+}
 amp = AMP["fp32"]
+DEVICE = torch.device("cpu")  # --device
 OUT = Path(__file__).parent / "out" / "model_step.json"
 
 
@@ -120,7 +128,7 @@ def attention_step(model: Transformer, src, tgt_in, x_src, x_tgt) -> None:
 
 def upstream_grad(shape: torch.Size) -> torch.Tensor:
     """A fixed dense gradient for an output of this shape."""
-    return torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    return torch.randn(shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)
 
 
 def core_inputs(batch: tuple, dtype: torch.dtype) -> list[tuple]:
@@ -133,7 +141,9 @@ def core_inputs(batch: tuple, dtype: torch.dtype) -> list[tuple]:
 
     def qkv(queries: int, keys: int) -> tuple:
         shapes = [(src.size(0), heads, n, head_dim) for n in (queries, keys, keys)]
-        return tuple(torch.randn(*shape, dtype=dtype, requires_grad=True) for shape in shapes)
+        return tuple(
+            torch.randn(*shape, dtype=dtype, device=DEVICE, requires_grad=True) for shape in shapes
+        )
 
     B, S, T, D = src.size(0), src.size(1), tgt_in.size(1), SMALL.d_model
     return [(*qkv(S, S), padding_mask(src), upstream_grad((B, S, D))),
@@ -159,6 +169,17 @@ def core_step(name: str, inputs: list[tuple]) -> None:
     torch.autograd.backward(outs, grads)
 
 
+def timed(fn, *args) -> float:
+    """Seconds `fn(*args)` takes, with the GPU's queued work finished on both sides."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn(*args)
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
 def sdpa_kernels(model: Transformer, batch: tuple) -> list[str]:
     """The torch kernels behind `scaled_dot_product_attention` in one training step.
 
@@ -181,22 +202,26 @@ def main() -> None:
         "--len-scale", type=float, default=1.0, help="stretch sentence lengths (1 = Multi30k)"
     )
     parser.add_argument("--precision", choices=sorted(AMP), default="fp32")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = parser.parse_args()
-    global amp
+    global amp, DEVICE
     amp = AMP[args.precision]
+    DEVICE = torch.device(args.device)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    models = {"sdpa": Transformer(SMALL).train()}
+    models = {"sdpa": Transformer(SMALL).train().to(DEVICE)}
     models["math"] = Transformer(dataclasses.replace(SMALL, attention="math")).train()
     models["math"].load_state_dict(models["sdpa"].state_dict())
+    models["math"].to(DEVICE)
     batches = multi30k_like_batches(args.batches, args.budget, seed=0, scale=args.len_scale)
+    batches = [tuple(t.to(DEVICE) for t in b) for b in batches]
     real_tokens = sum(int((b[2] != PAD_ID).sum()) for b in batches)
     padded_tokens = sum(b[2].numel() for b in batches)
 
     states = [
-        (torch.randn(*b[0].shape, SMALL.d_model, requires_grad=True),
-         torch.randn(*b[1].shape, SMALL.d_model, requires_grad=True))
+        (torch.randn(*b[0].shape, SMALL.d_model, device=DEVICE, requires_grad=True),
+         torch.randn(*b[1].shape, SMALL.d_model, device=DEVICE, requires_grad=True))
         for b in batches
     ]  # fmt: skip
 
@@ -217,15 +242,9 @@ def main() -> None:
     for rep in range(args.reps):
         for k, b in enumerate(batches):
             for name in names if (rep + k) % 2 == 0 else names[::-1]:
-                start = time.perf_counter()
-                train_step(models[name], *b)
-                times[name][k].append(time.perf_counter() - start)
-                start = time.perf_counter()
-                attention_step(models[name], *b[:2], *states[k])
-                attn_times[name].append(time.perf_counter() - start)
-                start = time.perf_counter()
-                core_step(name, cores[k])
-                core_times[name].append(time.perf_counter() - start)
+                times[name][k].append(timed(train_step, models[name], *b))
+                attn_times[name].append(timed(attention_step, models[name], *b[:2], *states[k]))
+                core_times[name].append(timed(core_step, name, cores[k]))
     load_after = os.getloadavg()
     kernels = sdpa_kernels(models["sdpa"], batches[0])
 
@@ -255,7 +274,8 @@ def main() -> None:
         m / s for m, s in zip(attn_times["math"], attn_times["sdpa"], strict=True)
     )
 
-    print(f"forward+backward, d_model 256, 3+3 layers, vocab {VOCAB}, {args.threads} threads, "
+    where = torch.cuda.get_device_name() if DEVICE.type == "cuda" else f"{args.threads} threads"
+    print(f"forward+backward, d_model 256, 3+3 layers, vocab {VOCAB}, {where}, "
           f"lengths x{args.len_scale:g}, {args.precision}")  # fmt: skip
     print(f"{args.batches} batches, {real_tokens / args.batches:.0f} real target tokens each, "
           f"{1 - real_tokens / padded_tokens:.1%} padding; median of {args.reps} reps")  # fmt: skip
@@ -275,8 +295,10 @@ def main() -> None:
           f"{', '.join(kernels)}")  # fmt: skip
     print(f"load average (1 min) before/after: {load_before[0]:.2f} / {load_after[0]:.2f}")
 
-    suffix = ("" if args.len_scale == 1 else f"_len{args.len_scale:g}") + (
-        "" if args.precision == "fp32" else f"_{args.precision}"
+    suffix = (
+        ("" if args.len_scale == 1 else f"_len{args.len_scale:g}")
+        + ("" if args.precision == "fp32" else f"_{args.precision}")
+        + ("" if DEVICE.type == "cpu" else f"_{DEVICE.type}")
     )
     out = OUT.with_name(f"model_step{suffix}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -286,6 +308,7 @@ def main() -> None:
         "machine": platform.machine(),
         "processor": platform.processor(),
         "threads": args.threads,
+        "device": torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu",
         "len_scale": args.len_scale,
         "precision": args.precision,
         "cpus": os.cpu_count(),
