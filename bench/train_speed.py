@@ -4,7 +4,7 @@
         --set run_dir=runs/multi30k_de_en --variants fp32,bf16 --steps 20 --rounds 2
 
 The run dir must be prepared (`tfx prepare`). Each variant
-(precision[+compile][+math|+sdpa][+unfused][+glibc]) runs the real training step
+(precision[+compile][+math|+sdpa][+unfused][+cudnn][+glibc]) runs the real training step
 (`train.train_step`) on the run's own batches in a fresh subprocess, so that peak memory
 is its own, under the malloc `tfx train` would use (jemalloc where installed, see
 `transformer_cli/allocator.py`; +glibc keeps the system's); variants alternate over
@@ -42,22 +42,30 @@ def flops_per_target_token(m) -> float:
     return 6.0 * (encoder + decoder + d * m.tgt_vocab)
 
 
-def matmul_peak(dtype_name: str, threads: int) -> float:
-    """Measured GFLOP/s of a large square matmul: the machine's practical peak."""
+def matmul_peak(dtype_name: str, threads: int, device: str = "cpu") -> float:
+    """Measured GFLOP/s of a large square matmul on `device`: its practical peak."""
     import torch
 
     torch.set_num_threads(threads)
     dtype = getattr(torch, {"fp32": "float32", "bf16": "bfloat16"}[dtype_name])
-    a = torch.randn(2048, 2048, dtype=dtype)
-    b = torch.randn(2048, 2048, dtype=dtype)
+    n = 2048 if device == "cpu" else 8192
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
+
+    def sync() -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()
+
     for _ in range(3):
         a @ b
     best = 0.0
     for _ in range(5):
+        sync()
         t = time.perf_counter()
         for _ in range(5):
             a @ b
-        best = max(best, 5 * 2 * 2048**3 / (time.perf_counter() - t) / 1e9)
+        sync()
+        best = max(best, 5 * 2 * n**3 / (time.perf_counter() - t) / 1e9)
     return best
 
 
@@ -100,6 +108,10 @@ def worker(args) -> dict:
     overrides += ["model.attention=math"] if "math" in flags else []
     overrides += ["model.attention=sdpa"] if "sdpa" in flags else []
     overrides += ["train.fused_loss=false"] if "unfused" in flags else []
+    if "cudnn" in flags:  # SDPA may also pick cuDNN's kernel on CUDA (torch's default)
+        from transformer_cli import attention
+
+        attention.CUDA_BACKENDS = None
     cfg, device, precision, threads, split, model, optimizer = setup(args.config, overrides)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     step_model = train.CompiledSteps(model) if cfg.train.compile else model
@@ -128,6 +140,7 @@ def worker(args) -> dict:
     return {
         "variant": args.variant,
         "device": device.type,
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "malloc": allocator.active(),
         "threads": threads,
         "steps": len(times),
@@ -161,7 +174,8 @@ def main() -> None:
     parser.add_argument(
         "--variants",
         default="fp32,bf16",
-        help="comma list of precision[+compile][+math|+sdpa][+unfused][+glibc], e.g. bf16,fp32",
+        help="comma list of precision[+compile][+math|+sdpa][+unfused][+cudnn][+glibc], "
+        "e.g. bf16,fp32",
     )
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=3)
@@ -198,8 +212,9 @@ def main() -> None:
             runs[v].append(json.loads(out.strip().splitlines()[-1]))
             print(f"round {r + 1}: {v}: {runs[v][-1]['tokens_per_s']:.0f} tok/s", file=sys.stderr)
 
-    threads = runs[variants[0]][0]["threads"]
-    peaks = {p: matmul_peak(p, threads) for p in ("fp32", "bf16")}
+    first = runs[variants[0]][0]
+    threads, device = first["threads"], first["device"]
+    peaks = {p: matmul_peak(p, threads, device) for p in ("fp32", "bf16")}
     rows = []
     for v in variants:
         best = max(runs[v], key=lambda x: x["tokens_per_s"])
@@ -216,7 +231,8 @@ def main() -> None:
         )
     result = {
         "date": datetime.date.today().isoformat(),
-        "machine": f"{platform.processor() or platform.machine()}, {threads} threads",
+        "machine": first.get("gpu")
+        or f"{platform.processor() or platform.machine()}, {threads} threads",
         "commit": subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE
         ).stdout.strip(),
@@ -227,7 +243,7 @@ def main() -> None:
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"matmul peak (2048^3): fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f}")
+    print(f"matmul peak ({device}): fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f}")
     print(
         "| variant | malloc | tgt tokens/s (best of rounds) | all rounds | step ms | "
         "tokens/step | peak RSS GiB | MFU vs fp32 peak |"

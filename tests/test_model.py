@@ -115,6 +115,28 @@ def test_the_fused_kernel_runs_only_where_the_path_says(monkeypatch, path, fused
     assert len(calls) == fused_calls
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sdpa_on_cuda_stays_off_cudnn(dtype):
+    """cuDNN's attention kernel plans every new shape anew: SDPA must pick another.
+
+    Heads of 64 dimensions, as in the shipped configs: under bf16 autocast torch's own
+    choice for them on an H100 is cuDNN's kernel. Both types must still get a fused kernel
+    (one that takes a mask), not SDPA's unfused fallback."""
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(CFG, d_model=128, heads=2, d_ff=64, attention="sdpa")
+    model = Transformer(cfg).cuda().train()
+    src, tgt = batch([5, 3, 7]).cuda(), batch([4, 6, 2], seed=1).cuda()
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=activities) as prof:
+        with torch.autocast("cuda", torch.bfloat16, enabled=dtype == torch.bfloat16):
+            logits = model(src, tgt)
+        logits.float().square().mean().backward()
+    kernels = {e.key for e in prof.key_averages() if e.key.startswith("aten::_scaled_dot")}
+    assert kernels, "SDPA did not run"
+    assert not any("cudnn" in k or "math" in k for k in kernels), kernels
+
+
 def test_an_unknown_path_is_rejected():
     with pytest.raises(ValueError, match="attention path"):
         SelfAttention(8, 2, 0.0, "flash")

@@ -10,7 +10,8 @@ the CPU, at sentence lengths (up to ~60 pieces), torch's fused kernel is the slo
 of the two, forward plus backward, in fp32 and more so under bf16 autocast
 (`bench/model_step.py`); and with attention dropout above 0 (`attention_dropout`, 0 by
 default) the CPU has no fused kernel at all: SDPA falls back to an unfused eq. 1 of its
-own. Masks come from `masks.py` (True = may attend).
+own. On an H100 the fused kernels make the whole training step 1.2-1.3x faster
+(`bench/model_step.py --device cuda`). Masks come from `masks.py` (True = may attend).
 
 The projections keep the weight layout of `torch.nn.MultiheadAttention`: the fused
 `in_proj` of self-attention is its `in_proj_weight` (rows: Q, then K, then V), and
@@ -25,11 +26,19 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 if TYPE_CHECKING:
     from transformer_cli.slots import SlotLayerCache
 
 PATHS = ("auto", "sdpa", "math")
+# The fused kernels SDPA may pick on CUDA: all but cuDNN's. cuDNN builds an execution
+# plan for every new shape, and with batch-max padding nearly every training batch (and
+# every decoding step) is a new shape: bf16 training on an H100 ran ~10x slower with it
+# (`bench/train_speed.py`, variant +cudnn). None = torch's own choice.
+CUDA_BACKENDS: list[SDPBackend] | None = [
+    SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH
+]  # fmt: skip
 
 
 def attend_math(
@@ -60,7 +69,8 @@ def attend_math(
 
 
 def _sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float) -> Tensor:
-    """`F.scaled_dot_product_attention`, in fp32 on the CPU even under bf16 autocast.
+    """`F.scaled_dot_product_attention`, in fp32 on the CPU even under bf16 autocast, and
+    on CUDA through `CUDA_BACKENDS`.
 
     The CPU kernel runs fwd+bwd ~2.7x slower in bf16 than in fp32, more than the casts
     cost, and autocast would cast fp32 inputs back down: so it is switched off here.
@@ -68,6 +78,9 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float
     if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
         with torch.autocast("cpu", enabled=False):
             q, k, v = q.float(), k.float(), v.float()
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+    if q.device.type == "cuda" and CUDA_BACKENDS is not None:
+        with sdpa_kernel(CUDA_BACKENDS):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
 
