@@ -25,24 +25,30 @@ def load(name: str) -> dict | None:
 
 
 def train_speed(d: dict) -> list[str]:
-    peak = d["matmul_peak_gflops"]
+    peak = d.get("matmul_peak_gflops")  # absent from runs whose peak was not the device's
+    mfu = (
+        " MFU = achieved matmul FLOP/s (weights only, "
+        f"{d['rows'][0]['flops_per_token'] / 1e6:.1f} MFLOP per target token) over the "
+        f"measured matmul peak (fp32 {peak['fp32']:.0f}, bf16 {peak['bf16']:.0f} GFLOP/s)."
+        if peak
+        else ""
+    )
     lines = [
         f"Training throughput (`bench/train_speed.py`, {d['date']}, commit {d['commit']}, "
         f"{d['machine']}; `{d['config']}` {' '.join(d['overrides'])}). Best of the "
-        "alternating rounds; MFU = achieved matmul FLOP/s (weights only, "
-        f"{d['rows'][0]['flops_per_token'] / 1e6:.1f} MFLOP per target token) over the "
-        f"measured 2048^3 matmul peak (fp32 {peak['fp32']:.0f}, bf16 {peak['bf16']:.0f} GFLOP/s).",
+        f"alternating rounds.{mfu}" + (f" {d['note']}" if "note" in d else ""),
         "",
         "| variant | malloc | real target tokens/s | all rounds | step (median) "
-        "| target tokens/step | peak RSS | MFU vs fp32 peak |",
-        "|---|---|---|---|---|---|---|---|",
+        "| target tokens/step | peak RSS |" + (" MFU vs fp32 peak |" if peak else ""),
+        "|---|---|---|---|---|---|---|" + ("---|" if peak else ""),
     ]
     for r in d["rows"]:
         lines.append(
             f"| {r['variant']} | {r.get('malloc', 'glibc')} | **{r['tokens_per_s']:.0f}** "
             f"| {r['tokens_per_s_all_rounds']} "
             f"| {r['step_ms_median']:.0f} ms | {r['target_tokens_per_step']:.0f} "
-            f"| {r['peak_rss_gib']:.2f} GiB | {100 * r['mfu_vs_fp32_peak']:.0f}% |"
+            f"| {r['peak_rss_gib']:.2f} GiB |"
+            + (f" {100 * r['mfu_vs_fp32_peak']:.0f}% |" if peak else "")
         )
     return lines
 
@@ -51,7 +57,12 @@ def model_step(d: dict) -> list[str]:
     c = d["config"]
     lines = [
         f"Forward + backward of the model alone (`bench/model_step.py`, {d['date']}, "
-        f"{d['cpus']} CPUs, {d['threads']} threads, torch {d['torch']}): d_model {c['d_model']}, "
+        + (
+            f"{d['cpus']} CPUs, {d['threads']} threads"
+            if d.get("device", "cpu") == "cpu"
+            else d["device"]
+        )
+        + f", torch {d['torch']}): d_model {c['d_model']}, "
         f"{c['enc_layers']}+{c['dec_layers']} layers, {c['heads']} heads, ffn {c['d_ff']}, "
         f"vocab {c['tgt_vocab']}, {d['real_tgt_tokens_per_batch']:.0f} real target tokens per "
         f"batch, {d.get('precision', 'fp32')}, the two attention paths alternated step by step.",
@@ -84,6 +95,8 @@ def model_step(d: dict) -> list[str]:
             f"`{k.removeprefix('aten::')}`" for k in d["sdpa_kernels_in_training_step"]
         )
         lines[-1] += f" SDPA's kernels in a training step: {kernels}."
+    if "note" in d:
+        lines[-1] += f" {d['note']}"
     return lines
 
 
@@ -396,6 +409,10 @@ def main() -> None:
         ("train_memory", train_memory),
         ("model_step", model_step),
         ("model_step_bf16", model_step),
+        ("train_speed_paths", train_speed),
+        ("train_speed_cuda", train_speed),
+        ("model_step_cuda", model_step),
+        ("model_step_bf16_cuda", model_step),
         ("decode_speed", decode_speed),
         ("linear_packing", linear_packing),
         ("peer_decode", peer_decode),
