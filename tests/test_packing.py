@@ -9,9 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from transformer_cli import packing
-from transformer_cli.config import ModelConfig
+from transformer_cli.config import DecodeConfig, ModelConfig
 from transformer_cli.model import Transformer
 from transformer_cli.packing import PackedLinear, pack_linears
+from transformer_cli.search import decode_all
 from transformer_cli.tokenizer import PAD_ID
 
 needs_onednn = pytest.mark.skipif(
@@ -58,10 +59,12 @@ def test_packing_keeps_the_parameters_and_the_numbers(tie, share, norm, rows, se
     params = {name: p for name, p in model.named_parameters(remove_duplicate=False)}
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
 
+    assert not packing.fully_packed(model)
     assert pack_linears(model, "cpu", "fp32") == len(linears) > 0
 
     linears_now = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     assert all(isinstance(m, PackedLinear) for m in linears_now)
+    assert packing.fully_packed(model)
     after = model.state_dict()
     assert after.keys() == before.keys()
     assert all(torch.equal(after[k], v) for k, v in before.items())
@@ -129,3 +132,33 @@ def test_bf16_is_not_packed_where_onednn_has_no_bf16_products(monkeypatch):
     model = small_model()
     assert pack_linears(model, "cpu", "bf16") == 0
     assert not any(isinstance(m, PackedLinear) for m in model.modules())
+
+
+@pytest.mark.parametrize(
+    ("precision", "pack", "inference"),
+    [("fp32", False, True), ("bf16", False, False),
+     pytest.param("bf16", True, True, marks=needs_onednn_bf16)],
+)  # fmt: skip
+def test_decoding_drops_autograd_bookkeeping_unless_autocast_needs_it(
+    precision, pack, inference, monkeypatch
+):
+    """inference_mode, except for bf16 layers that autocast casts: under inference_mode it
+    would cast their weights again at every step instead of once. Packed bf16 layers hold
+    their own bf16 copy, and give the same output either way."""
+    model = small_model(seed=3)
+    if pack:
+        pack_linears(model, "cpu", precision)
+    seen = []
+    real = model.encode
+
+    def spy(*args, **kwargs):
+        seen.append(torch.is_inference_mode_enabled())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model, "encode", spy)
+    sources = [[5, 6, 7, 8], [9, 10], [11, 12, 13]]
+    cfg = DecodeConfig(batch_sentences=2)
+    outputs = decode_all(model, sources, cfg, "cpu", precision)
+    assert seen and all(mode is inference for mode in seen)
+    monkeypatch.setattr(packing, "fully_packed", lambda model: False)  # force no_grad
+    assert decode_all(model, sources, cfg, "cpu", precision) == outputs

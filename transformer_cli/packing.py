@@ -129,3 +129,9 @@ def pack_linears(model: nn.Module, device: torch.device | str, precision: str) -
                 seq[i].activation = "relu"
                 seq[i + 1] = nn.Identity()
     return len(swaps)
+
+
+def fully_packed(model: nn.Module) -> bool:
+    """Whether every linear layer of `model` is a `PackedLinear` (and it has some)."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return bool(linears) and all(isinstance(m, PackedLinear) for m in linears)

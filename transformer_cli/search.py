@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import torch
 from torch import Tensor
 
-from transformer_cli import runtime
+from transformer_cli import packing, runtime
 from transformer_cli.config import DecodeConfig
 from transformer_cli.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
@@ -424,8 +424,10 @@ def decode_all(
     try:
         # inference_mode skips autograd's bookkeeping, but under it autocast does not
         # keep its low-precision copies of the weights and casts every matrix again at
-        # every step: so it is for fp32 only
-        grad_off = torch.inference_mode() if precision == "fp32" else torch.no_grad()
+        # every step: so it is for fp32, and for models whose linear layers hold packed
+        # copies in their own type and need no autocast (`packing`; bf16 greedy 1.04x)
+        lean = precision == "fp32" or packing.fully_packed(model)
+        grad_off = torch.inference_mode() if lean else torch.no_grad()
         with grad_off, runtime.autocast(device, precision):
             greedy = beam == 1 and nbest == 1
             if greedy and use_cache and refill and size > 1 and len(chunks) > 1:
