@@ -17,6 +17,15 @@ def test_auto_precision_on_cpu_is_fp32_and_fp16_needs_cuda():
         runtime.resolve_precision("fp16", cpu)
 
 
+def test_a_run_names_its_gpu_or_its_cpu_threads_and_malloc(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Some GPU 80GB")
+    gpu = runtime.describe(torch.device("cuda"), "bf16", 16, "glibc")
+    assert gpu == "cuda (Some GPU 80GB, bf16)"
+    cpu = runtime.describe(torch.device("cpu"), "fp32", 2, "jemalloc")
+    assert cpu == "cpu (fp32, 2 threads, jemalloc malloc)"
+    assert runtime.describe(torch.device("mps"), "fp32", 8, "system") == "mps (fp32)"
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
 def test_forcing_a_missing_device_is_a_config_error():
     with pytest.raises(ConfigError, match="train.device: cuda requested"):

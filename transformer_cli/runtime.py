@@ -61,6 +61,15 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=matmul_dtype(precision))
 
 
+def describe(device: torch.device, precision: str, threads: int, malloc: str) -> str:
+    """Where a run computes, for its first line: a GPU by name; the CPU's threads and malloc."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)}, {precision})"
+    if device.type == "cpu":
+        return f"cpu ({precision}, {threads} threads, {malloc} malloc)"
+    return f"{device.type} ({precision})"
+
+
 def set_threads(threads: int) -> int:
     """Use `threads` intra-op threads (0 = one per available core); return the number used."""
     if threads <= 0:

@@ -100,8 +100,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool) -> dict:
 
     n_params = sum(p.numel() for p in model.parameters())
     print(
-        f"training {n_params:,} parameters on {device.type} ({precision}, {threads} threads, "
-        f"{allocator.active()} malloc); "
+        f"training {n_params:,} parameters on "
+        f"{runtime.describe(device, precision, threads, allocator.active())}; "
         f"{len(train_split):,} training pairs; run dir {run_dir}",
         file=sys.stderr,
     )
