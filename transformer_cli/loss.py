@@ -173,5 +173,7 @@ def perplexity(nll_sum: float, n_tokens: int) -> float:
     mean = per_token(nll_sum, n_tokens)
     if math.isnan(mean):
         return math.nan
-    # exp overflows a double just above 709.78; an untrained model is near log(V) < 12.
-    return math.exp(mean) if mean < 709.0 else math.inf
+    try:
+        return math.exp(mean)
+    except OverflowError:  # above ~709.78 nats per token: a diverged model
+        return math.inf
