@@ -26,7 +26,7 @@ format: $(BIN)/.installed
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
 
 toy-data: $(BIN)/.installed
-	$(BIN)/python -m transformer_cli.toy data/toy
+	$(BIN)/python -m transformer_cli.data.toy data/toy
 
 clean:
 	rm -rf runs .pytest_cache

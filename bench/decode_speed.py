@@ -40,12 +40,12 @@ from pathlib import Path
 import sacrebleu
 import torch
 
-from transformer_cli.config import load_config
-from transformer_cli.evaluate import split_data
-from transformer_cli.packing import PackedLinear, pack_linears
-from transformer_cli.runtime import matmul_dtype
-from transformer_cli.search import decode_all
-from transformer_cli.translate import decode_options, load_model
+from transformer_cli.core.config import load_config
+from transformer_cli.core.runtime import matmul_dtype
+from transformer_cli.decoding.evaluate import split_data
+from transformer_cli.decoding.search import decode_all
+from transformer_cli.decoding.translate import decode_options, load_model
+from transformer_cli.fast.packing import PackedLinear, pack_linears
 
 DEFAULT_CKPT = Path("runs/multi30k_de_en/checkpoints/best.pt")
 OUT = Path(__file__).parent / "out" / "decode_speed.json"

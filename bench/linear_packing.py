@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from transformer_cli.packing import PackedLinear, packing_available
+from transformer_cli.fast.packing import PackedLinear, packing_available
 
 OUT = Path(__file__).parent / "out" / "linear_packing.json"
 # (in, out, bias): Q/K/V in_proj, cross-attention kv_proj, first and second feed-forward

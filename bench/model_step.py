@@ -42,11 +42,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from transformer_cli.attention import _sdpa, attend_math
-from transformer_cli.config import ModelConfig
-from transformer_cli.masks import decoder_mask, padding_mask
-from transformer_cli.model import Transformer
-from transformer_cli.tokenizer import PAD_ID
+from transformer_cli.core.config import ModelConfig
+from transformer_cli.data.tokenizer import PAD_ID
+from transformer_cli.model.attention import _sdpa, attend_math
+from transformer_cli.model.masks import decoder_mask, padding_mask
+from transformer_cli.model.transformer import Transformer
 
 VOCAB = 8000
 SMALL = ModelConfig(

@@ -81,8 +81,8 @@ def tfx_child(checkpoint: str, batch: int) -> None:
     """Load the checkpoint, translate the test split's sources once, print the timing."""
     import torch
 
-    from transformer_cli.evaluate import split_data
-    from transformer_cli.translate import Translator, load_model
+    from transformer_cli.decoding.evaluate import split_data
+    from transformer_cli.decoding.translate import Translator, load_model
 
     torch.set_num_threads(2)
     sources = split_data(load_model(checkpoint, "cpu")[2], "test").sources

@@ -36,7 +36,10 @@ def rss_gib() -> float:
 def worker(args) -> dict:
     from train_speed import setup
 
-    from transformer_cli import allocator, batching, schedule, train
+    from transformer_cli.data import batching
+    from transformer_cli.fast import allocator
+    from transformer_cli.training import loop as train
+    from transformer_cli.training import schedule
 
     cfg, device, precision, _, split, model, optimizer = setup(
         args.config, [*args.set, "train.device=cpu"]

@@ -74,9 +74,12 @@ def setup(config: str, overrides: list[str]):
 
     Returns (cfg, device, precision, threads, split, model, optimizer).
     """
-    from transformer_cli import allocator, cache, runtime, train
-    from transformer_cli.config import load_config
-    from transformer_cli.tokenizer import Tokenizer
+    from transformer_cli.core import runtime
+    from transformer_cli.core.config import load_config
+    from transformer_cli.data import store as cache
+    from transformer_cli.data.tokenizer import Tokenizer
+    from transformer_cli.fast import allocator
+    from transformer_cli.training import loop as train
 
     cfg = load_config(config, overrides)
     tok = Tokenizer.load(cfg.run_dir)
@@ -100,7 +103,9 @@ def worker(args) -> dict:
     """Time `--steps` training steps of one variant; runs in its own process."""
     import torch
 
-    from transformer_cli import allocator, batching, train
+    from transformer_cli.data import batching
+    from transformer_cli.fast import allocator
+    from transformer_cli.training import loop as train
 
     precision, *flags = args.variant.split("+")
     overrides = [*args.set, f"train.precision={precision}"]
@@ -109,7 +114,7 @@ def worker(args) -> dict:
     overrides += ["model.attention=sdpa"] if "sdpa" in flags else []
     overrides += ["train.fused_loss=false"] if "unfused" in flags else []
     if "cudnn" in flags:  # SDPA may also pick cuDNN's kernel on CUDA (torch's default)
-        from transformer_cli import attention
+        from transformer_cli.model import attention
 
         attention.CUDA_BACKENDS = None
     cfg, device, precision, threads, split, model, optimizer = setup(args.config, overrides)
@@ -159,7 +164,7 @@ def worker(args) -> dict:
 def worker_env(variant: str) -> dict[str, str]:
     """The environment `tfx train` would run in: under jemalloc where installed (see
     `allocator`), unless the variant says +glibc."""
-    from transformer_cli import allocator
+    from transformer_cli.fast import allocator
 
     base = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")}
     if "glibc" in variant.split("+"):

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from transformer_cli.config import Config, config_from_dict
-from transformer_cli.toy import generate
+from transformer_cli.core.config import Config, config_from_dict
+from transformer_cli.data.toy import generate
 
 
 @pytest.fixture(scope="session")

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from transformer_cli import allocator
-from transformer_cli.allocator import JEMALLOC_CONF, jemalloc_env
+from transformer_cli.fast import allocator
+from transformer_cli.fast.allocator import JEMALLOC_CONF, jemalloc_env
 
 INSTALLED = ctypes.util.find_library("jemalloc") is not None
 
@@ -64,7 +64,7 @@ def test_this_process_reports_its_allocator():
 
 TRAIN_HEADER = """
 import sys
-from transformer_cli import cli
+from transformer_cli.cli.app import app as cli
 sys.argv = ["tfx", *sys.argv[1:]]
 cli.main()
 """
@@ -73,8 +73,8 @@ cli.main()
 @pytest.mark.skipif(not (INSTALLED and sys.platform.startswith("linux")), reason="no jemalloc")
 @pytest.mark.parametrize(("setting", "expected"), [("auto", "jemalloc"), ("system", "glibc")])
 def test_tfx_train_runs_under_jemalloc_unless_told_not_to(make_config, tmp_path, setting, expected):
-    from transformer_cli import prepare
-    from transformer_cli.config import to_yaml
+    from transformer_cli.core.config import to_yaml
+    from transformer_cli.data import prepare
 
     cfg = make_config(
         "model.d_model=16", "model.heads=2", "model.enc_layers=1", "model.dec_layers=1",
@@ -94,7 +94,7 @@ def test_tfx_train_runs_under_jemalloc_unless_told_not_to(make_config, tmp_path,
 
 WORKLOAD = """
 import random, resource, sys, torch
-from transformer_cli.allocator import tune_cpu_memory
+from transformer_cli.fast.allocator import tune_cpu_memory
 if sys.argv[1] == "keep":
     assert tune_cpu_memory()
 rng = random.Random(0)

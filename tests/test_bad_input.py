@@ -19,9 +19,11 @@ import yaml
 from conftest import write_splits
 from typer.testing import CliRunner
 
-from transformer_cli import checkpoint, prepare, train
-from transformer_cli.cli import app
-from transformer_cli.config import config_from_dict
+from transformer_cli.cli.app import app
+from transformer_cli.core import checkpoint
+from transformer_cli.core.config import config_from_dict
+from transformer_cli.data import prepare
+from transformer_cli.training import loop as train
 
 BASE = {
     "tokenizer": {"vocab_size": 100},

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transformer_cli.batching import (
+from transformer_cli.data.batching import (
     Batch,
     collate,
     epoch_batches,
@@ -14,8 +14,8 @@ from transformer_cli.batching import (
     eval_order,
     pack,
 )
-from transformer_cli.cache import EncodedSplit
-from transformer_cli.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from transformer_cli.data.store import EncodedSplit
+from transformer_cli.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 FIRST_REAL = max(PAD_ID, UNK_ID, BOS_ID, EOS_ID) + 1
 

@@ -10,7 +10,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from transformer_cli.config import (
+from transformer_cli.core.config import (
     Config,
     all_keys,
     config_from_dict,
@@ -18,7 +18,7 @@ from transformer_cli.config import (
     to_dict,
     to_yaml,
 )
-from transformer_cli.errors import ConfigError
+from transformer_cli.core.errors import ConfigError
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 

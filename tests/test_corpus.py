@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transformer_cli import corpus
-from transformer_cli.config import DataConfig
-from transformer_cli.errors import DataError
+from transformer_cli.core.config import DataConfig
+from transformer_cli.core.errors import DataError
+from transformer_cli.data import corpus
 
 
 def error_of(fn, *args) -> str:
@@ -107,7 +107,7 @@ def test_missing_files_are_named(tmp_path):
     data = DataConfig(source="files", dir=str(tmp_path / "nope"))
     assert str(tmp_path / "nope") in error_of(corpus.read_split, data, "train")
     data = DataConfig(source="toy", dir=str(tmp_path / "nope"))
-    assert "python -m transformer_cli.toy" in error_of(corpus.read_split, data, "train")
+    assert "python -m transformer_cli.data.toy" in error_of(corpus.read_split, data, "train")
 
 
 def test_a_split_with_no_pairs_is_an_error(tmp_path):

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transformer_cli.dropout import Dropout, dropout, keep_mask
+from transformer_cli.fast.dropout import Dropout, dropout, keep_mask
 
 N = 400_000
 

@@ -13,13 +13,17 @@ from conftest import write_splits
 from test_plots import assert_png
 from typer.testing import CliRunner
 
-from transformer_cli import attention_maps, batching, cache, curves, inspection, prepare, train
-from transformer_cli.cli import app
-from transformer_cli.config import load_config
-from transformer_cli.masks import causal_mask, decoder_mask, padding_mask
-from transformer_cli.schedule import learning_rate
-from transformer_cli.tokenizer import BOS_ID, EOS_ID, PAD_ID
-from transformer_cli.translate import load_model
+from transformer_cli.cli.app import app
+from transformer_cli.core.config import load_config
+from transformer_cli.data import batching, prepare
+from transformer_cli.data import store as cache
+from transformer_cli.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from transformer_cli.decoding.translate import load_model
+from transformer_cli.inspect import attention_maps, curves
+from transformer_cli.inspect import views as inspection
+from transformer_cli.model.masks import causal_mask, decoder_mask, padding_mask
+from transformer_cli.training import loop as train
+from transformer_cli.training.schedule import learning_rate
 
 TINY = {
     "data": {"source": "files", "max_len": 30},
@@ -178,7 +182,7 @@ def test_positions_check_can_fail(monkeypatch):
         def forward(self, length, offset=0):
             return self.table[offset : offset + length]
 
-    monkeypatch.setattr("transformer_cli.model.SinusoidalPositions", NotSinusoidal)
+    monkeypatch.setattr("transformer_cli.model.transformer.SinusoidalPositions", NotSinusoidal)
     view = inspection.positions_view(16, 50, (1, 3))
     assert all(c["max_error"] > 0.1 for c in view["checks"])
 

@@ -15,7 +15,7 @@ import pytest
 from conftest import write_splits
 from typer.testing import CliRunner
 
-from transformer_cli.cli import app
+from transformer_cli.cli.app import app
 
 LEGACY = Path(__file__).parent / "data" / "legacy_461f0ec"
 FP32_CPU = ["--device", "cpu", "--precision", "fp32"]

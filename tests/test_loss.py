@@ -10,13 +10,13 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transformer_cli.loss import (
+from transformer_cli.data.tokenizer import PAD_ID
+from transformer_cli.training.loss import (
     masked_cross_entropy,
     per_token,
     perplexity,
     projected_cross_entropy,
 )
-from transformer_cli.tokenizer import PAD_ID
 
 EPS = [0.0, 0.1, 0.3]
 

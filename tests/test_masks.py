@@ -2,8 +2,8 @@
 
 import torch
 
-from transformer_cli.masks import causal_mask, decoder_mask, padding_mask
-from transformer_cli.tokenizer import PAD_ID
+from transformer_cli.data.tokenizer import PAD_ID
+from transformer_cli.model.masks import causal_mask, decoder_mask, padding_mask
 
 
 def right_padded(lengths: list[int], width: int) -> torch.Tensor:

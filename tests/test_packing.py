@@ -8,12 +8,12 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transformer_cli import packing
-from transformer_cli.config import DecodeConfig, ModelConfig
-from transformer_cli.model import Transformer
-from transformer_cli.packing import PackedLinear, pack_linears
-from transformer_cli.search import decode_all
-from transformer_cli.tokenizer import PAD_ID
+from transformer_cli.core.config import DecodeConfig, ModelConfig
+from transformer_cli.data.tokenizer import PAD_ID
+from transformer_cli.decoding.search import decode_all
+from transformer_cli.fast import packing
+from transformer_cli.fast.packing import PackedLinear, pack_linears
+from transformer_cli.model.transformer import Transformer
 
 needs_onednn = pytest.mark.skipif(
     not packing.packing_available("cpu"), reason="packing needs torch's oneDNN on the CPU"

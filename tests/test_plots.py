@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from transformer_cli import plots
-from transformer_cli.masks import causal_mask, decoder_mask, padding_mask
-from transformer_cli.model import sinusoidal_table
-from transformer_cli.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from transformer_cli.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from transformer_cli.inspect import plots
+from transformer_cli.model.masks import causal_mask, decoder_mask, padding_mask
+from transformer_cli.model.transformer import sinusoidal_table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -109,7 +109,7 @@ def test_plot_attention_rejects_labels_that_do_not_fit(tmp_path):
 def test_the_cli_imports_neither_torch_nor_matplotlib():
     # `tfx --help` stays instant: the inspect commands import both inside themselves
     code = (
-        "import sys, transformer_cli.cli; "
+        "import sys, transformer_cli.cli.app; "
         "print([m for m in ('torch', 'matplotlib') if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

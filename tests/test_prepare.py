@@ -12,12 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from transformer_cli import cache, prepare
-from transformer_cli.cache import SPLITS
-from transformer_cli.cli import app
-from transformer_cli.config import load_config, to_dict
-from transformer_cli.errors import DataError
-from transformer_cli.tokenizer import Tokenizer
+from transformer_cli.cli.app import app
+from transformer_cli.core.config import load_config, to_dict
+from transformer_cli.core.errors import DataError
+from transformer_cli.data import prepare
+from transformer_cli.data import store as cache
+from transformer_cli.data.store import SPLITS
+from transformer_cli.data.tokenizer import Tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 MULTI30K = Path(__file__).resolve().parents[1].parent / "shared/data/multi30k"
@@ -302,7 +303,7 @@ def test_multi30k_prepares_in_under_a_minute(tmp_path):
 
 @pytest.mark.skipif(not (MULTI30K / "train.de.gz").exists(), reason="no Multi30k in ../shared")
 def test_multi30k_gz_files_read_aligned(tmp_path):
-    from transformer_cli import corpus
+    from transformer_cli.data import corpus
 
     data = load_config(REPO / "configs/multi30k_en_de.yaml", [f"data.dir={MULTI30K}"]).data
     pairs = corpus.read_split(data, "valid")

@@ -12,11 +12,16 @@ import pytest
 import torch
 from torch import nn
 
-from transformer_cli.attention import CrossAttention, SelfAttention
-from transformer_cli.config import ModelConfig
-from transformer_cli.masks import decoder_mask, padding_mask
-from transformer_cli.model import DecoderLayer, EncoderLayer, Transformer, sinusoidal_table
-from transformer_cli.tokenizer import PAD_ID
+from transformer_cli.core.config import ModelConfig
+from transformer_cli.data.tokenizer import PAD_ID
+from transformer_cli.model.attention import CrossAttention, SelfAttention
+from transformer_cli.model.masks import decoder_mask, padding_mask
+from transformer_cli.model.transformer import (
+    DecoderLayer,
+    EncoderLayer,
+    Transformer,
+    sinusoidal_table,
+)
 
 D, HEADS, FF = 16, 4, 24
 CFG = ModelConfig(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from transformer_cli import runtime
-from transformer_cli.errors import ConfigError
+from transformer_cli.core import runtime
+from transformer_cli.core.errors import ConfigError
 
 
 def test_auto_precision_on_cpu_is_fp32_and_fp16_needs_cuda():

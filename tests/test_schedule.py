@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from transformer_cli.config import TrainConfig
-from transformer_cli.schedule import constant, inverse_sqrt, learning_rate, noam
+from transformer_cli.core.config import TrainConfig
+from transformer_cli.training.schedule import constant, inverse_sqrt, learning_rate, noam
 
 
 @given(

@@ -10,16 +10,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transformer_cli.config import DecodeConfig, ModelConfig
-from transformer_cli.model import Transformer
-from transformer_cli.search import (
+from transformer_cli.core.config import DecodeConfig, ModelConfig
+from transformer_cli.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from transformer_cli.decoding.search import (
     beam_search,
     decode_all,
     greedy_search,
     greedy_stream,
     length_penalty,
 )
-from transformer_cli.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from transformer_cli.model.transformer import Transformer
 
 FIRST_REAL = EOS_ID + 1
 VOCAB = 14  # small: the tiny models train in a fraction of a second

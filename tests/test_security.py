@@ -22,9 +22,11 @@ from conftest import write_splits
 from test_bad_input import BASE, Trap, assert_one_line_error
 from typer.testing import CliRunner
 
-from transformer_cli import checkpoint, prepare, train
-from transformer_cli.cli import app
-from transformer_cli.config import config_from_dict
+from transformer_cli.cli.app import app
+from transformer_cli.core import checkpoint
+from transformer_cli.core.config import config_from_dict
+from transformer_cli.data import prepare
+from transformer_cli.training import loop as train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -126,7 +128,7 @@ def test_a_tag_in_set_is_a_plain_string(tmp_path):
 
 DRIVER = """
 import sys, json
-from transformer_cli.cli import app
+from transformer_cli.cli.app import app
 for argv in json.loads(sys.argv[1]):
     try:
         app(argv, prog_name="tfx")

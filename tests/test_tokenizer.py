@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transformer_cli.config import TokenizerConfig
-from transformer_cli.errors import DataError
-from transformer_cli.tokenizer import (
+from transformer_cli.core.config import TokenizerConfig
+from transformer_cli.core.errors import DataError
+from transformer_cli.data.tokenizer import (
     BOS_ID,
     EOS_ID,
     PAD_ID,
@@ -139,7 +139,8 @@ def test_too_small_vocab_names_the_characters(sides):
 
 def test_tokenizer_and_corpus_do_not_import_torch():
     code = (
-        "import sys, transformer_cli.tokenizer, transformer_cli.corpus, transformer_cli.toy; "
+        "import sys, transformer_cli.data.tokenizer, transformer_cli.data.corpus; "
+        "import transformer_cli.data.toy; "
         "sys.exit('torch' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from transformer_cli import toy
+from transformer_cli.data import toy
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,12 +12,15 @@ import torch
 from conftest import write_splits
 from typer.testing import CliRunner
 
-from transformer_cli import batching, cache, checkpoint, prepare, train
-from transformer_cli.cli import app
-from transformer_cli.config import config_from_dict
-from transformer_cli.errors import TrainingError
-from transformer_cli.loss import LossParts
-from transformer_cli.model import Transformer
+from transformer_cli.cli.app import app
+from transformer_cli.core import checkpoint
+from transformer_cli.core.config import config_from_dict
+from transformer_cli.core.errors import TrainingError
+from transformer_cli.data import batching, prepare
+from transformer_cli.data import store as cache
+from transformer_cli.model.transformer import Transformer
+from transformer_cli.training import loop as train
+from transformer_cli.training.loss import LossParts
 
 TINY = (
     "model.d_model=32",
@@ -110,7 +113,7 @@ def test_accumulated_micro_batches_give_the_gradient_of_one_big_batch(make_confi
 
 
 def _plain(cfg):
-    from transformer_cli.config import to_dict
+    from transformer_cli.core.config import to_dict
 
     return to_dict(cfg)
 
@@ -203,7 +206,7 @@ def test_a_tiny_model_overfits_a_tiny_corpus(tmp_path, toy_pairs):
 def test_cli_prepare_and_train_a_few_steps(make_config, tmp_path):
     cfg = make_config()
     config_path = tmp_path / "c.yaml"
-    from transformer_cli.config import to_yaml
+    from transformer_cli.core.config import to_yaml
 
     config_path.write_text(to_yaml(cfg))
     runner = CliRunner()
@@ -224,7 +227,7 @@ def test_train_without_prepare_is_a_one_line_error(make_config):
     result = CliRunner().invoke(app, ["train", "--config", "/nonexistent.yaml"])
     assert result.exit_code == 2
     cfg = make_config(*TINY)
-    from transformer_cli.errors import DataError
+    from transformer_cli.core.errors import DataError
 
     with pytest.raises(DataError, match="run `tfx prepare"):
         train.run(cfg)
@@ -264,8 +267,8 @@ def test_a_fresh_run_refuses_a_run_dir_that_already_has_one(make_config):
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
 def test_fused_and_plain_batch_loss_agree_on_a_model(precision, label_smoothing):
     """The chunked projection + loss is the same objective as full logits + masked CE."""
-    from transformer_cli.config import ModelConfig
-    from transformer_cli.evaluate import batch_loss
+    from transformer_cli.core.config import ModelConfig
+    from transformer_cli.decoding.evaluate import batch_loss
 
     torch.manual_seed(0)
     cfg = ModelConfig(
@@ -327,7 +330,7 @@ def test_train_evaluate_and_translate_run_without_the_datasets_package(make_conf
     import subprocess
     import sys
 
-    from transformer_cli.config import to_yaml
+    from transformer_cli.core.config import to_yaml
 
     cfg = make_config(*TINY, "train.max_steps=2")
     prepare.run(cfg)
@@ -335,7 +338,7 @@ def test_train_evaluate_and_translate_run_without_the_datasets_package(make_conf
     config_path.write_text(to_yaml(cfg))
     blocked = (
         "import sys; sys.modules['datasets'] = None\n"  # any `import datasets` now fails
-        "from transformer_cli.cli import app\n"
+        "from transformer_cli.cli.app import app\n"
         "app(sys.argv[1:])\n"
     )
     ckpt = str(tmp_path / "run" / "checkpoints" / "last.pt")

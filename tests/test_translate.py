@@ -13,13 +13,15 @@ import torch
 from conftest import write_splits
 from typer.testing import CliRunner
 
-from transformer_cli import __version__, prepare, translate
-from transformer_cli.checkpoint import load_checkpoint, save_checkpoint
-from transformer_cli.cli import app
-from transformer_cli.config import config_from_dict, to_dict
-from transformer_cli.model import Transformer
-from transformer_cli.packing import packing_available
-from transformer_cli.tokenizer import Tokenizer
+from transformer_cli import __version__
+from transformer_cli.cli.app import app
+from transformer_cli.core.checkpoint import load_checkpoint, save_checkpoint
+from transformer_cli.core.config import config_from_dict, to_dict
+from transformer_cli.data import prepare
+from transformer_cli.data.tokenizer import Tokenizer
+from transformer_cli.decoding import translate
+from transformer_cli.fast.packing import packing_available
+from transformer_cli.model.transformer import Transformer
 
 MAX_POSITIONS = 24  # small, so that an overlong line is easy to write
 REPO = Path(__file__).resolve().parents[1]
@@ -190,7 +192,7 @@ def test_nbest_gives_k_scored_lines_per_input_best_first(ckpt):
     ("flag", "expected"), [([], False), (["--early-stop"], True), (["--no-early-stop"], False)]
 )
 def test_early_stop_flag_reaches_the_beam_search(ckpt, monkeypatch, flag, expected):
-    from transformer_cli import search
+    from transformer_cli.decoding import search
 
     seen = []
     real = search.beam_search
@@ -207,7 +209,7 @@ def test_early_stop_flag_reaches_the_beam_search(ckpt, monkeypatch, flag, expect
 
 @pytest.mark.parametrize(("flag", "expected"), [([], "fp32"), (["--precision", "bf16"], "bf16")])
 def test_precision_flag_reaches_the_decoder(ckpt, monkeypatch, flag, expected):
-    from transformer_cli import search
+    from transformer_cli.decoding import search
 
     seen = []
     real = search.decode_all
@@ -228,7 +230,7 @@ def test_precision_flag_reaches_the_decoder(ckpt, monkeypatch, flag, expected):
 
 def test_bf16_decoding_runs_the_matrix_products_in_bf16(ckpt):
     """The flag changes the arithmetic: the model's logits come out in bf16 under it."""
-    from transformer_cli import runtime
+    from transformer_cli.core import runtime
 
     model, _, _ = translate.load_model(ckpt, "cpu")
     src = torch.tensor([[5, 6, 7]])

@@ -1,5 +1,5 @@
 """`python -m transformer_cli` runs the tfx CLI."""
 
-from transformer_cli.cli import main
+from transformer_cli.cli.app import main
 
 main()

@@ -105,7 +105,7 @@ def start_tfx(
         env["TFX_TEST_PAUSE"] = f"{pause}|{marker}"
         boot = (
             f"import sys; sys.path.insert(0, {str(HERE)!r}); import faultlib; "
-            "faultlib.install_pause(); from transformer_cli.cli import main; main()"
+            "faultlib.install_pause(); from transformer_cli.cli.app import main; main()"
         )
         command = [sys.executable, "-c", boot, *args]
     with open(log, "ab") as out:
@@ -178,7 +178,7 @@ def install_pause() -> None:
 
         setattr(module, attr, paused_call)
     elif kind == "write":
-        from transformer_cli import checkpoint
+        from transformer_cli.core import checkpoint
 
         real_open = checkpoint.atomic_open
 
@@ -233,7 +233,7 @@ class _HalfWriter:
 
 
 def last_state(run_dir: Path) -> dict:
-    from transformer_cli import checkpoint
+    from transformer_cli.core import checkpoint
 
     return checkpoint.load_checkpoint(checkpoint.last_path(run_dir))
 
@@ -272,8 +272,8 @@ def prepared_run(tmp_path_factory, toy_pairs) -> tuple[Path, Path]:
     if "prepared" not in _MEMO:
         from conftest import write_splits
 
-        from transformer_cli import prepare
-        from transformer_cli.config import config_from_dict
+        from transformer_cli.core.config import config_from_dict
+        from transformer_cli.data import prepare
 
         root = tmp_path_factory.mktemp("prepared")
         splits = {"train": toy_pairs[:240], "valid": toy_pairs[240:270], "test": toy_pairs[270:]}
@@ -290,8 +290,8 @@ def reference_run(tmp_path_factory, toy_pairs, **train: object) -> Path:
     """
     key = f"reference {sorted(train.items())}"
     if key not in _MEMO:
-        from transformer_cli import train as train_mod
-        from transformer_cli.config import config_from_dict
+        from transformer_cli.core.config import config_from_dict
+        from transformer_cli.training import loop as train_mod
 
         data, prepared = prepared_run(tmp_path_factory, toy_pairs)
         run_dir = tmp_path_factory.mktemp("reference") / "run"

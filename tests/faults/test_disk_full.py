@@ -19,9 +19,9 @@ from faultlib import (
 )
 from typer.testing import CliRunner
 
-from transformer_cli import checkpoint
-from transformer_cli.cli import app
-from transformer_cli.curves import read_metrics
+from transformer_cli.cli.app import app
+from transformer_cli.core import checkpoint
+from transformer_cli.inspect.curves import read_metrics
 
 pytestmark = pytest.mark.faults
 

@@ -20,8 +20,8 @@ from faultlib import (
 )
 from typer.testing import CliRunner
 
-from transformer_cli import cache
-from transformer_cli.cli import app
+from transformer_cli.cli.app import app
+from transformer_cli.data import store as cache
 
 pytestmark = pytest.mark.faults
 
@@ -82,7 +82,7 @@ def assert_repaired(config: Path, run_dir: Path, clean: Path, reused: bool) -> N
 def test_kill_while_the_splits_are_written(stale, clean, tmp_path):
     run_dir, config = stale
     kill_at(["prepare", "--config", str(config)], tmp_path / "log",
-            "call|transformer_cli.cache.save_split|2", tmp_path / "paused")  # fmt: skip
+            "call|transformer_cli.data.store.save_split|2", tmp_path / "paused")  # fmt: skip
     assert not (cache.cache_dir(run_dir) / "meta.json").exists()
     assert_train_refuses(config, run_dir)
     assert_repaired(config, run_dir, clean, reused=False)
@@ -92,9 +92,9 @@ def test_kill_while_the_splits_are_written(stale, clean, tmp_path):
 @pytest.mark.parametrize(
     ("pause", "reused"),
     [
-        ("call|transformer_cli.cache.save_split|1", False),  # tokenizer written, no split
+        ("call|transformer_cli.data.store.save_split|1", False),  # tokenizer written, no split
         ("replace|meta.json|1", False),  # everything written, meta.json not yet renamed
-        ("call|transformer_cli.prepare.summary|1", True),  # complete: meta.json is in place
+        ("call|transformer_cli.data.prepare.summary|1", True),  # complete: meta.json is in place
     ],
 )
 def test_kill_at_each_stage_of_the_cache_write(stale, clean, tmp_path, pause, reused):

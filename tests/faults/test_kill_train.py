@@ -27,10 +27,11 @@ from faultlib import (
 )
 from typer.testing import CliRunner
 
-from transformer_cli import checkpoint, train
-from transformer_cli.cli import app
-from transformer_cli.config import config_from_dict
-from transformer_cli.errors import CheckpointError
+from transformer_cli.cli.app import app
+from transformer_cli.core import checkpoint
+from transformer_cli.core.config import config_from_dict
+from transformer_cli.core.errors import CheckpointError
+from transformer_cli.training import loop as train
 
 pytestmark = pytest.mark.faults
 
@@ -86,10 +87,10 @@ def test_resuming_a_finished_run_trains_no_further(tmp_path, prepared, limit):
 STEPS, EVERY = 60, 3
 # where a kill lands: a pause point (see faultlib.install_pause), or a random moment
 KILL_POINTS = {
-    "mid-step": "call|transformer_cli.train.batch_loss|{steps}",
-    "mid-validation": "call|transformer_cli.train.decode_all|{saves}",
+    "mid-step": "call|transformer_cli.training.loop.batch_loss|{steps}",
+    "mid-validation": "call|transformer_cli.training.loop.decode_all|{saves}",
     "checkpoint write": "write|checkpoint|{saves}",
-    "before last.pt/best.pt relink": "call|transformer_cli.checkpoint.publish|{saves}",
+    "before last.pt/best.pt relink": "call|transformer_cli.core.checkpoint.publish|{saves}",
     "random moment in training": None,
     "random moment in start-up": None,
 }

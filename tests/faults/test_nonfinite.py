@@ -15,9 +15,10 @@ from faultlib import (
 )
 from typer.testing import CliRunner
 
-from transformer_cli import checkpoint, train
-from transformer_cli.cli import app
-from transformer_cli.loss import LossParts
+from transformer_cli.cli.app import app
+from transformer_cli.core import checkpoint
+from transformer_cli.training import loop as train
+from transformer_cli.training.loss import LossParts
 
 pytestmark = pytest.mark.faults
 

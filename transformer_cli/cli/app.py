@@ -1,0 +1,236 @@
+"""The `tfx` command line. Each command is a few lines: load config -> <module>.run(...).
+
+torch and the heavy modules are imported inside the commands, so `tfx --help` is instant.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from transformer_cli.cli.options import ConfigOpt, SetOpt, load
+from transformer_cli.core.errors import boundary
+from transformer_cli.inspect.views import inspect_app
+
+app = typer.Typer(
+    name="tfx",
+    help="tfx: train, evaluate and use Transformer translation models from YAML configs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.command()
+@boundary
+def prepare(config: ConfigOpt, set_: SetOpt = None) -> None:
+    """Read the corpus, train SentencePiece, and write the encoded cache into the run dir."""
+    from transformer_cli.data import prepare as prepare_mod
+
+    prepare_mod.run(load(config, set_))
+
+
+@app.command()
+@boundary
+def train(
+    config: ConfigOpt,
+    set_: SetOpt = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the run dir's last checkpoint.")
+    ] = False,
+) -> None:
+    """Train a model on the prepared cache; checkpoints go into the run dir."""
+    from transformer_cli.training import loop as train_mod
+
+    train_mod.run(load(config, set_), resume=resume)
+
+
+# ----------------------------------------------------------------------------- decoding
+
+BeamOpt = Annotated[
+    int | None,
+    typer.Option("--beam", help="Beam size; 1 = greedy. (default: the checkpoint config)"),
+]
+AlphaOpt = Annotated[
+    float | None,
+    typer.Option("--alpha", help="GNMT length penalty exponent. (default: the checkpoint config)"),
+]
+EarlyStopOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--early-stop/--no-early-stop",
+        help="Beam: also stop a sentence once its best candidate ends (faster, favours "
+        "short outputs). (default: the checkpoint config)",
+    ),
+]
+MaxLenAOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--max-len-a", help="Output cap = a * source pieces + b. (default: the checkpoint config)"
+    ),
+]
+MaxLenBOpt = Annotated[
+    int | None,
+    typer.Option("--max-len-b", help="See --max-len-a. (default: the checkpoint config)"),
+]
+BatchOpt = Annotated[
+    int | None,
+    typer.Option("--batch-size", help="Sentences per batch. (default: the checkpoint config)"),
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")]
+PrecisionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--precision",
+        help="auto, fp32, bf16 or fp16 (CUDA only). auto: fp32 on the CPU, bf16/fp16 on "
+        "CUDA; bf16 decodes faster on CPUs with bf16 units. (default: the checkpoint config)",
+    ),
+]
+
+
+@app.command()
+@boundary
+def translate(
+    checkpoint: Annotated[Path, typer.Argument(help="A tfx checkpoint (.pt).")],
+    text: Annotated[
+        list[str] | None,
+        typer.Argument(help="Sentences to translate. None: --input, piped stdin, or a prompt."),
+    ] = None,
+    input_: Annotated[
+        Path | None, typer.Option("--input", "-i", help="Read sentences from a file.")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to a file (atomically).")
+    ] = None,
+    beam: BeamOpt = None,
+    alpha: AlphaOpt = None,
+    early_stop: EarlyStopOpt = None,
+    nbest: Annotated[
+        int, typer.Option("--nbest", help="K lines per input: hypothesis<TAB>score.")
+    ] = 1,
+    max_len_a: MaxLenAOpt = None,
+    max_len_b: MaxLenBOpt = None,
+    batch_size: BatchOpt = None,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = None,
+    plot_attention: Annotated[
+        Path | None,
+        typer.Option("--plot-attention", help="Draw the first TEXT's attention into this PNG."),
+    ] = None,
+    layer: Annotated[
+        int, typer.Option("--layer", help="--plot-attention: decoder layer, 0-based; -1 = last.")
+    ] = -1,
+    head: Annotated[
+        str, typer.Option("--head", help="--plot-attention: a head number, or mean.")
+    ] = "mean",
+    self_attention: Annotated[
+        bool, typer.Option("--self-attention", help="--plot-attention: decoder self-attention.")
+    ] = False,
+) -> None:
+    """Translate with a checkpoint: one output line per input line."""
+    from transformer_cli.decoding import translate as translate_mod
+
+    if plot_attention is not None:  # first, so that a bad --layer or --head fails at once
+        from transformer_cli.inspect.attention_maps import plot_first_attention
+
+        plot_first_attention(
+            checkpoint, text, plot_attention, layer=layer, head=head,
+            self_attention=self_attention, device=device,
+        )  # fmt: skip
+    translate_mod.run(
+        checkpoint, text, input_, output, beam=beam, alpha=alpha, early_stop=early_stop,
+        nbest=nbest, max_len_a=max_len_a, max_len_b=max_len_b, batch_size=batch_size,
+        device=device, precision=precision,
+    )  # fmt: skip
+
+
+@app.command()
+@boundary
+def evaluate(
+    checkpoints: Annotated[
+        list[str], typer.Argument(help="Checkpoints: files, directories (their *.pt), globs.")
+    ],
+    split: Annotated[
+        str, typer.Option("--split", help="Prepared split of the run dir: valid or test.")
+    ] = "test",
+    src: Annotated[Path | None, typer.Option("--src", help="Raw source file (with --ref).")] = None,
+    ref: Annotated[Path | None, typer.Option("--ref", help="Raw reference file.")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="Use this config's run dir and decode.")
+    ] = None,
+    set_: SetOpt = None,
+    beam: BeamOpt = None,
+    alpha: AlphaOpt = None,
+    early_stop: EarlyStopOpt = None,
+    max_len_a: MaxLenAOpt = None,
+    max_len_b: MaxLenBOpt = None,
+    batch_size: BatchOpt = None,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    average: Annotated[
+        int, typer.Option("--average", help="Also score the average of the last N checkpoints.")
+    ] = 0,
+    output_dir: Annotated[
+        Path | None, typer.Option("--output-dir", help="Where to write (default: RUN_DIR/eval).")
+    ] = None,
+) -> None:
+    """Score checkpoints (BLEU, chrF, loss, speed), best first; write hypotheses and a report."""
+    from transformer_cli.decoding import evaluate as evaluate_mod
+
+    evaluate_mod.run(
+        checkpoints, split, src, ref, config, set_ or [], beam=beam, alpha=alpha,
+        early_stop=early_stop, max_len_a=max_len_a, max_len_b=max_len_b,
+        batch_size=batch_size, device=device, precision=precision, as_json=json_,
+        average=average, output_dir=output_dir,
+    )  # fmt: skip
+
+
+@app.command()
+@boundary
+def average(
+    checkpoints: Annotated[
+        list[str], typer.Argument(help="Checkpoints: files, directories (their *.pt), globs.")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The averaged checkpoint.")],
+    last: Annotated[
+        int, typer.Option("--last", help="Only the N newest steps among them (0 = all).")
+    ] = 0,
+) -> None:
+    """Average checkpoints' weights into one self-contained checkpoint."""
+    from transformer_cli.training import average as average_mod
+
+    average_mod.run(checkpoints, output, last=last)
+
+
+app.add_typer(inspect_app, name="inspect")
+
+
+@app.command()
+@boundary
+def plot(
+    run_dir: Annotated[Path, typer.Argument(help="A run dir with metrics.jsonl.")],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="The PNG (default: RUN_DIR/curves.png).")
+    ] = None,
+) -> None:
+    """Draw a run's training curves: loss, perplexity, validation BLEU, learning rate."""
+    from transformer_cli.inspect.curves import plot_run
+
+    print(plot_run(run_dir, output))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    if sys.argv[1:2] == ["train"]:
+        from transformer_cli.fast import allocator
+
+        allocator.use_jemalloc()  # runs this command again under jemalloc, where installed
+    app()
+
+
+if __name__ == "__main__":
+    main()

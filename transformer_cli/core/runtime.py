@@ -1,0 +1,86 @@
+"""Where and how the math runs: device choice, precision, threads, seeds."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import typing
+
+import torch
+
+from transformer_cli.core.config import Precision
+from transformer_cli.core.errors import ConfigError
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """`auto` prefers CUDA, then Apple's MPS, then the CPU; a forced device must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: cuda requested but no CUDA device is available")
+    if name == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise ConfigError("train.device: mps requested but MPS is not available")
+    return torch.device(name)
+
+
+PRECISIONS = typing.get_args(Precision)
+
+
+def resolve_precision(precision: str, device: torch.device, key: str = "train.precision") -> str:
+    """Turn `auto` into fp32/bf16/fp16 for this device, and reject combinations that can't run.
+
+    `key` names the setting in error messages.
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"{key}: must be one of {'|'.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError(f"{key}: fp16 needs CUDA (device is {device.type}); use bf16")
+    return precision
+
+
+def matmul_dtype(precision: str) -> torch.dtype:
+    """The dtype that matrix products run in under a resolved precision."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+
+
+def autocast(device: torch.device, precision: str):
+    """The autocast context for a resolved precision (a no-op for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=matmul_dtype(precision))
+
+
+def describe(device: torch.device, precision: str, threads: int, malloc: str) -> str:
+    """Where a run computes, for its first line: a GPU by name; the CPU's threads and malloc."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)}, {precision})"
+    if device.type == "cpu":
+        return f"cpu ({precision}, {threads} threads, {malloc} malloc)"
+    return f"{device.type} ({precision})"
+
+
+def set_threads(threads: int) -> int:
+    """Use `threads` intra-op threads (0 = one per available core); return the number used."""
+    if threads <= 0:
+        try:
+            threads = len(os.sched_getaffinity(0))
+        except AttributeError:
+            threads = os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    return threads
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)

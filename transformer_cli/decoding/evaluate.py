@@ -1,0 +1,332 @@
+"""Scoring: sacreBLEU/chrF on detokenized text, teacher-forced loss, and `tfx evaluate`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from transformer_cli.core import runtime
+from transformer_cli.core.errors import CheckpointError, ConfigError, DataError
+from transformer_cli.core.fileio import atomic_write_text
+from transformer_cli.core.table import aligned
+from transformer_cli.data import batching
+from transformer_cli.data import store as cache
+from transformer_cli.data.tokenizer import PAD_ID
+from transformer_cli.fast.packing import pack_linears
+from transformer_cli.training.loss import masked_cross_entropy, projected_cross_entropy
+
+
+def score_texts(hyps: list[str], refs: list[str]) -> dict:
+    """Corpus BLEU and chrF (sacreBLEU defaults: 13a tokenization, cased) with signatures."""
+    import sacrebleu
+
+    if len(hyps) != len(refs):
+        raise ValueError(f"{len(hyps)} hypotheses for {len(refs)} references")
+    bleu = sacrebleu.metrics.BLEU()
+    chrf = sacrebleu.metrics.CHRF()
+    b = bleu.corpus_score(hyps, [refs])
+    c = chrf.corpus_score(hyps, [refs])
+    return {
+        "bleu": round(b.score, 2),
+        "chrf": round(c.score, 2),
+        "bleu_signature": str(bleu.get_signature()),
+        "chrf_signature": str(chrf.get_signature()),
+    }
+
+
+def batch_loss(model, batch, label_smoothing: float, device, precision: str, fused: bool = True):
+    """The masked loss of one batch: sums over its real target tokens (see loss.py).
+
+    Only the real positions are projected onto the vocabulary, so padding never reaches
+    the (expensive) full-vocabulary softmax. `fused` projects and scores them in chunks
+    (`projected_cross_entropy`); otherwise the whole (N, V) logits are formed and passed to
+    `masked_cross_entropy`, the plain definition. Both compute the same numbers.
+    """
+    real = (batch.tgt_out != PAD_ID).view(-1).nonzero().squeeze(1)  # on the host: no sync
+    batch = batch.to(device)
+    real = real.to(device, non_blocking=True)
+    target = batch.tgt_out.view(-1).index_select(0, real)  # (N,)
+    with runtime.autocast(device, precision):
+        memory = model.encode(batch.src)
+        hidden = model.decode_hidden(batch.tgt_in, memory, batch.src)  # (B, T, D)
+        hidden = hidden.flatten(0, 1).index_select(0, real)  # (N, D)
+        if not fused:
+            logits = model.logits(hidden)  # (N, V)
+            return masked_cross_entropy(logits, target, label_smoothing)  # fp32 softmax inside
+    dtype = runtime.matmul_dtype(precision)
+    return projected_cross_entropy(hidden, model.out_proj.weight, target, label_smoothing, dtype)
+
+
+@torch.no_grad()
+def split_loss(model, split, cfg, device, precision: str) -> dict:
+    """Per-token negative log-likelihood and perplexity of a split, without label smoothing."""
+    nll = torch.zeros((), dtype=torch.float64)
+    tokens = 0
+    # valid/test pairs are not length-filtered: cut them to what the positions hold
+    # (the target side needs one position for BOS)
+    truncate = cfg.model.max_positions - 1
+    for batch in batching.eval_batches(split, cfg.train.batch_tokens, truncate=truncate):
+        parts = batch_loss(model, batch, 0.0, device, precision, cfg.train.fused_loss)
+        nll += parts.nll.double().cpu()
+        tokens += batch.n_tokens
+    per_token = float(nll) / max(tokens, 1)
+    return {
+        "nll": round(per_token, 4),
+        "ppl": round(math.exp(min(per_token, 50.0)), 3),
+        "tokens": tokens,
+    }
+
+
+# ----------------------------------------------------------------------------- tfx evaluate
+
+EVAL_SPLITS = ("valid", "test")  # the splits prepare keeps as raw text, for references
+
+
+@dataclass
+class EvalData:
+    """What every checkpoint is scored on: source lines and reference lines."""
+
+    label: str  # names the hypothesis and report files: a split name or the source file's name
+    sources: list[str]
+    references: list[str]
+    origin: str  # for the report: where the lines came from
+
+
+def run(
+    checkpoints: list[str],
+    split: str = "test",
+    src_file: str | Path | None = None,
+    ref_file: str | Path | None = None,
+    config: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    *,
+    beam: int | None = None,
+    alpha: float | None = None,
+    early_stop: bool | None = None,
+    max_len_a: float | None = None,
+    max_len_b: int | None = None,
+    batch_size: int | None = None,
+    device: str = "auto",
+    precision: str | None = None,
+    as_json: bool = False,
+    average: int = 0,
+    output_dir: str | Path | None = None,
+) -> dict:
+    """Score checkpoints on a prepared split or raw files; print a table (or JSON).
+
+    Writes, atomically, into `output_dir` (default: RUN_DIR/eval, RUN_DIR being --config's
+    run dir or else the one the first checkpoint file is in): `<checkpoint stem>.<label>.hyp`
+    per checkpoint, `report.<label>.json` for all, and `avg_last<N>.pt` with `average` N.
+    Decoding options left as None come from --config's decode section, or else from the
+    first checkpoint's, and are the same for every checkpoint.
+    """
+    from transformer_cli.core.config import load_config
+    from transformer_cli.decoding.translate import (
+        check_decode_options,
+        decode_options,
+        decode_precision,
+        load_state,
+        model_from_state,
+        pick_device,
+    )
+    from transformer_cli.training import average as average_mod
+
+    if (src_file is None) != (ref_file is None):
+        raise ConfigError("--src and --ref go together: give both, or neither (for --split)")
+    if average < 0:
+        raise ConfigError(f"--average must be >= 1, got {average}")
+    dev = pick_device(device)
+    cfg_override = load_config(config, list(overrides)) if config is not None else None
+    paths = average_mod.expand(checkpoints)
+    first_state = load_state(paths[0])  # kept: it is the first to be scored, too
+    first_cfg = cfg_override or _config_of(first_state, paths[0])
+    out_dir = Path(output_dir) if output_dir else default_output_dir(paths[0], cfg_override)
+    # every checkpoint is decoded the same way, so that their scores compare
+    decode = decode_options(
+        first_cfg.decode, beam=beam, alpha=alpha, max_len_a=max_len_a, max_len_b=max_len_b,
+        batch_sentences=batch_size, early_stop=early_stop, precision=precision,
+    )  # fmt: skip
+    check_decode_options(decode, 1)
+    precision = decode_precision(decode, dev)
+    # the data is read before any decoding, so that a mistake there is reported at once
+    data_by_run: dict[str, EvalData] = {}
+    if src_file is not None:
+        data = raw_data(Path(src_file), Path(ref_file))
+    else:
+        data_by_run[first_cfg.run_dir] = split_data(first_cfg, split)
+    if average:
+        chosen = average_mod.last_steps(paths, average)
+        averaged = out_dir / f"avg_last{average}.pt"
+        average_mod.average_checkpoints(chosen, averaged)
+        print(f"averaged {', '.join(str(p) for p in chosen)} into {averaged}", file=sys.stderr)
+        paths.append(averaged)
+
+    rows: list[dict] = []
+    names: set[str] = set()
+    for number, path in enumerate(paths, start=1):
+        print(f"[{number}/{len(paths)}] {path}", file=sys.stderr, flush=True)
+        state = first_state if number == 1 else load_state(path)
+        first_state = None
+        model, tokenizer, ckpt_cfg = model_from_state(state, path, dev)
+        pack_linears(model, dev, precision)
+        cfg = cfg_override or ckpt_cfg
+        if src_file is None:
+            run_dir = cfg.run_dir
+            if run_dir not in data_by_run:
+                data_by_run[run_dir] = split_data(cfg, split)
+            data = data_by_run[run_dir]
+        row = score_checkpoint(model, tokenizer, cfg, decode, data, dev, precision)
+        name = _unique(path.stem + "." + data.label, names)
+        hyp_path = out_dir / f"{name}.hyp"
+        atomic_write_text(hyp_path, "".join(h + "\n" for h in row.pop("hypotheses")))
+        step = average_mod.step_of(state)
+        rows.append({"checkpoint": str(path), "step": step if step >= 0 else None, **row,
+                     "data": data.origin, "hyp": str(hyp_path)})  # fmt: skip
+        del model, state
+
+    rows.sort(key=lambda r: -r["bleu"])
+    report = {
+        "data": data.origin,  # the first checkpoint's; each result names its own
+        "label": data.label,
+        "sentences": len(data.sources),
+        "decode": dataclasses.asdict(decode),
+        "device": dev.type,
+        "precision": precision,
+        "bleu_signature": rows[0]["bleu_signature"],
+        "chrf_signature": rows[0]["chrf_signature"],
+        "results": [{k: v for k, v in r.items() if not k.endswith("_signature")} for r in rows],
+    }
+    report_path = out_dir / f"report.{data.label}.json"
+    atomic_write_text(report_path, json.dumps(report, indent=2) + "\n")
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_table(report))
+        print(f"hypotheses and report: {out_dir}/ ({report_path.name})")
+    return report
+
+
+def default_output_dir(first: Path, cfg_override) -> Path:
+    """RUN_DIR/eval: --config's run dir, else the run dir the first checkpoint file is in.
+
+    Never the run_dir recorded inside a checkpoint: in a shared checkpoint that is its
+    author's path (or any path someone chose), and tfx writes only where it is pointed.
+    """
+    if cfg_override is not None:
+        return Path(cfg_override.run_dir) / "eval"
+    run_dir = first.parent.parent if first.parent.name == "checkpoints" else first.parent
+    return run_dir / "eval"
+
+
+def _config_of(state: dict, path: Path):
+    from transformer_cli.core.config import config_from_dict
+
+    try:
+        return config_from_dict(state["config"], source=f"{path} (its config)")
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: its config does not fit this tfx: {e}") from None
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    """`name`, or `name-2`, `name-3`...: two runs' best.pt must not share a hypothesis file."""
+    candidate, n = name, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{name}-{n}"
+    taken.add(candidate)
+    return candidate
+
+
+def split_data(cfg, split: str) -> EvalData:
+    """Source and reference lines of a prepared split (valid or test) of cfg's run dir."""
+    names = {cfg.data.valid: "valid", cfg.data.test: "test"}  # e.g. test_2016_flickr -> test
+    name = names.get(split, split)
+    if name not in EVAL_SPLITS:
+        raise ConfigError(
+            f"--split {split}: evaluate scores 'valid' or 'test' (the splits prepare keeps "
+            "as text), or give --src FILE --ref FILE"
+        )
+    cache.load_meta(cfg.run_dir)  # one clear error if the run dir was never prepared
+    sources = cache.load_text(cfg.run_dir, name, "src")
+    references = cache.load_text(cfg.run_dir, name, "tgt")
+    if len(sources) != len(references):
+        raise DataError(f"{cache.cache_dir(cfg.run_dir)}: {name} has {len(sources)} sources "
+                        f"but {len(references)} references; run tfx prepare again")  # fmt: skip
+    return EvalData(name, sources, references, f"{cache.cache_dir(cfg.run_dir)} ({name})")
+
+
+def raw_data(src_file: Path, ref_file: Path) -> EvalData:
+    """Source and reference lines from two text files, which must have as many lines."""
+    from transformer_cli.decoding.translate import read_input_lines
+
+    sources = read_input_lines(src_file)
+    references = read_input_lines(ref_file)
+    if len(sources) != len(references):
+        raise DataError(
+            f"--src {src_file} has {len(sources)} lines but --ref {ref_file} has "
+            f"{len(references)}; they must be line-aligned"
+        )
+    return EvalData(src_file.name, sources, references, f"{src_file} -> {ref_file}")
+
+
+def score_checkpoint(model, tokenizer, cfg, decode, data: EvalData, device, precision) -> dict:
+    """Decode, score and time one model; the returned dict holds its hypotheses too."""
+    from transformer_cli.data.store import EncodedSplit
+    from transformer_cli.decoding.search import decode_all, max_source_pieces
+
+    src_ids = tokenizer.encode_src(data.sources)
+    cap = max_source_pieces(model)
+    truncated = sum(len(ids) > cap for ids in src_ids)
+    if truncated:
+        print(f"warning: {truncated} source lines are longer than the model's {cap} positions; "
+              "only their first pieces are translated", file=sys.stderr)  # fmt: skip
+    started = time.perf_counter()
+    hyp_ids = decode_all(model, src_ids, decode, device, precision)
+    seconds = time.perf_counter() - started
+    hyps = tokenizer.decode_tgt(hyp_ids)
+    scores = score_texts(hyps, data.references)
+    encoded = EncodedSplit.from_lists(src_ids, tokenizer.encode_tgt(data.references))
+    loss = split_loss(model, encoded, cfg, device, precision)
+    n_tokens = sum(len(h) for h in hyp_ids)
+    return {
+        **scores,
+        "loss": loss["nll"],
+        "ppl": loss["ppl"],
+        "sentences": len(hyps),
+        "truncated_sources": truncated,
+        "hyp_tokens": n_tokens,
+        "decode_seconds": round(seconds, 3),
+        "sentences_per_s": round(len(hyps) / max(seconds, 1e-9), 1),
+        "tokens_per_s": round(n_tokens / max(seconds, 1e-9), 1),
+        "hypotheses": hyps,
+    }
+
+
+def format_table(report: dict) -> str:
+    """The results as an aligned table, best BLEU first, with the sacreBLEU signatures."""
+    header = ("checkpoint", "step", "BLEU", "chrF", "loss", "ppl", "sents", "decode s", "sent/s")
+    lines = [header]
+    for r in report["results"]:
+        step = "" if r["step"] is None else str(r["step"])
+        lines.append((
+            r["checkpoint"], step, f"{r['bleu']:.2f}", f"{r['chrf']:.2f}", f"{r['loss']:.3f}",
+            f"{r['ppl']:.2f}", str(r["sentences"]), f"{r['decode_seconds']:.2f}",
+            f"{r['sentences_per_s']:.1f}",
+        ))  # fmt: skip
+    text = aligned(lines)
+    d = report["decode"]
+    search = "greedy" if d["beam"] == 1 else f"beam {d['beam']}, alpha {d['alpha']}"
+    if d["beam"] > 1 and d.get("early_stop"):
+        search += ", early stop"
+    text.append(f"data: {report['data']}, {report['sentences']} sentences; {search}; "
+                f"{report['device']} {report['precision']}")  # fmt: skip
+    text.append(f"BLEU: {report['bleu_signature']}")
+    text.append(f"chrF: {report['chrf_signature']}")
+    return "\n".join(text)

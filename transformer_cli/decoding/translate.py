@@ -1,0 +1,376 @@
+"""`tfx translate CHECKPOINT`: the checkpoint alone -> translations.
+
+Input, one sentence per line: the TEXT arguments, else `--input FILE`, else stdin. Piped
+stdin and files are read as bytes and translated in chunks of `CHUNK_LINES` lines, each
+written out as soon as it is done, so a large file never sits in memory. A terminal on
+stdin gives an interactive `> ` prompt instead.
+
+The output has exactly one line per input line (with `--nbest K`, exactly K lines per
+input line: `hypothesis<TAB>score`, best first, the score being the length-normalised
+log-probability of search.py). So that this always holds:
+
+- an empty or whitespace-only line gives an empty line (nbest: K lines `<TAB>0.0000`);
+- a line longer than the encoder can hold (`model.max_positions` pieces; sources have no
+  BOS/EOS) is cut to that length, with a warning naming it. Lines longer than the
+  training data's `data.max_len` are translated whole, though the model never saw such
+  lengths: cutting them would lose words for certain, while the model may cope;
+- bytes that are not UTF-8 are replaced by U+FFFD, with a warning naming the line;
+- a hypothesis never contains a line break or a tab (they would read as extra lines or
+  fields; SentencePiece does not produce them, but the output format must not depend on it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from transformer_cli import __version__
+from transformer_cli.core.config import ConfigError, DecodeConfig, config_from_dict
+from transformer_cli.core.errors import CheckpointError, DataError, TfxError
+
+CHUNK_LINES = 1000
+DEVICES = ("auto", "cpu", "cuda", "mps")
+# what a checkpoint must hold for inference; training state (optimizer, rng) is optional
+REQUIRED_KEYS = ("tfx_version", "config", "tokenizer", "model")
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def compatible_version(version: str) -> bool:
+    """Same major version; within 0.x, the same minor (0.x releases may change the format)."""
+    try:
+        major, minor = (int(p) for p in str(version).split(".")[:2])
+        ours_major, ours_minor = (int(p) for p in __version__.split(".")[:2])
+    except ValueError:
+        return False
+    return major == ours_major and (major > 0 or minor == ours_minor)
+
+
+def load_state(path: str | Path) -> dict:
+    """A verified checkpoint that holds what inference needs; CheckpointError otherwise."""
+    from transformer_cli.core import checkpoint
+
+    state = checkpoint.load_checkpoint(path)
+    missing = [key for key in REQUIRED_KEYS if key not in state]
+    if missing:
+        raise CheckpointError(
+            f"{path}: not a complete tfx checkpoint (missing {', '.join(missing)})"
+        )
+    if not compatible_version(state["tfx_version"]):
+        raise CheckpointError(
+            f"{path}: written by tfx {state['tfx_version']}, which this tfx {__version__} "
+            "cannot read; use the tfx version that wrote it"
+        )
+    return state
+
+
+def model_from_state(state: dict, path: str | Path, device):
+    """(model in eval mode on `device`, tokenizer, config) from a loaded checkpoint state."""
+    from transformer_cli.data.tokenizer import Tokenizer
+    from transformer_cli.model.transformer import Transformer
+
+    try:
+        cfg = config_from_dict(state["config"], source=f"{path} (its config)")
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: its config does not fit this tfx: {e}") from None
+    try:
+        tokenizer = Tokenizer.from_bytes(state["tokenizer"])
+    except (DataError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{path}: its tokenizer does not load: {e}") from None
+    try:
+        model = Transformer(cfg.model)
+        model.load_state_dict(state["model"])
+    except (ValueError, RuntimeError, TypeError, AttributeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: its weights do not fit its config ({first})") from None
+    return model.to(device).eval(), tokenizer, cfg
+
+
+def load_model(path: str | Path, device) -> tuple:
+    """(model, tokenizer, config) from a self-contained checkpoint; CheckpointError if not."""
+    return model_from_state(load_state(path), path, device)
+
+
+# ----------------------------------------------------------------------------- input
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def decode_line(raw: bytes, number: int, name: str = "") -> str:
+    """One input line as text: line ending removed, invalid UTF-8 replaced (and reported)."""
+    raw = raw.removesuffix(b"\n").removesuffix(b"\r")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        where = f"{name}:{number}" if name else f"line {number}"
+        warn(f"{where}: invalid UTF-8 at byte {e.start + 1}; replaced with U+FFFD")
+        text = raw.decode("utf-8", errors="replace")
+    return text.removeprefix("\ufeff") if number == 1 else text
+
+
+def read_lines(stream: BinaryIO, name: str = "") -> Iterator[str]:
+    """The text lines of a binary stream, split on b"\\n" only.
+
+    Splitting bytes on newline keeps the line count exact: str.splitlines() would also
+    split on U+2028, U+0085 and friends, and the output would have extra lines.
+    """
+    for number, raw in enumerate(stream, start=1):
+        yield decode_line(raw, number, name)
+
+
+def read_input_lines(path: str | Path) -> list[str]:
+    """All lines of a text file, as `read_lines` gives them; DataError if it cannot be read."""
+    with _open_input(path) as f:
+        return list(read_lines(f, str(path)))
+
+
+def chunks(lines: Iterable[str], size: int) -> Iterator[list[str]]:
+    iterator = iter(lines)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+# ----------------------------------------------------------------------------- translating
+
+
+class Translator:
+    """A loaded model with its decoding options: lines of text in, lines of text out."""
+
+    def __init__(
+        self,
+        checkpoint_path: str | Path,
+        device: str = "auto",
+        beam: int | None = None,
+        alpha: float | None = None,
+        nbest: int = 1,
+        max_len_a: float | None = None,
+        max_len_b: int | None = None,
+        batch_size: int | None = None,
+        early_stop: bool | None = None,
+        precision: str | None = None,
+    ) -> None:
+        from transformer_cli.decoding.search import max_source_pieces
+        from transformer_cli.fast.packing import pack_linears
+
+        self.device = pick_device(device)
+        self.model, self.tokenizer, cfg = load_model(checkpoint_path, self.device)
+        self.decode_cfg = decode_options(
+            cfg.decode, beam=beam, alpha=alpha, max_len_a=max_len_a, max_len_b=max_len_b,
+            batch_sentences=batch_size, early_stop=early_stop, precision=precision,
+        )  # fmt: skip
+        check_decode_options(self.decode_cfg, nbest)
+        self.precision = decode_precision(self.decode_cfg, self.device)
+        pack_linears(self.model, self.device, self.precision)  # weights packed, for speed
+        self.nbest = nbest
+        self.max_pieces = max_source_pieces(self.model)
+        self.lines_done = 0  # for warnings' line numbers across chunks
+
+    def translate(self, lines: list[str]) -> list[str]:
+        """Output lines for `lines`: one each, or `nbest` each with scores."""
+        from transformer_cli.decoding.search import decode_all
+
+        first = self.lines_done + 1
+        self.lines_done += len(lines)
+        keep = [i for i, line in enumerate(lines) if line.strip()]
+        sources: list[list[int]] = [[] for _ in lines]
+        for i, ids in zip(keep, self.tokenizer.encode_src([lines[i] for i in keep]), strict=True):
+            if len(ids) > self.max_pieces:
+                warn(
+                    f"line {first + i}: {len(ids)} pieces, more than the model's maximum of "
+                    f"{self.max_pieces}; translating the first {self.max_pieces}"
+                )
+                ids = ids[: self.max_pieces]
+            sources[i] = ids
+        results = decode_all(
+            self.model, sources, self.decode_cfg, self.device, self.precision, nbest=self.nbest
+        )
+        if self.nbest == 1:
+            return [_one_line(h) for h in self.tokenizer.decode_tgt(results)]
+        out = []
+        for hyps in results:
+            texts = self.tokenizer.decode_tgt([ids for ids, _ in hyps])
+            out.extend(
+                f"{_one_line(t)}\t{score:.4f}" for t, (_, score) in zip(texts, hyps, strict=True)
+            )
+        return out
+
+
+def _one_line(text: str) -> str:
+    """Whitespace runs (line and paragraph separators, tabs) become single spaces."""
+    return " ".join(text.split())
+
+
+def pick_device(name: str):
+    """The torch device for --device; a one-line error naming the option if it cannot be used."""
+    from transformer_cli.core import runtime
+
+    if name not in DEVICES:
+        raise ConfigError(f"--device must be one of {', '.join(DEVICES)}, got {name!r}")
+    try:
+        return runtime.pick_device(name)
+    except ConfigError as e:  # its message names the config key train.device
+        raise ConfigError(f"--device {name}: not available here") from e
+
+
+def decode_options(decode: DecodeConfig, **options) -> DecodeConfig:
+    """`decode` with the options that were given (not None) put in."""
+    return dataclasses.replace(decode, **{k: v for k, v in options.items() if v is not None})
+
+
+def decode_precision(decode, device) -> str:
+    """The resolved precision of `decode.precision` (or --precision) on `device`."""
+    from transformer_cli.core import runtime
+
+    return runtime.resolve_precision(decode.precision, device, "--precision")
+
+
+def check_decode_options(decode, nbest: int) -> None:
+    """One-line errors for decoding options out of range (the CLI's, or a config's)."""
+    if decode.beam < 1:
+        raise ConfigError(f"--beam must be >= 1, got {decode.beam}")
+    if not 1 <= nbest <= decode.beam:
+        raise ConfigError(f"--nbest must be between 1 and --beam ({decode.beam}), got {nbest}")
+    if decode.alpha < 0:
+        raise ConfigError(f"--alpha must be >= 0, got {decode.alpha}")
+    if decode.max_len_a < 0 or decode.max_len_b < 0:
+        raise ConfigError("--max-len-a and --max-len-b must be >= 0")
+    if decode.max_len_a == 0 and decode.max_len_b == 0:
+        raise ConfigError("--max-len-a and --max-len-b cannot both be 0")
+    if decode.batch_sentences < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {decode.batch_sentences}")
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def run(
+    checkpoint: str | Path,
+    texts: list[str] | None = None,
+    input_path: str | Path | None = None,
+    output_path: str | Path | None = None,
+    *,
+    beam: int | None = None,
+    alpha: float | None = None,
+    early_stop: bool | None = None,
+    nbest: int = 1,
+    max_len_a: float | None = None,
+    max_len_b: int | None = None,
+    batch_size: int | None = None,
+    device: str = "auto",
+    precision: str | None = None,
+    chunk_lines: int = CHUNK_LINES,
+) -> int:
+    """Translate TEXT arguments, a file or stdin to stdout or a file; returns lines read."""
+    if texts and input_path is not None:
+        raise TfxError("give sentences as arguments or --input FILE, not both")
+    interactive = not texts and input_path is None and sys.stdin.isatty()
+    translator = Translator(
+        checkpoint, device, beam, alpha, nbest, max_len_a, max_len_b, batch_size, early_stop,
+        precision,
+    )  # fmt: skip
+    if interactive and output_path is None:
+        return interact(translator)
+    with contextlib.ExitStack() as stack:
+        if texts:
+            lines: Iterable[str] = texts
+        elif input_path is not None:
+            lines = read_lines(stack.enter_context(_open_input(input_path)))
+        elif interactive:
+            lines = prompt_lines()
+        else:
+            lines = read_lines(sys.stdin.buffer)
+        out = stack.enter_context(_open_output(output_path))
+        count = 0
+        started = time.monotonic()
+        for chunk in chunks(lines, chunk_lines):
+            for line in translator.translate(chunk):
+                out.write(line.encode("utf-8") + b"\n")
+            out.flush()
+            count += len(chunk)
+    if output_path is not None:
+        seconds = time.monotonic() - started
+        print(f"translated {count} lines into {output_path} in {seconds:.1f} s", file=sys.stderr)
+    return count
+
+
+@contextlib.contextmanager
+def _open_input(path: str | Path) -> Iterator[BinaryIO]:
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, not a text file")
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such input file") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    with f:
+        yield f
+
+
+@contextlib.contextmanager
+def _open_output(path: str | Path | None) -> Iterator[BinaryIO]:
+    """The output: a temp file renamed over `path` at the end (no half file), or stdout."""
+    if path is not None:
+        from transformer_cli.core.fileio import atomic_open
+
+        if Path(path).is_dir():
+            raise DataError(f"{path}: is a directory; --output needs a file name")
+        with atomic_open(path) as f:
+            yield f
+        return
+    sys.stdout.flush()
+    stdout = getattr(sys.stdout, "buffer", None)
+    try:
+        yield stdout if stdout is not None else _TextSink(sys.stdout)
+    except BrokenPipeError:
+        # the reader went away (`tfx translate ... | head`): stop quietly, as cat does;
+        # stdout now points at /dev/null so that the flush at exit cannot fail again
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+
+
+class _TextSink:
+    """A bytes-accepting wrapper for a text stream without `.buffer`."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+
+    def write(self, data: bytes) -> None:
+        self.stream.write(data.decode("utf-8"))
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def prompt_lines() -> Iterator[str]:
+    """Lines typed at a `> ` prompt (on stderr, so stdout holds translations only)."""
+    for number in itertools.count(1):
+        print("> ", end="", file=sys.stderr, flush=True)
+        raw = sys.stdin.buffer.readline()
+        if not raw:
+            print(file=sys.stderr)
+            return
+        yield decode_line(raw, number)
+
+
+def interact(translator: Translator) -> int:
+    """The interactive loop: one sentence at a time until EOF (Ctrl-D)."""
+    print("tfx translate: type a sentence, Ctrl-D to quit", file=sys.stderr)
+    count = 0
+    for line in prompt_lines():
+        for out in translator.translate([line]):
+            print(out, flush=True)
+        count += 1
+    return count

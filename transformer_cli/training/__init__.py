@@ -1,0 +1,3 @@
+"""`tfx train`: the loop, the masked loss, learning-rate schedules, the run lock,
+checkpoint averaging.
+"""
