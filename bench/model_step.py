@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from transformer_cli.core.config import ModelConfig
-from transformer_cli.data.tokenizer import PAD_ID
+from transformer_cli.core.specials import PAD_ID
 from transformer_cli.model.attention import _sdpa, attend_math
 from transformer_cli.model.masks import decoder_mask, padding_mask
 from transformer_cli.model.transformer import Transformer

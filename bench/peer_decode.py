@@ -81,8 +81,9 @@ def tfx_child(checkpoint: str, batch: int) -> None:
     """Load the checkpoint, translate the test split's sources once, print the timing."""
     import torch
 
-    from transformer_cli.decoding.evaluate import split_data
-    from transformer_cli.decoding.translate import Translator, load_model
+    from transformer_cli.decoding.loading import load_model
+    from transformer_cli.decoding.translate import Translator
+    from transformer_cli.training.evaluate import split_data
 
     torch.set_num_threads(2)
     sources = split_data(load_model(checkpoint, "cpu")[2], "test").sources

@@ -6,6 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from transformer_cli.core.specials import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from transformer_cli.data.batching import (
     Batch,
     collate,
@@ -15,7 +16,6 @@ from transformer_cli.data.batching import (
     pack,
 )
 from transformer_cli.data.store import EncodedSplit
-from transformer_cli.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 FIRST_REAL = max(PAD_ID, UNK_ID, BOS_ID, EOS_ID) + 1
 

@@ -19,7 +19,6 @@ from transformer_cli import __version__
 from transformer_cli.core import checkpoint as ckpt
 from transformer_cli.core.checkpoint import (
     MAGIC,
-    RunLock,
     best_path,
     capture_rng,
     find_resumable,
@@ -34,6 +33,7 @@ from transformer_cli.core.checkpoint import (
 )
 from transformer_cli.core.config import Config, to_dict
 from transformer_cli.core.errors import CheckpointError, TfxError
+from transformer_cli.training.lock import RunLock
 
 
 def training_state(step: int = 7) -> dict:
@@ -279,7 +279,7 @@ def test_a_second_lock_in_the_same_process_is_refused(tmp_path):
 
 def test_a_lock_held_by_another_process_is_refused(tmp_path):
     code = (
-        "import sys, time; from transformer_cli.core.checkpoint import RunLock\n"
+        "import sys, time; from transformer_cli.training.lock import RunLock\n"
         f"with RunLock({str(tmp_path)!r}):\n"
         "    print('held', flush=True); sys.stdin.readline()\n"
     )

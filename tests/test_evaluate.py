@@ -13,7 +13,7 @@ from test_translate import assert_one_line_error, cli, make_tiny_run
 
 from transformer_cli.core.checkpoint import load_checkpoint, save_checkpoint
 from transformer_cli.data import store as cache
-from transformer_cli.decoding.translate import load_model
+from transformer_cli.decoding.loading import load_model
 from transformer_cli.training import average
 
 STEPS = (10, 20, 30)

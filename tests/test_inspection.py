@@ -15,10 +15,10 @@ from typer.testing import CliRunner
 
 from transformer_cli.cli.app import app
 from transformer_cli.core.config import load_config
+from transformer_cli.core.specials import BOS_ID, EOS_ID, PAD_ID
 from transformer_cli.data import batching, prepare
 from transformer_cli.data import store as cache
-from transformer_cli.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
-from transformer_cli.decoding.translate import load_model
+from transformer_cli.decoding.loading import load_model
 from transformer_cli.inspect import attention_maps, curves
 from transformer_cli.inspect import views as inspection
 from transformer_cli.model.masks import causal_mask, decoder_mask, padding_mask

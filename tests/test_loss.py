@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transformer_cli.data.tokenizer import PAD_ID
+from transformer_cli.core.specials import PAD_ID
 from transformer_cli.training.loss import (
     masked_cross_entropy,
     per_token,

@@ -2,7 +2,7 @@
 
 import torch
 
-from transformer_cli.data.tokenizer import PAD_ID
+from transformer_cli.core.specials import PAD_ID
 from transformer_cli.model.masks import causal_mask, decoder_mask, padding_mask
 
 

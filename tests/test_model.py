@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from transformer_cli.core.config import ModelConfig
-from transformer_cli.data.tokenizer import BOS_ID, PAD_ID
+from transformer_cli.core.specials import BOS_ID, PAD_ID
 from transformer_cli.model.attention import SelfAttention, attend_math
 from transformer_cli.model.masks import causal_mask, padding_mask
 from transformer_cli.model.transformer import Transformer, sinusoidal_table

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from transformer_cli.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from transformer_cli.core.specials import BOS_ID, EOS_ID, PAD_ID
 from transformer_cli.inspect import plots
 from transformer_cli.model.masks import causal_mask, decoder_mask, padding_mask
 from transformer_cli.model.transformer import sinusoidal_table

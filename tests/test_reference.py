@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from transformer_cli.core.config import ModelConfig
-from transformer_cli.data.tokenizer import PAD_ID
+from transformer_cli.core.specials import PAD_ID
 from transformer_cli.model.attention import CrossAttention, SelfAttention
 from transformer_cli.model.masks import decoder_mask, padding_mask
 from transformer_cli.model.transformer import (

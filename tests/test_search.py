@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from transformer_cli.core.config import DecodeConfig, ModelConfig
-from transformer_cli.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from transformer_cli.core.specials import BOS_ID, EOS_ID, PAD_ID
 from transformer_cli.decoding.search import (
     beam_search,
     decode_all,

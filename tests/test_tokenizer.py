@@ -12,14 +12,8 @@ from hypothesis import strategies as st
 
 from transformer_cli.core.config import TokenizerConfig
 from transformer_cli.core.errors import DataError
-from transformer_cli.data.tokenizer import (
-    BOS_ID,
-    EOS_ID,
-    PAD_ID,
-    UNK_ID,
-    Tokenizer,
-    train_tokenizer,
-)
+from transformer_cli.core.specials import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from transformer_cli.data.tokenizer import Tokenizer, train_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -268,7 +268,7 @@ def test_a_fresh_run_refuses_a_run_dir_that_already_has_one(make_config):
 def test_fused_and_plain_batch_loss_agree_on_a_model(precision, label_smoothing):
     """The chunked projection + loss is the same objective as full logits + masked CE."""
     from transformer_cli.core.config import ModelConfig
-    from transformer_cli.decoding.evaluate import batch_loss
+    from transformer_cli.training.loss import batch_loss
 
     torch.manual_seed(0)
     cfg = ModelConfig(

@@ -15,11 +15,12 @@ from typer.testing import CliRunner
 
 from transformer_cli import __version__
 from transformer_cli.cli.app import app
+from transformer_cli.core import checkpoint
 from transformer_cli.core.checkpoint import load_checkpoint, save_checkpoint
 from transformer_cli.core.config import config_from_dict, to_dict
 from transformer_cli.data import prepare
 from transformer_cli.data.tokenizer import Tokenizer
-from transformer_cli.decoding import translate
+from transformer_cli.decoding import loading, translate
 from transformer_cli.fast.packing import packing_available
 from transformer_cli.model.transformer import Transformer
 
@@ -232,7 +233,7 @@ def test_bf16_decoding_runs_the_matrix_products_in_bf16(ckpt):
     """The flag changes the arithmetic: the model's logits come out in bf16 under it."""
     from transformer_cli.core import runtime
 
-    model, _, _ = translate.load_model(ckpt, "cpu")
+    model, _, _ = loading.load_model(ckpt, "cpu")
     src = torch.tensor([[5, 6, 7]])
     with torch.inference_mode(), runtime.autocast(torch.device("cpu"), "bf16"):
         assert model.decode(src, model.encode(src), src).dtype == torch.bfloat16
@@ -261,7 +262,7 @@ def test_interactive_prompt_when_stdin_is_a_terminal(ckpt, monkeypatch, capsys):
 
 
 def test_load_model_gives_the_saved_weights(ckpt):
-    model, tokenizer, cfg = translate.load_model(ckpt, "cpu")
+    model, tokenizer, cfg = loading.load_model(ckpt, "cpu")
     saved = load_checkpoint(ckpt)["model"]
     assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.items())
     assert not model.training
@@ -273,7 +274,7 @@ def test_load_model_gives_the_saved_weights(ckpt):
                         ("1.1.0", False), ("unknown", False)],
 )  # fmt: skip
 def test_version_compatibility(version, ok):
-    assert translate.compatible_version(version) is ok
+    assert checkpoint.compatible_version(version) is ok
 
 
 # ----------------------------------------------------------------------------- errors

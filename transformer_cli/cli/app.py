@@ -179,7 +179,7 @@ def evaluate(
     ] = None,
 ) -> None:
     """Score checkpoints (BLEU, chrF, loss, speed), best first; write hypotheses and a report."""
-    from transformer_cli.decoding import evaluate as evaluate_mod
+    from transformer_cli.training import evaluate as evaluate_mod
 
     evaluate_mod.run(
         checkpoints, split, src, ref, config, set_ or [], beam=beam, alpha=alpha,

@@ -1,4 +1,4 @@
-"""Atomic, self-describing checkpoints; the run dir's checkpoint files; the training lock.
+"""Atomic, self-describing checkpoints and the run dir's checkpoint files.
 
 File format (checked before anything is unpickled):
 
@@ -37,22 +37,23 @@ import os
 import random
 import re
 import shutil
-import socket
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from transformer_cli.core.errors import CheckpointError, TrainingError, os_problem
+from transformer_cli import __version__
+from transformer_cli.core.errors import CheckpointError, os_problem
 from transformer_cli.core.fileio import atomic_open, fsync_dir
 
 MAGIC = b"TFXCKPT\n"
 FORMAT_VERSION = 1
 _HEADER_LIMIT = 4096  # bytes; a longer "header line" means this is not our file
 _STEP_FILE = re.compile(r"ckpt_(\d+)\.pt")
+# what a checkpoint must hold for inference; training state (optimizer, rng) is optional
+REQUIRED_KEYS = ("tfx_version", "config", "tokenizer", "model")
 
 # ----------------------------------------------------------------------------- one file
 
@@ -304,90 +305,30 @@ def find_resumable(run_dir: str | Path, warn: Callable[[str], None] = _stderr) -
     return newest
 
 
-# ----------------------------------------------------------------------------- lock
+# ----------------------------------------------------------------------------- for inference
 
 
-def _pid_alive(pid: int) -> bool:
+def compatible_version(version: str) -> bool:
+    """Same major version; within 0.x, the same minor (0.x releases may change the format)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        major, minor = (int(p) for p in str(version).split(".")[:2])
+        ours_major, ours_minor = (int(p) for p in __version__.split(".")[:2])
+    except ValueError:
         return False
-    except PermissionError:
-        return True  # exists, owned by another user
-    return True
+    return major == ours_major and (major > 0 or minor == ours_minor)
 
 
-class RunLock:
-    """Exclusive use of a run dir for training: RUN_DIR/train.lock holds "PID HOST".
-
-    A lock whose owner process is gone (same host, PID not alive) is stale and taken
-    over. Two trainers started at the same instant on a dir whose previous owner died
-    could both see it stale; tfx accepts that microsecond window rather than depend on
-    flock, which network filesystems do not all honour.
-    """
-
-    def __init__(self, run_dir: str | Path):
-        self.run_dir = Path(run_dir)
-        self.path = self.run_dir / "train.lock"
-        self.owner = f"{os.getpid()} {socket.gethostname()}"
-        self.held = False
-
-    def acquire(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        for _ in range(5):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                if not self._stale():
-                    continue  # the lock vanished meanwhile: try again
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.path)
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(self.owner + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            self.held = True
-            return
-        raise TrainingError(f"{self.path}: could not take the training lock; try again")
-
-    def _stale(self) -> bool:
-        """True if the existing lock's owner is gone; raises if it is (or may be) alive."""
-        try:
-            text = self.path.read_text(encoding="utf-8", errors="replace")
-            age = time.time() - self.path.stat().st_mtime
-        except FileNotFoundError:
-            return False
-        parts = text.split()
-        if len(parts) != 2 or not parts[0].isdigit():
-            if age < 10:  # an owner may be between creating the file and writing to it
-                raise self._busy("a process that is starting")
-            return True
-        pid, host = int(parts[0]), parts[1]
-        if host != socket.gethostname():
-            raise self._busy(f"PID {pid} on host {host} (delete the lock if that run is gone)")
-        if _pid_alive(pid):
-            raise self._busy(f"PID {pid}")
-        return True
-
-    def _busy(self, who: str) -> TrainingError:
-        return TrainingError(
-            f"{self.run_dir}: another training run is using this run dir ({who}; lock file "
-            f"{self.path}); wait for it to finish or stop it"
+def load_state(path: str | Path) -> dict:
+    """A verified checkpoint that holds what inference needs; CheckpointError otherwise."""
+    state = load_checkpoint(path)
+    missing = [key for key in REQUIRED_KEYS if key not in state]
+    if missing:
+        raise CheckpointError(
+            f"{path}: not a complete tfx checkpoint (missing {', '.join(missing)})"
         )
-
-    def release(self) -> None:
-        """Remove the lock if it is still ours (never one a later owner took over)."""
-        if not self.held:
-            return
-        self.held = False
-        with contextlib.suppress(OSError):
-            if self.path.read_text(encoding="utf-8").strip() == self.owner:
-                os.unlink(self.path)
-
-    def __enter__(self) -> RunLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+    if not compatible_version(state["tfx_version"]):
+        raise CheckpointError(
+            f"{path}: written by tfx {state['tfx_version']}, which this tfx {__version__} "
+            "cannot read; use the tfx version that wrote it"
+        )
+    return state

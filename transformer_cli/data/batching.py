@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from transformer_cli.core.specials import BOS_ID, EOS_ID, PAD_ID
 from transformer_cli.data.store import EncodedSplit
-from transformer_cli.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 
 @dataclass

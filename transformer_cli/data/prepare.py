@@ -24,13 +24,13 @@ from tqdm import tqdm
 from transformer_cli.core.config import Config, to_dict, write_resolved
 from transformer_cli.core.errors import DataError
 from transformer_cli.core.fileio import atomic_write_text
+from transformer_cli.core.specials import SPECIAL_IDS
 from transformer_cli.core.table import aligned
 from transformer_cli.data import corpus
 from transformer_cli.data import store as cache
 from transformer_cli.data.store import SPLITS, EncodedSplit
 from transformer_cli.data.tokenizer import (
     JOINT_FILE,
-    SPECIAL_IDS,
     SRC_FILE,
     TGT_FILE,
     Tokenizer,

@@ -1,4 +1,4 @@
-"""SentencePiece training and loading; the special token ids are defined here, once.
+"""SentencePiece training and loading, with the special ids of core/specials.py.
 
 A `Tokenizer` holds one joint model (both languages share a vocabulary, which lets the
 model share embeddings) or one model per side. It travels as raw model bytes, so a
@@ -20,10 +20,17 @@ import sentencepiece as spm
 from transformer_cli.core.config import TokenizerConfig
 from transformer_cli.core.errors import DataError
 from transformer_cli.core.fileio import atomic_write_bytes
-
-PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
-PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "</s>"
-SPECIAL_IDS = {"pad": PAD_ID, "unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID}
+from transformer_cli.core.specials import (
+    BOS,
+    BOS_ID,
+    EOS,
+    EOS_ID,
+    PAD,
+    PAD_ID,
+    SPECIAL_IDS,
+    UNK,
+    UNK_ID,
+)
 
 JOINT_FILE = "spm.model"
 SRC_FILE, TGT_FILE = "spm.src.model", "spm.tgt.model"

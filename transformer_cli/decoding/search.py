@@ -28,7 +28,7 @@ from torch import Tensor
 
 from transformer_cli.core import runtime
 from transformer_cli.core.config import DecodeConfig
-from transformer_cli.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from transformer_cli.core.specials import BOS_ID, EOS_ID, PAD_ID
 from transformer_cli.fast import packing
 
 Hypothesis = tuple[list[int], float]

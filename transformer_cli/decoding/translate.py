@@ -31,72 +31,11 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from transformer_cli import __version__
-from transformer_cli.core.config import ConfigError, DecodeConfig, config_from_dict
-from transformer_cli.core.errors import CheckpointError, DataError, TfxError
+from transformer_cli.core.config import ConfigError, DecodeConfig
+from transformer_cli.core.errors import DataError, TfxError
 
 CHUNK_LINES = 1000
 DEVICES = ("auto", "cpu", "cuda", "mps")
-# what a checkpoint must hold for inference; training state (optimizer, rng) is optional
-REQUIRED_KEYS = ("tfx_version", "config", "tokenizer", "model")
-
-
-# ----------------------------------------------------------------------------- loading
-
-
-def compatible_version(version: str) -> bool:
-    """Same major version; within 0.x, the same minor (0.x releases may change the format)."""
-    try:
-        major, minor = (int(p) for p in str(version).split(".")[:2])
-        ours_major, ours_minor = (int(p) for p in __version__.split(".")[:2])
-    except ValueError:
-        return False
-    return major == ours_major and (major > 0 or minor == ours_minor)
-
-
-def load_state(path: str | Path) -> dict:
-    """A verified checkpoint that holds what inference needs; CheckpointError otherwise."""
-    from transformer_cli.core import checkpoint
-
-    state = checkpoint.load_checkpoint(path)
-    missing = [key for key in REQUIRED_KEYS if key not in state]
-    if missing:
-        raise CheckpointError(
-            f"{path}: not a complete tfx checkpoint (missing {', '.join(missing)})"
-        )
-    if not compatible_version(state["tfx_version"]):
-        raise CheckpointError(
-            f"{path}: written by tfx {state['tfx_version']}, which this tfx {__version__} "
-            "cannot read; use the tfx version that wrote it"
-        )
-    return state
-
-
-def model_from_state(state: dict, path: str | Path, device):
-    """(model in eval mode on `device`, tokenizer, config) from a loaded checkpoint state."""
-    from transformer_cli.data.tokenizer import Tokenizer
-    from transformer_cli.model.transformer import Transformer
-
-    try:
-        cfg = config_from_dict(state["config"], source=f"{path} (its config)")
-    except ConfigError as e:
-        raise CheckpointError(f"{path}: its config does not fit this tfx: {e}") from None
-    try:
-        tokenizer = Tokenizer.from_bytes(state["tokenizer"])
-    except (DataError, TypeError, AttributeError) as e:
-        raise CheckpointError(f"{path}: its tokenizer does not load: {e}") from None
-    try:
-        model = Transformer(cfg.model)
-        model.load_state_dict(state["model"])
-    except (ValueError, RuntimeError, TypeError, AttributeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: its weights do not fit its config ({first})") from None
-    return model.to(device).eval(), tokenizer, cfg
-
-
-def load_model(path: str | Path, device) -> tuple:
-    """(model, tokenizer, config) from a self-contained checkpoint; CheckpointError if not."""
-    return model_from_state(load_state(path), path, device)
 
 
 # ----------------------------------------------------------------------------- input
@@ -159,6 +98,7 @@ class Translator:
         early_stop: bool | None = None,
         precision: str | None = None,
     ) -> None:
+        from transformer_cli.decoding.loading import load_model
         from transformer_cli.decoding.search import max_source_pieces
         from transformer_cli.fast.packing import pack_linears
 

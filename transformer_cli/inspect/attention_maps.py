@@ -54,7 +54,7 @@ def attention_map(
     import torch
 
     from transformer_cli.core.config import DecodeConfig
-    from transformer_cli.data.tokenizer import BOS_ID
+    from transformer_cli.core.specials import BOS_ID
     from transformer_cli.decoding.search import decode_all, max_source_pieces
 
     layers, heads = len(model.decoder.layers), model.cfg.heads
@@ -121,7 +121,7 @@ def plot_translation_attention(
     `head` is the CLI's spelling: a head number, or "mean" for the mean over heads.
     """
     from transformer_cli.core import runtime
-    from transformer_cli.decoding.translate import load_model
+    from transformer_cli.decoding.loading import load_model
     from transformer_cli.inspect.plots import plot_attention
 
     if head == "mean":

@@ -53,7 +53,7 @@ def batch_view(cfg, split: str = "train", index: int = 0, rows: int = 4, epoch: 
 
     `train` batches are `batching.epoch_batches(...)[index]` of `epoch`, collated as the
     training loop does; `valid`/`test` batches follow `batching.eval_order`, truncated
-    as `evaluate.split_loss` truncates them. `rows` rows are shown, spread from the
+    as `loss.split_loss` truncates them. `rows` rows are shown, spread from the
     batch's first to its last (a batch is length-sorted, so shortest to longest).
     """
     import torch
@@ -74,7 +74,7 @@ def batch_view(cfg, split: str = "train", index: int = 0, rows: int = 4, epoch: 
         groups = batching.epoch_batches(data, cfg.train.batch_tokens, cfg.train.seed, epoch)
         truncate = 0
     else:
-        truncate = cfg.model.max_positions - 1  # as evaluate.split_loss cuts valid/test
+        truncate = cfg.model.max_positions - 1  # as loss.split_loss cuts valid/test
         groups = batching.eval_order(data, cfg.train.batch_tokens, truncate=truncate)
     if not groups:
         raise DataError(f"the {split} split of {cfg.run_dir} is empty")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from transformer_cli.data.tokenizer import PAD_ID
+from transformer_cli.core.specials import PAD_ID
 
 
 def padding_mask(ids: Tensor) -> Tensor:

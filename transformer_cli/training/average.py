@@ -16,8 +16,8 @@ import torch
 
 from transformer_cli import __version__
 from transformer_cli.core import checkpoint
+from transformer_cli.core.checkpoint import load_state
 from transformer_cli.core.errors import CheckpointError
-from transformer_cli.decoding.translate import load_state
 
 GLOB_CHARS = "*?["
 

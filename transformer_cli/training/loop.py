@@ -27,11 +27,12 @@ from transformer_cli.core.errors import TrainingError
 from transformer_cli.data import batching
 from transformer_cli.data import store as cache
 from transformer_cli.data.tokenizer import Tokenizer
-from transformer_cli.decoding.evaluate import batch_loss, score_texts, split_loss
 from transformer_cli.decoding.search import decode_all
 from transformer_cli.fast import allocator
 from transformer_cli.model.transformer import Transformer
-from transformer_cli.training import schedule
+from transformer_cli.training import lock, schedule
+from transformer_cli.training.evaluate import score_texts
+from transformer_cli.training.loss import batch_loss, split_loss
 
 
 @dataclass
@@ -54,7 +55,7 @@ def run(cfg: Config, resume: bool = False) -> dict:
     """Train as configured; return a summary. Everything is written under cfg.run_dir."""
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with checkpoint.RunLock(run_dir):
+    with lock.RunLock(run_dir):
         checkpoint.remove_partial_writes(run_dir)  # litter of a save that was killed
         return _train(cfg, run_dir, resume)
 

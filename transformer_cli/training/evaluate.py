@@ -4,23 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from transformer_cli.core import runtime
 from transformer_cli.core.errors import CheckpointError, ConfigError, DataError
 from transformer_cli.core.fileio import atomic_write_text
 from transformer_cli.core.table import aligned
-from transformer_cli.data import batching
 from transformer_cli.data import store as cache
-from transformer_cli.data.tokenizer import PAD_ID
 from transformer_cli.fast.packing import pack_linears
-from transformer_cli.training.loss import masked_cross_entropy, projected_cross_entropy
+from transformer_cli.training.loss import split_loss
 
 
 def score_texts(hyps: list[str], refs: list[str]) -> dict:
@@ -38,49 +32,6 @@ def score_texts(hyps: list[str], refs: list[str]) -> dict:
         "chrf": round(c.score, 2),
         "bleu_signature": str(bleu.get_signature()),
         "chrf_signature": str(chrf.get_signature()),
-    }
-
-
-def batch_loss(model, batch, label_smoothing: float, device, precision: str, fused: bool = True):
-    """The masked loss of one batch: sums over its real target tokens (see loss.py).
-
-    Only the real positions are projected onto the vocabulary, so padding never reaches
-    the (expensive) full-vocabulary softmax. `fused` projects and scores them in chunks
-    (`projected_cross_entropy`); otherwise the whole (N, V) logits are formed and passed to
-    `masked_cross_entropy`, the plain definition. Both compute the same numbers.
-    """
-    real = (batch.tgt_out != PAD_ID).view(-1).nonzero().squeeze(1)  # on the host: no sync
-    batch = batch.to(device)
-    real = real.to(device, non_blocking=True)
-    target = batch.tgt_out.view(-1).index_select(0, real)  # (N,)
-    with runtime.autocast(device, precision):
-        memory = model.encode(batch.src)
-        hidden = model.decode_hidden(batch.tgt_in, memory, batch.src)  # (B, T, D)
-        hidden = hidden.flatten(0, 1).index_select(0, real)  # (N, D)
-        if not fused:
-            logits = model.logits(hidden)  # (N, V)
-            return masked_cross_entropy(logits, target, label_smoothing)  # fp32 softmax inside
-    dtype = runtime.matmul_dtype(precision)
-    return projected_cross_entropy(hidden, model.out_proj.weight, target, label_smoothing, dtype)
-
-
-@torch.no_grad()
-def split_loss(model, split, cfg, device, precision: str) -> dict:
-    """Per-token negative log-likelihood and perplexity of a split, without label smoothing."""
-    nll = torch.zeros((), dtype=torch.float64)
-    tokens = 0
-    # valid/test pairs are not length-filtered: cut them to what the positions hold
-    # (the target side needs one position for BOS)
-    truncate = cfg.model.max_positions - 1
-    for batch in batching.eval_batches(split, cfg.train.batch_tokens, truncate=truncate):
-        parts = batch_loss(model, batch, 0.0, device, precision, cfg.train.fused_loss)
-        nll += parts.nll.double().cpu()
-        tokens += batch.n_tokens
-    per_token = float(nll) / max(tokens, 1)
-    return {
-        "nll": round(per_token, 4),
-        "ppl": round(math.exp(min(per_token, 50.0)), 3),
-        "tokens": tokens,
     }
 
 
@@ -127,13 +78,13 @@ def run(
     Decoding options left as None come from --config's decode section, or else from the
     first checkpoint's, and are the same for every checkpoint.
     """
+    from transformer_cli.core.checkpoint import load_state
     from transformer_cli.core.config import load_config
+    from transformer_cli.decoding.loading import model_from_state
     from transformer_cli.decoding.translate import (
         check_decode_options,
         decode_options,
         decode_precision,
-        load_state,
-        model_from_state,
         pick_device,
     )
     from transformer_cli.training import average as average_mod

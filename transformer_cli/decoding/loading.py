@@ -1,0 +1,35 @@
+"""A self-contained checkpoint -> (model, tokenizer, config), ready for decoding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformer_cli.core.checkpoint import load_state
+from transformer_cli.core.config import config_from_dict
+from transformer_cli.core.errors import CheckpointError, ConfigError, DataError
+from transformer_cli.data.tokenizer import Tokenizer
+from transformer_cli.model.transformer import Transformer
+
+
+def model_from_state(state: dict, path: str | Path, device):
+    """(model in eval mode on `device`, tokenizer, config) from a loaded checkpoint state."""
+    try:
+        cfg = config_from_dict(state["config"], source=f"{path} (its config)")
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: its config does not fit this tfx: {e}") from None
+    try:
+        tokenizer = Tokenizer.from_bytes(state["tokenizer"])
+    except (DataError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{path}: its tokenizer does not load: {e}") from None
+    try:
+        model = Transformer(cfg.model)
+        model.load_state_dict(state["model"])
+    except (ValueError, RuntimeError, TypeError, AttributeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: its weights do not fit its config ({first})") from None
+    return model.to(device).eval(), tokenizer, cfg
+
+
+def load_model(path: str | Path, device) -> tuple:
+    """(model, tokenizer, config) from a self-contained checkpoint; CheckpointError if not."""
+    return model_from_state(load_state(path), path, device)

@@ -1,0 +1,97 @@
+"""The training lock: one trainer per run dir at a time."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+from pathlib import Path
+
+from transformer_cli.core.errors import TrainingError
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another user
+    return True
+
+
+class RunLock:
+    """Exclusive use of a run dir for training: RUN_DIR/train.lock holds "PID HOST".
+
+    A lock whose owner process is gone (same host, PID not alive) is stale and taken
+    over. Two trainers started at the same instant on a dir whose previous owner died
+    could both see it stale; tfx accepts that microsecond window rather than depend on
+    flock, which network filesystems do not all honour.
+    """
+
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / "train.lock"
+        self.owner = f"{os.getpid()} {socket.gethostname()}"
+        self.held = False
+
+    def acquire(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for _ in range(5):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if not self._stale():
+                    continue  # the lock vanished meanwhile: try again
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path)
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(self.owner + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            self.held = True
+            return
+        raise TrainingError(f"{self.path}: could not take the training lock; try again")
+
+    def _stale(self) -> bool:
+        """True if the existing lock's owner is gone; raises if it is (or may be) alive."""
+        try:
+            text = self.path.read_text(encoding="utf-8", errors="replace")
+            age = time.time() - self.path.stat().st_mtime
+        except FileNotFoundError:
+            return False
+        parts = text.split()
+        if len(parts) != 2 or not parts[0].isdigit():
+            if age < 10:  # an owner may be between creating the file and writing to it
+                raise self._busy("a process that is starting")
+            return True
+        pid, host = int(parts[0]), parts[1]
+        if host != socket.gethostname():
+            raise self._busy(f"PID {pid} on host {host} (delete the lock if that run is gone)")
+        if _pid_alive(pid):
+            raise self._busy(f"PID {pid}")
+        return True
+
+    def _busy(self, who: str) -> TrainingError:
+        return TrainingError(
+            f"{self.run_dir}: another training run is using this run dir ({who}; lock file "
+            f"{self.path}); wait for it to finish or stop it"
+        )
+
+    def release(self) -> None:
+        """Remove the lock if it is still ours (never one a later owner took over)."""
+        if not self.held:
+            return
+        self.held = False
+        with contextlib.suppress(OSError):
+            if self.path.read_text(encoding="utf-8").strip() == self.owner:
+                os.unlink(self.path)
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
