@@ -44,7 +44,8 @@ import torch.nn.functional as F
 
 from transformer_cli.core.config import ModelConfig
 from transformer_cli.core.specials import PAD_ID
-from transformer_cli.model.attention import _sdpa, attend_math
+from transformer_cli.fast import sdpa
+from transformer_cli.model.attention import attend_math
 from transformer_cli.model.masks import decoder_mask, padding_mask
 from transformer_cli.model.transformer import Transformer
 
@@ -152,7 +153,7 @@ def core_inputs(batch: tuple, dtype: torch.dtype) -> list[tuple]:
 
 
 CORES = {
-    "sdpa": lambda q, k, v, mask: _sdpa(q, k, v, mask, 0.0),
+    "sdpa": lambda q, k, v, mask: sdpa.attend(q, k, v, mask, 0.0),
     "math": lambda q, k, v, mask: attend_math(q, k, v, mask)[0],
 }
 

@@ -114,9 +114,9 @@ def worker(args) -> dict:
     overrides += ["model.attention=sdpa"] if "sdpa" in flags else []
     overrides += ["train.fused_loss=false"] if "unfused" in flags else []
     if "cudnn" in flags:  # SDPA may also pick cuDNN's kernel on CUDA (torch's default)
-        from transformer_cli.model import attention
+        from transformer_cli.fast import sdpa
 
-        attention.CUDA_BACKENDS = None
+        sdpa.CUDA_BACKENDS = None
     cfg, device, precision, threads, split, model, optimizer = setup(args.config, overrides)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     step_model = train.CompiledSteps(model) if cfg.train.compile else model

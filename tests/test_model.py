@@ -13,6 +13,9 @@ from torch import Tensor
 
 from transformer_cli.core.config import ModelConfig
 from transformer_cli.core.specials import BOS_ID, PAD_ID
+from transformer_cli.decoding import kv_cache
+from transformer_cli.decoding.kv_cache import KVCache
+from transformer_cli.decoding.slots import SlotCache, decode_slots, slot_sources
 from transformer_cli.model.attention import SelfAttention, attend_math
 from transformer_cli.model.masks import causal_mask, padding_mask
 from transformer_cli.model.transformer import Transformer, sinusoidal_table
@@ -208,10 +211,10 @@ def test_cached_decoding_equals_full_decoding(attention, norm):
     src, tgt = batch([5, 2, 7], seed=7), batch([6, 6, 6], seed=8)
     memory = model.encode(src)
     full = model.decode(tgt, memory, src)
-    cache = model.new_cache()
+    cache = KVCache.for_model(model)
     steps = []
     for t in range(tgt.size(1)):
-        step = model.decode(tgt[:, t : t + 1], memory, src, cache)
+        step = kv_cache.decode(model, tgt[:, t : t + 1], memory, src, cache)
         assert step.shape == (3, 1, V)
         steps.append(step)
     assert cache.length == tgt.size(1)
@@ -225,19 +228,19 @@ def test_cached_decoding_after_select_equals_full_decoding_of_the_selected_rows(
     model = model_for(attention)
     src, tgt = batch([5, 2, 7, 4], seed=9), batch([7, 7, 7, 7], seed=10)
     memory = model.encode(src)
-    cache = model.new_cache()
+    cache = KVCache.for_model(model)
     for t in range(3):
-        model.decode(tgt[:, t : t + 1], memory, src, cache)
+        kv_cache.decode(model, tgt[:, t : t + 1], memory, src, cache)
     index = torch.tensor([2, 0, 2, 3])  # reorder, duplicate, drop row 1
     cache.select(index)
     assert cache.batch_size == 4
     rows = tgt.index_select(0, index)
     # memory and src are owned by the cache now: passing the unselected ones is fine
-    steps = [model.decode(rows[:, t : t + 1], memory, src, cache) for t in range(3, 7)]
+    steps = [kv_cache.decode(model, rows[:, t : t + 1], memory, src, cache) for t in range(3, 7)]
     full = model.decode(rows, memory.index_select(0, index), src.index_select(0, index))
     torch.testing.assert_close(torch.cat(steps, dim=1), full[:, 3:])
     cache.select(torch.tensor([1, 3]))  # shrink
-    last = model.decode(rows[[1, 3], 6:7], memory, src, cache)
+    last = kv_cache.decode(model, rows[[1, 3], 6:7], memory, src, cache)
     assert last.shape == (2, 1, V)
 
 
@@ -249,15 +252,15 @@ def test_reordering_within_sentences_may_leave_the_source_state_alone():
     src = batch([5, 2], seed=15).repeat_interleave(beams, 0)  # rows 0-2: sentence 0, 3-5: 1
     tgt = batch([6] * 2 * beams, seed=16)
     memory = model.encode(src)
-    cache = model.new_cache()
+    cache = KVCache.for_model(model)
     for t in range(3):
-        model.decode(tgt[:, t : t + 1], memory, src, cache)
+        kv_cache.decode(model, tgt[:, t : t + 1], memory, src, cache)
     index = torch.tensor([2, 2, 0, 4, 3, 3])  # within sentence 0, within sentence 1
     cross_k, src_mask = cache.layers[0].cross_k, cache.src_mask
     cache.select(index, sources_too=False)
     assert cache.layers[0].cross_k is cross_k and cache.src_mask is src_mask  # not copied
     rows = tgt.index_select(0, index)
-    steps = [model.decode(rows[:, t : t + 1], memory, src, cache) for t in range(3, 6)]
+    steps = [kv_cache.decode(model, rows[:, t : t + 1], memory, src, cache) for t in range(3, 6)]
     full = model.decode(rows, memory, src)  # same sentences in the same rows as before
     torch.testing.assert_close(torch.cat(steps, dim=1), full[:, 3:])
 
@@ -267,9 +270,9 @@ def test_cached_decoding_accepts_several_tokens_at_once():
     model = model_for()
     src, tgt = batch([5, 3], seed=11), batch([6, 6], seed=12)
     memory = model.encode(src)
-    cache = model.new_cache()
-    first = model.decode(tgt[:, :4], memory, src, cache)
-    rest = model.decode(tgt[:, 4:], memory, src, cache)
+    cache = KVCache.for_model(model)
+    first = kv_cache.decode(model, tgt[:, :4], memory, src, cache)
+    rest = kv_cache.decode(model, tgt[:, 4:], memory, src, cache)
     torch.testing.assert_close(torch.cat([first, rest], 1), model.decode(tgt, memory, src))
 
 
@@ -277,10 +280,10 @@ def test_cached_decoding_accepts_several_tokens_at_once():
 def test_cache_rejects_a_batch_it_was_not_selected_to():
     model = model_for()
     src, tgt = batch([3, 3], seed=13), batch([2, 2], seed=14)
-    cache = model.new_cache()
-    model.decode(tgt[:, :1], model.encode(src), src, cache)
+    cache = KVCache.for_model(model)
+    kv_cache.decode(model, tgt[:, :1], model.encode(src), src, cache)
     with pytest.raises(ValueError, match="select"):
-        model.decode(tgt[:1, 1:2], model.encode(src), src, cache)
+        kv_cache.decode(model, tgt[:1, 1:2], model.encode(src), src, cache)
 
 
 # ----------------------------------------------------------------------------- slot cache
@@ -300,10 +303,10 @@ def run_slots(model, sources: list[Tensor], targets: list[Tensor], slots: int) -
         if group:
             width = max(len(s) for s in group) + 1
             src = torch.stack([F.pad(s, (0, width - len(s)), value=PAD_ID) for s in group])
-            cross, mask, lengths = model.slot_sources(src)
+            cross, mask, lengths = slot_sources(model, src)
             states += [([(k[i : i + 1], v[i : i + 1]) for k, v in cross], mask[i : i + 1],
                         lengths[i : i + 1]) for i in range(len(group))]  # fmt: skip
-    cache = model.new_slot_cache("cpu")
+    cache = SlotCache.for_model(model, "cpu")
     queue = list(range(len(sources)))
     sentence: list[int] = []
     fed: list[int] = []
@@ -320,7 +323,7 @@ def run_slots(model, sources: list[Tensor], targets: list[Tensor], slots: int) -
         start(len(sentence))
     while cache.slots:
         tokens = torch.tensor([targets[i][n] for i, n in zip(sentence, fed, strict=True)])
-        step = model.logits(model.decode_slots(tokens, cache))  # (N, V)
+        step = model.logits(decode_slots(model, tokens, cache))  # (N, V)
         keep = []
         for slot, i in enumerate(sentence):
             logits[i].append(step[slot])
@@ -369,9 +372,9 @@ def test_slot_cache_keeps_bf16_keys_and_values_in_fp32_on_the_cpu():
     model = Transformer(dataclasses.replace(CFG, attention="math")).eval()
     src, tgt = batch([5, 3], seed=21), batch([4, 4], seed=22)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        cache = model.new_slot_cache("cpu")
-        cache.fill(torch.arange(2), *model.slot_sources(src))
-        low = [model.logits(model.decode_slots(tgt[:, t], cache)) for t in range(4)]
+        cache = SlotCache.for_model(model, "cpu")
+        cache.fill(torch.arange(2), *slot_sources(model, src))
+        low = [model.logits(decode_slots(model, tgt[:, t], cache)) for t in range(4)]
     layer = cache.layers[0]
     assert {layer.self_k.dtype, layer.cross_k.dtype} == {torch.float32}
     assert low[0].dtype == torch.bfloat16
@@ -435,8 +438,8 @@ def test_shapes_and_dtypes_under_bf16_autocast(attention):
         hidden = model.decode_hidden(tgt, memory, src)
         logits = model.logits(hidden)
         logits.float().sum().backward()
-        cache = model.new_cache()
-        step = model.decode(tgt[:, :1], memory, src, cache)
+        cache = KVCache.for_model(model)
+        step = kv_cache.decode(model, tgt[:, :1], memory, src, cache)
     assert memory.shape == (2, 5, CFG.d_model)
     assert hidden.shape == (2, 4, CFG.d_model)
     assert logits.shape == (2, 4, V) and logits.dtype == torch.bfloat16

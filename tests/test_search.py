@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -220,6 +219,13 @@ def test_beam_scores_are_normalised_log_probabilities(model, sources, alpha):
             assert score == pytest.approx(logp / length_penalty(len(target), alpha), abs=1e-3)
 
 
+class IdentityStack:
+    layers: list = []
+
+    def __call__(self, x, *_):
+        return x
+
+
 class BigramModel:
     """A decoder whose next-token distribution depends only on the previous token.
 
@@ -239,11 +245,14 @@ class BigramModel:
     def encode(self, src):
         return torch.zeros(src.size(0), src.size(1), VOCAB)
 
-    def new_cache(self):
-        return SimpleNamespace(select=lambda index, sources_too=True: None)
+    # the cached decoder: an identity stack, with no layers to cache, over one-hot inputs
+    decoder = IdentityStack()
 
-    def decode_hidden(self, tgt_in, memory, src, cache=None):
+    def embed_target(self, tgt_in, offset=0):
         return torch.nn.functional.one_hot(tgt_in, VOCAB).float()  # (R, T, V)
+
+    def decode_hidden(self, tgt_in, memory, src):
+        return self.embed_target(tgt_in)
 
     def logits(self, hidden):
         return hidden @ self.logp  # (R, V)

@@ -29,6 +29,9 @@ from torch import Tensor
 from transformer_cli.core import runtime
 from transformer_cli.core.config import DecodeConfig
 from transformer_cli.core.specials import BOS_ID, EOS_ID, PAD_ID
+from transformer_cli.decoding import kv_cache
+from transformer_cli.decoding.kv_cache import KVCache
+from transformer_cli.decoding.slots import SlotCache, decode_slots, slot_sources
 from transformer_cli.fast import packing
 
 Hypothesis = tuple[list[int], float]
@@ -79,7 +82,7 @@ def _step_hidden(model, tokens: Tensor, prefix: Tensor, memory: Tensor, src: Ten
     which is what the cache must reproduce (and what the speed benchmark compares to).
     """
     if cache is not None:
-        return model.decode_hidden(tokens, memory, src, cache)[:, -1]
+        return kv_cache.decode_hidden(model, tokens, memory, src, cache)[:, -1]
     return model.decode_hidden(prefix, memory, src)[:, -1]
 
 
@@ -108,7 +111,7 @@ def greedy_search(
     limits = limits_host.to(device)
     tokens = torch.full((batch, 1), BOS_ID, dtype=torch.long, device=device)  # (R, 1)
     prefix = tokens  # (R, t + 1), read only without a cache
-    cache = model.new_cache() if use_cache else None
+    cache = KVCache.for_model(model) if use_cache else None
     for t in range(steps):
         hidden = _step_hidden(model, tokens, prefix, memory, src, cache)  # (R, D)
         best = _most_probable(model.logits(hidden))  # (R,)
@@ -159,7 +162,7 @@ def greedy_stream(model, batches: Iterable[tuple[Tensor, Tensor]], slots: int) -
         filled = 0
         for cross, src_mask, src_len, ids, caps_in in stream.take(len(free)):
             if cache is None:
-                cache = model.new_slot_cache(src_mask.device)
+                cache = SlotCache.for_model(model, src_mask.device)
                 tokens = torch.zeros(0, dtype=torch.long, device=src_mask.device)
             where = free[filled : filled + len(ids)]
             filled += len(ids)
@@ -185,7 +188,7 @@ def greedy_stream(model, batches: Iterable[tuple[Tensor, Tensor]], slots: int) -
             tokens = tokens[kept.to(tokens.device)]
         if not cache.slots:
             break
-        hidden = model.decode_slots(tokens, cache)  # (N, D)
+        hidden = decode_slots(model, tokens, cache)  # (N, D)
         tokens = _most_probable(model.logits(hidden))  # (N,)
         best = tokens.cpu()  # the step's one host sync
         for s, piece in zip(sentence.tolist(), best.tolist(), strict=True):
@@ -213,7 +216,7 @@ class _Sources:
                 if batch is None:
                     return
                 src, caps = batch
-                self.cross, self.src_mask, self.src_len = self.model.slot_sources(src)
+                self.cross, self.src_mask, self.src_len = slot_sources(self.model, src)
                 self.caps = caps.cpu().clamp(1, self.model.cfg.max_positions)
                 self.size, self.row = len(src), 0
             rows = slice(self.row, min(self.row + n, self.size))
@@ -283,7 +286,7 @@ def beam_search(
     tokens = torch.full((batch, 1), BOS_ID, dtype=torch.long, device=device)  # (R, 1)
     prefix = tokens  # (R, t + 1) on the device, read only without a cache
     row_sentence = torch.arange(batch, device=device)  # (R,) each row's sentence in `memory`
-    cache = model.new_cache() if use_cache else None
+    cache = KVCache.for_model(model) if use_cache else None
     beams = 1  # live rows per sentence: 1 at the first step (all beams would be equal), then K
     for t in range(steps):
         if cache is not None:

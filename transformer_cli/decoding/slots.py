@@ -2,7 +2,7 @@
 
 N slots, H heads, W widest filled prefix, S source len, K head dim
 
-`KVCache` (attention.py) decodes one batch in lockstep: every row is at the same target
+`KVCache` (kv_cache.py) decodes one batch in lockstep: every row is at the same target
 position. When most sentences of a batch have finished, the few still running pay for
 reading every weight matrix at each step, as a full batch would: on a CPU the step is
 then bound by memory bandwidth, not arithmetic. A `SlotCache` instead gives each row its
@@ -31,7 +31,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from transformer_cli.model.masks import prefix_mask
+from transformer_cli.model.attention import Core
+from transformer_cli.model.masks import padding_mask, prefix_mask
+from transformer_cli.model.transformer import Transformer
 
 
 def _pad_dim(t: Tensor, dim: int, size: int, value: float | bool = 0) -> Tensor:
@@ -82,15 +84,31 @@ class SlotLayerCache:
         # (W,N,H,K) -> (N,H,W,K): a view, which matmul folds into (N*H, W, K) without a copy
         return self.self_k[:width].permute(1, 2, 0, 3), self.self_v[:width].permute(1, 2, 0, 3)
 
+    def attend(self, core: Core, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        """The attention core in the keys' and values' type (see `SlotCache.dtype`).
+
+        Autocast would cast fp32 keys and values back down to bf16, copying them at every
+        step: the queries are brought up to their type instead.
+        """
+        if q.dtype == k.dtype:
+            return core(q, k, v, mask)
+        with torch.autocast(q.device.type, enabled=False):
+            return core(q.to(k.dtype), k, v, mask)
+
 
 class SlotCache:
     """Per-slot positions, keys and values; see the module docstring.
 
-    `fill(slots, *Transformer.slot_sources(src))` starts new sentences in slots (rows
-    of what `slot_sources` returns may be sliced to start some of them);
-    `Transformer.decode_slots(tokens, cache)` runs one step for every slot;
-    `select(index)` keeps only some slots, in the given order.
+    `fill(slots, *slot_sources(model, src))` starts new sentences in slots (rows of what
+    `slot_sources` returns may be sliced to start some of them); `decode_slots(model,
+    tokens, cache)` runs one step for every slot; `select(index)` keeps only some slots,
+    in the given order.
     """
+
+    @classmethod
+    def for_model(cls, model: Transformer, device: torch.device | str) -> SlotCache:
+        """An empty cache for `model`'s decoder layers, with no slots yet."""
+        return cls(len(model.decoder.layers), device)
 
     def __init__(self, num_layers: int, device: torch.device | str) -> None:
         self.layers = [SlotLayerCache(self) for _ in range(num_layers)]
@@ -209,3 +227,38 @@ class SlotCache:
         if added:
             old = torch.cat([old, new.new_full((added, *old.shape[1:]), value)])
         return old.index_copy_(0, index, new)
+
+
+def slot_sources(
+    model: Transformer, src: Tensor
+) -> tuple[list[tuple[Tensor, Tensor]], Tensor, Tensor]:
+    """Encode `src` into what a slot needs of its sentence: `SlotCache.fill`'s inputs.
+
+    Args:
+        src: (n, S) source ids, right-padded.
+    Returns:
+        each decoder layer's cross-attention keys and values, 2 x (n, H, S, K); the
+        (n, 1, 1, S) source padding mask; and its row sums on the host, (n,) int64
+        (one transfer per batch, not per slot filled). Rows can be sliced to fill
+        some slots.
+    """
+    memory = model.encode(src)  # (n, S, D)
+    cross = [layer.cross_attn.keys_values(memory) for layer in model.decoder.layers]
+    mask = padding_mask(src)  # (n, 1, 1, S)
+    return cross, mask, mask.sum(-1).view(-1).cpu()
+
+
+def decode_slots(model: Transformer, tokens: Tensor, cache: SlotCache) -> Tensor:
+    """One decoding step for every slot, each at its own position.
+
+    Args:
+        tokens: (N,) each slot's newest token (BOS for a slot just filled).
+    Returns:
+        (N, D) the decoder's last hidden state of each slot.
+    """
+    # every slot's position is below its sentence's output cap, which search keeps
+    # within max_positions
+    x = model.embed_target_at(tokens, cache.pos_device)[:, None]  # (N, D) -> (N, 1, D)
+    hidden = model.decoder(x, None, cache.self_mask(), cache.src_mask, cache.layers)
+    cache.advance()
+    return hidden[:, 0]  # (N, 1, D) -> (N, D)

@@ -11,10 +11,9 @@ are derived from token ids inside (`masks.py`), so callers pass ids only:
     hidden = model.decode_hidden(tgt_in, memory, src)
     logits = model.logits(hidden[real])           # project only the positions you need
 
-Incremental decoding (greedy / beam search) goes through `new_cache()` and
-`decode(..., cache=cache)`; `attention.KVCache` documents the contract. Greedy search
-over many sentences keeps its batch full with `new_slot_cache()`, `slot_sources()` and
-`decode_slots()`, where each row is at its own position (`slots.SlotCache`).
+Incremental decoding (greedy and beam search) passes each decoder layer a cache of its
+keys and values (`attention.LayerState`); the caches, and decoding with them, live in
+`decoding/kv_cache.py` and `decoding/slots.py`.
 """
 
 from __future__ import annotations
@@ -25,16 +24,11 @@ import torch
 from torch import Tensor, nn
 
 from transformer_cli.core.config import ModelConfig
-from transformer_cli.decoding.slots import SlotCache, SlotLayerCache
+
+# fast path: a cheaper dropout mask on the CPU, equal in distribution to nn.Dropout
 from transformer_cli.fast.dropout import Dropout
-from transformer_cli.model.attention import (
-    Attention,
-    CrossAttention,
-    KVCache,
-    LayerCache,
-    SelfAttention,
-)
-from transformer_cli.model.masks import causal_mask, decoder_mask, padding_mask
+from transformer_cli.model.attention import Attention, CrossAttention, LayerState, SelfAttention
+from transformer_cli.model.masks import decoder_mask, padding_mask
 
 
 def sinusoidal_table(positions: int, d_model: int) -> Tensor:
@@ -143,7 +137,7 @@ class DecoderLayer(nn.Module):
         memory: Tensor | None,
         self_mask: Tensor | None,
         cross_mask: Tensor,
-        cache: LayerCache | SlotLayerCache | None = None,
+        cache: LayerState | None = None,
     ) -> Tensor:
         """Decode one layer.
 
@@ -195,11 +189,14 @@ class Decoder(nn.Module):
         memory: Tensor | None,
         self_mask: Tensor | None,
         cross_mask: Tensor,
-        cache: KVCache | SlotCache | None = None,
+        caches: list[LayerState] | None = None,
     ) -> Tensor:
-        """(B, T, D) embedded target -> (B, T, D) hidden states; see DecoderLayer."""
+        """(B, T, D) embedded target -> (B, T, D) hidden states; see DecoderLayer.
+
+        `caches`: one per layer, for incremental decoding (decoding/kv_cache.py).
+        """
         for i, layer in enumerate(self.layers):
-            x = layer(x, memory, self_mask, cross_mask, None if cache is None else cache.layers[i])
+            x = layer(x, memory, self_mask, cross_mask, None if caches is None else caches[i])
         return x if self.norm is None else self.norm(x)
 
 
@@ -253,16 +250,28 @@ class Transformer(nn.Module):
             elif name.endswith("bias"):
                 nn.init.zeros_(p)
 
-    def _embed(self, ids: Tensor, embed: nn.Embedding, pos: nn.Module, offset: int) -> Tensor:
-        """Scaled token embeddings plus positional encodings, then dropout: (B, L, D)."""
-        length = ids.size(1)
-        if offset + length > self.cfg.max_positions:
+    def _embed(self, ids: Tensor, embed: nn.Embedding, positions: Tensor) -> Tensor:
+        """Scaled token embeddings plus positional encodings, then dropout."""
+        return self.embed_dropout(embed(ids) * self.embed_scale + positions)
+
+    def _check_length(self, end: int) -> None:
+        if end > self.cfg.max_positions:
             raise ValueError(
-                f"sequence reaches position {offset + length}, beyond model.max_positions "
+                f"sequence reaches position {end}, beyond model.max_positions "
                 f"({self.cfg.max_positions})"
             )
-        x = embed(ids) * self.embed_scale + pos(length, offset)  # (B,L,D) + (L,D)
-        return self.embed_dropout(x)
+
+    def embed_target(self, tgt_in: Tensor, offset: int = 0) -> Tensor:
+        """Decoder input ids (B, T) at positions offset .. offset+T-1 -> (B, T, D)."""
+        self._check_length(offset + tgt_in.size(1))
+        return self._embed(tgt_in, self.tgt_embed, self.tgt_pos(tgt_in.size(1), offset))
+
+    def embed_target_at(self, tokens: Tensor, positions: Tensor) -> Tensor:
+        """One token per row, each at its own position: (N,), (N,) -> (N, D).
+
+        The caller keeps `positions` below `model.max_positions`.
+        """
+        return self._embed(tokens, self.tgt_embed, self.tgt_pos.table[positions])
 
     def encode(self, src: Tensor) -> Tensor:
         """Encode source ids.
@@ -272,55 +281,30 @@ class Transformer(nn.Module):
         Returns:
             (B, S, D) memory; rows at pad positions are finite but meaningless.
         """
-        x = self._embed(src, self.src_embed, self.src_pos, 0)
+        self._check_length(src.size(1))
+        x = self._embed(src, self.src_embed, self.src_pos(src.size(1)))  # (B,S,D) + (S,D)
         return self.encoder(x, padding_mask(src))
 
-    def decode_hidden(
-        self, tgt_in: Tensor, memory: Tensor, src: Tensor, cache: KVCache | None = None
-    ) -> Tensor:
+    def decode_hidden(self, tgt_in: Tensor, memory: Tensor, src: Tensor) -> Tensor:
         """The decoder's final hidden states, before the output projection.
 
         Args:
-            tgt_in: (B, T) decoder input ids (BOS + target, right-padded); with a
-                cache, only the new tokens, usually (B, 1).
+            tgt_in: (B, T) decoder input ids (BOS + target, right-padded).
             memory: (B, S, D), the output of `encode(src)`.
             src: (B, S) source ids, for the source padding mask.
-            cache: a `KVCache` from `new_cache()`; see its docstring for the contract.
         Returns:
             (B, T, D).
         """
-        if cache is None:
-            self_mask: Tensor | None = decoder_mask(tgt_in)
-            cross_mask = padding_mask(src)
-            offset = 0
-        else:
-            if cache.src_mask is None:
-                cache.src_mask = padding_mask(src)
-            elif cache.src_mask.size(0) != tgt_in.size(0):
-                raise ValueError(
-                    f"tgt_in has {tgt_in.size(0)} rows but the cache holds "
-                    f"{cache.src_mask.size(0)}; select() the cache when the batch changes"
-                )
-            cross_mask = cache.src_mask
-            offset = cache.length
-            new = tgt_in.size(1)
-            # one new token may attend to everything cached; a chunk needs look-ahead
-            self_mask = None if new == 1 else causal_mask(new, offset, tgt_in.device)
-        x = self._embed(tgt_in, self.tgt_embed, self.tgt_pos, offset)
-        hidden = self.decoder(x, memory, self_mask, cross_mask, cache)
-        if cache is not None:
-            cache.length += tgt_in.size(1)
-        return hidden
+        x = self.embed_target(tgt_in)
+        return self.decoder(x, memory, decoder_mask(tgt_in), padding_mask(src))
 
     def logits(self, hidden: Tensor) -> Tensor:
         """The output projection: (..., D) -> (..., V) unnormalised scores."""
         return self.out_proj(hidden)
 
-    def decode(
-        self, tgt_in: Tensor, memory: Tensor, src: Tensor, cache: KVCache | None = None
-    ) -> Tensor:
-        """`logits(decode_hidden(...))`: (B, T, V); with a cache and (B, 1) input, (B, 1, V)."""
-        return self.logits(self.decode_hidden(tgt_in, memory, src, cache))
+    def decode(self, tgt_in: Tensor, memory: Tensor, src: Tensor) -> Tensor:
+        """`logits(decode_hidden(...))`: (B, T, V)."""
+        return self.logits(self.decode_hidden(tgt_in, memory, src))
 
     def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
         """Teacher-forced logits.
@@ -331,47 +315,6 @@ class Transformer(nn.Module):
             (B, T, V) logits for the next token at each target position.
         """
         return self.decode(tgt_in, self.encode(src), src)
-
-    def new_cache(self) -> KVCache:
-        """An empty cache for incremental decoding of one batch (see `KVCache`)."""
-        return KVCache(len(self.decoder.layers))
-
-    def new_slot_cache(self, device: torch.device | str) -> SlotCache:
-        """An empty cache for continuous batching, with no slots yet (see `SlotCache`)."""
-        return SlotCache(len(self.decoder.layers), device)
-
-    def slot_sources(self, src: Tensor) -> tuple[list[tuple[Tensor, Tensor]], Tensor, Tensor]:
-        """Encode `src` into what a slot needs of its sentence: `SlotCache.fill`'s inputs.
-
-        Args:
-            src: (n, S) source ids, right-padded.
-        Returns:
-            each decoder layer's cross-attention keys and values, 2 x (n, H, S, K); the
-            (n, 1, 1, S) source padding mask; and its row sums on the host, (n,) int64
-            (one transfer per batch, not per slot filled). Rows can be sliced to fill
-            some slots.
-        """
-        memory = self.encode(src)  # (n, S, D)
-        cross = [layer.cross_attn.keys_values(memory) for layer in self.decoder.layers]
-        mask = padding_mask(src)  # (n, 1, 1, S)
-        return cross, mask, mask.sum(-1).view(-1).cpu()
-
-    def decode_slots(self, tokens: Tensor, cache: SlotCache) -> Tensor:
-        """One decoding step for every slot, each at its own position.
-
-        Args:
-            tokens: (N,) each slot's newest token (BOS for a slot just filled).
-        Returns:
-            (N, D) the decoder's last hidden state of each slot.
-        """
-        # every slot's position is below its sentence's output cap, which
-        # `search` keeps within max_positions, so no range check is needed here
-        positions = self.tgt_pos.table[cache.pos_device]  # (N, D)
-        x = self.tgt_embed(tokens) * self.embed_scale + positions  # (N, D)
-        x = self.embed_dropout(x)[:, None]  # (N, D) -> (N, 1, D)
-        hidden = self.decoder(x, None, cache.self_mask(), cache.src_mask, cache)  # (N, 1, D)
-        cache.advance()
-        return hidden[:, 0]
 
     def record_attention(self, on: bool = True) -> None:
         """Make every attention module keep its probabilities in `last_weights`.
