@@ -11,9 +11,9 @@ from typing import Annotated
 
 import typer
 
+from transformer_cli.cli.inspect import inspect_app
 from transformer_cli.cli.options import ConfigOpt, SetOpt, load
 from transformer_cli.core.errors import boundary
-from transformer_cli.inspect.views import inspect_app
 
 app = typer.Typer(
     name="tfx",

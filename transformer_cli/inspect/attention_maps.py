@@ -6,15 +6,11 @@ The weights are the model's own: greedy decoding, then one teacher-forced pass w
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from transformer_cli.core.console import wrote
 from transformer_cli.core.errors import ConfigError, DataError
-
-
-def _report(path: Path) -> None:
-    print(f"wrote {path}", file=sys.stderr)
 
 
 @dataclass
@@ -164,5 +160,5 @@ def plot_first_attention(
         checkpoint, texts[0], output, layer=layer, head=head,
         self_attention=self_attention, device=device,
     )  # fmt: skip
-    _report(path)
+    wrote(path)
     return path

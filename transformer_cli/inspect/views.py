@@ -6,36 +6,18 @@ positions from `model.SinusoidalPositions`, attention from `attention.attend_mat
 and the model's own attention modules, learning rates from `schedule.learning_rate`.
 Nothing is re-implemented for display, so what you see is what the model gets.
 
-Each command has a function that returns plain data (`batch_view`, `positions_view`,
+Each view is a function that returns plain data (`batch_view`, `positions_view`,
 `scaling_view`, `schedule_view`; attention maps live in attention_maps.py and training
-curves in curves.py); the command prints it, or with `--json` dumps it, and with
-`--plot FILE.png` draws it (plots.py).
+curves in curves.py), and a `format_*` function renders it as text. The commands in
+cli/inspect.py print that, or with `--json` dump the data, and with `--plot FILE.png`
+draw it (plots.py).
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
-import os
-import sys
-from pathlib import Path
-from typing import Annotated
 
-import typer
-
-from transformer_cli.cli.options import ConfigOpt, SetOpt, load
-from transformer_cli.core.errors import ConfigError, DataError, boundary
-
-inspect_app = typer.Typer(
-    help="Look inside: batches and masks, positions, attention scaling, the LR schedule.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-PlotOpt = Annotated[Path | None, typer.Option("--plot", help="Also draw it into this PNG.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the numbers as JSON.")]
+from transformer_cli.core.errors import ConfigError, DataError
 
 POSITION_TOLERANCE = 1e-5  # PE(pos + k) vs M_k PE(pos): float32 rounding is ~1e-7
 
@@ -222,41 +204,6 @@ def format_batch(view: dict) -> str:
     return "\n".join(out)
 
 
-@inspect_app.command("batch")
-@boundary
-def batch_command(
-    config: ConfigOpt,
-    set_: SetOpt = None,
-    split: Annotated[str, typer.Option("--split", help="train, valid or test.")] = "train",
-    index: Annotated[int, typer.Option("--index", help="Which batch (0-based).")] = 0,
-    epoch: Annotated[int, typer.Option("--epoch", help="Training epoch (train only).")] = 0,
-    rows: Annotated[int, typer.Option("--rows", help="Rows to show, shortest to longest.")] = 4,
-    plot: PlotOpt = None,
-    json_: JsonOpt = False,
-) -> None:
-    """One real batch from the prepared cache: pieces, the target shift, and every mask."""
-    view = batch_view(load(config, set_), split, index, rows, epoch)
-    _emit(json.dumps(view) if json_ else format_batch(view))
-    if plot is not None:
-        from transformer_cli.inspect.plots import plot_masks
-
-        _report(plot_masks(view, plot))
-
-
-def _report(path: Path) -> None:
-    print(f"wrote {path}", file=sys.stderr)
-
-
-def _emit(text: str) -> None:
-    """Print to stdout; a reader that goes away (`| head`) just ends the output."""
-    try:
-        print(text, flush=True)
-    except BrokenPipeError:
-        # stdout now points at /dev/null, so the flush at exit cannot fail again
-        with contextlib.suppress(OSError, ValueError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-
-
 # ----------------------------------------------------------------------------- positions
 
 
@@ -310,29 +257,6 @@ def format_positions(view: dict) -> str:
     verdict = "holds (float32 rounding only)" if worst < POSITION_TOLERANCE else "FAILS"
     out.append(f"the linear map {verdict}: a shift by k is the same rotation at every position")
     return "\n".join(out)
-
-
-@inspect_app.command("positions")
-@boundary
-def positions_command(
-    d_model: Annotated[int, typer.Option("--d-model", help="Encoding size.")] = 64,
-    length: Annotated[int, typer.Option("--length", help="Positions to show.")] = 100,
-    k: Annotated[
-        list[int] | None, typer.Option("--k", help="Offsets to check (repeatable).")
-    ] = None,
-    plot: PlotOpt = None,
-    json_: JsonOpt = False,
-) -> None:
-    """The sinusoidal positional encoding, and a check that PE(pos+k) = M_k PE(pos)."""
-    view = positions_view(d_model, length, tuple(k or ()))
-    if json_:
-        _emit(json.dumps({key: v for key, v in view.items() if key != "table"}))
-    else:
-        _emit(format_positions(view))
-    if plot is not None:
-        from transformer_cli.inspect.plots import plot_positions
-
-        _report(plot_positions(view["table"], plot))
 
 
 # ----------------------------------------------------------------------------- scaling
@@ -409,27 +333,6 @@ def format_scaling(view: dict) -> str:
     return "\n".join(out)
 
 
-@inspect_app.command("scaling")
-@boundary
-def scaling_command(
-    d_k: Annotated[int, typer.Option("--d-k", help="Head dimension d_k.")] = 64,
-    keys: Annotated[int, typer.Option("--keys", help="Keys per softmax.")] = 50,
-    samples: Annotated[int, typer.Option("--samples", help="Random queries.")] = 2000,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
-    config: Annotated[
-        Path | None, typer.Option("--config", "-c", help="Use this model's d_k (d_model/heads).")
-    ] = None,
-    set_: SetOpt = None,
-    json_: JsonOpt = False,
-) -> None:
-    """Why scores are divided by sqrt(d_k): variance, softmax peak and gradient, measured."""
-    if config is not None:
-        cfg = load(config, set_)
-        d_k = cfg.model.d_model // cfg.model.heads
-    view = scaling_view(d_k, keys, samples, seed)
-    _emit(json.dumps(view) if json_ else format_scaling(view))
-
-
 # ----------------------------------------------------------------------------- schedule
 
 
@@ -486,56 +389,3 @@ def format_schedule(view: dict) -> str:
             "moment estimates are still noisy, then a slow 1/sqrt(step) decay"
         )
     return "\n".join(out)
-
-
-@inspect_app.command("schedule")
-@boundary
-def schedule_command(
-    config: ConfigOpt,
-    set_: SetOpt = None,
-    steps: Annotated[
-        int, typer.Option("--steps", help="Steps to show (default: train.max_steps).")
-    ] = 0,
-    plot: PlotOpt = None,
-    json_: JsonOpt = False,
-) -> None:
-    """The configured learning-rate schedule over the run, warm-up peak marked."""
-    view = schedule_view(load(config, set_), steps)
-    _emit(json.dumps(view) if json_ else format_schedule(view))
-    if plot is not None:
-        from transformer_cli.inspect.plots import plot_schedule
-
-        title = (
-            f"{view['schedule']} schedule: lr = {view['formula']}\n"
-            f"d_model {view['d_model']}, warmup {view['warmup']}, {view['steps']} steps"
-        )
-        _report(plot_schedule(view["lr"], view["warmup"], plot, title))
-
-
-@inspect_app.command("attention")
-@boundary
-def attention_command(
-    checkpoint: Annotated[Path, typer.Argument(help="A tfx checkpoint (.pt).")],
-    text: Annotated[str, typer.Argument(help="One source sentence.")],
-    output: Annotated[Path, typer.Option("--plot", help="The PNG to write.")],
-    layer: Annotated[int, typer.Option("--layer", help="Decoder layer, 0-based; -1 = last.")] = -1,
-    head: Annotated[str, typer.Option("--head", help="A head number, or mean.")] = "mean",
-    self_attention: Annotated[
-        bool, typer.Option("--self-attention", help="Decoder self-attention, not cross.")
-    ] = False,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")] = "auto",
-) -> None:
-    """Greedy-translate one sentence and draw its attention (cross, or decoder self)."""
-    from transformer_cli.inspect.attention_maps import plot_translation_attention
-
-    _report(
-        plot_translation_attention(
-            checkpoint,
-            text,
-            output,
-            layer=layer,
-            head=head,
-            self_attention=self_attention,
-            device=device,
-        )
-    )

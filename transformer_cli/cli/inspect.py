@@ -1,0 +1,155 @@
+"""`tfx inspect ...`: the commands. Each loads its input, calls a view of inspect/, and
+prints it as text, or as JSON with `--json`, or draws it with `--plot FILE.png`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from transformer_cli.cli.options import ConfigOpt, SetOpt, load
+from transformer_cli.core.console import emit, wrote
+from transformer_cli.core.errors import boundary
+from transformer_cli.inspect.views import (
+    batch_view,
+    format_batch,
+    format_positions,
+    format_scaling,
+    format_schedule,
+    positions_view,
+    scaling_view,
+    schedule_view,
+)
+
+inspect_app = typer.Typer(
+    help="Look inside: batches and masks, positions, attention scaling, the LR schedule.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+PlotOpt = Annotated[Path | None, typer.Option("--plot", help="Also draw it into this PNG.")]
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the numbers as JSON.")]
+
+
+@inspect_app.command("batch")
+@boundary
+def batch_command(
+    config: ConfigOpt,
+    set_: SetOpt = None,
+    split: Annotated[str, typer.Option("--split", help="train, valid or test.")] = "train",
+    index: Annotated[int, typer.Option("--index", help="Which batch (0-based).")] = 0,
+    epoch: Annotated[int, typer.Option("--epoch", help="Training epoch (train only).")] = 0,
+    rows: Annotated[int, typer.Option("--rows", help="Rows to show, shortest to longest.")] = 4,
+    plot: PlotOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """One real batch from the prepared cache: pieces, the target shift, and every mask."""
+    view = batch_view(load(config, set_), split, index, rows, epoch)
+    emit(json.dumps(view) if json_ else format_batch(view))
+    if plot is not None:
+        from transformer_cli.inspect.plots import plot_masks
+
+        wrote(plot_masks(view, plot))
+
+
+@inspect_app.command("positions")
+@boundary
+def positions_command(
+    d_model: Annotated[int, typer.Option("--d-model", help="Encoding size.")] = 64,
+    length: Annotated[int, typer.Option("--length", help="Positions to show.")] = 100,
+    k: Annotated[
+        list[int] | None, typer.Option("--k", help="Offsets to check (repeatable).")
+    ] = None,
+    plot: PlotOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """The sinusoidal positional encoding, and a check that PE(pos+k) = M_k PE(pos)."""
+    view = positions_view(d_model, length, tuple(k or ()))
+    if json_:
+        emit(json.dumps({key: v for key, v in view.items() if key != "table"}))
+    else:
+        emit(format_positions(view))
+    if plot is not None:
+        from transformer_cli.inspect.plots import plot_positions
+
+        wrote(plot_positions(view["table"], plot))
+
+
+@inspect_app.command("scaling")
+@boundary
+def scaling_command(
+    d_k: Annotated[int, typer.Option("--d-k", help="Head dimension d_k.")] = 64,
+    keys: Annotated[int, typer.Option("--keys", help="Keys per softmax.")] = 50,
+    samples: Annotated[int, typer.Option("--samples", help="Random queries.")] = 2000,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="Use this model's d_k (d_model/heads).")
+    ] = None,
+    set_: SetOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Why scores are divided by sqrt(d_k): variance, softmax peak and gradient, measured."""
+    if config is not None:
+        cfg = load(config, set_)
+        d_k = cfg.model.d_model // cfg.model.heads
+    view = scaling_view(d_k, keys, samples, seed)
+    emit(json.dumps(view) if json_ else format_scaling(view))
+
+
+@inspect_app.command("schedule")
+@boundary
+def schedule_command(
+    config: ConfigOpt,
+    set_: SetOpt = None,
+    steps: Annotated[
+        int, typer.Option("--steps", help="Steps to show (default: train.max_steps).")
+    ] = 0,
+    plot: PlotOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """The configured learning-rate schedule over the run, warm-up peak marked."""
+    view = schedule_view(load(config, set_), steps)
+    emit(json.dumps(view) if json_ else format_schedule(view))
+    if plot is not None:
+        from transformer_cli.inspect.plots import plot_schedule
+
+        title = (
+            f"{view['schedule']} schedule: lr = {view['formula']}\n"
+            f"d_model {view['d_model']}, warmup {view['warmup']}, {view['steps']} steps"
+        )
+        wrote(plot_schedule(view["lr"], view["warmup"], plot, title))
+
+
+@inspect_app.command("attention")
+@boundary
+def attention_command(
+    checkpoint: Annotated[Path, typer.Argument(help="A tfx checkpoint (.pt).")],
+    text: Annotated[str, typer.Argument(help="One source sentence.")],
+    output: Annotated[Path, typer.Option("--plot", help="The PNG to write.")],
+    layer: Annotated[int, typer.Option("--layer", help="Decoder layer, 0-based; -1 = last.")] = -1,
+    head: Annotated[str, typer.Option("--head", help="A head number, or mean.")] = "mean",
+    self_attention: Annotated[
+        bool, typer.Option("--self-attention", help="Decoder self-attention, not cross.")
+    ] = False,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")] = "auto",
+) -> None:
+    """Greedy-translate one sentence and draw its attention (cross, or decoder self)."""
+    from transformer_cli.inspect.attention_maps import plot_translation_attention
+
+    wrote(
+        plot_translation_attention(
+            checkpoint,
+            text,
+            output,
+            layer=layer,
+            head=head,
+            self_attention=self_attention,
+            device=device,
+        )
+    )
