@@ -43,7 +43,7 @@ import torch
 from transformer_cli.core.config import load_config
 from transformer_cli.core.runtime import matmul_dtype
 from transformer_cli.decoding.loading import load_model
-from transformer_cli.decoding.search import decode_all
+from transformer_cli.decoding.stream import decode_all
 from transformer_cli.decoding.translate import decode_options
 from transformer_cli.fast.packing import PackedLinear, pack_linears
 from transformer_cli.training.evaluate import split_data

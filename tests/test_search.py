@@ -11,13 +11,8 @@ from hypothesis import strategies as st
 
 from transformer_cli.core.config import DecodeConfig, ModelConfig
 from transformer_cli.core.specials import BOS_ID, EOS_ID, PAD_ID
-from transformer_cli.decoding.search import (
-    beam_search,
-    decode_all,
-    greedy_search,
-    greedy_stream,
-    length_penalty,
-)
+from transformer_cli.decoding.search import beam_search, greedy_search, length_penalty
+from transformer_cli.decoding.stream import decode_all, greedy_stream
 from transformer_cli.model.transformer import Transformer
 
 FIRST_REAL = EOS_ID + 1

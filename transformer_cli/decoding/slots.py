@@ -229,9 +229,11 @@ class SlotCache:
         return old.index_copy_(0, index, new)
 
 
-def slot_sources(
-    model: Transformer, src: Tensor
-) -> tuple[list[tuple[Tensor, Tensor]], Tensor, Tensor]:
+# what a slot needs of its sentence: cross keys and values per layer, mask, source lengths
+SlotSources = tuple[list[tuple[Tensor, Tensor]], Tensor, Tensor]
+
+
+def slot_sources(model: Transformer, src: Tensor) -> SlotSources:
     """Encode `src` into what a slot needs of its sentence: `SlotCache.fill`'s inputs.
 
     Args:

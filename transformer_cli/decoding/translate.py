@@ -99,7 +99,7 @@ class Translator:
         precision: str | None = None,
     ) -> None:
         from transformer_cli.decoding.loading import load_model
-        from transformer_cli.decoding.search import max_source_pieces
+        from transformer_cli.decoding.stream import max_source_pieces
         from transformer_cli.fast.packing import pack_linears
 
         self.device = pick_device(device)
@@ -117,7 +117,7 @@ class Translator:
 
     def translate(self, lines: list[str]) -> list[str]:
         """Output lines for `lines`: one each, or `nbest` each with scores."""
-        from transformer_cli.decoding.search import decode_all
+        from transformer_cli.decoding.stream import decode_all
 
         first = self.lines_done + 1
         self.lines_done += len(lines)

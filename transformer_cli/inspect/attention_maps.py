@@ -51,7 +51,7 @@ def attention_map(
 
     from transformer_cli.core.config import DecodeConfig
     from transformer_cli.core.specials import BOS_ID
-    from transformer_cli.decoding.search import decode_all, max_source_pieces
+    from transformer_cli.decoding.stream import decode_all, max_source_pieces
 
     layers, heads = len(model.decoder.layers), model.cfg.heads
     if not -layers <= layer < layers:

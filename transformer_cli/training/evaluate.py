@@ -230,7 +230,7 @@ def raw_data(src_file: Path, ref_file: Path) -> EvalData:
 def score_checkpoint(model, tokenizer, cfg, decode, data: EvalData, device, precision) -> dict:
     """Decode, score and time one model; the returned dict holds its hypotheses too."""
     from transformer_cli.data.store import EncodedSplit
-    from transformer_cli.decoding.search import decode_all, max_source_pieces
+    from transformer_cli.decoding.stream import decode_all, max_source_pieces
 
     src_ids = tokenizer.encode_src(data.sources)
     cap = max_source_pieces(model)

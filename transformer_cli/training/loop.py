@@ -27,7 +27,7 @@ from transformer_cli.core.errors import TrainingError
 from transformer_cli.data import batching
 from transformer_cli.data import store as cache
 from transformer_cli.data.tokenizer import Tokenizer
-from transformer_cli.decoding.search import decode_all
+from transformer_cli.decoding.stream import decode_all
 from transformer_cli.fast import allocator
 from transformer_cli.model.transformer import Transformer
 from transformer_cli.training import lock, schedule
