@@ -19,7 +19,7 @@ from transformer_cli.core.specials import BOS_ID, EOS_ID, PAD_ID
 from transformer_cli.data import batching, prepare
 from transformer_cli.data import store as cache
 from transformer_cli.decoding.loading import load_model
-from transformer_cli.inspect import attention_maps, curves
+from transformer_cli.inspect import attention_maps, batch, curves
 from transformer_cli.inspect import views as inspection
 from transformer_cli.model.masks import causal_mask, decoder_mask, padding_mask
 from transformer_cli.training import loop as train
@@ -129,7 +129,7 @@ def test_batch_text_prints_the_same_grids(tiny):
     cfg = load_config(tiny)
     result = cli("inspect", "batch", "--config", tiny, "--split", "valid")
     assert result.exit_code == 0, result.output
-    view = inspection.batch_view(cfg, "valid", 0, 4)
+    view = batch.batch_view(cfg, "valid", 0, 4)
     lines = result.stdout.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("look-ahead mask"))
     size = len(view["look_ahead"])

@@ -31,7 +31,7 @@ def assert_png(path: Path, min_side: int = 200, max_side: int = 4000) -> None:
 
 
 def mask_view(lengths: list[int], width: int) -> dict:
-    """What `views.batch_view` returns, for synthetic right-padded targets."""
+    """What `batch.batch_view` returns, for synthetic right-padded targets."""
     tgt_in = torch.full((len(lengths), width), PAD_ID)
     tgt_out = torch.full((len(lengths), width), PAD_ID)
     for b, n in enumerate(lengths):

@@ -12,9 +12,8 @@ import typer
 from transformer_cli.cli.options import ConfigOpt, SetOpt, load
 from transformer_cli.core.console import emit, wrote
 from transformer_cli.core.errors import boundary
+from transformer_cli.inspect.batch import batch_view, format_batch
 from transformer_cli.inspect.views import (
-    batch_view,
-    format_batch,
     format_positions,
     format_scaling,
     format_schedule,

@@ -55,55 +55,16 @@ def run(cfg: Config) -> dict:
         write_resolved(cfg, run_dir)
         print(f"cache up to date: {directory} (fingerprint {fingerprint[:12]})")
         return {**meta, "reused": True}
-
-    # From here on the old cache is stale: losing its meta.json first means a crash
-    # halfway through leaves an incomplete cache, never a mix that looks complete.
-    (directory / "meta.json").unlink(missing_ok=True)
-    # A prepare killed mid-write leaves its temp file (fileio's `.NAME.*.tmp`), which can
-    # be as large as train.pt: nothing else would ever remove it.
-    for litter in directory.glob(".*.tmp"):
-        litter.unlink(missing_ok=True)
+    _clear_stale(directory)
 
     _status(f"reading {_describe(cfg)}")
     pairs = {role: corpus.read_split(cfg.data, role) for role in SPLITS}
-    train = pairs["train"]
-
     tok = cfg.tokenizer
     kind = "joint" if tok.joint else "separate"
     _status(f"training {kind} SentencePiece {tok.model_type} ({tok.vocab_size} pieces)")
-    tokenizer = train_tokenizer(tok, train.src, train.tgt)
-
-    total = 2 * sum(len(p) for p in pairs.values())
-    with tqdm(total=total, desc="encoding", unit=" lines", file=sys.stderr, disable=None) as bar:
-        encoded = {
-            role: (
-                _encode(tokenizer.encode_src, p.src, bar.update),
-                _encode(tokenizer.encode_tgt, p.tgt, bar.update),
-            )
-            for role, p in pairs.items()
-        }
-
-    stats = {}
-    for role in SPLITS:
-        src_ids, tgt_ids = encoded[role]
-        if role == "train":  # valid/test are never filtered: scores must stay comparable
-            keep, dropped = filter_pairs(src_ids, tgt_ids, cfg.data.max_len, cfg.data.max_ratio)
-            encoded[role] = src_ids, tgt_ids = (
-                [src_ids[i] for i in keep],
-                [tgt_ids[i] for i in keep],
-            )
-        else:
-            dropped = dict.fromkeys(DROP_REASONS, 0)
-        dropped["empty"] += pairs[role].dropped_empty
-        stats[role] = {
-            "name": corpus.split_name(cfg.data, role),
-            "origin": pairs[role].origin,
-            "read": pairs[role].read,
-            "kept": len(src_ids),
-            "dropped": dropped,
-            "src_len": percentiles([len(s) for s in src_ids]),
-            "tgt_len": percentiles([len(t) for t in tgt_ids]),
-        }
+    tokenizer = train_tokenizer(tok, pairs["train"].src, pairs["train"].tgt)
+    encoded = _encode_all(tokenizer, pairs)
+    stats = {role: _keep(cfg, role, pairs[role], encoded) for role in SPLITS}
     if stats["train"]["kept"] == 0:
         raise _nothing_left(cfg, stats["train"])
 
@@ -134,6 +95,54 @@ def run(cfg: Config) -> dict:
     cache.write_meta(run_dir, meta)  # last: only now is the cache complete
     print(summary(meta, directory))
     return {**meta, "reused": False}
+
+
+def _clear_stale(directory: Path) -> None:
+    """Mark an out-of-date cache incomplete, and remove what a killed prepare left."""
+    # losing meta.json first means a crash halfway through leaves an incomplete cache,
+    # never a mix that looks complete
+    (directory / "meta.json").unlink(missing_ok=True)
+    # a prepare killed mid-write leaves its temp file (fileio's `.NAME.*.tmp`), which can
+    # be as large as train.pt: nothing else would ever remove it
+    for litter in directory.glob(".*.tmp"):
+        litter.unlink(missing_ok=True)
+
+
+def _encode_all(tokenizer: Tokenizer, pairs: dict) -> dict:
+    """Every split's (source ids, target ids), with one progress bar over all lines."""
+    total = 2 * sum(len(p) for p in pairs.values())
+    with tqdm(total=total, desc="encoding", unit=" lines", file=sys.stderr, disable=None) as bar:
+        return {
+            role: (
+                _encode(tokenizer.encode_src, p.src, bar.update),
+                _encode(tokenizer.encode_tgt, p.tgt, bar.update),
+            )
+            for role, p in pairs.items()
+        }
+
+
+def _keep(cfg: Config, role: str, pairs: corpus.Pairs, encoded: dict) -> dict:
+    """Filter the training pairs (in `encoded`, in place); return the split's statistics.
+
+    valid/test are never filtered: their scores must stay comparable.
+    """
+    src_ids, tgt_ids = encoded[role]
+    if role == "train":
+        keep, dropped = filter_pairs(src_ids, tgt_ids, cfg.data.max_len, cfg.data.max_ratio)
+        src_ids, tgt_ids = [src_ids[i] for i in keep], [tgt_ids[i] for i in keep]
+        encoded[role] = src_ids, tgt_ids
+    else:
+        dropped = dict.fromkeys(DROP_REASONS, 0)
+    dropped["empty"] += pairs.dropped_empty
+    return {
+        "name": corpus.split_name(cfg.data, role),
+        "origin": pairs.origin,
+        "read": pairs.read,
+        "kept": len(src_ids),
+        "dropped": dropped,
+        "src_len": percentiles([len(s) for s in src_ids]),
+        "tgt_len": percentiles([len(t) for t in tgt_ids]),
+    }
 
 
 def _write_cache(

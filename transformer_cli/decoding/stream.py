@@ -175,6 +175,18 @@ class _Search:
     use_cache: bool
     refill: bool
 
+    @classmethod
+    def of(cls, decode: DecodeConfig, nbest: int, use_cache: bool, refill: bool, **given):
+        """`decode`'s options, with those given (not None) put in; checked."""
+        chosen = {k: getattr(decode, k) if v is None else v for k, v in given.items()}
+        options = {"early_stop": decode.early_stop, "batch_sentences": decode.batch_sentences}
+        search = cls(nbest=nbest, use_cache=use_cache, refill=refill, **options, **chosen)
+        if search.beam < 1 or not 1 <= nbest <= search.beam:
+            raise ValueError(
+                f"need beam >= 1 and 1 <= nbest <= beam, got beam {search.beam}, nbest {nbest}"
+            )
+        return search
+
     @property
     def greedy(self) -> bool:
         return self.beam == 1 and self.nbest == 1
@@ -222,21 +234,8 @@ def decode_all(
         nbest == 1: one list of piece ids per source (beam search's best, or greedy's);
         nbest > 1: one list of `nbest` (piece ids, score) pairs per source, best first.
     """
-    search = _Search(
-        beam=decode_cfg.beam if beam is None else beam,
-        alpha=decode_cfg.alpha if alpha is None else alpha,
-        nbest=nbest,
-        max_len_a=decode_cfg.max_len_a if max_len_a is None else max_len_a,
-        max_len_b=decode_cfg.max_len_b if max_len_b is None else max_len_b,
-        early_stop=decode_cfg.early_stop,
-        batch_sentences=decode_cfg.batch_sentences,
-        use_cache=use_cache,
-        refill=refill,
-    )
-    if search.beam < 1 or not 1 <= nbest <= search.beam:
-        raise ValueError(
-            f"need beam >= 1 and 1 <= nbest <= beam, got beam {search.beam}, nbest {nbest}"
-        )
+    given = {"beam": beam, "alpha": alpha, "max_len_a": max_len_a, "max_len_b": max_len_b}
+    search = _Search.of(decode_cfg, nbest, use_cache, refill, **given)
     plan = _plan(model, sources, search.batch_sentences)
     empty: list[int] | list[Hypothesis] = [] if nbest == 1 else [([], 0.0)] * nbest
     results: list = [empty] * len(sources)
@@ -292,9 +291,9 @@ def _decode_plan(model, plan: _Plan, search: _Search, device) -> Iterator[tuple[
         if search.greedy:
             outs = greedy_search(model, src, limits, search.use_cache)
         else:
+            s = search
             hyps = beam_search(
-                model, src, search.beam, search.alpha, limits, search.nbest,
-                search.use_cache, search.early_stop,
-            )  # fmt: skip
+                model, src, s.beam, s.alpha, limits, s.nbest, s.use_cache, s.early_stop
+            )
             outs = [h[0][0] for h in hyps] if search.nbest == 1 else hyps
         yield from zip(chunk, outs, strict=True)

@@ -54,35 +54,15 @@ def attention_map(
     from transformer_cli.decoding.stream import decode_all, max_source_pieces
 
     layers, heads = len(model.decoder.layers), model.cfg.heads
-    if not -layers <= layer < layers:
-        raise ConfigError(
-            f"--layer {layer}: the decoder has {layers} layers "
-            f"(0..{layers - 1}, or -1 for the last)"
-        )
-    if head is not None and not -heads <= head < heads:
-        raise ConfigError(f"--head {head}: each layer has {heads} heads (0..{heads - 1}, or mean)")
+    _check_choice(layer, head, layers, heads)
     ids = tokenizer.encode_src([text])[0][: max_source_pieces(model)]
     if not ids:
         raise DataError("nothing to show: the sentence is empty")
     device = next(model.parameters()).device
-    decode_cfg = decode_cfg or DecodeConfig()
-    hyp = decode_all(model, [ids], decode_cfg, device, beam=1)[0]
+    hyp = decode_all(model, [ids], decode_cfg or DecodeConfig(), device, beam=1)[0]
     tgt_in = torch.tensor([[BOS_ID, *hyp]], device=device)[:, : model.cfg.max_positions]
     src = torch.tensor([ids], device=device)
-    was_training = model.training
-    model.eval()
-    model.record_attention(True)
-    try:
-        with torch.no_grad():
-            memory = model.encode(src)
-            hidden = model.decode_hidden(tgt_in, memory, src)  # (1, T, D)
-            last = model.logits(hidden[0, -1]).argmax().item()
-        block = model.decoder.layers[layer]
-        attn = block.self_attn if self_attention else block.cross_attn
-        weights = attn.last_weights[0].float().cpu()  # (H, T, S)
-    finally:
-        model.record_attention(False)
-        model.train(was_training)
+    weights, last = _recorded(model, src, tgt_in, layer, self_attention)
     weights = weights.mean(0) if head is None else weights[head]  # (T, S)
     # row t is the query at decoder input t, which predicts piece t + 1 of the output;
     # the last row's prediction is what greedy search stopped on (normally </s>)
@@ -100,6 +80,37 @@ def attention_map(
         f"(greedy)\n{text}  ->  {translation}"
     )
     return AttentionMap(weights, list(keys), list(out_pieces), hyp, translation, title)
+
+
+def _check_choice(layer: int, head: int | None, layers: int, heads: int) -> None:
+    if not -layers <= layer < layers:
+        raise ConfigError(
+            f"--layer {layer}: the decoder has {layers} layers "
+            f"(0..{layers - 1}, or -1 for the last)"
+        )
+    if head is not None and not -heads <= head < heads:
+        raise ConfigError(f"--head {head}: each layer has {heads} heads (0..{heads - 1}, or mean)")
+
+
+def _recorded(model, src, tgt_in, layer: int, self_attention: bool):
+    """One teacher-forced pass with attention recorded: that layer's (H, T, S) weights,
+    and the piece predicted after the last input."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    model.record_attention(True)
+    try:
+        with torch.no_grad():
+            memory = model.encode(src)
+            hidden = model.decode_hidden(tgt_in, memory, src)  # (1, T, D)
+            last = model.logits(hidden[0, -1]).argmax().item()
+        block = model.decoder.layers[layer]
+        attn = block.self_attn if self_attention else block.cross_attn
+        return attn.last_weights[0].float().cpu(), last  # (H, T, S)
+    finally:
+        model.record_attention(False)
+        model.train(was_training)
 
 
 def plot_translation_attention(

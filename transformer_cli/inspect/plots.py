@@ -113,7 +113,7 @@ def _legend(ax, entries: Sequence[tuple[str, str]]) -> None:
 
 
 def plot_masks(view: dict, path: str | Path) -> Path:
-    """The four masks of one batch (a `views.batch_view` dict), one labelled panel each."""
+    """The four masks of one batch (a `batch.batch_view` dict), one labelled panel each."""
     plt = _pyplot()
     rows = view["shown_rows"]
     row_names = [f"row {r}" for r in rows]
