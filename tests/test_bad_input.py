@@ -64,7 +64,10 @@ class World:
 
     def config(self, **sections: dict) -> str:
         """A valid tiny config file for `root/run` and `root/data`, with `sections` merged in."""
-        return self.text("c.yaml", yaml.safe_dump(tiny_raw(self.root, **sections)))
+        return self.text("c.yaml", self.config_text(**sections))
+
+    def config_text(self, **sections: dict) -> str:
+        return yaml.safe_dump(tiny_raw(self.root, **sections), sort_keys=False)
 
     def text(self, name: str, content: str | bytes) -> str:
         path = self.root / name
@@ -180,6 +183,8 @@ CASES = [
          "model.heads: must divide model.d_model (32 % 3 != 0)"),
     Case("warmup 0", lambda w: ["train", "-c", w.config(train={"warmup": 0})],
          "train.warmup: must be >= 1, got 0"),
+    Case("section given twice", lambda w: ["train", "-c", w.text("c.yaml", w.config_text()
+         + "model:\n  heads: 4\n")], "model: key given twice (first at line "),
     Case("--set without =", lambda w: ["train", "-c", w.config(), "--set", "train.lr"],
          "--set train.lr: expected KEY=VALUE"),
     Case("--set unknown key", lambda w: ["train", "-c", w.config(), "--set", "train.lrr=1"],

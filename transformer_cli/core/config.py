@@ -161,12 +161,16 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
-    raw, lines = parse_yaml(text, str(path))
-    return config_from_dict(raw, overrides, source=str(path), lines=lines)
+    raw, lines, repeated = parse_yaml(text, str(path))
+    return config_from_dict(raw, overrides, source=str(path), lines=lines, problems=repeated)
 
 
-def parse_yaml(text: str, source: str) -> tuple[dict, dict[str, int]]:
-    """Safe-load YAML text into a dict, with the line number of every dotted key."""
+def parse_yaml(text: str, source: str) -> tuple[dict, dict[str, int], list[str]]:
+    """Safe-load YAML text into a dict, with the line number of every dotted key.
+
+    The third item names each key given twice in one mapping (`file:9: model: key given
+    twice (first at line 3)`): YAML would silently keep the last one.
+    """
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         raw = yaml.safe_load(text)
@@ -185,16 +189,25 @@ def parse_yaml(text: str, source: str) -> tuple[dict, dict[str, int]]:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of sections at the top level")
     lines: dict[str, int] = {}
-    _key_lines(node, "", lines)
-    return raw, lines
+    repeated: list[str] = []
+    _key_lines(node, "", lines, repeated)
+    return raw, lines, [f"{source}:{problem}" for problem in repeated]
 
 
-def _key_lines(node: Any, prefix: str, out: dict[str, int]) -> None:
+def _key_lines(node: Any, prefix: str, out: dict[str, int], repeated: list[str]) -> None:
+    """Record each dotted key's line in `out` (the last of a repeated key, as YAML keeps it)."""
     if isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}  # this mapping's keys, at their first line
         for key_node, value_node in node.value:
             dotted = f"{prefix}{key_node.value}"
-            out[dotted] = key_node.start_mark.line + 1
-            _key_lines(value_node, dotted + ".", out)
+            line = key_node.start_mark.line + 1
+            if dotted in first:
+                was = first[dotted]
+                repeated.append(f"{line}: {dotted}: key given twice (first at line {was})")
+            else:
+                first[dotted] = line
+            out[dotted] = line
+            _key_lines(value_node, dotted + ".", out, repeated)
 
 
 def config_from_dict(
@@ -202,10 +215,14 @@ def config_from_dict(
     overrides: list[str] | tuple[str, ...] = (),
     source: str = "config",
     lines: dict[str, int] | None = None,
+    problems: list[str] | tuple[str, ...] = (),
 ) -> Config:
-    """Build a validated Config from plain data; every problem is reported in one error."""
+    """Build a validated Config from plain data; every problem is reported in one error.
+
+    `problems` are the reader's own (keys given twice), reported first with the rest.
+    """
     lines = lines or {}
-    errors: list[str] = []
+    errors: list[str] = list(problems)
     raw = _apply_overrides(raw, overrides, errors)
     override_keys = {o.split("=", 1)[0].strip() for o in overrides if "=" in o}
 
