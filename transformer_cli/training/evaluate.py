@@ -92,7 +92,7 @@ def run(
     if (src_file is None) != (ref_file is None):
         raise ConfigError("--src and --ref go together: give both, or neither (for --split)")
     if average < 0:
-        raise ConfigError(f"--average must be >= 1, got {average}")
+        raise ConfigError(f"--average must be >= 0 (0 = none), got {average}")
     dev = pick_device(device)
     cfg_override = load_config(config, list(overrides)) if config is not None else None
     paths = average_mod.expand(checkpoints)
