@@ -22,6 +22,10 @@ from transformer_cli.core.errors import ConfigError
 
 # auto: bf16 (or fp16) on CUDA, fp32 elsewhere; resolved by `runtime.resolve_precision`
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+# auto: CUDA, else Apple's MPS, else the CPU; resolved by `runtime.pick_device`
+Device = Literal["auto", "cpu", "cuda", "mps"]
+PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
+DEVICES: tuple[str, ...] = typing.get_args(Device)
 
 
 @dataclass(frozen=True)
@@ -88,7 +92,7 @@ class TrainConfig:
     """The training recipe: batches, optimiser, schedule, precision, checkpoints."""
 
     seed: int = 1234
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    device: Device = "auto"
     precision: Precision = "auto"
     compile: bool = False
     threads: int = 0  # 0 = one per core
@@ -128,6 +132,35 @@ class DecodeConfig:
     # bf16 on a CPU with bf16 matrix units decodes faster; outputs then differ from fp32
     # in a few sentences
     precision: Precision = "auto"
+
+
+@dataclass(frozen=True)
+class DecodeOverrides:
+    """A command's decode options; None keeps the checkpoint's (or --config's) value."""
+
+    beam: int | None = None
+    alpha: float | None = None
+    early_stop: bool | None = None
+    max_len_a: float | None = None
+    max_len_b: int | None = None
+    batch_sentences: int | None = None
+    precision: Precision | None = None
+    nbest: int = 1  # hypotheses per source (translate); not a decode setting
+
+
+NO_OVERRIDES = DecodeOverrides()  # decode as the checkpoint's (or --config's) config says
+
+# the command-line flag of each decoding option, for messages about a command's options
+DECODE_FLAGS = {
+    "beam": "--beam",
+    "alpha": "--alpha",
+    "early_stop": "--early-stop",
+    "max_len_a": "--max-len-a",
+    "max_len_b": "--max-len-b",
+    "batch_sentences": "--batch-size",
+    "precision": "--precision",
+    "nbest": "--nbest",
+}
 
 
 @dataclass(frozen=True)
@@ -469,21 +502,63 @@ def validate(cfg: Config) -> list[str]:
     for name in ("log_every", "eval_every", "keep_last"):
         value = getattr(t, name)
         check(value >= 1, f"train.{name}", f"must be >= 1, got {value}")
-    check(dec.beam >= 1, "decode.beam", f"must be >= 1, got {dec.beam}")
-    check(dec.alpha >= 0, "decode.alpha", f"must be >= 0, got {dec.alpha}")
-    check(dec.max_len_a >= 0, "decode.max_len_a", f"must be >= 0, got {dec.max_len_a}")
-    check(dec.max_len_b >= 0, "decode.max_len_b", f"must be >= 0, got {dec.max_len_b}")
-    check(
-        dec.max_len_a > 0 or dec.max_len_b > 0,
-        "decode.max_len_b",
-        "max_len_a and max_len_b cannot both be 0",
-    )
-    check(
-        dec.batch_sentences >= 1,
-        "decode.batch_sentences",
-        f"must be >= 1, got {dec.batch_sentences}",
-    )
+    problems.extend(decode_problems(dec, flags=False))
     return problems
+
+
+def decode_problems(dec: DecodeConfig, nbest: int = 1, flags: bool = False) -> list[str]:
+    """The range rules of decoding options, one message per problem.
+
+    Messages name the config keys (`decode.beam: must be >= 1, got 0`), or with `flags`
+    the command's flags (`--beam must be >= 1, got 0`). `precision` is checked where it
+    is resolved for a device (`runtime.resolve_precision`).
+    """
+    problems: list[str] = []
+
+    def name(option: str) -> str:
+        if flags:
+            return DECODE_FLAGS[option]
+        return option if option == "nbest" else f"decode.{option}"
+
+    def check(ok: bool, option: str, message: str) -> None:
+        if not ok:
+            sep = " " if flags else ": "  # `--beam must be ...`, `decode.beam: must be ...`
+            problems.append(f"{name(option)}{sep}{message}")
+
+    check(dec.beam >= 1, "beam", f"must be >= 1, got {dec.beam}")
+    if dec.beam >= 1:
+        check(
+            1 <= nbest <= dec.beam,
+            "nbest",
+            f"must be between 1 and {name('beam')} ({dec.beam}), got {nbest}",
+        )
+    check(dec.alpha >= 0, "alpha", f"must be >= 0, got {dec.alpha}")
+    check(dec.max_len_a >= 0, "max_len_a", f"must be >= 0, got {dec.max_len_a}")
+    check(dec.max_len_b >= 0, "max_len_b", f"must be >= 0, got {dec.max_len_b}")
+    if dec.max_len_a == 0 and dec.max_len_b == 0:
+        problems.append(f"{name('max_len_a')} and {name('max_len_b')} cannot both be 0")
+    check(dec.batch_sentences >= 1, "batch_sentences", f"must be >= 1, got {dec.batch_sentences}")
+    return problems
+
+
+def apply_decode_overrides(
+    decode: DecodeConfig, overrides: DecodeOverrides, flags: bool = True
+) -> DecodeConfig:
+    """`decode` with each option that `overrides` gives put in, checked by `validate`'s rules.
+
+    One ConfigError names every problem, by flag (`--beam`), or with `flags=False` by
+    config key (`decode.beam`).
+    """
+    given = {
+        f.name: getattr(overrides, f.name)
+        for f in dataclasses.fields(DecodeConfig)
+        if getattr(overrides, f.name) is not None
+    }
+    merged = dataclasses.replace(decode, **given)
+    problems = decode_problems(merged, overrides.nbest, flags)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return merged
 
 
 # ----------------------------------------------------------------------------- writing

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from transformer_cli.core.config import NO_OVERRIDES, DecodeOverrides
 from transformer_cli.core.errors import CheckpointError, ConfigError, DataError
 from transformer_cli.core.fileio import atomic_write_text
 from transformer_cli.core.table import aligned
@@ -58,14 +59,8 @@ def run(
     config: str | Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     *,
-    beam: int | None = None,
-    alpha: float | None = None,
-    early_stop: bool | None = None,
-    max_len_a: float | None = None,
-    max_len_b: int | None = None,
-    batch_size: int | None = None,
+    decode: DecodeOverrides = NO_OVERRIDES,
     device: str = "auto",
-    precision: str | None = None,
     as_json: bool = False,
     average: int = 0,
     output_dir: str | Path | None = None,
@@ -75,18 +70,13 @@ def run(
     Writes, atomically, into `output_dir` (default: RUN_DIR/eval, RUN_DIR being --config's
     run dir or else the one the first checkpoint file is in): `<checkpoint stem>.<label>.hyp`
     per checkpoint, `report.<label>.json` for all, and `avg_last<N>.pt` with `average` N.
-    Decoding options left as None come from --config's decode section, or else from the
-    first checkpoint's, and are the same for every checkpoint.
+    The options of `decode` left as None come from --config's decode section, or else from
+    the first checkpoint's, and are the same for every checkpoint.
     """
     from transformer_cli.core.checkpoint import load_state
-    from transformer_cli.core.config import load_config
+    from transformer_cli.core.config import apply_decode_overrides, load_config
     from transformer_cli.decoding.loading import model_from_state
-    from transformer_cli.decoding.translate import (
-        check_decode_options,
-        decode_options,
-        decode_precision,
-        pick_device,
-    )
+    from transformer_cli.decoding.translate import decode_precision, pick_device
     from transformer_cli.training import average as average_mod
 
     if (src_file is None) != (ref_file is None):
@@ -100,12 +90,8 @@ def run(
     first_cfg = cfg_override or _config_of(first_state, paths[0])
     out_dir = Path(output_dir) if output_dir else default_output_dir(paths[0], cfg_override)
     # every checkpoint is decoded the same way, so that their scores compare
-    decode = decode_options(
-        first_cfg.decode, beam=beam, alpha=alpha, max_len_a=max_len_a, max_len_b=max_len_b,
-        batch_sentences=batch_size, early_stop=early_stop, precision=precision,
-    )  # fmt: skip
-    check_decode_options(decode, 1)
-    precision = decode_precision(decode, dev)
+    decode_cfg = apply_decode_overrides(first_cfg.decode, decode)
+    precision = decode_precision(decode_cfg, dev)
     # the data is read before any decoding, so that a mistake there is reported at once
     data_by_run: dict[str, EvalData] = {}
     if src_file is not None:
@@ -133,7 +119,7 @@ def run(
             if run_dir not in data_by_run:
                 data_by_run[run_dir] = split_data(cfg, split)
             data = data_by_run[run_dir]
-        row = score_checkpoint(model, tokenizer, cfg, decode, data, dev, precision)
+        row = score_checkpoint(model, tokenizer, cfg, decode_cfg, data, dev, precision)
         name = _unique(path.stem + "." + data.label, names)
         hyp_path = out_dir / f"{name}.hyp"
         atomic_write_text(hyp_path, "".join(h + "\n" for h in row.pop("hypotheses")))
@@ -147,7 +133,7 @@ def run(
         "data": data.origin,  # the first checkpoint's; each result names its own
         "label": data.label,
         "sentences": len(data.sources),
-        "decode": dataclasses.asdict(decode),
+        "decode": dataclasses.asdict(decode_cfg),
         "device": dev.type,
         "precision": precision,
         "bleu_signature": rows[0]["bleu_signature"],
