@@ -228,7 +228,8 @@ def parse_yaml(text: str, source: str) -> tuple[dict, dict[str, int], list[str]]
 
 
 def _key_lines(node: Any, prefix: str, out: dict[str, int], repeated: list[str]) -> None:
-    """Record each dotted key's line in `out` (the last of a repeated key, as YAML keeps it)."""
+    """Each dotted key's line into `out` (a repeated key's last, the one YAML keeps), and a
+    `LINE: key: key given twice` message into `repeated` for each repeat within a mapping."""
     if isinstance(node, yaml.MappingNode):
         first: dict[str, int] = {}  # this mapping's keys, at their first line
         for key_node, value_node in node.value:
