@@ -9,6 +9,7 @@ LINE_CASES are the inputs `tfx translate` accepts with a warning instead.
 from __future__ import annotations
 
 import builtins
+import json
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,7 +65,10 @@ class World:
 
     def config(self, **sections: dict) -> str:
         """A valid tiny config file for `root/run` and `root/data`, with `sections` merged in."""
-        return self.text("c.yaml", yaml.safe_dump(tiny_raw(self.root, **sections)))
+        return self.text("c.yaml", self.config_text(**sections))
+
+    def config_text(self, **sections: dict) -> str:
+        return yaml.safe_dump(tiny_raw(self.root, **sections), sort_keys=False)
 
     def text(self, name: str, content: str | bytes) -> str:
         path = self.root / name
@@ -180,6 +184,8 @@ CASES = [
          "model.heads: must divide model.d_model (32 % 3 != 0)"),
     Case("warmup 0", lambda w: ["train", "-c", w.config(train={"warmup": 0})],
          "train.warmup: must be >= 1, got 0"),
+    Case("section given twice", lambda w: ["train", "-c", w.text("c.yaml", w.config_text()
+         + "model:\n  heads: 4\n")], "model: key given twice (first at line "),
     Case("--set without =", lambda w: ["train", "-c", w.config(), "--set", "train.lr"],
          "--set train.lr: expected KEY=VALUE"),
     Case("--set unknown key", lambda w: ["train", "-c", w.config(), "--set", "train.lrr=1"],
@@ -274,7 +280,9 @@ CASES = [
     Case("--src and --ref differ in length", lambda w: evaluate_src_ref(w, "a\nb\n", "a\n"),
          "they must be line-aligned"),
     Case("--average below 0", lambda w: ["evaluate", str(w.shared.ckpt), "--average", "-1"],
-         "--average must be >= 1"),
+         "--average must be >= 0 (0 = none), got -1"),
+    Case("--steps below 0", lambda w: ["inspect", "schedule", "-c", w.config(), "--steps", "-1"],
+         "--steps must be >= 0 (0 = train.max_steps), got -1"),
 ]  # fmt: skip
 
 
@@ -365,3 +373,11 @@ def test_translate_keeps_one_output_line_per_input_line(case: LineCase, shared: 
     for line, out in zip(case.stdin.split(b"\n"), result.stdout.split("\n"), strict=False):
         if not line.strip():
             assert out == ""  # an empty or blank input line gives an empty output line
+
+
+def test_steps_zero_is_allowed_and_means_the_default(world: World):
+    """The bound `--steps must be >= 0` holds what it says: 0 runs, on train.max_steps."""
+    argv = ["inspect", "schedule", "-c", world.config(), "--steps", "0", "--json"]
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.stdout)["lr"]) == BASE["train"]["max_steps"]

@@ -183,3 +183,38 @@ def test_every_key_is_documented_by_a_typed_field():
 def test_shipped_configs_are_valid(path):
     cfg = load_config(path)
     assert to_dict(cfg)["run_dir"].startswith("runs/")
+
+
+# ----------------------------------------------------------------------------- keys given twice
+
+TWO_MODELS = """\
+run_dir: r
+model:
+  d_model: 64
+  heads: 4
+train:
+  warmup: 10
+  lrr: 0.1
+model:
+  heads: 2
+"""
+
+
+def test_a_section_given_twice_is_an_error_with_both_lines(tmp_path):
+    path = write(tmp_path, TWO_MODELS)
+    message = error_of(load_config, path)
+    assert f"{path}:8: model: key given twice (first at line 2)" in message
+    assert f"{path}:7: train.lrr: unknown key" in message  # reported together
+
+
+def test_a_nested_key_given_twice_is_an_error(tmp_path):
+    path = write(tmp_path, "run_dir: r\ntrain:\n  lr: 0.1\n  warmup: 10\n  lr: 0.2\n")
+    message = error_of(load_config, path)
+    assert f"{path}:5: train.lr: key given twice (first at line 3)" in message
+    assert message.count("given twice") == 1
+
+
+def test_the_same_key_in_different_sections_is_not_given_twice(tmp_path):
+    path = write(tmp_path, "run_dir: r\ndata:\n  max_len: 50\ndecode:\n  beam: 2\n")
+    cfg = load_config(path)
+    assert cfg.data.max_len == 50 and cfg.decode.beam == 2

@@ -117,6 +117,23 @@ def test_average_option_adds_the_averaged_checkpoint(ckpt_dir, tmp_path):
     assert len({(r["bleu"], r["chrf"], r["loss"]) for r in report["results"]}) == 1
 
 
+def test_the_report_names_the_first_checkpoints_data(tiny, ckpt_dir, toy_pairs, tmp_path):
+    """Checkpoints of two runs are scored on each run's own split; the report's summary
+    (data, sentences) is the first checkpoint's, whichever run comes last."""
+    other = make_tiny_run(tmp_path / "other", toy_pairs[:290])  # a 20-line test split
+    ckpt = {cfg.run_dir: str(Path(cfg.run_dir) / "checkpoints" / "ckpt_00000010.pt")
+            for cfg in (tiny, other)}  # fmt: skip
+    sizes = {tiny.run_dir: 30, other.run_dir: 20}
+    for order in ((tiny.run_dir, other.run_dir), (other.run_dir, tiny.run_dir)):
+        report = evaluate_json(*(ckpt[r] for r in order), "--output-dir", str(tmp_path / "eval"))
+        assert report["data"] == f"{cache.cache_dir(order[0])} (test)"
+        assert report["sentences"] == sizes[order[0]]
+        results = {r["checkpoint"]: r for r in report["results"]}
+        for run_dir in order:  # each result names its own data
+            assert results[ckpt[run_dir]]["data"] == f"{cache.cache_dir(run_dir)} (test)"
+            assert results[ckpt[run_dir]]["sentences"] == sizes[run_dir]
+
+
 # ----------------------------------------------------------------------------- averaging
 
 

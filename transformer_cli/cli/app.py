@@ -131,6 +131,7 @@ def translate(
     ] = False,
 ) -> None:
     """Translate with a checkpoint: one output line per input line."""
+    from transformer_cli.core.config import DecodeOverrides
     from transformer_cli.decoding import translate as translate_mod
 
     if plot_attention is not None:  # first, so that a bad --layer or --head fails at once
@@ -140,11 +141,17 @@ def translate(
             checkpoint, text, plot_attention, layer=layer, head=head,
             self_attention=self_attention, device=device,
         )  # fmt: skip
-    translate_mod.run(
-        checkpoint, text, input_, output, beam=beam, alpha=alpha, early_stop=early_stop,
-        nbest=nbest, max_len_a=max_len_a, max_len_b=max_len_b, batch_size=batch_size,
-        device=device, precision=precision,
-    )  # fmt: skip
+    decode = DecodeOverrides(
+        beam=beam,
+        alpha=alpha,
+        early_stop=early_stop,
+        max_len_a=max_len_a,
+        max_len_b=max_len_b,
+        batch_sentences=batch_size,
+        precision=precision,
+        nbest=nbest,
+    )
+    translate_mod.run(checkpoint, text, input_, output, decode=decode, device=device)
 
 
 @app.command()
@@ -179,14 +186,31 @@ def evaluate(
     ] = None,
 ) -> None:
     """Score checkpoints (BLEU, chrF, loss, speed), best first; write hypotheses and a report."""
+    from transformer_cli.core.config import DecodeOverrides
     from transformer_cli.training import evaluate as evaluate_mod
 
+    decode = DecodeOverrides(
+        beam=beam,
+        alpha=alpha,
+        early_stop=early_stop,
+        max_len_a=max_len_a,
+        max_len_b=max_len_b,
+        batch_sentences=batch_size,
+        precision=precision,
+    )
     evaluate_mod.run(
-        checkpoints, split, src, ref, config, set_ or [], beam=beam, alpha=alpha,
-        early_stop=early_stop, max_len_a=max_len_a, max_len_b=max_len_b,
-        batch_size=batch_size, device=device, precision=precision, as_json=json_,
-        average=average, output_dir=output_dir,
-    )  # fmt: skip
+        checkpoints,
+        split,
+        src,
+        ref,
+        config,
+        set_ or [],
+        decode=decode,
+        device=device,
+        as_json=json_,
+        average=average,
+        output_dir=output_dir,
+    )
 
 
 @app.command()

@@ -22,6 +22,10 @@ from transformer_cli.core.errors import ConfigError
 
 # auto: bf16 (or fp16) on CUDA, fp32 elsewhere; resolved by `runtime.resolve_precision`
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+# auto: CUDA, else Apple's MPS, else the CPU; resolved by `runtime.pick_device`
+Device = Literal["auto", "cpu", "cuda", "mps"]
+PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
+DEVICES: tuple[str, ...] = typing.get_args(Device)
 
 
 @dataclass(frozen=True)
@@ -88,7 +92,7 @@ class TrainConfig:
     """The training recipe: batches, optimiser, schedule, precision, checkpoints."""
 
     seed: int = 1234
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    device: Device = "auto"
     precision: Precision = "auto"
     compile: bool = False
     threads: int = 0  # 0 = one per core
@@ -131,6 +135,35 @@ class DecodeConfig:
 
 
 @dataclass(frozen=True)
+class DecodeOverrides:
+    """A command's decode options; None keeps the checkpoint's (or --config's) value."""
+
+    beam: int | None = None
+    alpha: float | None = None
+    early_stop: bool | None = None
+    max_len_a: float | None = None
+    max_len_b: int | None = None
+    batch_sentences: int | None = None
+    precision: Precision | None = None
+    nbest: int = 1  # hypotheses per source (translate); not a decode setting
+
+
+NO_OVERRIDES = DecodeOverrides()  # decode as the checkpoint's (or --config's) config says
+
+# the command-line flag of each decoding option, for messages about a command's options
+DECODE_FLAGS = {
+    "beam": "--beam",
+    "alpha": "--alpha",
+    "early_stop": "--early-stop",
+    "max_len_a": "--max-len-a",
+    "max_len_b": "--max-len-b",
+    "batch_sentences": "--batch-size",
+    "precision": "--precision",
+    "nbest": "--nbest",
+}
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole tfx run. Everything the run writes goes under `run_dir`."""
 
@@ -161,12 +194,16 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
-    raw, lines = parse_yaml(text, str(path))
-    return config_from_dict(raw, overrides, source=str(path), lines=lines)
+    raw, lines, repeated = parse_yaml(text, str(path))
+    return config_from_dict(raw, overrides, source=str(path), lines=lines, problems=repeated)
 
 
-def parse_yaml(text: str, source: str) -> tuple[dict, dict[str, int]]:
-    """Safe-load YAML text into a dict, with the line number of every dotted key."""
+def parse_yaml(text: str, source: str) -> tuple[dict, dict[str, int], list[str]]:
+    """Safe-load YAML text into a dict, with the line number of every dotted key.
+
+    The third item names each key given twice in one mapping (`file:9: model: key given
+    twice (first at line 3)`): YAML would silently keep the last one.
+    """
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         raw = yaml.safe_load(text)
@@ -185,16 +222,26 @@ def parse_yaml(text: str, source: str) -> tuple[dict, dict[str, int]]:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of sections at the top level")
     lines: dict[str, int] = {}
-    _key_lines(node, "", lines)
-    return raw, lines
+    repeated: list[str] = []
+    _key_lines(node, "", lines, repeated)
+    return raw, lines, [f"{source}:{problem}" for problem in repeated]
 
 
-def _key_lines(node: Any, prefix: str, out: dict[str, int]) -> None:
+def _key_lines(node: Any, prefix: str, out: dict[str, int], repeated: list[str]) -> None:
+    """Each dotted key's line into `out` (a repeated key's last, the one YAML keeps), and a
+    `LINE: key: key given twice` message into `repeated` for each repeat within a mapping."""
     if isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}  # this mapping's keys, at their first line
         for key_node, value_node in node.value:
             dotted = f"{prefix}{key_node.value}"
-            out[dotted] = key_node.start_mark.line + 1
-            _key_lines(value_node, dotted + ".", out)
+            line = key_node.start_mark.line + 1
+            if dotted in first:
+                was = first[dotted]
+                repeated.append(f"{line}: {dotted}: key given twice (first at line {was})")
+            else:
+                first[dotted] = line
+            out[dotted] = line
+            _key_lines(value_node, dotted + ".", out, repeated)
 
 
 def config_from_dict(
@@ -202,10 +249,14 @@ def config_from_dict(
     overrides: list[str] | tuple[str, ...] = (),
     source: str = "config",
     lines: dict[str, int] | None = None,
+    problems: list[str] | tuple[str, ...] = (),
 ) -> Config:
-    """Build a validated Config from plain data; every problem is reported in one error."""
+    """Build a validated Config from plain data; every problem is reported in one error.
+
+    `problems` are the reader's own (keys given twice), reported first with the rest.
+    """
     lines = lines or {}
-    errors: list[str] = []
+    errors: list[str] = list(problems)
     raw = _apply_overrides(raw, overrides, errors)
     override_keys = {o.split("=", 1)[0].strip() for o in overrides if "=" in o}
 
@@ -452,21 +503,63 @@ def validate(cfg: Config) -> list[str]:
     for name in ("log_every", "eval_every", "keep_last"):
         value = getattr(t, name)
         check(value >= 1, f"train.{name}", f"must be >= 1, got {value}")
-    check(dec.beam >= 1, "decode.beam", f"must be >= 1, got {dec.beam}")
-    check(dec.alpha >= 0, "decode.alpha", f"must be >= 0, got {dec.alpha}")
-    check(dec.max_len_a >= 0, "decode.max_len_a", f"must be >= 0, got {dec.max_len_a}")
-    check(dec.max_len_b >= 0, "decode.max_len_b", f"must be >= 0, got {dec.max_len_b}")
-    check(
-        dec.max_len_a > 0 or dec.max_len_b > 0,
-        "decode.max_len_b",
-        "max_len_a and max_len_b cannot both be 0",
-    )
-    check(
-        dec.batch_sentences >= 1,
-        "decode.batch_sentences",
-        f"must be >= 1, got {dec.batch_sentences}",
-    )
+    problems.extend(decode_problems(dec, flags=False))
     return problems
+
+
+def decode_problems(dec: DecodeConfig, nbest: int = 1, flags: bool = False) -> list[str]:
+    """The range rules of decoding options, one message per problem.
+
+    Messages name the config keys (`decode.beam: must be >= 1, got 0`), or with `flags`
+    the command's flags (`--beam must be >= 1, got 0`). `precision` is checked where it
+    is resolved for a device (`runtime.resolve_precision`).
+    """
+    problems: list[str] = []
+
+    def name(option: str) -> str:
+        if flags:
+            return DECODE_FLAGS[option]
+        return option if option == "nbest" else f"decode.{option}"
+
+    def check(ok: bool, option: str, message: str) -> None:
+        if not ok:
+            sep = " " if flags else ": "  # `--beam must be ...`, `decode.beam: must be ...`
+            problems.append(f"{name(option)}{sep}{message}")
+
+    check(dec.beam >= 1, "beam", f"must be >= 1, got {dec.beam}")
+    if dec.beam >= 1:
+        check(
+            1 <= nbest <= dec.beam,
+            "nbest",
+            f"must be between 1 and {name('beam')} ({dec.beam}), got {nbest}",
+        )
+    check(dec.alpha >= 0, "alpha", f"must be >= 0, got {dec.alpha}")
+    check(dec.max_len_a >= 0, "max_len_a", f"must be >= 0, got {dec.max_len_a}")
+    check(dec.max_len_b >= 0, "max_len_b", f"must be >= 0, got {dec.max_len_b}")
+    if dec.max_len_a == 0 and dec.max_len_b == 0:
+        problems.append(f"{name('max_len_a')} and {name('max_len_b')} cannot both be 0")
+    check(dec.batch_sentences >= 1, "batch_sentences", f"must be >= 1, got {dec.batch_sentences}")
+    return problems
+
+
+def apply_decode_overrides(
+    decode: DecodeConfig, overrides: DecodeOverrides, flags: bool = True
+) -> DecodeConfig:
+    """`decode` with each option that `overrides` gives put in, checked by `validate`'s rules.
+
+    One ConfigError names every problem, by flag (`--beam`), or with `flags=False` by
+    config key (`decode.beam`).
+    """
+    given = {
+        f.name: getattr(overrides, f.name)
+        for f in dataclasses.fields(DecodeConfig)
+        if getattr(overrides, f.name) is not None
+    }
+    merged = dataclasses.replace(decode, **given)
+    problems = decode_problems(merged, overrides.nbest, flags)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return merged
 
 
 # ----------------------------------------------------------------------------- writing

@@ -5,11 +5,10 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import typing
 
 import torch
 
-from transformer_cli.core.config import Precision
+from transformer_cli.core.config import PRECISIONS
 from transformer_cli.core.errors import ConfigError
 
 
@@ -28,9 +27,6 @@ def pick_device(name: str = "auto") -> torch.device:
     ):
         raise ConfigError("train.device: mps requested but MPS is not available")
     return torch.device(name)
-
-
-PRECISIONS = typing.get_args(Precision)
 
 
 def resolve_precision(precision: str, device: torch.device, key: str = "train.precision") -> str:

@@ -22,7 +22,6 @@ log-probability of search.py). So that this always holds:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import itertools
 import os
 import sys
@@ -31,11 +30,17 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from transformer_cli.core.config import ConfigError, DecodeConfig
+from transformer_cli.core.config import (
+    DEVICES,
+    NO_OVERRIDES,
+    ConfigError,
+    DecodeConfig,
+    DecodeOverrides,
+    apply_decode_overrides,
+)
 from transformer_cli.core.errors import DataError, TfxError
 
 CHUNK_LINES = 1000
-DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 # ----------------------------------------------------------------------------- input
@@ -89,29 +94,20 @@ class Translator:
         self,
         checkpoint_path: str | Path,
         device: str = "auto",
-        beam: int | None = None,
-        alpha: float | None = None,
-        nbest: int = 1,
-        max_len_a: float | None = None,
-        max_len_b: int | None = None,
-        batch_size: int | None = None,
-        early_stop: bool | None = None,
-        precision: str | None = None,
+        decode: DecodeOverrides = NO_OVERRIDES,
     ) -> None:
+        """`decode`: the options that replace the checkpoint's decode section (ConfigError
+        naming the flag if one is out of range)."""
         from transformer_cli.decoding.loading import load_model
         from transformer_cli.decoding.stream import max_source_pieces
         from transformer_cli.fast.packing import pack_linears
 
         self.device = pick_device(device)
         self.model, self.tokenizer, cfg = load_model(checkpoint_path, self.device)
-        self.decode_cfg = decode_options(
-            cfg.decode, beam=beam, alpha=alpha, max_len_a=max_len_a, max_len_b=max_len_b,
-            batch_sentences=batch_size, early_stop=early_stop, precision=precision,
-        )  # fmt: skip
-        check_decode_options(self.decode_cfg, nbest)
+        self.decode_cfg = apply_decode_overrides(cfg.decode, decode)
         self.precision = decode_precision(self.decode_cfg, self.device)
         pack_linears(self.model, self.device, self.precision)  # weights packed, for speed
-        self.nbest = nbest
+        self.nbest = decode.nbest
         self.max_pieces = max_source_pieces(self.model)
         self.lines_done = 0  # for warnings' line numbers across chunks
 
@@ -162,32 +158,11 @@ def pick_device(name: str):
         raise ConfigError(f"--device {name}: not available here") from e
 
 
-def decode_options(decode: DecodeConfig, **options) -> DecodeConfig:
-    """`decode` with the options that were given (not None) put in."""
-    return dataclasses.replace(decode, **{k: v for k, v in options.items() if v is not None})
-
-
-def decode_precision(decode, device) -> str:
+def decode_precision(decode: DecodeConfig, device) -> str:
     """The resolved precision of `decode.precision` (or --precision) on `device`."""
     from transformer_cli.core import runtime
 
     return runtime.resolve_precision(decode.precision, device, "--precision")
-
-
-def check_decode_options(decode, nbest: int) -> None:
-    """One-line errors for decoding options out of range (the CLI's, or a config's)."""
-    if decode.beam < 1:
-        raise ConfigError(f"--beam must be >= 1, got {decode.beam}")
-    if not 1 <= nbest <= decode.beam:
-        raise ConfigError(f"--nbest must be between 1 and --beam ({decode.beam}), got {nbest}")
-    if decode.alpha < 0:
-        raise ConfigError(f"--alpha must be >= 0, got {decode.alpha}")
-    if decode.max_len_a < 0 or decode.max_len_b < 0:
-        raise ConfigError("--max-len-a and --max-len-b must be >= 0")
-    if decode.max_len_a == 0 and decode.max_len_b == 0:
-        raise ConfigError("--max-len-a and --max-len-b cannot both be 0")
-    if decode.batch_sentences < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {decode.batch_sentences}")
 
 
 # ----------------------------------------------------------------------------- the command
@@ -199,25 +174,18 @@ def run(
     input_path: str | Path | None = None,
     output_path: str | Path | None = None,
     *,
-    beam: int | None = None,
-    alpha: float | None = None,
-    early_stop: bool | None = None,
-    nbest: int = 1,
-    max_len_a: float | None = None,
-    max_len_b: int | None = None,
-    batch_size: int | None = None,
+    decode: DecodeOverrides = NO_OVERRIDES,
     device: str = "auto",
-    precision: str | None = None,
     chunk_lines: int = CHUNK_LINES,
 ) -> int:
-    """Translate TEXT arguments, a file or stdin to stdout or a file; returns lines read."""
+    """Translate TEXT arguments, a file or stdin to stdout or a file; returns lines read.
+
+    `decode`: the options that replace the checkpoint's decode section (see `Translator`).
+    """
     if texts and input_path is not None:
         raise TfxError("give sentences as arguments or --input FILE, not both")
     interactive = not texts and input_path is None and sys.stdin.isatty()
-    translator = Translator(
-        checkpoint, device, beam, alpha, nbest, max_len_a, max_len_b, batch_size, early_stop,
-        precision,
-    )  # fmt: skip
+    translator = Translator(checkpoint, device, decode)
     if interactive and output_path is None:
         return interact(translator)
     with contextlib.ExitStack() as stack:

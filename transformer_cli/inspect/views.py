@@ -161,7 +161,7 @@ def schedule_view(cfg, steps: int = 0) -> dict:
     t = cfg.train
     note = ""
     if steps < 0:
-        raise ConfigError(f"--steps must be >= 1, got {steps}")
+        raise ConfigError(f"--steps must be >= 0 (0 = train.max_steps), got {steps}")
     if not steps:
         steps = t.max_steps
         if not steps:

@@ -6,15 +6,22 @@ import dataclasses
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from transformer_cli.core.checkpoint import load_state
+from transformer_cli.core.config import NO_OVERRIDES, Config, DecodeConfig, DecodeOverrides
 from transformer_cli.core.errors import CheckpointError, ConfigError, DataError
 from transformer_cli.core.fileio import atomic_write_text
 from transformer_cli.core.table import aligned
 from transformer_cli.data import store as cache
 from transformer_cli.fast.packing import pack_linears
+from transformer_cli.training import average as average_mod
 from transformer_cli.training.loss import split_loss
+
+if TYPE_CHECKING:
+    import torch
 
 
 def score_texts(hyps: list[str], refs: list[str]) -> dict:
@@ -50,6 +57,32 @@ class EvalData:
     origin: str  # for the report: where the lines came from
 
 
+@dataclass
+class Evaluation:
+    """One `tfx evaluate`: what every checkpoint is scored with, and where the results go."""
+
+    paths: list[Path]
+    device: torch.device
+    decode: DecodeConfig  # the same for every checkpoint, so that their scores compare
+    precision: str
+    out_dir: Path
+    split: str
+    cfg_override: Config | None  # --config: its run dir and decode, for every checkpoint
+    first_cfg: Config  # the first checkpoint's (or --config's): decode and the report's data
+    first_state: dict | None  # the first checkpoint, read once for its config; None once scored
+    raw: EvalData | None = None  # --src/--ref: every checkpoint's data
+    splits: dict[str, EvalData] = field(default_factory=dict)  # prepared splits by run dir
+    names: set[str] = field(default_factory=set)  # hypothesis file names taken so far
+
+    def data_for(self, cfg: Config) -> EvalData:
+        """What a checkpoint of `cfg` is scored on: --src/--ref, else its run dir's split."""
+        if self.raw is not None:
+            return self.raw
+        if cfg.run_dir not in self.splits:
+            self.splits[cfg.run_dir] = split_data(cfg, self.split)
+        return self.splits[cfg.run_dir]
+
+
 def run(
     checkpoints: list[str],
     split: str = "test",
@@ -58,14 +91,8 @@ def run(
     config: str | Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     *,
-    beam: int | None = None,
-    alpha: float | None = None,
-    early_stop: bool | None = None,
-    max_len_a: float | None = None,
-    max_len_b: int | None = None,
-    batch_size: int | None = None,
+    decode: DecodeOverrides = NO_OVERRIDES,
     device: str = "auto",
-    precision: str | None = None,
     as_json: bool = False,
     average: int = 0,
     output_dir: str | Path | None = None,
@@ -75,93 +102,117 @@ def run(
     Writes, atomically, into `output_dir` (default: RUN_DIR/eval, RUN_DIR being --config's
     run dir or else the one the first checkpoint file is in): `<checkpoint stem>.<label>.hyp`
     per checkpoint, `report.<label>.json` for all, and `avg_last<N>.pt` with `average` N.
-    Decoding options left as None come from --config's decode section, or else from the
-    first checkpoint's, and are the same for every checkpoint.
+    The options of `decode` left as None come from --config's decode section, or else from
+    the first checkpoint's, and are the same for every checkpoint.
     """
-    from transformer_cli.core.checkpoint import load_state
-    from transformer_cli.core.config import load_config
-    from transformer_cli.decoding.loading import model_from_state
-    from transformer_cli.decoding.translate import (
-        check_decode_options,
-        decode_options,
-        decode_precision,
-        pick_device,
-    )
-    from transformer_cli.training import average as average_mod
-
     if (src_file is None) != (ref_file is None):
         raise ConfigError("--src and --ref go together: give both, or neither (for --split)")
     if average < 0:
-        raise ConfigError(f"--average must be >= 1, got {average}")
+        raise ConfigError(f"--average must be >= 0 (0 = none), got {average}")
+    ev = setup(checkpoints, split, config, overrides, decode, device, output_dir)
+    # the data is read before any decoding, so that a mistake there is reported at once
+    if src_file is not None:
+        ev.raw = raw_data(Path(src_file), Path(ref_file))
+    ev.data_for(ev.first_cfg)
+    if average:
+        add_average(ev, average)
+    rows = [score_path(ev, number, path) for number, path in enumerate(ev.paths, start=1)]
+    report = make_report(ev, rows)
+    write_report(report, ev.out_dir, as_json)
+    return report
+
+
+def setup(
+    checkpoints: list[str],
+    split: str,
+    config: str | Path | None,
+    overrides: list[str] | tuple[str, ...],
+    decode: DecodeOverrides,
+    device: str,
+    output_dir: str | Path | None,
+) -> Evaluation:
+    """The device, the checkpoints and the decoding of `run`: the same for every checkpoint."""
+    from transformer_cli.core.config import apply_decode_overrides, load_config
+    from transformer_cli.decoding.translate import decode_precision, pick_device
+
     dev = pick_device(device)
     cfg_override = load_config(config, list(overrides)) if config is not None else None
     paths = average_mod.expand(checkpoints)
-    first_state = load_state(paths[0])  # kept: it is the first to be scored, too
+    first_state = load_state(paths[0])
     first_cfg = cfg_override or _config_of(first_state, paths[0])
-    out_dir = Path(output_dir) if output_dir else default_output_dir(paths[0], cfg_override)
-    # every checkpoint is decoded the same way, so that their scores compare
-    decode = decode_options(
-        first_cfg.decode, beam=beam, alpha=alpha, max_len_a=max_len_a, max_len_b=max_len_b,
-        batch_sentences=batch_size, early_stop=early_stop, precision=precision,
-    )  # fmt: skip
-    check_decode_options(decode, 1)
-    precision = decode_precision(decode, dev)
-    # the data is read before any decoding, so that a mistake there is reported at once
-    data_by_run: dict[str, EvalData] = {}
-    if src_file is not None:
-        data = raw_data(Path(src_file), Path(ref_file))
-    else:
-        data_by_run[first_cfg.run_dir] = split_data(first_cfg, split)
-    if average:
-        chosen = average_mod.last_steps(paths, average)
-        averaged = out_dir / f"avg_last{average}.pt"
-        average_mod.average_checkpoints(chosen, averaged)
-        print(f"averaged {', '.join(str(p) for p in chosen)} into {averaged}", file=sys.stderr)
-        paths.append(averaged)
+    decode_cfg = apply_decode_overrides(first_cfg.decode, decode)
+    return Evaluation(
+        paths=paths,
+        device=dev,
+        decode=decode_cfg,
+        precision=decode_precision(decode_cfg, dev),
+        out_dir=Path(output_dir) if output_dir else default_output_dir(paths[0], cfg_override),
+        split=split,
+        cfg_override=cfg_override,
+        first_cfg=first_cfg,
+        first_state=first_state,
+    )
 
-    rows: list[dict] = []
-    names: set[str] = set()
-    for number, path in enumerate(paths, start=1):
-        print(f"[{number}/{len(paths)}] {path}", file=sys.stderr, flush=True)
-        state = first_state if number == 1 else load_state(path)
-        first_state = None
-        model, tokenizer, ckpt_cfg = model_from_state(state, path, dev)
-        pack_linears(model, dev, precision)
-        cfg = cfg_override or ckpt_cfg
-        if src_file is None:
-            run_dir = cfg.run_dir
-            if run_dir not in data_by_run:
-                data_by_run[run_dir] = split_data(cfg, split)
-            data = data_by_run[run_dir]
-        row = score_checkpoint(model, tokenizer, cfg, decode, data, dev, precision)
-        name = _unique(path.stem + "." + data.label, names)
-        hyp_path = out_dir / f"{name}.hyp"
-        atomic_write_text(hyp_path, "".join(h + "\n" for h in row.pop("hypotheses")))
-        step = average_mod.step_of(state)
-        rows.append({"checkpoint": str(path), "step": step if step >= 0 else None, **row,
-                     "data": data.origin, "hyp": str(hyp_path)})  # fmt: skip
-        del model, state
 
-    rows.sort(key=lambda r: -r["bleu"])
-    report = {
-        "data": data.origin,  # the first checkpoint's; each result names its own
+def add_average(ev: Evaluation, last: int) -> None:
+    """Average the `last` newest steps into OUT_DIR/avg_last<N>.pt, to be scored last."""
+    chosen = average_mod.last_steps(ev.paths, last)
+    averaged = ev.out_dir / f"avg_last{last}.pt"
+    average_mod.average_checkpoints(chosen, averaged)
+    print(f"averaged {', '.join(str(p) for p in chosen)} into {averaged}", file=sys.stderr)
+    ev.paths.append(averaged)
+
+
+def score_path(ev: Evaluation, number: int, path: Path) -> dict:
+    """Load, decode and score checkpoint `number` of `ev.paths`, and write its hypotheses."""
+    from transformer_cli.decoding.loading import model_from_state
+
+    print(f"[{number}/{len(ev.paths)}] {path}", file=sys.stderr, flush=True)
+    state = ev.first_state if number == 1 else load_state(path)
+    ev.first_state = None  # so that its weights go once it is scored
+    model, tokenizer, ckpt_cfg = model_from_state(state, path, ev.device)
+    pack_linears(model, ev.device, ev.precision)
+    cfg = ev.cfg_override or ckpt_cfg
+    data = ev.data_for(cfg)
+    row = score_checkpoint(model, tokenizer, cfg, ev.decode, data, ev.device, ev.precision)
+    hyp_path = ev.out_dir / f"{_unique(path.stem + '.' + data.label, ev.names)}.hyp"
+    atomic_write_text(hyp_path, "".join(h + "\n" for h in row.pop("hypotheses")))
+    step = average_mod.step_of(state)
+    return {
+        "checkpoint": str(path),
+        "step": step if step >= 0 else None,
+        **row,
+        "data": data.origin,
+        "hyp": str(hyp_path),
+    }
+
+
+def make_report(ev: Evaluation, rows: list[dict]) -> dict:
+    """The results, best BLEU first, under the first checkpoint's data and the decoding."""
+    data = ev.data_for(ev.first_cfg)  # the first checkpoint's; each result names its own
+    rows = sorted(rows, key=lambda r: -r["bleu"])
+    return {
+        "data": data.origin,
         "label": data.label,
         "sentences": len(data.sources),
-        "decode": dataclasses.asdict(decode),
-        "device": dev.type,
-        "precision": precision,
+        "decode": dataclasses.asdict(ev.decode),
+        "device": ev.device.type,
+        "precision": ev.precision,
         "bleu_signature": rows[0]["bleu_signature"],
         "chrf_signature": rows[0]["chrf_signature"],
         "results": [{k: v for k, v in r.items() if not k.endswith("_signature")} for r in rows],
     }
-    report_path = out_dir / f"report.{data.label}.json"
+
+
+def write_report(report: dict, out_dir: Path, as_json: bool) -> None:
+    """OUT_DIR/report.<label>.json, and the report on stdout as JSON or as a table."""
+    report_path = out_dir / f"report.{report['label']}.json"
     atomic_write_text(report_path, json.dumps(report, indent=2) + "\n")
     if as_json:
         print(json.dumps(report, indent=2))
     else:
         print(format_table(report))
         print(f"hypotheses and report: {out_dir}/ ({report_path.name})")
-    return report
 
 
 def default_output_dir(first: Path, cfg_override) -> Path:
