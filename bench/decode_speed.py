@@ -40,11 +40,10 @@ from pathlib import Path
 import sacrebleu
 import torch
 
-from transformer_cli.core.config import load_config
+from transformer_cli.core.config import DecodeOverrides, apply_decode_overrides, load_config
 from transformer_cli.core.runtime import matmul_dtype
 from transformer_cli.decoding.loading import load_model
 from transformer_cli.decoding.stream import decode_all
-from transformer_cli.decoding.translate import decode_options
 from transformer_cli.fast.packing import PackedLinear, pack_linears
 from transformer_cli.training.evaluate import split_data
 
@@ -165,9 +164,9 @@ def main() -> int:
             packed.out_proj = PackedLinear(packed.out_proj, matmul_dtype(precision))
     data = split_data(load_config(args.config) if args.config else cfg, args.split)
     sources = tokenizer.encode_src(data.sources)
-    decode = decode_options(
-        cfg.decode, alpha=args.alpha, max_len_a=args.max_len_a, max_len_b=args.max_len_b
-    )
+    lengths = {"max_len_a": args.max_len_a, "max_len_b": args.max_len_b}
+    overrides = DecodeOverrides(alpha=args.alpha, **lengths)
+    decode = apply_decode_overrides(cfg.decode, overrides)
     subset = sources[: args.subset]
 
     print(f"{args.checkpoint}: {sum(p.numel() for p in model.parameters()):,} parameters; "

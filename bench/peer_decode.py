@@ -81,13 +81,15 @@ def tfx_child(checkpoint: str, batch: int) -> None:
     """Load the checkpoint, translate the test split's sources once, print the timing."""
     import torch
 
+    from transformer_cli.core.config import DecodeOverrides
     from transformer_cli.decoding.loading import load_model
     from transformer_cli.decoding.translate import Translator
     from transformer_cli.training.evaluate import split_data
 
     torch.set_num_threads(2)
     sources = split_data(load_model(checkpoint, "cpu")[2], "test").sources
-    translator = Translator(checkpoint, device="cpu", beam=1, batch_size=batch)
+    decode = DecodeOverrides(beam=1, batch_sentences=batch)
+    translator = Translator(checkpoint, device="cpu", decode=decode)
     started = time.perf_counter()
     hypotheses = translator.translate(sources)
     seconds = time.perf_counter() - started
