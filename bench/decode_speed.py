@@ -40,7 +40,9 @@ from pathlib import Path
 import sacrebleu
 import torch
 
-from transformer_cli.core.config import DecodeOverrides, apply_decode_overrides, load_config
+from transformer_cli.core.config import DecodeOverrides
+from transformer_cli.core.config_file import load_config
+from transformer_cli.core.config_rules import apply_decode_overrides
 from transformer_cli.core.runtime import matmul_dtype
 from transformer_cli.decoding.loading import load_model
 from transformer_cli.decoding.stream import decode_all

@@ -75,7 +75,7 @@ def setup(config: str, overrides: list[str]):
     Returns (cfg, device, precision, threads, split, model, optimizer).
     """
     from transformer_cli.core import runtime
-    from transformer_cli.core.config import load_config
+    from transformer_cli.core.config_file import load_config
     from transformer_cli.data import store as cache
     from transformer_cli.data.tokenizer import Tokenizer
     from transformer_cli.fast import allocator

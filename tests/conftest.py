@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from transformer_cli.core.config import Config, config_from_dict
+from transformer_cli.core.config import Config
+from transformer_cli.core.config_file import config_from_dict
 from transformer_cli.data.toy import generate
 
 

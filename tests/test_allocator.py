@@ -73,7 +73,7 @@ cli.main()
 @pytest.mark.skipif(not (INSTALLED and sys.platform.startswith("linux")), reason="no jemalloc")
 @pytest.mark.parametrize(("setting", "expected"), [("auto", "jemalloc"), ("system", "glibc")])
 def test_tfx_train_runs_under_jemalloc_unless_told_not_to(make_config, tmp_path, setting, expected):
-    from transformer_cli.core.config import to_yaml
+    from transformer_cli.core.config_file import to_yaml
     from transformer_cli.data import prepare
 
     cfg = make_config(

@@ -10,14 +10,8 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from transformer_cli.core.config import (
-    Config,
-    all_keys,
-    config_from_dict,
-    load_config,
-    to_dict,
-    to_yaml,
-)
+from transformer_cli.core.config import Config, to_dict
+from transformer_cli.core.config_file import all_keys, config_from_dict, load_config, to_yaml
 from transformer_cli.core.errors import ConfigError
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))

@@ -15,9 +15,9 @@ from transformer_cli.core.config import (
     NO_OVERRIDES,
     DecodeConfig,
     DecodeOverrides,
-    apply_decode_overrides,
-    config_from_dict,
 )
+from transformer_cli.core.config_file import config_from_dict
+from transformer_cli.core.config_rules import apply_decode_overrides
 from transformer_cli.core.errors import ConfigError
 from transformer_cli.decoding import translate
 from transformer_cli.training import evaluate

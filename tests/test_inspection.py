@@ -14,7 +14,7 @@ from test_plots import assert_png
 from typer.testing import CliRunner
 
 from transformer_cli.cli.app import app
-from transformer_cli.core.config import load_config
+from transformer_cli.core.config_file import load_config
 from transformer_cli.core.specials import BOS_ID, EOS_ID, PAD_ID
 from transformer_cli.data import batching, prepare
 from transformer_cli.data import store as cache

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from transformer_cli.cli.app import app
-from transformer_cli.core.config import load_config, to_dict
+from transformer_cli.core.config import to_dict
+from transformer_cli.core.config_file import load_config
 from transformer_cli.core.errors import DataError
 from transformer_cli.data import prepare
 from transformer_cli.data import store as cache

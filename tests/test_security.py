@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from transformer_cli.cli.app import app
 from transformer_cli.core import checkpoint
-from transformer_cli.core.config import config_from_dict
+from transformer_cli.core.config_file import config_from_dict
 from transformer_cli.data import prepare
 from transformer_cli.training import loop as train
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from transformer_cli.cli.app import app
 from transformer_cli.core import checkpoint
-from transformer_cli.core.config import config_from_dict
+from transformer_cli.core.config_file import config_from_dict
 from transformer_cli.core.errors import TrainingError
 from transformer_cli.data import batching, prepare
 from transformer_cli.data import store as cache
@@ -206,7 +206,7 @@ def test_a_tiny_model_overfits_a_tiny_corpus(tmp_path, toy_pairs):
 def test_cli_prepare_and_train_a_few_steps(make_config, tmp_path):
     cfg = make_config()
     config_path = tmp_path / "c.yaml"
-    from transformer_cli.core.config import to_yaml
+    from transformer_cli.core.config_file import to_yaml
 
     config_path.write_text(to_yaml(cfg))
     runner = CliRunner()
@@ -330,7 +330,7 @@ def test_train_evaluate_and_translate_run_without_the_datasets_package(make_conf
     import subprocess
     import sys
 
-    from transformer_cli.core.config import to_yaml
+    from transformer_cli.core.config_file import to_yaml
 
     cfg = make_config(*TINY, "train.max_steps=2")
     prepare.run(cfg)

@@ -17,7 +17,8 @@ from transformer_cli import __version__
 from transformer_cli.cli.app import app
 from transformer_cli.core import checkpoint
 from transformer_cli.core.checkpoint import load_checkpoint, save_checkpoint
-from transformer_cli.core.config import config_from_dict, to_dict
+from transformer_cli.core.config import to_dict
+from transformer_cli.core.config_file import config_from_dict
 from transformer_cli.data import prepare
 from transformer_cli.data.tokenizer import Tokenizer
 from transformer_cli.decoding import loading, translate

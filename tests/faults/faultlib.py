@@ -272,7 +272,7 @@ def prepared_run(tmp_path_factory, toy_pairs) -> tuple[Path, Path]:
     if "prepared" not in _MEMO:
         from conftest import write_splits
 
-        from transformer_cli.core.config import config_from_dict
+        from transformer_cli.core.config_file import config_from_dict
         from transformer_cli.data import prepare
 
         root = tmp_path_factory.mktemp("prepared")
@@ -290,7 +290,7 @@ def reference_run(tmp_path_factory, toy_pairs, **train: object) -> Path:
     """
     key = f"reference {sorted(train.items())}"
     if key not in _MEMO:
-        from transformer_cli.core.config import config_from_dict
+        from transformer_cli.core.config_file import config_from_dict
         from transformer_cli.training import loop as train_mod
 
         data, prepared = prepared_run(tmp_path_factory, toy_pairs)

@@ -16,6 +16,6 @@ SetOpt = Annotated[
 
 def load(config: Path, overrides: list[str] | None):
     """The validated config at `config` with `--set` overrides (imports config lazily)."""
-    from transformer_cli.core.config import load_config
+    from transformer_cli.core.config_file import load_config
 
     return load_config(config, overrides or [])

@@ -4,7 +4,7 @@ A training epoch's batches are a pure function of (sentence lengths, batch_token
 epoch): no global RNG, no state. Exact resume therefore rebuilds the epoch's list and
 skips to batch k, and data-parallel training can shard it as `batches[rank::world]`.
 
-Length caps: training trusts prepare's `data.max_len` filter (config.py requires
+Length caps: training trusts prepare's `data.max_len` filter (config_rules.py requires
 `model.max_positions >= data.max_len + 2`, room for BOS/EOS). Valid/test pairs are not
 filtered, so `eval_batches` and `collate` take `truncate` to cut overlong sentences to
 what the model's positions can hold.

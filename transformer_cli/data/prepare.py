@@ -21,7 +21,8 @@ from pathlib import Path
 import sentencepiece
 from tqdm import tqdm
 
-from transformer_cli.core.config import Config, to_dict, write_resolved
+from transformer_cli.core.config import Config, to_dict
+from transformer_cli.core.config_file import write_resolved
 from transformer_cli.core.errors import DataError
 from transformer_cli.core.fileio import atomic_write_text
 from transformer_cli.core.specials import SPECIAL_IDS

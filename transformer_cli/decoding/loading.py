@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from transformer_cli.core.checkpoint import load_state
-from transformer_cli.core.config import config_from_dict
+from transformer_cli.core.config_file import config_from_dict
 from transformer_cli.core.errors import CheckpointError, ConfigError, DataError
 from transformer_cli.data.tokenizer import Tokenizer
 from transformer_cli.model.transformer import Transformer

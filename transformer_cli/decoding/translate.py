@@ -30,15 +30,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from transformer_cli.core.config import (
-    DEVICES,
-    NO_OVERRIDES,
-    ConfigError,
-    DecodeConfig,
-    DecodeOverrides,
-    apply_decode_overrides,
-)
-from transformer_cli.core.errors import DataError, TfxError
+from transformer_cli.core.config import DEVICES, NO_OVERRIDES, DecodeConfig, DecodeOverrides
+from transformer_cli.core.config_rules import apply_decode_overrides
+from transformer_cli.core.errors import ConfigError, DataError, TfxError
 
 CHUNK_LINES = 1000
 

@@ -132,7 +132,8 @@ def setup(
     output_dir: str | Path | None,
 ) -> Evaluation:
     """The device, the checkpoints and the decoding of `run`: the same for every checkpoint."""
-    from transformer_cli.core.config import apply_decode_overrides, load_config
+    from transformer_cli.core.config_file import load_config
+    from transformer_cli.core.config_rules import apply_decode_overrides
     from transformer_cli.decoding.translate import decode_precision, pick_device
 
     dev = pick_device(device)
@@ -228,7 +229,7 @@ def default_output_dir(first: Path, cfg_override) -> Path:
 
 
 def _config_of(state: dict, path: Path):
-    from transformer_cli.core.config import config_from_dict
+    from transformer_cli.core.config_file import config_from_dict
 
     try:
         return config_from_dict(state["config"], source=f"{path} (its config)")

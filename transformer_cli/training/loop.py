@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from transformer_cli import __version__
 from transformer_cli.core import checkpoint, runtime
-from transformer_cli.core.config import Config, to_dict, write_resolved
+from transformer_cli.core.config import Config, to_dict
+from transformer_cli.core.config_file import write_resolved
 from transformer_cli.core.errors import TrainingError
 from transformer_cli.data import batching
 from transformer_cli.data import store as cache
