@@ -120,7 +120,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     payload = read_payload(path)
     try:
         state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises several types for a refused pickle
+    except Exception as e:  # torch raises several types for a refused pickle
         raise CheckpointError(
             f"{path}: refused to load: the payload holds more than tensors and plain data "
             f"({_refusal_reason(e)})"

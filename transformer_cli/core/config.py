@@ -72,7 +72,7 @@ class ModelConfig:
     share_embeddings: bool = True
     tie_output: bool = True
     # sdpa: torch's fused kernel; math: eq. 1 written out; auto: sdpa on CUDA, math on the
-    # CPU, where it is the faster one at sentence lengths (README, "attention paths")
+    # CPU, where it is the faster one at sentence lengths (docs/performance.md, "Attention paths")
     attention: Literal["auto", "sdpa", "math"] = "auto"
     src_vocab: int = 0
     tgt_vocab: int = 0

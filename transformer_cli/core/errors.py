@@ -88,7 +88,7 @@ def boundary(func: F) -> F:
                 traceback.print_exc()
             print(f"error: {one_line(os_problem(e))}", file=sys.stderr)
             raise typer.Exit(EXIT_USER_ERROR) from None
-        except Exception as e:  # noqa: BLE001 - the boundary is where bugs are reported
+        except Exception as e:  # the boundary is where bugs are reported
             if debug_enabled():
                 traceback.print_exc()
             print(

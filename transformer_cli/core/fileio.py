@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -58,9 +58,3 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_with(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
-    """Atomically write whatever `write(file)` puts into a binary file."""
-    with atomic_open(path) as f:
-        write(f)

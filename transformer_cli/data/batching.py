@@ -35,16 +35,6 @@ class Batch:
     def __len__(self) -> int:
         return self.src.shape[0]
 
-    def pin_memory(self) -> Batch:
-        """Page-locked copies, so that `to(cuda, non_blocking=True)` really overlaps."""
-        return Batch(
-            self.src.pin_memory(),
-            self.tgt_in.pin_memory(),
-            self.tgt_out.pin_memory(),
-            self.n_tokens,
-            self.indices,
-        )
-
     def to(self, device: torch.device | str, non_blocking: bool = True) -> Batch:
         """The token tensors on `device`; `indices` stay on the host for bookkeeping."""
         return Batch(

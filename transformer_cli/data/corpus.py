@@ -215,7 +215,7 @@ def read_table(path: Path, fmt: str, src_field: str, tgt_field: str) -> Pairs:
                 ds = datasets.load_dataset(
                     "json", data_files=str(path), split="train", cache_dir=cache
                 )
-        except Exception as e:  # noqa: BLE001 - whatever the loader says, it is the file
+        except Exception as e:  # whatever the loader says, it is the file
             if fmt == "jsonl":
                 _find_bad_json(lines, path)
             raise DataError(f"{path}: cannot read as {fmt} ({_first_line(e)})") from None
@@ -278,7 +278,7 @@ def read_hub(name: str, config: str, split: str, src_field: str, tgt_field: str)
     origin = f"{name}{'/' + config if config else ''}[{split}]"
     try:
         ds = datasets.load_dataset(name, config or None, split=split)
-    except Exception as e:  # noqa: BLE001 - offline, unknown name, unknown split, ...
+    except Exception as e:  # offline, unknown name, unknown split, ...
         raise DataError(
             f"cannot load {origin} from the Hugging Face hub ({_first_line(e)})"
         ) from None

@@ -114,7 +114,7 @@ def load_split(run_dir: str | Path, name: str) -> EncodedSplit:
         return EncodedSplit(d["src"], d["src_offsets"], d["tgt"], d["tgt_offsets"])
     except FileNotFoundError:
         raise DataError(f"{path}: missing from the prepared cache; run tfx prepare again") from None
-    except Exception as e:  # noqa: BLE001 - any unreadable cache file means "prepare again"
+    except Exception as e:  # any unreadable cache file means "prepare again"
         raise DataError(f"{path}: unreadable ({type(e).__name__}); run tfx prepare again") from None
 
 

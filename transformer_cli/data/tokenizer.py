@@ -153,7 +153,7 @@ def _processor(data: bytes, name: str) -> spm.SentencePieceProcessor:
     sp = spm.SentencePieceProcessor()
     try:
         sp.LoadFromSerializedProto(data)
-    except Exception as e:  # noqa: BLE001 - sentencepiece raises bare RuntimeError/OSError
+    except Exception as e:  # sentencepiece raises bare RuntimeError/OSError
         raise DataError(f"{name}: not a valid SentencePiece model ({e})") from None
     return sp
 

@@ -64,8 +64,9 @@ def _never_special(scores: Tensor) -> Tensor:
 def most_probable(logits: Tensor) -> Tensor:
     """Each row's highest-scoring piece other than PAD and BOS: (R, V) -> (R,).
 
-    `max(-1).indices` is argmax (both give the first of tied maxima); on the CPU it is
-    ~4x faster than `argmax` on bf16 logits, and as fast on fp32.
+    `max(-1).indices` is argmax (both give the first of tied maxima), and on the CPU the
+    faster of the two on bf16 logits (docs/performance.md, "Autocast, bf16 and the slot
+    cache's fp32 keys").
     """
     return _never_special(logits).max(-1).indices
 

@@ -17,7 +17,7 @@ What a slot holds:
   buffer is position-major so that the filled prefix the attention reads, positions
   0 .. W-1 of every slot, is one contiguous block (seen as (N, H, W, K) through a view).
   Slot-major, (N, H, capacity, K), it would be N x H short runs with gaps between them,
-  which a step reads about 2x slower from memory;
+  which a step reads more slowly (docs/performance.md, "Full batches: the slot stream");
 - each layer's cross-attention keys and values (N, H, S, K) and the source padding mask
   (N, 1, 1, S) of its sentence, S the widest source so far: a shorter source is padded,
   and its pad keys are masked like any other.

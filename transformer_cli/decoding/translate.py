@@ -211,7 +211,7 @@ def _open_input(path: str | Path) -> Iterator[BinaryIO]:
     if path.is_dir():
         raise DataError(f"{path}: is a directory, not a text file")
     try:
-        f = open(path, "rb")  # noqa: SIM115 - closed below
+        f = open(path, "rb")  # closed below
     except FileNotFoundError:
         raise DataError(f"{path}: no such input file") from None
     except OSError as e:

@@ -2,11 +2,12 @@
 
 Inverted dropout: in training, each element is kept with probability 1 - p and scaled
 by 1 / (1 - p), so the expected activation is unchanged and evaluation needs no
-rescaling. `torch.nn.Dropout` draws one Bernoulli sample per element; on a CPU that
-costs about 15% of a whole training step of the small Multi30k model. Here each 64-bit
+rescaling. `torch.nn.Dropout` draws one Bernoulli sample per element, which is a large
+part of a CPU training step (docs/performance.md, "Dropout mask"). Here each 64-bit
 random integer is read as four 16-bit lanes, one per element, and an element is kept
 when its lane is at or above a threshold: a quarter of the random draws, and the keep
 probability is still exact to 1/65536. On other devices torch's fused dropout is used.
+Its plain twin is `torch.nn.Dropout`: tests/test_dropout.py checks the same distribution.
 """
 
 from __future__ import annotations

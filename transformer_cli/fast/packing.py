@@ -6,10 +6,9 @@ weight as it is stored, at every call. oneDNN, the CPU kernel library inside tor
 instead lay a weight out once in the blocked order its matrix kernel reads
 (`torch.ops.mkldnn._reorder_linear_weight`) and multiply by that copy
 (`torch.ops.mkldnn._linear_pointwise`); torch.compile's CPU backend does the same for the
-frozen weights of a model in inference. Measured per layer, the output projection
-(256 -> 8,000) gains most, 1.4-3x, while small square layers can come out slower; whole
-decoding gains, and gains more with every layer packed than with the output projection
-alone (or as much), so every layer is packed.
+frozen weights of a model in inference. Whole decoding gains at least as much with every
+layer packed as with the output projection alone, so every layer is packed
+(docs/performance.md, "Weights packed once").
 
 `pack_linears(model, device, precision)` swaps every `nn.Linear` for a `PackedLinear`:
 the same module, the same `weight` and `bias` parameters (so `state_dict`, tied weights
@@ -21,9 +20,8 @@ can give the same answer, up to the order of floating-point sums:
 - the weight has not changed since it was packed (its version counter says so); a
   changed weight is packed again at the next call.
 
-On the small model, greedy decoding of Multi30k's test set runs ~1.2x as fast at batch 64
-and ~1.3x one sentence at a time, in fp32 as in bf16 (`bench/decode_speed.py`; per layer,
-`bench/linear_packing.py`).
+Its plain twin is `F.linear` on the parameters: tests/test_packing.py proves them equal.
+The gains are measured by `bench/decode_speed.py` and, per layer, `bench/linear_packing.py`.
 """
 
 from __future__ import annotations

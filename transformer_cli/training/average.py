@@ -16,7 +16,7 @@ import torch
 
 from transformer_cli import __version__
 from transformer_cli.core import checkpoint
-from transformer_cli.core.checkpoint import load_state
+from transformer_cli.core.checkpoint import load_state, state_step
 from transformer_cli.core.errors import CheckpointError
 
 GLOB_CHARS = "*?["
@@ -57,14 +57,6 @@ def expand(patterns: list[str]) -> list[Path]:
             seen.add(key)
             unique.append(path)
     return unique
-
-
-def step_of(state: dict) -> int:
-    """The training step a checkpoint was saved at (-1 if it does not say)."""
-    progress = state.get("progress")
-    if isinstance(progress, dict) and isinstance(progress.get("step"), int):
-        return progress["step"]
-    return -1
 
 
 def average_weights(states: list[dict]) -> dict[str, torch.Tensor]:
@@ -118,15 +110,15 @@ def average_checkpoints(paths: list[Path], output: str | Path) -> dict:
         weights = average_weights(states)
     except ValueError as e:
         raise CheckpointError(f"cannot average {paths[0]} and the others: {e}") from None
-    newest = max(states, key=step_of)
+    newest = max(states, key=state_step)
     state = {
         "tfx_version": __version__,
         "config": newest["config"],
         "tokenizer": base["tokenizer"],
         "model": weights,
-        "progress": {"step": step_of(newest)},
+        "progress": {"step": state_step(newest)},
         "averaged_from": [
-            {"path": str(p), "step": step_of(s)} for p, s in zip(paths, states, strict=True)
+            {"path": str(p), "step": state_step(s)} for p, s in zip(paths, states, strict=True)
         ],
     }
     checkpoint.save_checkpoint(output, state)
@@ -140,7 +132,7 @@ def last_steps(paths: list[Path], n: int) -> list[Path]:
     """
     by_step: dict[int, Path] = {}
     for path in paths:
-        step = step_of(load_state(path))
+        step = state_step(load_state(path))
         if step >= 0:
             by_step.setdefault(step, path)
     if len(by_step) < n:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from transformer_cli.core.checkpoint import load_state
+from transformer_cli.core.checkpoint import load_state, state_step
 from transformer_cli.core.config import NO_OVERRIDES, Config, DecodeConfig, DecodeOverrides
 from transformer_cli.core.errors import CheckpointError, ConfigError, DataError
 from transformer_cli.core.fileio import atomic_write_text
@@ -178,7 +178,7 @@ def score_path(ev: Evaluation, number: int, path: Path) -> dict:
     row = score_checkpoint(model, tokenizer, cfg, ev.decode, data, ev.device, ev.precision)
     hyp_path = ev.out_dir / f"{_unique(path.stem + '.' + data.label, ev.names)}.hyp"
     atomic_write_text(hyp_path, "".join(h + "\n" for h in row.pop("hypotheses")))
-    step = average_mod.step_of(state)
+    step = state_step(state)
     return {
         "checkpoint": str(path),
         "step": step if step >= 0 else None,
