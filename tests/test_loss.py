@@ -249,3 +249,38 @@ def test_fused_loss_checks_its_arguments():
         projected_cross_entropy(hidden, weight, torch.ones(3, dtype=torch.long))
     with pytest.raises(ValueError, match="label_smoothing"):
         projected_cross_entropy(hidden, weight, torch.ones(4, dtype=torch.long), 1.0)
+
+
+class MatmulCounter(torch.overrides.TorchFunctionMode):
+    """Counts the matrix products a block of code asks torch for."""
+
+    NAMES = {"mm", "addmm", "addmm_", "matmul", "__matmul__", "__rmatmul__"}
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.count += getattr(func, "__name__", "") in self.NAMES
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_fused_loss_under_no_grad_forms_no_gradients_even_for_trainable_tensors(eps):
+    """Validation scores parameters that require grad: under no_grad it must only score."""
+    g = torch.Generator().manual_seed(4)
+    hidden = torch.randn(17, 6, generator=g, dtype=torch.float64)
+    weight = torch.randn(13, 6, generator=g, dtype=torch.float64)
+    target = torch.randint(1, 13, (17,), generator=g)
+    runs = {}
+    for trainable in (False, True):
+        h = hidden.clone().requires_grad_(trainable)
+        w = weight.clone().requires_grad_(trainable)
+        with torch.no_grad(), MatmulCounter() as counter:
+            parts = projected_cross_entropy(h, w, target, eps, chunk_bytes=4 * 13 * 5)
+        runs[trainable] = parts, counter.count
+    (frozen, frozen_mm), (trainable, trainable_mm) = runs[False], runs[True]
+    assert frozen_mm > 0  # the counter sees the projection of every chunk
+    assert trainable_mm == frozen_mm  # no gradient products on top of the projections
+    assert not trainable.loss.requires_grad
+    assert torch.equal(trainable.loss, frozen.loss) and torch.equal(trainable.nll, frozen.nll)
