@@ -106,7 +106,8 @@ def test_accumulated_micro_batches_give_the_gradient_of_one_big_batch(make_confi
         torch.manual_seed(0)
         model = Transformer(cfg.model)
         sgd = torch.optim.SGD(model.parameters(), lr=1.0)  # params move by exactly -grad
-        train.train_step(model, sgd, None, split, group, cfg, torch.device("cpu"), "fp32", 1.0)
+        trainer = train.Trainer(model, sgd, None, split, cfg, torch.device("cpu"), "fp32")
+        train.train_step(trainer, group, 1.0)
         results.append({k: v.detach().clone() for k, v in model.state_dict().items()})
     for name in results[0]:
         torch.testing.assert_close(results[0][name], results[1][name], rtol=1e-5, atol=1e-6)
