@@ -493,7 +493,9 @@ def train_step(trainer: Trainer, group: list[torch.Tensor], lr: float) -> StepRe
     """One update from `group` (accum_steps micro-batches of split indices) at rate `lr`.
 
     The loss of every micro-batch is a sum over its real tokens divided by the real tokens
-    of the whole group, so accumulation gives exactly the gradient of one big batch.
+    of the whole group, so accumulation gives exactly the gradient of one big batch. An
+    update whose loss or gradient norm is not finite (or, under fp16, whose gradients
+    overflowed the scaler) is not applied: the weights stay as they were.
     """
     optimizer, scaler, t = trainer.optimizer, trainer.scaler, trainer.cfg.train
     for param_group in optimizer.param_groups:
@@ -512,11 +514,9 @@ def train_step(trainer: Trainer, group: list[torch.Tensor], lr: float) -> StepRe
         nll_sum += parts.nll.detach()
     if scaler is not None:
         scaler.unscale_(optimizer)  # clip the true gradients, never the scaled ones
-    params = [p for p in trainer.model.parameters() if p.grad is not None]
-    if t.clip_norm > 0:
-        torch.nn.utils.clip_grad_norm_(params, t.clip_norm)
+    norm = grad_norm([p for p in trainer.model.parameters() if p.grad is not None], t.clip_norm)
     # one host sync per update: the price of counting skipped steps exactly
-    finite = bool(torch.isfinite(loss_sum))
+    finite = bool(torch.isfinite(loss_sum) & torch.isfinite(norm))
     if scaler is not None:
         scale_before = scaler.get_scale()
         scaler.step(optimizer)  # skips the update itself when gradients overflowed
@@ -526,6 +526,17 @@ def train_step(trainer: Trainer, group: list[torch.Tensor], lr: float) -> StepRe
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return StepResult(loss_sum.cpu(), nll_sum.cpu(), n_tokens, finite)
+
+
+def grad_norm(params: list[torch.nn.Parameter], clip_norm: float) -> torch.Tensor:
+    """The total L2 norm of the gradients of `params`, clipping them to `clip_norm` if > 0.
+
+    The norm is what tells a NaN or inf in any gradient from a finite one, so it is taken
+    without clipping too.
+    """
+    if clip_norm > 0:
+        return torch.nn.utils.clip_grad_norm_(params, clip_norm)
+    return torch.nn.utils.get_total_norm([p.grad for p in params])
 
 
 def train_record(progress: Progress, window: Window, lr: float) -> dict:
