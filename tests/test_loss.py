@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 import torch
@@ -12,10 +13,12 @@ from hypothesis import strategies as st
 
 from transformer_cli.core.specials import PAD_ID
 from transformer_cli.training.loss import (
+    LossParts,
     masked_cross_entropy,
     per_token,
     perplexity,
     projected_cross_entropy,
+    split_loss,
 )
 
 EPS = [0.0, 0.1, 0.3]
@@ -284,3 +287,34 @@ def test_fused_loss_under_no_grad_forms_no_gradients_even_for_trainable_tensors(
     assert trainable_mm == frozen_mm  # no gradient products on top of the projections
     assert not trainable.loss.requires_grad
     assert torch.equal(trainable.loss, frozen.loss) and torch.equal(trainable.nll, frozen.nll)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("scale", [1.0, 30.0, 1e3])  # ~4, ~100 and ~4000 nats per token
+def test_split_perplexity_is_exp_of_its_nll_at_any_size(monkeypatch, scale, fused):
+    """Valid/test perplexity is exp(per-token NLL): no cap, inf only where exp overflows."""
+    from transformer_cli.core.config import Config, ModelConfig, TrainConfig
+    from transformer_cli.data.store import EncodedSplit
+    from transformer_cli.model.transformer import Transformer
+    from transformer_cli.training import loss as loss_mod
+
+    real = loss_mod.batch_loss
+
+    def scaled(*args, **kwargs):  # a model as much worse as `scale` says
+        parts = real(*args, **kwargs)
+        return LossParts(parts.loss * scale, parts.nll * scale, parts.n_tokens)
+
+    monkeypatch.setattr(loss_mod, "batch_loss", scaled)
+    torch.manual_seed(0)
+    model_cfg = ModelConfig(src_vocab=30, tgt_vocab=30, d_model=16, heads=2, enc_layers=1,
+                            dec_layers=1, d_ff=32, dropout=0.0)  # fmt: skip
+    cfg = Config(run_dir="unused", model=model_cfg, train=TrainConfig(fused_loss=fused))
+    src = [torch.randint(4, 30, (n,)).tolist() for n in (3, 5, 2)]
+    tgt = [torch.randint(4, 30, (n,)).tolist() for n in (4, 2, 6)]
+    split = EncodedSplit.from_lists(src, tgt)
+    result = split_loss(Transformer(model_cfg), split, cfg, torch.device("cpu"), "fp32")
+    assert result["tokens"] == 4 + 2 + 6 + 3  # every target and its EOS
+    if result["nll"] > math.log(sys.float_info.max):
+        assert result["ppl"] == math.inf
+    else:  # nll is rounded to 4 decimals, so exp of it is within a relative 1e-4
+        assert result["ppl"] == pytest.approx(math.exp(result["nll"]), rel=2e-4)

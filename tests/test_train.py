@@ -402,3 +402,17 @@ def test_train_evaluate_and_translate_run_without_the_datasets_package(make_conf
         )
         assert done.returncode == 0, (args[0], done.stderr[-2000:])
     assert "datasets" not in done.stderr
+
+
+@pytest.mark.parametrize("nll_per_token", [0.5, 4.0, 120.0, 5000.0])
+def test_train_records_report_exp_of_their_nll_uncapped(nll_per_token):
+    """A train record's perplexity is exp(nll): no cap, inf only where exp overflows."""
+    import math
+    import sys
+
+    window = train.Window(loss=torch.tensor(1.0), nll=torch.tensor(nll_per_token * 40), tokens=40)
+    record = train.train_record(train.Progress(step=3), window, lr=1e-3)
+    assert record["nll"] == pytest.approx(nll_per_token)
+    overflows = nll_per_token > math.log(sys.float_info.max)
+    expected = math.inf if overflows else pytest.approx(math.exp(nll_per_token))
+    assert record["ppl"] == expected

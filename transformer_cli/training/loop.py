@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 import signal
 import sys
 import time
@@ -36,7 +35,7 @@ from transformer_cli.fast import allocator
 from transformer_cli.model.transformer import Transformer
 from transformer_cli.training import lock, schedule
 from transformer_cli.training.evaluate import score_texts
-from transformer_cli.training.loss import batch_loss, split_loss
+from transformer_cli.training.loss import batch_loss, per_token, perplexity, split_loss
 
 
 @dataclass
@@ -540,14 +539,14 @@ def grad_norm(params: list[torch.nn.Parameter], clip_norm: float) -> torch.Tenso
 
 
 def train_record(progress: Progress, window: Window, lr: float) -> dict:
-    nll = float(window.nll) / window.tokens
+    nll_sum = float(window.nll)
     return {
         "kind": "train",
         "step": progress.step,
         "epoch": progress.epoch,
-        "loss": float(window.loss) / window.tokens,
-        "nll": nll,
-        "ppl": math.exp(min(nll, 50.0)),
+        "loss": per_token(float(window.loss), window.tokens),
+        "nll": per_token(nll_sum, window.tokens),
+        "ppl": perplexity(nll_sum, window.tokens),  # inf for a diverged model
         "lr": lr,
         "tokens_per_s": window.tokens / max(time.monotonic() - window.t0, 1e-9),
         "elapsed": round(progress.elapsed, 2),
