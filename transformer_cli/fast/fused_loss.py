@@ -18,14 +18,14 @@ def fused_cross_entropy(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The summed (loss, nll) of `masked_cross_entropy(hidden @ weight.T, target)`, chunked.
 
-    The fast path of the same objective. The (N, V) logits of a 4,096-token batch with an
-    8,000-piece vocabulary take 131 MB in float32, and the plain path keeps several such
-    tensors alive (logits, log-probabilities, their gradients). Here the rows go through
-    in chunks of `chunk_bytes` of float32 logits: each chunk is projected, its losses
-    summed, and, when gradients are wanted (grad mode on and `hidden` or `weight` requiring
-    grad), its logit gradient formed in place and pushed straight through the projection.
-    Backward then only scales the stored gradients; under `torch.no_grad` nothing beyond
-    the loss is formed.
+    The fast path of the same objective. The plain path keeps several (N, V) tensors alive
+    at once (logits, log-probabilities, their gradient); here the rows go through in
+    chunks of `chunk_bytes` of float32 logits, so one chunk's logits at most exist at a
+    time (what that saves: docs/performance.md, section "fast/fused_loss.py"). Each chunk
+    is projected, its losses summed, and, when gradients are wanted (grad mode on and
+    `hidden` or `weight` requiring grad), its logit gradient formed in place and pushed
+    straight through the projection. Backward then only scales the stored gradients;
+    under `torch.no_grad` nothing beyond the loss is formed.
 
     Args:
         hidden: (N, D) decoder states of REAL target positions only (select them first:
