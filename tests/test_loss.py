@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 import torch
@@ -12,10 +13,12 @@ from hypothesis import strategies as st
 
 from transformer_cli.core.specials import PAD_ID
 from transformer_cli.training.loss import (
+    LossParts,
     masked_cross_entropy,
     per_token,
     perplexity,
     projected_cross_entropy,
+    split_loss,
 )
 
 EPS = [0.0, 0.1, 0.3]
@@ -249,3 +252,69 @@ def test_fused_loss_checks_its_arguments():
         projected_cross_entropy(hidden, weight, torch.ones(3, dtype=torch.long))
     with pytest.raises(ValueError, match="label_smoothing"):
         projected_cross_entropy(hidden, weight, torch.ones(4, dtype=torch.long), 1.0)
+
+
+class MatmulCounter(torch.overrides.TorchFunctionMode):
+    """Counts the matrix products a block of code asks torch for."""
+
+    NAMES = {"mm", "addmm", "addmm_", "matmul", "__matmul__", "__rmatmul__"}
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.count += getattr(func, "__name__", "") in self.NAMES
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_fused_loss_under_no_grad_forms_no_gradients_even_for_trainable_tensors(eps):
+    """Validation scores parameters that require grad: under no_grad it must only score."""
+    g = torch.Generator().manual_seed(4)
+    hidden = torch.randn(17, 6, generator=g, dtype=torch.float64)
+    weight = torch.randn(13, 6, generator=g, dtype=torch.float64)
+    target = torch.randint(1, 13, (17,), generator=g)
+    runs = {}
+    for trainable in (False, True):
+        h = hidden.clone().requires_grad_(trainable)
+        w = weight.clone().requires_grad_(trainable)
+        with torch.no_grad(), MatmulCounter() as counter:
+            parts = projected_cross_entropy(h, w, target, eps, chunk_bytes=4 * 13 * 5)
+        runs[trainable] = parts, counter.count
+    (frozen, frozen_mm), (trainable, trainable_mm) = runs[False], runs[True]
+    assert frozen_mm > 0  # the counter sees the projection of every chunk
+    assert trainable_mm == frozen_mm  # no gradient products on top of the projections
+    assert not trainable.loss.requires_grad
+    assert torch.equal(trainable.loss, frozen.loss) and torch.equal(trainable.nll, frozen.nll)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("scale", [1.0, 30.0, 1e3])  # ~4, ~100 and ~4000 nats per token
+def test_split_perplexity_is_exp_of_its_nll_at_any_size(monkeypatch, scale, fused):
+    """Valid/test perplexity is exp(per-token NLL): no cap, inf only where exp overflows."""
+    from transformer_cli.core.config import Config, ModelConfig, TrainConfig
+    from transformer_cli.data.store import EncodedSplit
+    from transformer_cli.model.transformer import Transformer
+    from transformer_cli.training import loss as loss_mod
+
+    real = loss_mod.batch_loss
+
+    def scaled(*args, **kwargs):  # a model as much worse as `scale` says
+        parts = real(*args, **kwargs)
+        return LossParts(parts.loss * scale, parts.nll * scale, parts.n_tokens)
+
+    monkeypatch.setattr(loss_mod, "batch_loss", scaled)
+    torch.manual_seed(0)
+    model_cfg = ModelConfig(src_vocab=30, tgt_vocab=30, d_model=16, heads=2, enc_layers=1,
+                            dec_layers=1, d_ff=32, dropout=0.0)  # fmt: skip
+    cfg = Config(run_dir="unused", model=model_cfg, train=TrainConfig(fused_loss=fused))
+    src = [torch.randint(4, 30, (n,)).tolist() for n in (3, 5, 2)]
+    tgt = [torch.randint(4, 30, (n,)).tolist() for n in (4, 2, 6)]
+    split = EncodedSplit.from_lists(src, tgt)
+    result = split_loss(Transformer(model_cfg), split, cfg, torch.device("cpu"), "fp32")
+    assert result["tokens"] == 4 + 2 + 6 + 3  # every target and its EOS
+    if result["nll"] > math.log(sys.float_info.max):
+        assert result["ppl"] == math.inf
+    else:  # nll is rounded to 4 decimals, so exp of it is within a relative 1e-4
+        assert result["ppl"] == pytest.approx(math.exp(result["nll"]), rel=2e-4)

@@ -106,7 +106,8 @@ def test_accumulated_micro_batches_give_the_gradient_of_one_big_batch(make_confi
         torch.manual_seed(0)
         model = Transformer(cfg.model)
         sgd = torch.optim.SGD(model.parameters(), lr=1.0)  # params move by exactly -grad
-        train.train_step(model, sgd, None, split, group, cfg, torch.device("cpu"), "fp32", 1.0)
+        trainer = train.Trainer(model, sgd, None, split, cfg, torch.device("cpu"), "fp32")
+        train.train_step(trainer, group, 1.0)
         results.append({k: v.detach().clone() for k, v in model.state_dict().items()})
     for name in results[0]:
         torch.testing.assert_close(results[0][name], results[1][name], rtol=1e-5, atol=1e-6)
@@ -143,6 +144,55 @@ def test_non_finite_steps_are_skipped_and_counted(make_config, monkeypatch):
         assert torch.isfinite(tensor).all(), name
     records = [json.loads(line) for line in open(f"{cfg.run_dir}/metrics.jsonl")]
     assert all(r["loss"] == r["loss"] for r in records)  # NaN never reaches the log
+
+
+def nan_gradients_on(steps: set[int], monkeypatch):
+    """Keep the loss finite on the given 1-based update numbers but make its gradient NaN."""
+    real = train.batch_loss
+    counter = {"n": 0}
+
+    def nan_backward(*args, **kwargs):
+        counter["n"] += 1
+        parts = real(*args, **kwargs)
+        if counter["n"] in steps:
+            loss = parts.loss.clone()
+            loss.register_hook(lambda grad: grad * float("nan"))
+            return LossParts(loss, parts.nll, parts.n_tokens)
+        return parts
+
+    monkeypatch.setattr(train, "batch_loss", nan_backward)
+
+
+@pytest.mark.parametrize("clip_norm", [0.0, 1.0])
+def test_a_non_finite_gradient_under_a_finite_loss_is_skipped(make_config, monkeypatch, clip_norm):
+    cfg = make_config(*TINY, "model.dropout=0", f"train.clip_norm={clip_norm}")
+    prepare.run(cfg)
+    split = cache.load_split(cfg.run_dir, "train")
+    group = batching.epoch_batches(split, 600, seed=1, epoch=0)[:1]
+    cfg = config_from_dict(
+        {**_plain(cfg), "model": {**_plain(cfg)["model"], "src_vocab": 100, "tgt_vocab": 100}}
+    )
+    model = Transformer(cfg.model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = train.make_optimizer(model, cfg, torch.device("cpu"))
+    trainer = train.Trainer(model, optimizer, None, split, cfg, torch.device("cpu"), "fp32")
+    nan_gradients_on({1}, monkeypatch)
+    result = train.train_step(trainer, group, 1e-3)
+    assert torch.isfinite(result.loss) and not result.applied
+    assert_same_weights(before, model.state_dict())
+    assert all(p.grad is None for p in model.parameters())  # nothing carried to the next step
+    assert train.train_step(trainer, group, 1e-3).applied  # the next update goes ahead
+
+
+@pytest.mark.parametrize("clip_norm", [0.0, 1.0])
+def test_runs_count_non_finite_gradients_as_skipped_steps(make_config, monkeypatch, clip_norm):
+    cfg = make_config(*TINY, "train.max_steps=6", f"train.clip_norm={clip_norm}")
+    prepare.run(cfg)
+    nan_gradients_on({2, 4}, monkeypatch)
+    summary = train.run(cfg)
+    assert summary["steps"] == 6 and summary["skipped_steps"] == 2
+    for name, tensor in weights(cfg.run_dir).items():
+        assert torch.isfinite(tensor).all(), name
 
 
 def test_too_many_bad_steps_stop_with_the_last_good_checkpoint_intact(make_config, monkeypatch):
@@ -352,3 +402,17 @@ def test_train_evaluate_and_translate_run_without_the_datasets_package(make_conf
         )
         assert done.returncode == 0, (args[0], done.stderr[-2000:])
     assert "datasets" not in done.stderr
+
+
+@pytest.mark.parametrize("nll_per_token", [0.5, 4.0, 120.0, 5000.0])
+def test_train_records_report_exp_of_their_nll_uncapped(nll_per_token):
+    """A train record's perplexity is exp(nll): no cap, inf only where exp overflows."""
+    import math
+    import sys
+
+    window = train.Window(loss=torch.tensor(1.0), nll=torch.tensor(nll_per_token * 40), tokens=40)
+    record = train.train_record(train.Progress(step=3), window, lr=1e-3)
+    assert record["nll"] == pytest.approx(nll_per_token)
+    overflows = nll_per_token > math.log(sys.float_info.max)
+    expected = math.inf if overflows else pytest.approx(math.exp(nll_per_token))
+    assert record["ppl"] == expected

@@ -1,12 +1,12 @@
 """Host memory for training: jemalloc where the system has it, a tuned glibc otherwise.
 
 Every training batch has its own shapes, so every step allocates its own mix of block
-sizes. glibc's heap fragments under that mix: on the small Multi30k model one step needs
-about 1.3 GiB, yet after two epochs the heap holds close to 3 GiB, most of it free
-blocks that no later request fits. jemalloc sorts blocks into size classes and keeps the
-same run near 1.6 GiB, at the same speed. So `tfx train` runs itself again under jemalloc
-when the library is installed (Debian/Ubuntu: `apt install libjemalloc2`) and
-TFX_ALLOCATOR is not `system`. This module imports no torch: the switch happens first.
+sizes. glibc's heap fragments under that mix, growing with free blocks that no later
+request fits; jemalloc sorts blocks into size classes and reuses them. So `tfx train`
+runs itself again under jemalloc when the library is installed (Debian/Ubuntu: `apt
+install libjemalloc2`) and TFX_ALLOCATOR is not `system`. This module imports no torch:
+the switch happens first. The measurements behind these choices: docs/performance.md,
+section "The allocator (fast/allocator.py)".
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from collections.abc import Callable, Mapping
 
 ENV = "TFX_ALLOCATOR"  # auto (default): jemalloc when installed; system: never switch
 # Freed pages stay with the process (decay -1): handing them back means the next step
-# faults them in again, zeroed, a fifth of a step's time. oversize_threshold 0: big
-# blocks share the size-classed arenas instead of one that returns them at once.
+# faults them in again, zeroed. oversize_threshold 0: big blocks share the size-classed
+# arenas instead of one that returns them at once.
 JEMALLOC_CONF = "oversize_threshold:0,dirty_decay_ms:-1,muzzy_decay_ms:-1"
 ONEDNN_PRIMITIVE_CACHE = 64  # see tune_cpu_memory
 
@@ -82,8 +82,8 @@ def tune_cpu_memory(primitive_cache: int = ONEDNN_PRIMITIVE_CACHE) -> bool:
 
     Caps oneDNN's cache of compiled matmul kernels (bf16 on CPU) at `primitive_cache`
     entries unless ONEDNN_PRIMITIVE_CACHE_CAPACITY is set: with batch-dependent shapes
-    the default of 1024 keeps ~2 MB per shape ever seen (about 1 GiB by the end of the
-    first epoch) and barely hits, while one step needs ~40.
+    its default capacity (1024) fills with kernels for shapes that do not come back
+    (what that costs: docs/performance.md, section "The allocator (fast/allocator.py)").
 
     Under glibc (jemalloc is configured by MALLOC_CONF instead, see `use_jemalloc`): by
     default glibc hands each freed block of more than a few MB back to the kernel

@@ -18,12 +18,15 @@ def fused_cross_entropy(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The summed (loss, nll) of `masked_cross_entropy(hidden @ weight.T, target)`, chunked.
 
-    The fast path of the same objective. The (N, V) logits of a 4,096-token batch with an
-    8,000-piece vocabulary take 131 MB in float32, and the plain path keeps several such
-    tensors alive (logits, log-probabilities, their gradients). Here the rows go through
-    in chunks of `chunk_bytes` of float32 logits: each chunk is projected, its losses
-    summed, and, when gradients are wanted, its logit gradient formed in place and pushed
-    straight through the projection. Backward then only scales the stored gradients.
+    The fast path of the same objective. The plain path keeps several (N, V) tensors alive
+    at once (logits, log-probabilities, their gradient); here the rows go through in
+    chunks of `chunk_bytes` of float32 logits, so one chunk's logits at most exist at a
+    time (what that saves: docs/performance.md, section "The fused loss
+    (fast/fused_loss.py)"). Each chunk is projected, its losses summed, and, when
+    gradients are wanted (grad mode on and `hidden` or `weight` requiring grad), its logit
+    gradient formed in place and pushed straight through the projection. Backward then
+    only scales the stored gradients; under `torch.no_grad` nothing beyond the loss is
+    formed.
 
     Args:
         hidden: (N, D) decoder states of REAL target positions only (select them first:
@@ -40,8 +43,12 @@ def fused_cross_entropy(
         shapes = f"hidden {tuple(hidden.shape)} does not match target {tuple(target.shape)}"
         raise ValueError(shapes)
     rows = max(1, chunk_bytes // (4 * weight.shape[0]))
+    # Decided here, not in forward: autograd runs forward with grad mode off, and its
+    # ctx.needs_input_grad follows requires_grad alone, so under torch.no_grad (validation,
+    # evaluate) it would still ask for the gradients of trainable parameters.
+    want_grads = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
     loss, nll = _ProjectedCrossEntropy.apply(
-        hidden, weight, target, label_smoothing, dtype or hidden.dtype, rows
+        hidden, weight, target, label_smoothing, dtype or hidden.dtype, rows, want_grads
     )
     return loss, nll.detach()
 
@@ -55,10 +62,10 @@ class _ProjectedCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, target, eps, dtype, rows):
+    def forward(ctx, hidden, weight, target, eps, dtype, rows, want_grads):
         n, d = hidden.shape
         vocab = weight.shape[0]
-        want_hidden, want_weight = ctx.needs_input_grad[:2]
+        want_hidden, want_weight = (want_grads and need for need in ctx.needs_input_grad[:2])
         exact = torch.promote_types(dtype, torch.float32)  # the softmax's dtype: never 16-bit
         with torch.autocast(hidden.device.type, enabled=False):
             h, w = hidden.to(dtype), weight.to(dtype)
@@ -99,4 +106,4 @@ class _ProjectedCrossEntropy(torch.autograd.Function):
         grad_h, grad_w = ctx.saved_tensors
         dh = None if grad_h is None else (grad_h.to(grad_loss.dtype) * grad_loss).to(ctx.dtypes[0])
         dw = None if grad_w is None else (grad_w * grad_loss).to(ctx.dtypes[1])
-        return dh, dw, None, None, None, None
+        return dh, dw, None, None, None, None, None

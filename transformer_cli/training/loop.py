@@ -1,4 +1,6 @@
-"""The training loop. It reads top to bottom: setup, resume, then steps, validations, saves.
+"""The training loop. It reads top to bottom: setup (and resume), the loop (updates, logs,
+validations with their saves), the end (a last validation or a signal's save, the summary).
+The run's state travels in one `Session`; what an update needs, in its `Trainer`.
 
 The pieces it calls are small and testable alone: batches (batching.py), the masked
 loss (loss.py), the learning-rate schedule (schedule.py), checkpoints (checkpoint.py)
@@ -10,12 +12,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import torch
 from tqdm import tqdm
@@ -33,7 +36,7 @@ from transformer_cli.fast import allocator
 from transformer_cli.model.transformer import Transformer
 from transformer_cli.training import lock, schedule
 from transformer_cli.training.evaluate import score_texts
-from transformer_cli.training.loss import batch_loss, split_loss
+from transformer_cli.training.loss import batch_loss, per_token, perplexity, split_loss
 
 
 @dataclass
@@ -52,6 +55,112 @@ class Progress:
     bad_in_a_row: int = 0
 
 
+@dataclass
+class Trainer:
+    """What an update reads and changes; `scaler` is None unless precision is fp16."""
+
+    model: Transformer | CompiledSteps  # what the step calls: may be a compiled view
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    split: cache.EncodedSplit
+    cfg: Config
+    device: torch.device
+    precision: str
+
+
+@dataclass
+class StepResult:
+    """One update's sums over its real target tokens, and whether it was applied."""
+
+    loss: torch.Tensor  # () the label-smoothed objective, summed, on the host
+    nll: torch.Tensor  # () the unsmoothed NLL, summed, on the host
+    tokens: int  # real target tokens
+    applied: bool  # False: non-finite, the weights were left as they were
+
+
+@dataclass
+class Window:
+    """The running sums of the train record being gathered since the last one was logged."""
+
+    loss: torch.Tensor = dataclasses.field(default_factory=lambda: torch.zeros(()))
+    nll: torch.Tensor = dataclasses.field(default_factory=lambda: torch.zeros(()))
+    tokens: int = 0
+    t0: float = dataclasses.field(default_factory=time.monotonic)  # its training time starts
+
+
+@dataclass
+class MetricsLog:
+    """metrics.jsonl, appended one JSON record a line and flushed as written."""
+
+    path: Path
+    file: TextIO
+
+    @classmethod
+    def open(cls, path: Path) -> MetricsLog:
+        drop_partial_record(path)
+        return cls(path, path.open("a", encoding="utf-8"))
+
+    def write(self, record: dict) -> None:
+        """Append `record`; a failed write (a full disk) is a TrainingError naming the file."""
+        try:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+        except OSError as e:  # a full disk usually shows here first, before a checkpoint save
+            raise TrainingError(checkpoint.write_failure(e, self.path)) from None
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):  # a failed write was reported already
+            self.file.close()
+
+
+@dataclass
+class StopSignals:
+    """Ctrl-C (or SIGTERM) asks to stop at the next step boundary; a second one kills.
+
+    `received` holds the signals caught while installed; `restore` puts back the handlers
+    that were there before `install`.
+    """
+
+    received: list[int] = dataclasses.field(default_factory=list)
+    previous: dict = dataclasses.field(default_factory=dict)
+
+    def install(self) -> None:
+        self.previous = {s: signal.signal(s, self._caught) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def _caught(self, signum, _frame) -> None:
+        self.received.append(signum)
+        signal.signal(signum, signal.SIG_DFL)  # the next one kills
+
+    def restore(self) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+@dataclass
+class Session:
+    """One `tfx train` run: what setup built, and where the loop stands."""
+
+    run_dir: Path
+    tokenizer: Tokenizer
+    model: Transformer  # the weights saved and validated (the trainer may step a compiled view)
+    trainer: Trainer
+    valid: cache.EncodedSplit
+    valid_refs: list[str]
+    progress: Progress
+    signals: StopSignals = dataclasses.field(default_factory=StopSignals)
+    metrics: MetricsLog | None = None  # open while the loop runs
+    bar: tqdm | None = None  # open while the loop runs
+    window: Window = dataclasses.field(default_factory=Window)
+    started: float = 0.0  # time.monotonic() at which training time would have been 0
+    batches: list[torch.Tensor] = dataclasses.field(default_factory=list)  # this epoch's
+    stop_reason: str = ""
+    last_eval_step: int = -1
+
+    @property
+    def cfg(self) -> Config:
+        return self.trainer.cfg
+
+
 def run(cfg: Config, resume: bool = False) -> dict:
     """Train as configured; return a summary. Everything is written under cfg.run_dir."""
     run_dir = Path(cfg.run_dir)
@@ -62,16 +171,27 @@ def run(cfg: Config, resume: bool = False) -> dict:
 
 
 def _train(cfg: Config, run_dir: Path, resume: bool) -> dict:
+    session = setup(cfg, run_dir, resume)
+    with opened(session):
+        train_loop(session)
+        finish(session)
+    summary = summarize(session)
+    print(format_summary(summary))
+    return summary
+
+
+# ---------------------------------------------------------------------- setup
+
+
+def setup(cfg: Config, run_dir: Path, resume: bool) -> Session:
+    """Build the run: device, data, model, optimizer; restore a checkpoint when resuming."""
     t = cfg.train
-    # ------------------------------------------------------------------ setup
     cache.load_meta(run_dir)  # a clear error if `tfx prepare` has not run
     tokenizer = Tokenizer.load(run_dir)
-    cfg = dataclasses.replace(
-        cfg,
-        model=dataclasses.replace(
-            cfg.model, src_vocab=tokenizer.src_vocab_size, tgt_vocab=tokenizer.tgt_vocab_size
-        ),
+    model_cfg = dataclasses.replace(
+        cfg.model, src_vocab=tokenizer.src_vocab_size, tgt_vocab=tokenizer.tgt_vocab_size
     )
+    cfg = dataclasses.replace(cfg, model=model_cfg)
     device = runtime.pick_device(t.device)
     precision = runtime.resolve_precision(t.precision, device)
     threads = runtime.set_threads(t.threads)
@@ -82,29 +202,18 @@ def _train(cfg: Config, run_dir: Path, resume: bool) -> dict:
     train_split = cache.load_split(run_dir, "train")
     valid_split = cache.load_split(run_dir, "valid")
     valid_refs = cache.load_text(run_dir, "valid", "tgt")
-
     model = Transformer(cfg.model).to(device)
     optimizer = make_optimizer(model, cfg, device)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
-    progress = Progress()
+    trainer = Trainer(model, optimizer, scaler, train_split, cfg, device, precision)
+    session = Session(run_dir, tokenizer, model, trainer, valid_split, valid_refs, Progress())
 
-    if not resume and checkpoint.step_checkpoints(run_dir):
-        raise TrainingError(
-            f"{run_dir} already holds a training run ({checkpoint.checkpoints_dir(run_dir)}); "
-            "continue it with --resume, or train into another run_dir"
-        )
+    refuse_a_second_run(run_dir, resume)
     if resume:
-        path, state = checkpoint.find_resumable(run_dir)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        progress = Progress(**state["progress"])
-        checkpoint.restore_rng(state["rng"])
-        print(f"resuming from {path} at step {progress.step}", file=sys.stderr)
+        restore(session)
     write_resolved(cfg, run_dir)
-    step_model = CompiledSteps(model) if t.compile else model
-
+    if t.compile:
+        trainer.model = CompiledSteps(model)
     n_params = sum(p.numel() for p in model.parameters())
     print(
         f"training {n_params:,} parameters on "
@@ -112,160 +221,215 @@ def _train(cfg: Config, run_dir: Path, resume: bool) -> dict:
         f"{len(train_split):,} training pairs; run dir {run_dir}",
         file=sys.stderr,
     )
+    return session
 
-    def save(is_best: bool) -> Path:
-        state = {
-            "tfx_version": __version__,
-            "config": to_dict(cfg),
-            "tokenizer": tokenizer.to_bytes(),
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "progress": dataclasses.asdict(progress),
-            "rng": checkpoint.capture_rng(),
-        }
-        return checkpoint.save_step(run_dir, state, progress.step, t.keep_last, best=is_best)
 
-    def validate() -> dict:
-        result = validation(model, valid_split, valid_refs, tokenizer, cfg, device, precision)
-        improved = result["bleu"] > progress.best_bleu
-        if improved:
-            progress.best_bleu, progress.best_step = result["bleu"], progress.step
-            progress.evals_since_best = 0
-        else:
-            progress.evals_since_best += 1
-        log({"kind": "valid", "step": progress.step, **result})
-        bar.write(
-            f"step {progress.step:>7}  valid loss {result['loss']:.3f}  ppl {result['ppl']:.2f}  "
-            f"BLEU {result['bleu']:.2f}" + ("  (best)" if improved else "")
+def refuse_a_second_run(run_dir: Path, resume: bool) -> None:
+    """A fresh run into a run_dir that already holds checkpoints is an error."""
+    if not resume and checkpoint.step_checkpoints(run_dir):
+        raise TrainingError(
+            f"{run_dir} already holds a training run ({checkpoint.checkpoints_dir(run_dir)}); "
+            "continue it with --resume, or train into another run_dir"
         )
-        save(is_best=improved)
-        return result
 
-    metrics_path = run_dir / "metrics.jsonl"
-    drop_partial_record(metrics_path)
-    metrics_file = metrics_path.open("a", encoding="utf-8")
 
-    def log(record: dict) -> None:
-        try:
-            metrics_file.write(json.dumps(record) + "\n")
-            metrics_file.flush()
-        except OSError as e:  # a full disk usually shows here first, before a checkpoint save
-            raise TrainingError(checkpoint.write_failure(e, metrics_path)) from None
+def restore(session: Session) -> None:
+    """Load the latest good checkpoint: weights, optimizer, scaler, progress and RNG."""
+    path, state = checkpoint.find_resumable(session.run_dir)
+    trainer = session.trainer
+    session.model.load_state_dict(state["model"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    if trainer.scaler is not None and state.get("scaler"):
+        trainer.scaler.load_state_dict(state["scaler"])
+    session.progress = Progress(**state["progress"])
+    checkpoint.restore_rng(state["rng"])
+    print(f"resuming from {path} at step {session.progress.step}", file=sys.stderr)
 
-    # Ctrl-C (or SIGTERM) stops at the next step boundary with a checkpoint; a second one kills.
-    stop_signal: list[int] = []
 
-    def on_signal(signum, _frame):
-        stop_signal.append(signum)
-        signal.signal(signum, signal.SIG_DFL)
-
-    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    # ------------------------------------------------------------------ the loop
-    bar = tqdm(
-        total=t.max_steps or None,
-        initial=progress.step,
+@contextlib.contextmanager
+def opened(session: Session) -> Iterator[None]:
+    """The metrics log, the stop signals and the progress bar, for as long as the loop runs."""
+    session.metrics = MetricsLog.open(session.run_dir / "metrics.jsonl")
+    session.signals.install()
+    session.bar = tqdm(
+        total=session.cfg.train.max_steps or None,
+        initial=session.progress.step,
         unit="step",
         dynamic_ncols=True,
         disable=None,
         file=sys.stderr,
     )
-    started = time.monotonic() - progress.elapsed
-    window = {"loss": torch.zeros(()), "nll": torch.zeros(()), "tokens": 0, "t0": time.monotonic()}
-    # A resumed run may have ended already (killed after its final checkpoint, or resumed
-    # with the same limits): then it must not add a step, a validation or a save.
-    stop_reason = stop_condition(progress, t, stop_signal)
-    last_eval_step = progress.step if stop_reason else -1
     try:
-        batches = batching.epoch_batches(train_split, t.batch_tokens, t.seed, progress.epoch)
-        while not stop_reason:
-            while progress.batch_pos < len(batches):
-                group = batches[progress.batch_pos : progress.batch_pos + t.accum_steps]
-                lr = schedule.learning_rate(progress.step + 1, t, cfg.model.d_model)
-                loss_sum, nll_sum, n_tokens, finite = train_step(
-                    step_model, optimizer, scaler, train_split, group, cfg, device, precision, lr
-                )
-                progress.batch_pos += len(group)
-                progress.step += 1
-                progress.tokens += n_tokens
-                progress.elapsed = time.monotonic() - started
-                if finite:
-                    progress.bad_in_a_row = 0
-                    window["loss"] += loss_sum
-                    window["nll"] += nll_sum
-                    window["tokens"] += n_tokens
-                else:
-                    progress.skipped_steps += 1
-                    progress.bad_in_a_row += 1
-                    if progress.bad_in_a_row >= t.max_bad_steps:
-                        raise TrainingError(
-                            f"{progress.bad_in_a_row} non-finite losses in a row at step "
-                            f"{progress.step} (train.max_bad_steps={t.max_bad_steps}); the last "
-                            f"good checkpoint in {run_dir / 'checkpoints'} is intact. Try a lower "
-                            "learning rate, train.clip_norm, or train.precision: fp32"
-                        )
-                bar.update(1)
-
-                if progress.step % t.log_every == 0 and window["tokens"]:
-                    record = train_record(progress, window, lr)
-                    log(record)
-                    bar.set_postfix(
-                        loss=f"{record['loss']:.3f}",
-                        lr=f"{lr:.2e}",
-                        tok_s=f"{record['tokens_per_s']:.0f}",
-                        refresh=False,
-                    )
-                    window.update(
-                        loss=torch.zeros(()), nll=torch.zeros(()), tokens=0, t0=time.monotonic()
-                    )
-
-                if progress.step % t.eval_every == 0:
-                    paused = time.monotonic()
-                    validate()
-                    # the log's tokens/s is the training loop's own: validation is left out
-                    window["t0"] += time.monotonic() - paused
-                    last_eval_step = progress.step
-                    if t.patience and progress.evals_since_best >= t.patience:
-                        stop_reason = f"early stopping: no better BLEU in {t.patience} validations"
-                stop_reason = stop_reason or stop_condition(progress, t, stop_signal)
-                if stop_reason:
-                    break
-            else:
-                progress.epoch += 1
-                progress.batch_pos = 0
-                stop_reason = stop_condition(progress, t, stop_signal)
-                if not stop_reason:
-                    batches = batching.epoch_batches(
-                        train_split, t.batch_tokens, t.seed, progress.epoch
-                    )
-        # ------------------------------------------------------------------ the end
-        if stop_signal:
-            save(is_best=False)
-        elif last_eval_step != progress.step:
-            validate()
+        yield
     finally:
-        bar.close()
-        with contextlib.suppress(OSError):  # a failed write was reported already
-            metrics_file.close()
-        for s, handler in old_handlers.items():
-            signal.signal(s, handler)
+        session.bar.close()
+        session.metrics.close()
+        session.signals.restore()
 
-    summary = {
+
+# ---------------------------------------------------------------------- the loop
+
+
+def train_loop(session: Session) -> None:
+    """Update, log and validate until a stop condition holds; epochs roll over in between.
+
+    A resumed run may have ended already (killed after its final checkpoint, or resumed
+    with the same limits): then it adds no step, no validation and no save.
+    """
+    t, progress = session.cfg.train, session.progress
+    session.started = time.monotonic() - progress.elapsed
+    session.window = Window()
+    session.stop_reason = stop_condition(progress, t, session.signals.received)
+    session.last_eval_step = progress.step if session.stop_reason else -1
+    split = session.trainer.split
+    session.batches = batching.epoch_batches(split, t.batch_tokens, t.seed, progress.epoch)
+    while not session.stop_reason:
+        if progress.batch_pos < len(session.batches):
+            update(session)
+        else:
+            next_epoch(session)
+
+
+def next_epoch(session: Session) -> None:
+    t, progress = session.cfg.train, session.progress
+    progress.epoch += 1
+    progress.batch_pos = 0
+    session.stop_reason = stop_condition(progress, t, session.signals.received)
+    if not session.stop_reason:
+        session.batches = batching.epoch_batches(
+            session.trainer.split, t.batch_tokens, t.seed, progress.epoch
+        )
+
+
+def update(session: Session) -> None:
+    """One optimizer update from the next batches, its log record and validation; then
+    whether to stop."""
+    t, progress = session.cfg.train, session.progress
+    group = session.batches[progress.batch_pos : progress.batch_pos + t.accum_steps]
+    lr = schedule.learning_rate(progress.step + 1, t, session.cfg.model.d_model)
+    result = train_step(session.trainer, group, lr)
+    progress.batch_pos += len(group)
+    progress.step += 1
+    progress.tokens += result.tokens
+    progress.elapsed = time.monotonic() - session.started
+    count(session, result)
+    session.bar.update(1)
+    if progress.step % t.log_every == 0 and session.window.tokens:
+        log_train(session, lr)
+    if progress.step % t.eval_every == 0:
+        paused = time.monotonic()
+        validate(session)
+        # the log's tokens/s is the training loop's own: validation is left out
+        session.window.t0 += time.monotonic() - paused
+        session.last_eval_step = progress.step
+        if t.patience and progress.evals_since_best >= t.patience:
+            session.stop_reason = f"early stopping: no better BLEU in {t.patience} validations"
+    session.stop_reason = session.stop_reason or stop_condition(
+        progress, t, session.signals.received
+    )
+
+
+def count(session: Session, result: StepResult) -> None:
+    """Add an applied update to the window; count a skipped one, aborting after too many."""
+    progress, window = session.progress, session.window
+    if result.applied:
+        progress.bad_in_a_row = 0
+        window.loss += result.loss
+        window.nll += result.nll
+        window.tokens += result.tokens
+        return
+    progress.skipped_steps += 1
+    progress.bad_in_a_row += 1
+    limit = session.cfg.train.max_bad_steps
+    if progress.bad_in_a_row >= limit:
+        raise TrainingError(
+            f"{progress.bad_in_a_row} non-finite losses in a row at step "
+            f"{progress.step} (train.max_bad_steps={limit}); the last "
+            f"good checkpoint in {session.run_dir / 'checkpoints'} is intact. Try a lower "
+            "learning rate, train.clip_norm, or train.precision: fp32"
+        )
+
+
+def log_train(session: Session, lr: float) -> None:
+    record = train_record(session.progress, session.window, lr)
+    session.metrics.write(record)
+    session.bar.set_postfix(
+        loss=f"{record['loss']:.3f}",
+        lr=f"{lr:.2e}",
+        tok_s=f"{record['tokens_per_s']:.0f}",
+        refresh=False,
+    )
+    session.window = Window()
+
+
+def validate(session: Session) -> None:
+    """Score the valid split, log and print it, and save a checkpoint (best if improved)."""
+    trainer, progress = session.trainer, session.progress
+    result = validation(
+        session.model,
+        session.valid,
+        session.valid_refs,
+        session.tokenizer,
+        trainer.cfg,
+        trainer.device,
+        trainer.precision,
+    )
+    improved = result["bleu"] > progress.best_bleu
+    if improved:
+        progress.best_bleu, progress.best_step = result["bleu"], progress.step
+        progress.evals_since_best = 0
+    else:
+        progress.evals_since_best += 1
+    session.metrics.write({"kind": "valid", "step": progress.step, **result})
+    session.bar.write(
+        f"step {progress.step:>7}  valid loss {result['loss']:.3f}  ppl {result['ppl']:.2f}  "
+        f"BLEU {result['bleu']:.2f}" + ("  (best)" if improved else "")
+    )
+    save(session, is_best=improved)
+
+
+def save(session: Session, is_best: bool) -> Path:
+    trainer = session.trainer
+    state = {
+        "tfx_version": __version__,
+        "config": to_dict(trainer.cfg),
+        "tokenizer": session.tokenizer.to_bytes(),
+        "model": session.model.state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "scaler": trainer.scaler.state_dict() if trainer.scaler is not None else None,
+        "progress": dataclasses.asdict(session.progress),
+        "rng": checkpoint.capture_rng(),
+    }
+    keep = trainer.cfg.train.keep_last
+    return checkpoint.save_step(session.run_dir, state, session.progress.step, keep, best=is_best)
+
+
+# ---------------------------------------------------------------------- the end
+
+
+def finish(session: Session) -> None:
+    """A stop by signal saves where it stands; otherwise the last step gets its validation."""
+    if session.signals.received:
+        save(session, is_best=False)
+    elif session.last_eval_step != session.progress.step:
+        validate(session)
+
+
+def summarize(session: Session) -> dict:
+    progress, checkpoints = session.progress, session.run_dir / "checkpoints"
+    return {
         "steps": progress.step,
-        "epochs": round(progress.epoch + progress.batch_pos / max(1, len(batches)), 2),
+        "epochs": round(progress.epoch + progress.batch_pos / max(1, len(session.batches)), 2),
         "seconds": round(progress.elapsed, 1),
         "tokens": progress.tokens,
         "tokens_per_s": round(progress.tokens / max(progress.elapsed, 1e-9), 1),
         "best_bleu": progress.best_bleu,
         "best_step": progress.best_step,
         "skipped_steps": progress.skipped_steps,
-        "stopped": stop_reason,
-        "last": str(run_dir / "checkpoints" / "last.pt"),
-        "best": str(run_dir / "checkpoints" / "best.pt"),
+        "stopped": session.stop_reason,
+        "last": str(checkpoints / "last.pt"),
+        "best": str(checkpoints / "best.pt"),
     }
-    print(format_summary(summary))
-    return summary
 
 
 def drop_partial_record(path: Path) -> None:
@@ -325,21 +489,24 @@ def make_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device):
         return cls(model.parameters(), foreach=True, **kwargs)
 
 
-def train_step(model, optimizer, scaler, split, group, cfg: Config, device, precision, lr):
-    """One update from `group` (accum_steps micro-batches): returns sums and whether it was applied.
+def train_step(trainer: Trainer, group: list[torch.Tensor], lr: float) -> StepResult:
+    """One update from `group` (accum_steps micro-batches of split indices) at rate `lr`.
 
     The loss of every micro-batch is a sum over its real tokens divided by the real tokens
-    of the whole group, so accumulation gives exactly the gradient of one big batch.
+    of the whole group, so accumulation gives exactly the gradient of one big batch. An
+    update whose loss or gradient norm is not finite (or, under fp16, whose gradients
+    overflowed the scaler) is not applied: the weights stay as they were.
     """
+    optimizer, scaler, t = trainer.optimizer, trainer.scaler, trainer.cfg.train
     for param_group in optimizer.param_groups:
         param_group["lr"] = lr
-    batches = [batching.collate(split, indices) for indices in group]
+    batches = [batching.collate(trainer.split, indices) for indices in group]
     n_tokens = sum(b.n_tokens for b in batches)
-    loss_sum = torch.zeros((), device=device)
-    nll_sum = torch.zeros((), device=device)
+    loss_sum = torch.zeros((), device=trainer.device)
+    nll_sum = torch.zeros((), device=trainer.device)
     for batch in batches:
         parts = batch_loss(
-            model, batch, cfg.train.label_smoothing, device, precision, cfg.train.fused_loss
+            trainer.model, batch, t.label_smoothing, trainer.device, trainer.precision, t.fused_loss
         )
         loss = parts.loss / n_tokens
         (scaler.scale(loss) if scaler is not None else loss).backward()
@@ -347,11 +514,9 @@ def train_step(model, optimizer, scaler, split, group, cfg: Config, device, prec
         nll_sum += parts.nll.detach()
     if scaler is not None:
         scaler.unscale_(optimizer)  # clip the true gradients, never the scaled ones
-    params = [p for p in model.parameters() if p.grad is not None]
-    if cfg.train.clip_norm > 0:
-        torch.nn.utils.clip_grad_norm_(params, cfg.train.clip_norm)
+    norm = grad_norm([p for p in trainer.model.parameters() if p.grad is not None], t.clip_norm)
     # one host sync per update: the price of counting skipped steps exactly
-    finite = bool(torch.isfinite(loss_sum))
+    finite = bool(torch.isfinite(loss_sum) & torch.isfinite(norm))
     if scaler is not None:
         scale_before = scaler.get_scale()
         scaler.step(optimizer)  # skips the update itself when gradients overflowed
@@ -360,21 +525,31 @@ def train_step(model, optimizer, scaler, split, group, cfg: Config, device, prec
     elif finite:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss_sum.cpu(), nll_sum.cpu(), n_tokens, finite
+    return StepResult(loss_sum.cpu(), nll_sum.cpu(), n_tokens, finite)
 
 
-def train_record(progress: Progress, window: dict, lr: float) -> dict:
-    tokens = window["tokens"]
-    nll = float(window["nll"]) / tokens
+def grad_norm(params: list[torch.nn.Parameter], clip_norm: float) -> torch.Tensor:
+    """The total L2 norm of the gradients of `params`, clipping them to `clip_norm` if > 0.
+
+    The norm is what tells a NaN or inf in any gradient from a finite one, so it is taken
+    without clipping too.
+    """
+    if clip_norm > 0:
+        return torch.nn.utils.clip_grad_norm_(params, clip_norm)
+    return torch.nn.utils.get_total_norm([p.grad for p in params])
+
+
+def train_record(progress: Progress, window: Window, lr: float) -> dict:
+    nll_sum = float(window.nll)
     return {
         "kind": "train",
         "step": progress.step,
         "epoch": progress.epoch,
-        "loss": float(window["loss"]) / tokens,
-        "nll": nll,
-        "ppl": math.exp(min(nll, 50.0)),
+        "loss": per_token(float(window.loss), window.tokens),
+        "nll": per_token(nll_sum, window.tokens),
+        "ppl": perplexity(nll_sum, window.tokens),  # inf for a diverged model
         "lr": lr,
-        "tokens_per_s": tokens / max(time.monotonic() - window["t0"], 1e-9),
+        "tokens_per_s": window.tokens / max(time.monotonic() - window.t0, 1e-9),
         "elapsed": round(progress.elapsed, 2),
         "skipped_steps": progress.skipped_steps,
     }

@@ -130,7 +130,10 @@ def batch_loss(model, batch, label_smoothing: float, device, precision: str, fus
 
 @torch.no_grad()
 def split_loss(model, split, cfg, device, precision: str) -> dict:
-    """Per-token negative log-likelihood and perplexity of a split, without label smoothing."""
+    """Per-token negative log-likelihood and `perplexity` of a split, without label smoothing.
+
+    Both are NaN for a split without target tokens.
+    """
     nll = torch.zeros((), dtype=torch.float64)
     tokens = 0
     # valid/test pairs are not length-filtered: cut them to what the positions hold
@@ -140,9 +143,8 @@ def split_loss(model, split, cfg, device, precision: str) -> dict:
         parts = batch_loss(model, batch, 0.0, device, precision, cfg.train.fused_loss)
         nll += parts.nll.double().cpu()
         tokens += batch.n_tokens
-    per_token = float(nll) / max(tokens, 1)
     return {
-        "nll": round(per_token, 4),
-        "ppl": round(math.exp(min(per_token, 50.0)), 3),
+        "nll": round(per_token(float(nll), tokens), 4),
+        "ppl": round(perplexity(float(nll), tokens), 3),  # inf for a diverged model
         "tokens": tokens,
     }
