@@ -38,12 +38,13 @@ def worker(args) -> dict:
 
     from transformer_cli.data import batching
     from transformer_cli.fast import allocator
-    from transformer_cli.training import loop as train
     from transformer_cli.training import schedule
+    from transformer_cli.training import step as train
 
     cfg, device, precision, _, split, model, optimizer = setup(
         args.config, [*args.set, "train.device=cpu"]
     )
+    trainer = train.Trainer(model, optimizer, None, split, cfg, device, precision)
     trace, step, epoch, tokens = [], 0, 0, 0
     started = time.perf_counter()
     while step < args.steps:
@@ -51,9 +52,7 @@ def worker(args) -> dict:
             if step == args.steps:
                 break
             lr = schedule.learning_rate(step + 1, cfg.train, cfg.model.d_model)
-            tokens += train.train_step(
-                model, optimizer, None, split, [batch], cfg, device, precision, lr
-            )[2]
+            tokens += train.train_step(trainer, [batch], lr).tokens
             step += 1
             if step % args.every == 0 or step == args.steps:
                 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

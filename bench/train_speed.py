@@ -5,7 +5,7 @@
 
 The run dir must be prepared (`tfx prepare`). Each variant
 (precision[+compile][+math|+sdpa][+unfused][+cudnn][+glibc]) runs the real training step
-(`train.train_step`) on the run's own batches in a fresh subprocess, so that peak memory
+(`training/step.py: train_step`) on the run's own batches in a fresh subprocess, so that peak memory
 is its own, under the malloc `tfx train` would use (jemalloc where installed, see
 `transformer_cli/allocator.py`; +glibc keeps the system's); variants alternate over
 `--rounds`, because this kind of machine drifts by up to 10% between identical runs.
@@ -79,7 +79,7 @@ def setup(config: str, overrides: list[str]):
     from transformer_cli.data import store as cache
     from transformer_cli.data.tokenizer import Tokenizer
     from transformer_cli.fast import allocator
-    from transformer_cli.training import loop as train
+    from transformer_cli.training import step as train
 
     cfg = load_config(config, overrides)
     tok = Tokenizer.load(cfg.run_dir)
@@ -105,7 +105,7 @@ def worker(args) -> dict:
 
     from transformer_cli.data import batching
     from transformer_cli.fast import allocator
-    from transformer_cli.training import loop as train
+    from transformer_cli.training import step as train
 
     precision, *flags = args.variant.split("+")
     overrides = [*args.set, f"train.precision={precision}"]
@@ -124,10 +124,10 @@ def worker(args) -> dict:
     per_step = cfg.train.accum_steps
     groups = [batches[i : i + per_step] for i in range(0, len(batches), per_step)]
 
+    trainer = train.Trainer(step_model, optimizer, scaler, split, cfg, device, precision)
+
     def step(group) -> int:
-        return train.train_step(
-            step_model, optimizer, scaler, split, group, cfg, device, precision, 1e-4
-        )[2]
+        return train.train_step(trainer, group, 1e-4).tokens
 
     for group in groups[: args.warmup]:
         step(group)

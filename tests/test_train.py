@@ -20,6 +20,7 @@ from transformer_cli.data import batching, prepare
 from transformer_cli.data import store as cache
 from transformer_cli.model.transformer import Transformer
 from transformer_cli.training import loop as train
+from transformer_cli.training import step
 from transformer_cli.training.loss import LossParts
 
 TINY = (
@@ -106,8 +107,8 @@ def test_accumulated_micro_batches_give_the_gradient_of_one_big_batch(make_confi
         torch.manual_seed(0)
         model = Transformer(cfg.model)
         sgd = torch.optim.SGD(model.parameters(), lr=1.0)  # params move by exactly -grad
-        trainer = train.Trainer(model, sgd, None, split, cfg, torch.device("cpu"), "fp32")
-        train.train_step(trainer, group, 1.0)
+        trainer = step.Trainer(model, sgd, None, split, cfg, torch.device("cpu"), "fp32")
+        step.train_step(trainer, group, 1.0)
         results.append({k: v.detach().clone() for k, v in model.state_dict().items()})
     for name in results[0]:
         torch.testing.assert_close(results[0][name], results[1][name], rtol=1e-5, atol=1e-6)
@@ -121,7 +122,7 @@ def _plain(cfg):
 
 def nan_on(steps: set[int], monkeypatch):
     """Make the loss non-finite on the given 1-based update numbers."""
-    real = train.batch_loss
+    real = step.batch_loss
     counter = {"n": 0}
 
     def maybe_nan(*args, **kwargs):
@@ -131,7 +132,7 @@ def nan_on(steps: set[int], monkeypatch):
             return LossParts(parts.loss * float("nan"), parts.nll * float("nan"), parts.n_tokens)
         return parts
 
-    monkeypatch.setattr(train, "batch_loss", maybe_nan)
+    monkeypatch.setattr(step, "batch_loss", maybe_nan)
 
 
 def test_non_finite_steps_are_skipped_and_counted(make_config, monkeypatch):
@@ -148,7 +149,7 @@ def test_non_finite_steps_are_skipped_and_counted(make_config, monkeypatch):
 
 def nan_gradients_on(steps: set[int], monkeypatch):
     """Keep the loss finite on the given 1-based update numbers but make its gradient NaN."""
-    real = train.batch_loss
+    real = step.batch_loss
     counter = {"n": 0}
 
     def nan_backward(*args, **kwargs):
@@ -160,7 +161,7 @@ def nan_gradients_on(steps: set[int], monkeypatch):
             return LossParts(loss, parts.nll, parts.n_tokens)
         return parts
 
-    monkeypatch.setattr(train, "batch_loss", nan_backward)
+    monkeypatch.setattr(step, "batch_loss", nan_backward)
 
 
 @pytest.mark.parametrize("clip_norm", [0.0, 1.0])
@@ -175,13 +176,13 @@ def test_a_non_finite_gradient_under_a_finite_loss_is_skipped(make_config, monke
     model = Transformer(cfg.model)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     optimizer = train.make_optimizer(model, cfg, torch.device("cpu"))
-    trainer = train.Trainer(model, optimizer, None, split, cfg, torch.device("cpu"), "fp32")
+    trainer = step.Trainer(model, optimizer, None, split, cfg, torch.device("cpu"), "fp32")
     nan_gradients_on({1}, monkeypatch)
-    result = train.train_step(trainer, group, 1e-3)
+    result = step.train_step(trainer, group, 1e-3)
     assert torch.isfinite(result.loss) and not result.applied
     assert_same_weights(before, model.state_dict())
     assert all(p.grad is None for p in model.parameters())  # nothing carried to the next step
-    assert train.train_step(trainer, group, 1e-3).applied  # the next update goes ahead
+    assert step.train_step(trainer, group, 1e-3).applied  # the next update goes ahead
 
 
 @pytest.mark.parametrize("clip_norm", [0.0, 1.0])
@@ -202,7 +203,7 @@ def test_too_many_bad_steps_stop_with_the_last_good_checkpoint_intact(make_confi
     good = weights(cfg.run_dir)
     more = make_config(*TINY, "train.max_steps=20", "train.max_bad_steps=3")
     nan_on(set(range(3, 100)), monkeypatch)
-    with pytest.raises(TrainingError, match="3 non-finite losses in a row"):
+    with pytest.raises(TrainingError, match=r"3 non-finite updates \(loss or gradients\) in a row"):
         train.run(more, resume=True)
     assert_same_weights(good, weights(cfg.run_dir))
     assert not (Path(cfg.run_dir) / "train.lock").exists()  # the lock is released

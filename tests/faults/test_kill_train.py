@@ -87,7 +87,7 @@ def test_resuming_a_finished_run_trains_no_further(tmp_path, prepared, limit):
 STEPS, EVERY = 60, 3
 # where a kill lands: a pause point (see faultlib.install_pause), or a random moment
 KILL_POINTS = {
-    "mid-step": "call|transformer_cli.training.loop.batch_loss|{steps}",
+    "mid-step": "call|transformer_cli.training.step.batch_loss|{steps}",
     "mid-validation": "call|transformer_cli.training.loop.decode_all|{saves}",
     "checkpoint write": "write|checkpoint|{saves}",
     "before last.pt/best.pt relink": "call|transformer_cli.core.checkpoint.publish|{saves}",

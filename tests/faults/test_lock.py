@@ -29,7 +29,7 @@ def test_a_second_trainer_refuses_and_a_dead_owners_lock_is_taken_over(
     train = [sys.executable, "-m", "transformer_cli", "train", "--config", str(config)]
     marker, log = tmp_path / "paused", tmp_path / "log"
     # the first trainer holds the lock, stopped in its first step
-    first = start_tfx(train[3:], log, pause="call|transformer_cli.training.loop.batch_loss|1",
+    first = start_tfx(train[3:], log, pause="call|transformer_cli.training.step.batch_loss|1",
                       marker=marker)  # fmt: skip
     try:
         wait_until(marker.exists, first, log=log)

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from transformer_cli.cli.app import app
 from transformer_cli.core import checkpoint
-from transformer_cli.training import loop as train
+from transformer_cli.training import step as train
 from transformer_cli.training.loss import LossParts
 
 pytestmark = pytest.mark.faults
@@ -54,7 +54,8 @@ def test_too_many_in_a_row_stop_with_one_line_and_the_checkpoints_intact(finishe
     before = {p.name: p.read_bytes() for p in run_dir.glob("checkpoints/*.pt")}
     nan_on(set(range(1, 30)), monkeypatch)  # steps 13, 14 and 15: it stops before saving 15
     result = CliRunner().invoke(app, ["train", "--config", str(config), "--resume"])
-    assert_one_error(result, "3 non-finite losses in a row at step 15 (train.max_bad_steps=3)")
+    expected = "3 non-finite updates (loss or gradients) in a row at step 15"
+    assert_one_error(result, f"{expected} (train.max_bad_steps=3)")
     assert "last good checkpoint" in result.stderr
     after = {p.name: p.read_bytes() for p in run_dir.glob("checkpoints/*.pt")}
     assert after == before

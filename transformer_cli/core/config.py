@@ -107,7 +107,7 @@ class TrainConfig:
     eval_every: int = 1000
     keep_last: int = 3
     patience: int = 0  # validations without a better BLEU before stopping; 0 = never stop early
-    max_bad_steps: int = 10  # non-finite losses in a row before training stops
+    max_bad_steps: int = 10  # non-finite updates (loss or gradients) in a row before it stops
 
 
 @dataclass(frozen=True)

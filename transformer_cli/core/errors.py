@@ -39,7 +39,7 @@ class CheckpointError(TfxError):
 
 
 class TrainingError(TfxError):
-    """Training cannot go on (for example: too many non-finite losses in a row)."""
+    """Training cannot go on (for example: too many non-finite updates in a row)."""
 
 
 def debug_enabled() -> bool:

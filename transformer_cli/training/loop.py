@@ -2,23 +2,22 @@
 validations with their saves), the end (a last validation or a signal's save, the summary).
 The run's state travels in one `Session`; what an update needs, in its `Trainer`.
 
-The pieces it calls are small and testable alone: batches (batching.py), the masked
-loss (loss.py), the learning-rate schedule (schedule.py), checkpoints (checkpoint.py)
-and greedy decoding for validation BLEU (search.py).
+The pieces it calls are small and testable alone: one update (step.py: batches, the
+masked loss of loss.py), the learning-rate schedule (schedule.py), what the run records
+(records.py), checkpoints (core/checkpoint.py) and greedy decoding for validation BLEU
+(decoding/stream.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import signal
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
 
 import torch
 from tqdm import tqdm
@@ -36,81 +35,21 @@ from transformer_cli.fast import allocator
 from transformer_cli.model.transformer import Transformer
 from transformer_cli.training import lock, schedule
 from transformer_cli.training.evaluate import score_texts
-from transformer_cli.training.loss import batch_loss, per_token, perplexity, split_loss
-
-
-@dataclass
-class Progress:
-    """Where training stands; saved in every checkpoint so that --resume continues exactly."""
-
-    step: int = 0  # optimizer updates done
-    epoch: int = 0  # current epoch (0-based)
-    batch_pos: int = 0  # batches of this epoch already consumed
-    elapsed: float = 0.0  # training seconds so far, across resumes
-    tokens: int = 0  # real target tokens trained on
-    best_bleu: float = -1.0
-    best_step: int = 0
-    evals_since_best: int = 0
-    skipped_steps: int = 0  # updates skipped for non-finite loss or gradients
-    bad_in_a_row: int = 0
-
-
-@dataclass
-class Trainer:
-    """What an update reads and changes; `scaler` is None unless precision is fp16."""
-
-    model: Transformer | CompiledSteps  # what the step calls: may be a compiled view
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler | None
-    split: cache.EncodedSplit
-    cfg: Config
-    device: torch.device
-    precision: str
-
-
-@dataclass
-class StepResult:
-    """One update's sums over its real target tokens, and whether it was applied."""
-
-    loss: torch.Tensor  # () the label-smoothed objective, summed, on the host
-    nll: torch.Tensor  # () the unsmoothed NLL, summed, on the host
-    tokens: int  # real target tokens
-    applied: bool  # False: non-finite, the weights were left as they were
-
-
-@dataclass
-class Window:
-    """The running sums of the train record being gathered since the last one was logged."""
-
-    loss: torch.Tensor = dataclasses.field(default_factory=lambda: torch.zeros(()))
-    nll: torch.Tensor = dataclasses.field(default_factory=lambda: torch.zeros(()))
-    tokens: int = 0
-    t0: float = dataclasses.field(default_factory=time.monotonic)  # its training time starts
-
-
-@dataclass
-class MetricsLog:
-    """metrics.jsonl, appended one JSON record a line and flushed as written."""
-
-    path: Path
-    file: TextIO
-
-    @classmethod
-    def open(cls, path: Path) -> MetricsLog:
-        drop_partial_record(path)
-        return cls(path, path.open("a", encoding="utf-8"))
-
-    def write(self, record: dict) -> None:
-        """Append `record`; a failed write (a full disk) is a TrainingError naming the file."""
-        try:
-            self.file.write(json.dumps(record) + "\n")
-            self.file.flush()
-        except OSError as e:  # a full disk usually shows here first, before a checkpoint save
-            raise TrainingError(checkpoint.write_failure(e, self.path)) from None
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):  # a failed write was reported already
-            self.file.close()
+from transformer_cli.training.loss import split_loss
+from transformer_cli.training.records import (
+    MetricsLog,
+    Progress,
+    Window,
+    format_summary,
+    train_record,
+)
+from transformer_cli.training.step import (
+    CompiledSteps,
+    StepResult,
+    Trainer,
+    make_optimizer,
+    train_step,
+)
 
 
 @dataclass
@@ -343,7 +282,7 @@ def count(session: Session, result: StepResult) -> None:
     limit = session.cfg.train.max_bad_steps
     if progress.bad_in_a_row >= limit:
         raise TrainingError(
-            f"{progress.bad_in_a_row} non-finite losses in a row at step "
+            f"{progress.bad_in_a_row} non-finite updates (loss or gradients) in a row at step "
             f"{progress.step} (train.max_bad_steps={limit}); the last "
             f"good checkpoint in {session.run_dir / 'checkpoints'} is intact. Try a lower "
             "learning rate, train.clip_norm, or train.precision: fp32"
@@ -432,24 +371,6 @@ def summarize(session: Session) -> dict:
     }
 
 
-def drop_partial_record(path: Path) -> None:
-    """Cut a last line left without its newline (a write that failed on a full disk).
-
-    Appending after it would glue the next record onto the fragment, and the log would
-    no longer parse.
-    """
-    try:
-        with open(path, "rb+") as f:
-            size = f.seek(0, 2)
-            start = max(0, size - (1 << 16))  # records are far shorter than this
-            f.seek(start)
-            tail = f.read()
-            if tail and not tail.endswith(b"\n") and (b"\n" in tail or start == 0):
-                f.truncate(start + tail.rfind(b"\n") + 1)
-    except FileNotFoundError:
-        pass
-
-
 def stop_condition(progress: Progress, t, stop_signal: list[int]) -> str:
     if stop_signal:
         name = signal.Signals(stop_signal[0]).name
@@ -461,98 +382,6 @@ def stop_condition(progress: Progress, t, stop_signal: list[int]) -> str:
     if t.max_minutes and progress.elapsed >= t.max_minutes * 60:
         return f"reached train.max_minutes={t.max_minutes:g}"
     return ""
-
-
-class CompiledSteps:
-    """The three calls a training step makes, each through torch.compile.
-
-    `torch.compile(model)` would compile `forward` only, which the step never calls: it
-    encodes, decodes to hidden states, and projects just the real positions.
-    """
-
-    def __init__(self, model: Transformer) -> None:
-        self.encode = torch.compile(model.encode, dynamic=True)
-        self.decode_hidden = torch.compile(model.decode_hidden, dynamic=True)
-        self.logits = torch.compile(model.logits, dynamic=True)
-        self.out_proj = model.out_proj  # the fused loss projects in chunks itself
-        self.parameters = model.parameters
-
-
-def make_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device):
-    """Adam(0.9, 0.98, eps 1e-9) as in the paper, or AdamW; fused where torch has it."""
-    t = cfg.train
-    cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-    kwargs = dict(lr=0.0, betas=t.betas, eps=t.eps, weight_decay=t.weight_decay)
-    try:
-        return cls(model.parameters(), fused=device.type in ("cuda", "cpu"), **kwargs)
-    except (RuntimeError, TypeError):
-        return cls(model.parameters(), foreach=True, **kwargs)
-
-
-def train_step(trainer: Trainer, group: list[torch.Tensor], lr: float) -> StepResult:
-    """One update from `group` (accum_steps micro-batches of split indices) at rate `lr`.
-
-    The loss of every micro-batch is a sum over its real tokens divided by the real tokens
-    of the whole group, so accumulation gives exactly the gradient of one big batch. An
-    update whose loss or gradient norm is not finite (or, under fp16, whose gradients
-    overflowed the scaler) is not applied: the weights stay as they were.
-    """
-    optimizer, scaler, t = trainer.optimizer, trainer.scaler, trainer.cfg.train
-    for param_group in optimizer.param_groups:
-        param_group["lr"] = lr
-    batches = [batching.collate(trainer.split, indices) for indices in group]
-    n_tokens = sum(b.n_tokens for b in batches)
-    loss_sum = torch.zeros((), device=trainer.device)
-    nll_sum = torch.zeros((), device=trainer.device)
-    for batch in batches:
-        parts = batch_loss(
-            trainer.model, batch, t.label_smoothing, trainer.device, trainer.precision, t.fused_loss
-        )
-        loss = parts.loss / n_tokens
-        (scaler.scale(loss) if scaler is not None else loss).backward()
-        loss_sum += parts.loss.detach()
-        nll_sum += parts.nll.detach()
-    if scaler is not None:
-        scaler.unscale_(optimizer)  # clip the true gradients, never the scaled ones
-    norm = grad_norm([p for p in trainer.model.parameters() if p.grad is not None], t.clip_norm)
-    # one host sync per update: the price of counting skipped steps exactly
-    finite = bool(torch.isfinite(loss_sum) & torch.isfinite(norm))
-    if scaler is not None:
-        scale_before = scaler.get_scale()
-        scaler.step(optimizer)  # skips the update itself when gradients overflowed
-        scaler.update()
-        finite = finite and scaler.get_scale() >= scale_before
-    elif finite:
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return StepResult(loss_sum.cpu(), nll_sum.cpu(), n_tokens, finite)
-
-
-def grad_norm(params: list[torch.nn.Parameter], clip_norm: float) -> torch.Tensor:
-    """The total L2 norm of the gradients of `params`, clipping them to `clip_norm` if > 0.
-
-    The norm is what tells a NaN or inf in any gradient from a finite one, so it is taken
-    without clipping too.
-    """
-    if clip_norm > 0:
-        return torch.nn.utils.clip_grad_norm_(params, clip_norm)
-    return torch.nn.utils.get_total_norm([p.grad for p in params])
-
-
-def train_record(progress: Progress, window: Window, lr: float) -> dict:
-    nll_sum = float(window.nll)
-    return {
-        "kind": "train",
-        "step": progress.step,
-        "epoch": progress.epoch,
-        "loss": per_token(float(window.loss), window.tokens),
-        "nll": per_token(nll_sum, window.tokens),
-        "ppl": perplexity(nll_sum, window.tokens),  # inf for a diverged model
-        "lr": lr,
-        "tokens_per_s": window.tokens / max(time.monotonic() - window.t0, 1e-9),
-        "elapsed": round(progress.elapsed, 2),
-        "skipped_steps": progress.skipped_steps,
-    }
 
 
 @torch.no_grad()
@@ -568,15 +397,3 @@ def validation(model, split, refs, tokenizer, cfg: Config, device, precision) ->
     finally:
         model.train()
     return {"loss": loss["nll"], "ppl": loss["ppl"], "bleu": scores["bleu"], "chrf": scores["chrf"]}
-
-
-def format_summary(s: dict) -> str:
-    best = f"{s['best_bleu']:.2f} (step {s['best_step']})" if s["best_bleu"] >= 0 else "n/a"
-    lines = [
-        f"done: {s['stopped'] or 'finished'}",
-        f"  steps {s['steps']}, epochs {s['epochs']}, {s['seconds']} s, "
-        f"{s['tokens_per_s']:.0f} target tokens/s",
-        f"  best valid BLEU {best}; skipped steps {s['skipped_steps']}",
-        f"  checkpoints: {s['last']} (last), {s['best']} (best)",
-    ]
-    return "\n".join(lines)

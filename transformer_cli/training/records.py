@@ -1,0 +1,116 @@
+"""What a training run records: its `Progress` (saved in every checkpoint), the records of
+metrics.jsonl, and the summary it prints at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import torch
+
+from transformer_cli.core import checkpoint
+from transformer_cli.core.errors import TrainingError
+from transformer_cli.training.loss import per_token, perplexity
+
+
+@dataclass
+class Progress:
+    """Where training stands; saved in every checkpoint so that --resume continues exactly."""
+
+    step: int = 0  # optimizer updates done
+    epoch: int = 0  # current epoch (0-based)
+    batch_pos: int = 0  # batches of this epoch already consumed
+    elapsed: float = 0.0  # training seconds so far, across resumes
+    tokens: int = 0  # real target tokens trained on
+    best_bleu: float = -1.0
+    best_step: int = 0
+    evals_since_best: int = 0
+    skipped_steps: int = 0  # updates skipped for non-finite loss or gradients
+    bad_in_a_row: int = 0
+
+
+@dataclass
+class Window:
+    """The running sums of the train record being gathered since the last one was logged."""
+
+    loss: torch.Tensor = dataclasses.field(default_factory=lambda: torch.zeros(()))
+    nll: torch.Tensor = dataclasses.field(default_factory=lambda: torch.zeros(()))
+    tokens: int = 0
+    t0: float = dataclasses.field(default_factory=time.monotonic)  # its training time starts
+
+
+@dataclass
+class MetricsLog:
+    """metrics.jsonl, appended one JSON record a line and flushed as written."""
+
+    path: Path
+    file: TextIO
+
+    @classmethod
+    def open(cls, path: Path) -> MetricsLog:
+        drop_partial_record(path)
+        return cls(path, path.open("a", encoding="utf-8"))
+
+    def write(self, record: dict) -> None:
+        """Append `record`; a failed write (a full disk) is a TrainingError naming the file."""
+        try:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+        except OSError as e:  # a full disk usually shows here first, before a checkpoint save
+            raise TrainingError(checkpoint.write_failure(e, self.path)) from None
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):  # a failed write was reported already
+            self.file.close()
+
+
+def drop_partial_record(path: Path) -> None:
+    """Cut a last line left without its newline (a write that failed on a full disk).
+
+    Appending after it would glue the next record onto the fragment, and the log would
+    no longer parse.
+    """
+    try:
+        with open(path, "rb+") as f:
+            size = f.seek(0, 2)
+            start = max(0, size - (1 << 16))  # records are far shorter than this
+            f.seek(start)
+            tail = f.read()
+            if tail and not tail.endswith(b"\n") and (b"\n" in tail or start == 0):
+                f.truncate(start + tail.rfind(b"\n") + 1)
+    except FileNotFoundError:
+        pass
+
+
+def train_record(progress: Progress, window: Window, lr: float) -> dict:
+    nll_sum = float(window.nll)
+    return {
+        "kind": "train",
+        "step": progress.step,
+        "epoch": progress.epoch,
+        "loss": per_token(float(window.loss), window.tokens),
+        "nll": per_token(nll_sum, window.tokens),
+        "ppl": perplexity(nll_sum, window.tokens),  # inf for a diverged model
+        "lr": lr,
+        "tokens_per_s": window.tokens / max(time.monotonic() - window.t0, 1e-9),
+        "elapsed": round(progress.elapsed, 2),
+        "skipped_steps": progress.skipped_steps,
+    }
+
+
+def format_summary(s: dict) -> str:
+    best = f"{s['best_bleu']:.2f} (step {s['best_step']})" if s["best_bleu"] >= 0 else "n/a"
+    lines = [
+        f"done: {s['stopped'] or 'finished'}",
+        f"  steps {s['steps']}, epochs {s['epochs']}, {s['seconds']} s, "
+        f"{s['tokens_per_s']:.0f} target tokens/s",
+        f"  best valid BLEU {best}; skipped steps {s['skipped_steps']}",
+        f"  checkpoints: {s['last']} (last), {s['best']} (best)",
+    ]
+    return "\n".join(lines)
