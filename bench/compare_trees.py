@@ -9,7 +9,7 @@ of the new one, each importing its own `transformer_cli` (PYTHONPATH), in an ord
 alternates between rounds, so that drift on a noisy machine falls on both. The two trees
 read the same prepared run dir and checkpoint. Reported per measurement: the median over
 rounds of new / old speed (above 1 = the new tree is faster), and every round's ratio.
-Writes bench/out/compare_trees.json, with the machine, its CPU flags, date and commits.
+Writes bench/out/compare_trees.json (or --out), with the machine, its CPU flags, date and commits.
 """
 
 from __future__ import annotations
@@ -75,6 +75,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--train", default="", help="train_speed.py's arguments")
     parser.add_argument("--decode", default="", help="decode_speed.py's arguments")
+    parser.add_argument("--out", type=Path, default=HERE / "out" / "compare_trees.json")
     args = parser.parse_args()
     trees = {"old": args.old.resolve(), "new": args.new.resolve()}
     benches = [
@@ -108,8 +109,9 @@ def main() -> None:
         "ratios_by_round": {n: [round(x, 4) for x in r] for n, r in ratios.items()},
         "speeds_by_round": per_round,
     }
-    (out_dir / "compare_trees.json").write_text(json.dumps(report, indent=2) + "\n", "utf-8")
-    print(f"wrote {out_dir / 'compare_trees.json'}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n", "utf-8")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
