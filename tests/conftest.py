@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import toy_splits, write_splits
 
 from transformer_cli.core.config import Config
 from transformer_cli.core.config_file import config_from_dict
@@ -23,16 +24,8 @@ def toy_pairs() -> list[tuple[str, str]]:
 def corpus_dir(tmp_path: Path, toy_pairs) -> Path:
     """{train,valid,test}.{en,de} text files: 240 / 30 / 30 toy pairs."""
     directory = tmp_path / "data"
-    write_splits(directory, {"train": toy_pairs[:240], "valid": toy_pairs[240:270],
-                             "test": toy_pairs[270:]})  # fmt: skip
+    write_splits(directory, toy_splits(toy_pairs))
     return directory
-
-
-def write_splits(directory: Path, splits: dict[str, list[tuple[str, str]]]) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, pairs in splits.items():
-        (directory / f"{name}.en").write_text("".join(f"{en}\n" for en, _ in pairs), "utf-8")
-        (directory / f"{name}.de").write_text("".join(f"{de}\n" for _, de in pairs), "utf-8")
 
 
 @pytest.fixture

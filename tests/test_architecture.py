@@ -6,6 +6,8 @@
 - `import transformer_cli.model` loads none of the CLI's or data pipeline's libraries.
 - Every fast/ module names its plain twin and the test that proves them equal.
 - Modules stay under ~400 lines and functions under ~60.
+- tests/ follows the package, and no test module imports another one or conftest
+  (what several need is in tests/helpers.py).
 """
 
 from __future__ import annotations
@@ -34,19 +36,31 @@ LAYERS = {
 
 # fast/ module -> (its plain twin, the test file and test that prove them equal)
 FAST_TWINS = {
-    "allocator": ("the system malloc", "test_allocator.py", "test_stays_as_it_is"),
+    "allocator": (
+        "the system malloc",
+        "fast/test_allocator.py",
+        "test_the_malloc_changes_no_number",
+    ),
     "dropout": (
         "torch.nn.Dropout, in distribution",
-        "test_dropout.py",
+        "fast/test_dropout.py",
         "test_keep_rate_is_one_minus_p_in_every_lane",
     ),
     "fused_loss": (
         "training.loss.masked_cross_entropy",
-        "test_loss.py",
+        "training/test_loss.py",
         "test_fused_loss_equals_the_plain_one_for_any_chunking",
     ),
-    "packing": ("F.linear", "test_packing.py", "test_packing_keeps_the_parameters_and_the_numbers"),
-    "sdpa": ("model.attention.attend_math", "test_model.py", "test_math_attention_equals_sdpa"),
+    "packing": (
+        "F.linear",
+        "fast/test_packing.py",
+        "test_packing_keeps_the_parameters_and_the_numbers",
+    ),
+    "sdpa": (
+        "model.attention.attend_math",
+        "model/test_model.py",
+        "test_math_attention_equals_sdpa",
+    ),
 }
 
 MAX_MODULE_LINES = 400
@@ -91,7 +105,7 @@ def package_of(module: str) -> str:
 
 
 def test_every_subpackage_has_a_place_in_the_layers():
-    packages = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    packages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
     assert packages == set(LAYERS)
 
 
@@ -192,3 +206,23 @@ def test_functions_stay_short():
                 if length > MAX_FUNCTION_LINES:
                     long.append(f"{name}.{node.name} ({length})")
     assert not long, f"functions over {MAX_FUNCTION_LINES} lines: {long}"
+
+
+def test_tests_follow_the_package():
+    folders = {p.name for p in TESTS.iterdir() if p.is_dir() and list(p.glob("test_*.py"))}
+    # faults/: crash, corruption and lock tests across every command
+    assert folders - {"faults"} <= set(LAYERS) - {"cli"}, folders
+
+
+def test_no_test_module_imports_another_or_conftest():
+    wrong = []
+    for path in sorted(TESTS.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            wrong += [f"{path.relative_to(TESTS)}: {n}" for n in names
+                      if n == "conftest" or n.split(".")[-1].startswith("test_")]  # fmt: skip
+    assert not wrong, wrong

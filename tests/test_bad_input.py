@@ -8,7 +8,6 @@ LINE_CASES are the inputs `tfx translate` accepts with a warning instead.
 
 from __future__ import annotations
 
-import builtins
 import json
 import shutil
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import write_splits
+from helpers import BASE, Trap, assert_one_line_error, tiny_raw, toy_splits, write_splits
 from typer.testing import CliRunner
 
 from transformer_cli.cli.app import app
@@ -25,23 +24,6 @@ from transformer_cli.core import checkpoint
 from transformer_cli.core.config_file import config_from_dict
 from transformer_cli.data import prepare
 from transformer_cli.training import loop as train
-
-BASE = {
-    "tokenizer": {"vocab_size": 100},
-    "model": {"d_model": 32, "heads": 2, "enc_layers": 1, "dec_layers": 1, "d_ff": 64},
-    "train": {"batch_tokens": 600, "warmup": 5, "threads": 1, "device": "cpu", "max_steps": 2,
-              "eval_every": 2},
-    "decode": {"max_len_a": 0, "max_len_b": 5},
-}  # fmt: skip
-
-
-def tiny_raw(root: Path, **sections: dict) -> dict:
-    """A valid tiny config dict for run dir `root/run` and corpus `root/data`."""
-    raw = {"run_dir": str(root / "run"), "data": {"source": "files", "dir": str(root / "data")},
-           **BASE}  # fmt: skip
-    for name, values in sections.items():
-        raw[name] = {**raw.get(name, {}), **values}
-    return raw
 
 
 @dataclass
@@ -94,16 +76,6 @@ class World:
         """The config of a run dir that holds the shared prepared cache (no checkpoints)."""
         shutil.copytree(self.shared.run_dir / "cache", self.root / "run" / "cache")
         return self.config()
-
-
-class Trap:
-    """Unpickling this runs open(marker, "w"): code a safe loader must never run."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (builtins.open, (str(self.marker), "w"))
 
 
 def evil(w: World) -> str:
@@ -295,8 +267,7 @@ CASES = [
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory, toy_pairs) -> Shared:
     root = tmp_path_factory.mktemp("bad_input")
-    write_splits(root / "data", {"train": toy_pairs[:240], "valid": toy_pairs[240:270],
-                                 "test": toy_pairs[270:]})  # fmt: skip
+    write_splits(root / "data", toy_splits(toy_pairs))
     cfg = config_from_dict(tiny_raw(root))
     prepare.run(cfg)
     train.run(cfg)
@@ -305,8 +276,7 @@ def shared(tmp_path_factory, toy_pairs) -> Shared:
 
 @pytest.fixture
 def world(tmp_path, shared, toy_pairs) -> World:
-    write_splits(tmp_path / "data", {"train": toy_pairs[:240], "valid": toy_pairs[240:270],
-                                     "test": toy_pairs[270:]})  # fmt: skip
+    write_splits(tmp_path / "data", toy_splits(toy_pairs))
     return World(tmp_path, shared)
 
 
@@ -317,20 +287,6 @@ def files_under(*roots: Path) -> dict[str, tuple[int, int]]:
         for p in root.rglob("*")
         if p.is_file()
     }
-
-
-def assert_one_line_error(result, fragment: str) -> None:
-    """Exit 2; stderr ends with the only `error:` line, which holds `fragment`; no traceback.
-
-    Commands that have started work may have printed progress lines before it (prepare's
-    "reading ..." and evaluate's "[1/1] CKPT").
-    """
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert lines and lines[-1].startswith("error: "), lines
-    assert [line for line in lines if "error" in line.split(":")[0]] == [lines[-1]], lines
-    assert fragment in lines[-1], lines[-1]
-    assert "Traceback" not in result.output and "internal error" not in result.output
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])

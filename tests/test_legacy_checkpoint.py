@@ -1,7 +1,7 @@
 """A checkpoint written by an earlier tfx still loads, translates the same, and trains on.
 
 The expected outputs were produced by tfx itself at the commit that wrote the checkpoint
-(tests/data/legacy_461f0ec/README.md): this is a compatibility check across versions, not
+(tests/fixtures/legacy_461f0ec/README.md): this is a compatibility check across versions, not
 a number copied from a run of the code under test.
 """
 
@@ -12,12 +12,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import write_splits
+from helpers import toy_splits, write_splits
 from typer.testing import CliRunner
 
 from transformer_cli.cli.app import app
 
-LEGACY = Path(__file__).parent / "data" / "legacy_461f0ec"
+LEGACY = Path(__file__).parent / "fixtures" / "legacy_461f0ec"
 FP32_CPU = ["--device", "cpu", "--precision", "fp32"]
 
 
@@ -42,8 +42,7 @@ def test_the_old_checkpoint_translates_as_it_did_with_beam_search(tmp_path):
 
 
 def test_the_old_checkpoint_trains_on_from_where_it_stopped(tmp_path, toy_pairs):
-    write_splits(tmp_path / "data", {"train": toy_pairs[:240], "valid": toy_pairs[240:270],
-                                     "test": toy_pairs[270:]})  # fmt: skip
+    write_splits(tmp_path / "data", toy_splits(toy_pairs))
     config = tmp_path / "legacy.yaml"
     shutil.copy(LEGACY / "legacy.yaml", config)
     sets = ["--set", f"run_dir={tmp_path / 'run'}", "--set", f"data.dir={tmp_path / 'data'}"]

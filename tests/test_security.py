@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import write_splits
-from test_bad_input import BASE, Trap, assert_one_line_error
+from helpers import BASE, Trap, assert_one_line_error, toy_splits, write_splits
 from typer.testing import CliRunner
 
 from transformer_cli.cli.app import app
@@ -29,10 +28,6 @@ from transformer_cli.data import prepare
 from transformer_cli.training import loop as train
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def splits(pairs):
-    return {"train": pairs[:240], "valid": pairs[240:270], "test": pairs[270:]}
 
 
 def tiny(run_dir: Path | str, data: Path | str, **train_options) -> dict:
@@ -75,7 +70,7 @@ def test_the_trap_is_real_and_the_loader_never_springs_it(tmp_path, make_trap):
 
 
 def test_a_crafted_newest_checkpoint_is_passed_over_for_an_intact_one(tmp_path, toy_pairs):
-    write_splits(tmp_path / "data", splits(toy_pairs))
+    write_splits(tmp_path / "data", toy_splits(toy_pairs))
     cfg = config_from_dict(tiny(tmp_path / "run", tmp_path / "data"))
     prepare.run(cfg)
     train.run(cfg)  # checkpoint at step 2
@@ -151,7 +146,7 @@ def test_a_whole_run_writes_only_into_the_run_dir_and_the_named_output(tmp_path,
     and TMPDIR empty too: afterwards every new or changed file is under the run dir or is
     the --output file, the working directory is still empty, and HOME and TMPDIR hold no
     file."""
-    write_splits(tmp_path / "data", splits(toy_pairs))
+    write_splits(tmp_path / "data", toy_splits(toy_pairs))
     run_dir = tmp_path / "elsewhere" / "run"
     config = tmp_path / "config" / "tiny.yaml"
     config.parent.mkdir()
@@ -197,7 +192,7 @@ def test_relative_paths_in_a_config_are_taken_from_the_working_directory(
 ):
     """As given: relative to where tfx runs, not to where the config file lives."""
     work = tmp_path / "work"
-    write_splits(work / "corpus", splits(toy_pairs))
+    write_splits(work / "corpus", toy_splits(toy_pairs))
     config = tmp_path / "configs" / "c.yaml"
     config.parent.mkdir()
     config.write_text(yaml.safe_dump(tiny("runs/rel", "corpus")))
@@ -212,7 +207,7 @@ def test_relative_paths_in_a_config_are_taken_from_the_working_directory(
 def test_evaluate_never_writes_where_a_shared_checkpoint_says(tmp_path, toy_pairs, monkeypatch):
     """The run_dir recorded in a checkpoint is its author's path (or a crafted one):
     with no --config or --output-dir, results go next to the checkpoint file given."""
-    write_splits(tmp_path / "data", splits(toy_pairs))
+    write_splits(tmp_path / "data", toy_splits(toy_pairs))
     cfg = config_from_dict(tiny(tmp_path / "author" / "run", tmp_path / "data"))
     prepare.run(cfg)
     train.run(cfg)

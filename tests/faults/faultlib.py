@@ -270,13 +270,13 @@ _MEMO: dict[str, object] = {}
 def prepared_run(tmp_path_factory, toy_pairs) -> tuple[Path, Path]:
     """(data dir, a run dir with a prepared cache), made once per test session."""
     if "prepared" not in _MEMO:
-        from conftest import write_splits
+        from helpers import toy_splits, write_splits
 
         from transformer_cli.core.config_file import config_from_dict
         from transformer_cli.data import prepare
 
         root = tmp_path_factory.mktemp("prepared")
-        splits = {"train": toy_pairs[:240], "valid": toy_pairs[240:270], "test": toy_pairs[270:]}
+        splits = toy_splits(toy_pairs)
         write_splits(root / "data", splits)
         prepare.run(config_from_dict(tiny_raw(root / "run", root / "data")))
         _MEMO["prepared"] = (root / "data", root / "run")

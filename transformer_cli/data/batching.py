@@ -179,6 +179,15 @@ def collate(split: EncodedSplit, indices: torch.Tensor | Sequence[int], truncate
 # ----------------------------------------------------------------------------- evaluation
 
 
+def eval_truncation(max_positions: int) -> int:
+    """How many pieces per side a valid/test pair keeps, for a model of `max_positions`.
+
+    Those pairs are not length-filtered: they are cut to what the positions hold, and
+    the target side needs one position for BOS.
+    """
+    return max_positions - 1
+
+
 def eval_batches(
     split: EncodedSplit, batch_tokens: int, max_sentences: int = 0, truncate: int = 0
 ) -> Iterator[Batch]:

@@ -8,6 +8,7 @@ from transformer_cli.core.checkpoint import load_state
 from transformer_cli.core.config_file import config_from_dict
 from transformer_cli.core.errors import CheckpointError, ConfigError, DataError
 from transformer_cli.data.tokenizer import Tokenizer
+from transformer_cli.fast.packing import pack_linears
 from transformer_cli.model.transformer import Transformer
 
 
@@ -33,3 +34,14 @@ def model_from_state(state: dict, path: str | Path, device):
 def load_model(path: str | Path, device) -> tuple:
     """(model, tokenizer, config) from a self-contained checkpoint; CheckpointError if not."""
     return model_from_state(load_state(path), path, device)
+
+
+def ready_to_decode(model: Transformer, device, precision: str) -> Transformer:
+    """`model` as translate and evaluate decode with it: the same numbers, faster.
+
+    The one place the decoding fast path is switched on: every linear layer's weight is
+    packed once for oneDNN where this CPU and torch build have it (`fast/packing.py`; its
+    outputs equal `F.linear`'s, tests/fast/test_packing.py).
+    """
+    pack_linears(model, device, precision)
+    return model

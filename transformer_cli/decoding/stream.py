@@ -161,6 +161,17 @@ def max_source_pieces(model) -> int:
     return model.cfg.max_positions
 
 
+def fit_sources(model, sources: list[list[int]]) -> tuple[list[list[int]], list[int]]:
+    """The sources cut to what the encoder holds, and the numbers of those that were cut.
+
+    The one truncation rule of decoding: `decode_all` applies it, and translate and
+    evaluate call it to say which inputs it cut.
+    """
+    cap = max_source_pieces(model)
+    cut = [i for i, s in enumerate(sources) if len(s) > cap]
+    return [s[:cap] for s in sources], cut
+
+
 @dataclass(frozen=True)
 class _Search:
     """How `decode_all` searches: the decode options with its arguments put in."""
@@ -258,8 +269,8 @@ def decode_all(
 
 
 def _plan(model, sources: list[list[int]], size: int) -> _Plan:
-    cap = max_source_pieces(model)
-    lengths = [min(len(s), cap) for s in sources]
+    sources, _ = fit_sources(model, sources)
+    lengths = [len(s) for s in sources]
     # longest first, so that a batch too big for the device fails at once, not at the end
     order = sorted((i for i, n in enumerate(lengths) if n), key=lambda i: -lengths[i])
     chunks = [order[start : start + size] for start in range(0, len(order), size)]
@@ -271,7 +282,7 @@ def _batch(model, plan: _Plan, chunk: list[int], search: _Search, device) -> tup
     lengths = plan.lengths
     src = torch.full((len(chunk), lengths[chunk[0]]), PAD_ID, dtype=torch.long)
     for row, i in enumerate(chunk):
-        src[row, : lengths[i]] = torch.as_tensor(plan.sources[i][: lengths[i]])
+        src[row, : lengths[i]] = torch.as_tensor(plan.sources[i])
     a, b = search.max_len_a, search.max_len_b
     caps = [max(1, int(a * lengths[i] + b)) for i in chunk]
     return src.to(device, non_blocking=True), output_limits(model, caps, len(chunk))

@@ -92,35 +92,33 @@ class Translator:
     ) -> None:
         """`decode`: the options that replace the checkpoint's decode section (ConfigError
         naming the flag if one is out of range)."""
-        from transformer_cli.decoding.loading import load_model
+        from transformer_cli.decoding.loading import load_model, ready_to_decode
         from transformer_cli.decoding.stream import max_source_pieces
-        from transformer_cli.fast.packing import pack_linears
 
         self.device = pick_device(device)
         self.model, self.tokenizer, cfg = load_model(checkpoint_path, self.device)
         self.decode_cfg = apply_decode_overrides(cfg.decode, decode)
         self.precision = decode_precision(self.decode_cfg, self.device)
-        pack_linears(self.model, self.device, self.precision)  # weights packed, for speed
+        ready_to_decode(self.model, self.device, self.precision)
         self.nbest = decode.nbest
         self.max_pieces = max_source_pieces(self.model)
         self.lines_done = 0  # for warnings' line numbers across chunks
 
     def translate(self, lines: list[str]) -> list[str]:
         """Output lines for `lines`: one each, or `nbest` each with scores."""
-        from transformer_cli.decoding.stream import decode_all
+        from transformer_cli.decoding.stream import decode_all, fit_sources
 
         first = self.lines_done + 1
         self.lines_done += len(lines)
         keep = [i for i, line in enumerate(lines) if line.strip()]
         sources: list[list[int]] = [[] for _ in lines]
         for i, ids in zip(keep, self.tokenizer.encode_src([lines[i] for i in keep]), strict=True):
-            if len(ids) > self.max_pieces:
-                warn(
-                    f"line {first + i}: {len(ids)} pieces, more than the model's maximum of "
-                    f"{self.max_pieces}; translating the first {self.max_pieces}"
-                )
-                ids = ids[: self.max_pieces]
             sources[i] = ids
+        for i in fit_sources(self.model, sources)[1]:
+            warn(
+                f"line {first + i}: {len(sources[i])} pieces, more than the model's maximum "
+                f"of {self.max_pieces}; translating the first {self.max_pieces}"
+            )
         results = decode_all(
             self.model, sources, self.decode_cfg, self.device, self.precision, nbest=self.nbest
         )

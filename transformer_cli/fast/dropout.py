@@ -7,7 +7,7 @@ part of a CPU training step (docs/performance.md, "Dropout mask"). Here each 64-
 random integer is read as four 16-bit lanes, one per element, and an element is kept
 when its lane is at or above a threshold: a quarter of the random draws, and the keep
 probability is still exact to 1/65536. On other devices torch's fused dropout is used.
-Its plain twin is `torch.nn.Dropout`: tests/test_dropout.py checks the same distribution.
+Its plain twin is `torch.nn.Dropout`: tests/fast/test_dropout.py checks the same distribution.
 """
 
 from __future__ import annotations

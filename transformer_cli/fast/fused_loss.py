@@ -1,6 +1,6 @@
 """The fused chunked loss: `masked_cross_entropy` of the projected states, never holding
 all (tokens x vocabulary) logits. Its plain twin is `training.loss.masked_cross_entropy`;
-tests/test_loss.py proves them equal in value and gradient.
+tests/training/test_loss.py proves them equal in value and gradient.
 """
 
 from __future__ import annotations

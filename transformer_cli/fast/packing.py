@@ -20,7 +20,7 @@ can give the same answer, up to the order of floating-point sums:
 - the weight has not changed since it was packed (its version counter says so); a
   changed weight is packed again at the next call.
 
-Its plain twin is `F.linear` on the parameters: tests/test_packing.py proves them equal.
+Its plain twin is `F.linear` on the parameters: tests/fast/test_packing.py proves them equal.
 The gains are measured by `bench/decode_speed.py` and, per layer, `bench/linear_packing.py`.
 """
 

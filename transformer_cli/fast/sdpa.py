@@ -1,7 +1,7 @@
 """Attention through torch's fused kernel, `F.scaled_dot_product_attention`, and the policy
 of when to use it.
 
-Its plain twin is `model.attention.attend_math`, eq. 1 written out; tests/test_model.py
+Its plain twin is `model.attention.attend_math`, eq. 1 written out; tests/model/test_model.py
 proves the two equal in outputs and gradients, with every mask kind. Where each is the
 faster one, and why, is measured in docs/performance.md ("Attention paths").
 """

@@ -51,11 +51,11 @@ def attention_map(
 
     from transformer_cli.core.config import DecodeConfig
     from transformer_cli.core.specials import BOS_ID
-    from transformer_cli.decoding.stream import decode_all, max_source_pieces
+    from transformer_cli.decoding.stream import decode_all, fit_sources
 
     layers, heads = len(model.decoder.layers), model.cfg.heads
     _check_choice(layer, head, layers, heads)
-    ids = tokenizer.encode_src([text])[0][: max_source_pieces(model)]
+    (ids,), _ = fit_sources(model, tokenizer.encode_src([text]))
     if not ids:
         raise DataError("nothing to show: the sentence is empty")
     device = next(model.parameters()).device

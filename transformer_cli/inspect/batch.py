@@ -89,7 +89,7 @@ def _the_batch(cfg, split: str, index: int, epoch: int):
         groups = batching.epoch_batches(data, cfg.train.batch_tokens, cfg.train.seed, epoch)
         truncate = 0
     else:
-        truncate = cfg.model.max_positions - 1  # as loss.split_loss cuts valid/test
+        truncate = batching.eval_truncation(cfg.model.max_positions)  # as split_loss cuts
         groups = batching.eval_order(data, cfg.train.batch_tokens, truncate=truncate)
     if not groups:
         raise DataError(f"the {split} split of {cfg.run_dir} is empty")

@@ -16,7 +16,6 @@ from transformer_cli.core.errors import CheckpointError, ConfigError, DataError
 from transformer_cli.core.fileio import atomic_write_text
 from transformer_cli.core.table import aligned
 from transformer_cli.data import store as cache
-from transformer_cli.fast.packing import pack_linears
 from transformer_cli.training import average as average_mod
 from transformer_cli.training.loss import split_loss
 
@@ -166,13 +165,13 @@ def add_average(ev: Evaluation, last: int) -> None:
 
 def score_path(ev: Evaluation, number: int, path: Path) -> dict:
     """Load, decode and score checkpoint `number` of `ev.paths`, and write its hypotheses."""
-    from transformer_cli.decoding.loading import model_from_state
+    from transformer_cli.decoding.loading import model_from_state, ready_to_decode
 
     print(f"[{number}/{len(ev.paths)}] {path}", file=sys.stderr, flush=True)
     state = ev.first_state if number == 1 else load_state(path)
     ev.first_state = None  # so that its weights go once it is scored
     model, tokenizer, ckpt_cfg = model_from_state(state, path, ev.device)
-    pack_linears(model, ev.device, ev.precision)
+    ready_to_decode(model, ev.device, ev.precision)
     cfg = ev.cfg_override or ckpt_cfg
     data = ev.data_for(cfg)
     row = score_checkpoint(model, tokenizer, cfg, ev.decode, data, ev.device, ev.precision)
@@ -282,11 +281,11 @@ def raw_data(src_file: Path, ref_file: Path) -> EvalData:
 def score_checkpoint(model, tokenizer, cfg, decode, data: EvalData, device, precision) -> dict:
     """Decode, score and time one model; the returned dict holds its hypotheses too."""
     from transformer_cli.data.store import EncodedSplit
-    from transformer_cli.decoding.stream import decode_all, max_source_pieces
+    from transformer_cli.decoding.stream import decode_all, fit_sources, max_source_pieces
 
     src_ids = tokenizer.encode_src(data.sources)
     cap = max_source_pieces(model)
-    truncated = sum(len(ids) > cap for ids in src_ids)
+    truncated = len(fit_sources(model, src_ids)[1])
     if truncated:
         print(f"warning: {truncated} source lines are longer than the model's {cap} positions; "
               "only their first pieces are translated", file=sys.stderr)  # fmt: skip

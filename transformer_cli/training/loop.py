@@ -135,7 +135,7 @@ def setup(cfg: Config, run_dir: Path, resume: bool) -> Session:
     precision = runtime.resolve_precision(t.precision, device)
     threads = runtime.set_threads(t.threads)
     if device.type == "cpu":
-        allocator.tune_cpu_memory()
+        allocator.tune_cpu_memory()  # fast path: glibc kept from unmapping every step
     runtime.seed_everything(t.seed)
 
     train_split = cache.load_split(run_dir, "train")

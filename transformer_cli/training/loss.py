@@ -124,6 +124,7 @@ def batch_loss(model, batch, label_smoothing: float, device, precision: str, fus
         if not fused:
             logits = model.logits(hidden)  # (N, V)
             return masked_cross_entropy(logits, target, label_smoothing)  # fp32 softmax inside
+    # fast path (train.fused_loss): the same numbers, never all (N, V) logits at once
     dtype = runtime.matmul_dtype(precision)
     return projected_cross_entropy(hidden, model.out_proj.weight, target, label_smoothing, dtype)
 
@@ -136,9 +137,7 @@ def split_loss(model, split, cfg, device, precision: str) -> dict:
     """
     nll = torch.zeros((), dtype=torch.float64)
     tokens = 0
-    # valid/test pairs are not length-filtered: cut them to what the positions hold
-    # (the target side needs one position for BOS)
-    truncate = cfg.model.max_positions - 1
+    truncate = batching.eval_truncation(cfg.model.max_positions)
     for batch in batching.eval_batches(split, cfg.train.batch_tokens, truncate=truncate):
         parts = batch_loss(model, batch, 0.0, device, precision, cfg.train.fused_loss)
         nll += parts.nll.double().cpu()

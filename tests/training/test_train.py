@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_splits
+from helpers import write_splits
 from typer.testing import CliRunner
 
 from transformer_cli.cli.app import app

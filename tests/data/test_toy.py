@@ -13,7 +13,7 @@ import pytest
 
 from transformer_cli.data import toy
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # Which determiners may stand before a noun of each gender/number (nominative or
 # accusative; no dative in the grammar). None = no article (bare plural).

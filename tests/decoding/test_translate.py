@@ -10,58 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_splits
-from typer.testing import CliRunner
+from helpers import assert_only_error, cli, make_tiny_run
 
 from transformer_cli import __version__
-from transformer_cli.cli.app import app
 from transformer_cli.core import checkpoint
 from transformer_cli.core.checkpoint import load_checkpoint, save_checkpoint
-from transformer_cli.core.config import to_dict
-from transformer_cli.core.config_file import config_from_dict
-from transformer_cli.data import prepare
-from transformer_cli.data.tokenizer import Tokenizer
 from transformer_cli.decoding import loading, translate
 from transformer_cli.fast.packing import packing_available
-from transformer_cli.model.transformer import Transformer
 
-MAX_POSITIONS = 24  # small, so that an overlong line is easy to write
-REPO = Path(__file__).resolve().parents[1]
-
-
-def make_tiny_run(root: Path, pairs: list[tuple[str, str]], steps: tuple[int, ...] = (10,)):
-    """A prepared run dir with a tiny random model saved at `steps`: returns the config.
-
-    Untrained weights are enough here: what is tested is the plumbing around the model
-    (lines in = lines out, files, errors), not the quality of its translations.
-    """
-    write_splits(root / "data", {"train": pairs[:240], "valid": pairs[240:270],
-                                 "test": pairs[270:]})  # fmt: skip
-    raw = {
-        "run_dir": str(root / "run"),
-        "data": {"source": "files", "dir": str(root / "data"), "max_len": 20},
-        "tokenizer": {"vocab_size": 100},
-        "model": {"d_model": 16, "heads": 2, "enc_layers": 1, "dec_layers": 1, "d_ff": 32,
-                  "max_positions": MAX_POSITIONS},
-        "decode": {"max_len_a": 1.0, "max_len_b": 4, "batch_sentences": 8},
-    }  # fmt: skip
-    cfg = config_from_dict(raw)
-    prepare.run(cfg)
-    tokenizer = Tokenizer.load(cfg.run_dir)
-    raw["model"].update(src_vocab=tokenizer.src_vocab_size, tgt_vocab=tokenizer.tgt_vocab_size)
-    cfg = config_from_dict(raw)
-    torch.manual_seed(0)
-    model = Transformer(cfg.model)
-    for step in steps:
-        state = {
-            "tfx_version": __version__,
-            "config": to_dict(cfg),
-            "tokenizer": tokenizer.to_bytes(),
-            "model": model.state_dict(),
-            "progress": {"step": step},
-        }
-        save_checkpoint(Path(cfg.run_dir) / "checkpoints" / f"ckpt_{step:08d}.pt", state)
-    return cfg
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -72,17 +29,6 @@ def tiny(tmp_path_factory, toy_pairs):
 @pytest.fixture(scope="module")
 def ckpt(tiny) -> str:
     return str(Path(tiny.run_dir) / "checkpoints" / "ckpt_00000010.pt")
-
-
-def cli(*args: str, input: bytes | None = None):
-    return CliRunner().invoke(app, list(args), input=input)
-
-
-def assert_one_line_error(result, expected: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
-    assert "Traceback" not in result.output
 
 
 # ----------------------------------------------------------------------------- lines
@@ -305,7 +251,7 @@ def test_bad_checkpoints_are_one_line_errors(ckpt, tmp_path, case):
         save_checkpoint(path, {**state, "tfx_version": "0.0.1"})
     elif case == "wrong_weights":
         save_checkpoint(path, {**state, "model": {"encoder.nothing": torch.zeros(1)}})
-    assert_one_line_error(cli("translate", str(path), "a dog ."), expected)
+    assert_only_error(cli("translate", str(path), "a dog ."), expected)
 
 
 @pytest.mark.parametrize(
@@ -321,10 +267,10 @@ def test_bad_checkpoints_are_one_line_errors(ckpt, tmp_path, case):
 )  # fmt: skip
 def test_bad_options_are_one_line_errors(ckpt, args, expected):
     extra = [] if "--input" in args else ["a dog ."]
-    assert_one_line_error(cli("translate", ckpt, *extra, *args), expected)
+    assert_only_error(cli("translate", ckpt, *extra, *args), expected)
 
 
 def test_text_and_input_together_is_an_error(ckpt, tmp_path):
     source = tmp_path / "in.txt"
     source.write_text("a\n", "utf-8")
-    assert_one_line_error(cli("translate", ckpt, "a dog", "--input", str(source)), "not both")
+    assert_only_error(cli("translate", ckpt, "a dog", "--input", str(source)), "not both")

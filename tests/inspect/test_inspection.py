@@ -9,11 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import write_splits
-from test_plots import assert_png
-from typer.testing import CliRunner
+from helpers import assert_only_error, assert_png, cli, toy_splits, write_splits
 
-from transformer_cli.cli.app import app
 from transformer_cli.core.config_file import load_config
 from transformer_cli.core.specials import BOS_ID, EOS_ID, PAD_ID
 from transformer_cli.data import batching, prepare
@@ -47,7 +44,7 @@ def tiny(tmp_path_factory, toy_pairs) -> Path:
     root = tmp_path_factory.mktemp("inspect")
     write_splits(
         root / "data",
-        {"train": toy_pairs[:240], "valid": toy_pairs[240:270], "test": toy_pairs[270:]},
+        toy_splits(toy_pairs),
     )
     raw = json.loads(json.dumps(TINY))
     raw["run_dir"] = str(root / "run")
@@ -60,21 +57,10 @@ def tiny(tmp_path_factory, toy_pairs) -> Path:
     return path
 
 
-def cli(*args: str):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
 def ok_json(*args: str) -> dict:
     result = cli(*args, "--json")
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
-
-
-def assert_one_line_error(result, expected: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
-    assert "Traceback" not in result.output
 
 
 def bits(mask: torch.Tensor) -> list:
@@ -148,14 +134,14 @@ def test_batch_plot_writes_a_png(tiny, tmp_path):
 
 
 def test_batch_errors_are_one_line(tiny, tmp_path):
-    assert_one_line_error(
+    assert_only_error(
         cli("inspect", "batch", "--config", tiny, "--index", 10_000),
         "--index 10000: the train split has",
     )
-    assert_one_line_error(cli("inspect", "batch", "--config", tiny, "--split", "dev"), "--split")
-    assert_one_line_error(cli("inspect", "batch", "--config", tiny, "--rows", 0), "--rows")
+    assert_only_error(cli("inspect", "batch", "--config", tiny, "--split", "dev"), "--split")
+    assert_only_error(cli("inspect", "batch", "--config", tiny, "--rows", 0), "--rows")
     empty = tmp_path / "nothing"
-    assert_one_line_error(
+    assert_only_error(
         cli("inspect", "batch", "--config", tiny, "--set", f"run_dir={empty}"), "no prepared data"
     )
 
@@ -193,8 +179,8 @@ def test_positions_plot_and_bad_sizes(tmp_path):
     assert result.exit_code == 0, result.output
     assert "holds" in result.stdout
     assert_png(out)
-    assert_one_line_error(cli("inspect", "positions", "--d-model", 15), "--d-model")
-    assert_one_line_error(cli("inspect", "positions", "--length", 1), "--length")
+    assert_only_error(cli("inspect", "positions", "--d-model", 15), "--d-model")
+    assert_only_error(cli("inspect", "positions", "--length", 1), "--length")
 
 
 # ----------------------------------------------------------------------------- scaling
@@ -222,7 +208,7 @@ def test_scaling_takes_d_k_from_a_config(tiny):
     assert view["d_k"] == cfg.model.d_model // cfg.model.heads
     result = cli("inspect", "scaling", "--samples", 50)
     assert result.exit_code == 0 and "conclusion:" in result.stdout
-    assert_one_line_error(cli("inspect", "scaling", "--keys", 1), "--keys")
+    assert_only_error(cli("inspect", "scaling", "--keys", 1), "--keys")
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -258,7 +244,7 @@ def test_schedule_defaults_to_the_runs_steps(tiny, tmp_path):
     result = cli("inspect", "schedule", "--config", tiny, "--steps", 50, "--plot", out)
     assert result.exit_code == 0 and "<- peak" in result.stdout
     assert_png(out)
-    assert_one_line_error(cli("inspect", "schedule", "--config", tiny, "--steps", -1), "--steps")
+    assert_only_error(cli("inspect", "schedule", "--config", tiny, "--steps", -1), "--steps")
 
 
 # ----------------------------------------------------------------------------- tfx plot
@@ -289,12 +275,12 @@ def test_plot_keeps_the_latest_record_of_a_step_and_skips_a_cut_last_line(tmp_pa
 
 
 def test_plot_errors_are_one_line(tmp_path):
-    assert_one_line_error(cli("plot", tmp_path / "missing"), "no such run dir")
-    assert_one_line_error(cli("plot", tmp_path), "no metrics yet")
+    assert_only_error(cli("plot", tmp_path / "missing"), "no such run dir")
+    assert_only_error(cli("plot", tmp_path), "no metrics yet")
     (tmp_path / "metrics.jsonl").write_text("", encoding="utf-8")
-    assert_one_line_error(cli("plot", tmp_path), "no training records yet")
+    assert_only_error(cli("plot", tmp_path), "no training records yet")
     (tmp_path / "metrics.jsonl").write_text('oops\n{"kind": "train", "step": 1}\n', "utf-8")
-    assert_one_line_error(cli("plot", tmp_path), "metrics.jsonl:1: not a tfx metrics record")
+    assert_only_error(cli("plot", tmp_path), "metrics.jsonl:1: not a tfx metrics record")
 
 
 # ----------------------------------------------------------------------------- attention
@@ -364,11 +350,11 @@ def test_inspect_attention_writes_a_png_and_rejects_bad_choices(loaded, tmp_path
     assert result.exit_code == 0, result.output
     assert_png(out)
     base = ("inspect", "attention", ckpt, SENTENCE, "--plot", out)
-    assert_one_line_error(cli(*base, "--layer", 5), "--layer 5: the decoder has 2 layers")
-    assert_one_line_error(cli(*base, "--head", "7"), "--head 7")
-    assert_one_line_error(cli(*base, "--head", "first"), "--head first")
-    assert_one_line_error(cli("inspect", "attention", ckpt, "  ", "--plot", out), "empty")
-    assert_one_line_error(
+    assert_only_error(cli(*base, "--layer", 5), "--layer 5: the decoder has 2 layers")
+    assert_only_error(cli(*base, "--head", "7"), "--head 7")
+    assert_only_error(cli(*base, "--head", "first"), "--head first")
+    assert_only_error(cli("inspect", "attention", ckpt, "  ", "--plot", out), "empty")
+    assert_only_error(
         cli("inspect", "attention", tmp_path / "no.pt", SENTENCE, "--plot", out), "no.pt"
     )
 
@@ -384,4 +370,4 @@ def test_translate_plot_attention_draws_the_first_sentence(loaded, tmp_path):
     result = cli("translate", ckpt, SENTENCE, "--plot-attention", self_out, "--self-attention")
     assert result.exit_code == 0, result.output
     assert_png(self_out)
-    assert_one_line_error(cli("translate", ckpt, "--plot-attention", out), "TEXT argument")
+    assert_only_error(cli("translate", ckpt, "--plot-attention", out), "TEXT argument")

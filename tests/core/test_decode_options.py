@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import pytest
 import typer
-from test_translate import cli
+from helpers import cli, error_of
 
 from transformer_cli.cli.app import app
 from transformer_cli.core.config import (
@@ -22,6 +23,8 @@ from transformer_cli.core.errors import ConfigError
 from transformer_cli.decoding import translate
 from transformer_cli.training import evaluate
 
+error_of = functools.partial(error_of, error=ConfigError)  # their one-line message
+
 # a value for each option that is valid and differs from DecodeConfig's default
 GIVEN = {"beam": 4, "alpha": 0.5, "early_stop": True, "max_len_a": 2.0, "max_len_b": 3,
          "batch_sentences": 7, "precision": "bf16"}  # fmt: skip
@@ -29,12 +32,6 @@ FLAG_ARGS = ["--beam", "4", "--alpha", "0.5", "--early-stop", "--max-len-a", "2"
              "--max-len-b", "3", "--batch-size", "7", "--precision", "bf16"]  # fmt: skip
 # an out-of-range value for each option that has a range rule
 BAD = [("beam", 0), ("alpha", -1.0), ("max_len_a", -1.0), ("max_len_b", -1), ("batch_sentences", 0)]
-
-
-def error_of(fn, *args, **kwargs) -> str:
-    with pytest.raises(ConfigError) as e:
-        fn(*args, **kwargs)
-    return str(e.value)
 
 
 def names(cls) -> set[str]:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 
 import pytest
 import yaml
+from helpers import error_of
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -14,21 +16,15 @@ from transformer_cli.core.config import Config, to_dict
 from transformer_cli.core.config_file import all_keys, config_from_dict, load_config, to_yaml
 from transformer_cli.core.errors import ConfigError
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+error_of = functools.partial(error_of, error=ConfigError)  # their one-line message
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 
 
 def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "c.yaml"
     path.write_text(text, encoding="utf-8")
     return path
-
-
-def error_of(fn, *args, **kwargs) -> str:
-    with pytest.raises(ConfigError) as e:
-        fn(*args, **kwargs)
-    message = str(e.value)
-    assert "\n" not in message
-    return message
 
 
 def test_minimal_config_gets_every_default():

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import cli, toy_splits
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from typer.testing import CliRunner
 
-from transformer_cli.cli.app import app
 from transformer_cli.core.config import to_dict
 from transformer_cli.core.config_file import load_config
 from transformer_cli.core.errors import DataError
@@ -21,8 +20,8 @@ from transformer_cli.data import store as cache
 from transformer_cli.data.store import SPLITS
 from transformer_cli.data.tokenizer import Tokenizer
 
-REPO = Path(__file__).resolve().parents[1]
-MULTI30K = Path(__file__).resolve().parents[1].parent / "shared/data/multi30k"
+REPO = Path(__file__).resolve().parents[2]
+MULTI30K = Path(__file__).resolve().parents[2].parent / "shared/data/multi30k"
 META_KEYS = {"format", "fingerprint", "created", "seconds", "inputs", "tokenizer", "special_ids",
              "splits", "files"}  # fmt: skip
 
@@ -40,7 +39,7 @@ def test_prepare_writes_a_complete_cache(make_config, toy_pairs):
     assert set(stamps(cfg.run_dir)) == {"meta.json", *meta["files"]}
     assert meta["tokenizer"]["src_vocab_size"] == meta["tokenizer"]["tgt_vocab_size"] == 100
     tokenizer = Tokenizer.load(cfg.run_dir)
-    expected = {"train": toy_pairs[:240], "valid": toy_pairs[240:270], "test": toy_pairs[270:]}
+    expected = toy_splits(toy_pairs)
     for role in SPLITS:
         stats = meta["splits"][role]
         assert (
@@ -222,7 +221,7 @@ def test_nothing_left_after_filtering(make_config):
 def test_jsonl_with_nested_fields_and_a_missing_one(tmp_path, make_config, toy_pairs):
     directory = tmp_path / "jsonl"
     directory.mkdir()
-    chunks = {"train": toy_pairs[:240], "valid": toy_pairs[240:270], "test": toy_pairs[270:]}
+    chunks = toy_splits(toy_pairs)
     for name, pairs in chunks.items():
         rows = [{"translation": {"en": en, "de": de}} for en, de in pairs]
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
@@ -244,10 +243,6 @@ def write_config(tmp_path, cfg) -> str:
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(to_dict(cfg)), "utf-8")
     return str(path)
-
-
-def cli(*args: str):
-    return CliRunner().invoke(app, list(args))
 
 
 def test_cli_prepares_and_prints_a_summary(tmp_path, make_config):

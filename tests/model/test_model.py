@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import padded, tiny_model_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor
@@ -21,10 +22,14 @@ from transformer_cli.model.masks import causal_mask, padding_mask
 from transformer_cli.model.transformer import Transformer, sinusoidal_table
 
 V = 29
-CFG = ModelConfig(
-    d_model=16, heads=4, enc_layers=2, dec_layers=2, d_ff=32, dropout=0.0,
-    max_positions=40, src_vocab=V, tgt_vocab=V,
-)  # fmt: skip
+CFG = tiny_model_config(src_vocab=V, tgt_vocab=V)
+
+
+def batch(lengths: list[int], width: int | None = None, seed: int = 0) -> torch.Tensor:
+    """Random real tokens (ids >= 4), right-padded with PAD_ID."""
+    return padded(lengths, V, width, seed)
+
+
 PATHS = ["math", "sdpa"]
 
 
@@ -38,16 +43,6 @@ def model_for(attention: str = "sdpa", norm: str = "post") -> Transformer:
         other.double().eval().load_state_dict(model.state_dict())
         return other
     return model
-
-
-def batch(lengths: list[int], width: int | None = None, seed: int = 0) -> torch.Tensor:
-    """Random real tokens (ids >= 4), right-padded with PAD_ID."""
-    gen = torch.Generator().manual_seed(seed)
-    width = width or max(lengths)
-    ids = torch.randint(4, V, (len(lengths), width), generator=gen)
-    for b, n in enumerate(lengths):
-        ids[b, n:] = PAD_ID
-    return ids
 
 
 # ----------------------------------------------------------------------------- paths

@@ -10,9 +10,9 @@ import math
 
 import pytest
 import torch
+from helpers import tiny_model_config
 from torch import nn
 
-from transformer_cli.core.config import ModelConfig
 from transformer_cli.core.specials import PAD_ID
 from transformer_cli.model.attention import CrossAttention, SelfAttention
 from transformer_cli.model.masks import decoder_mask, padding_mask
@@ -24,10 +24,7 @@ from transformer_cli.model.transformer import (
 )
 
 D, HEADS, FF = 16, 4, 24
-CFG = ModelConfig(
-    d_model=D, heads=HEADS, enc_layers=2, dec_layers=2, d_ff=FF, dropout=0.0,
-    max_positions=32, src_vocab=23, tgt_vocab=23,
-)  # fmt: skip
+CFG = tiny_model_config(d_ff=FF, max_positions=32, src_vocab=23, tgt_vocab=23)
 PATHS = ["math", "sdpa"]
 
 

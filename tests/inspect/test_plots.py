@@ -4,30 +4,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import assert_png
 
 from transformer_cli.core.specials import BOS_ID, EOS_ID, PAD_ID
 from transformer_cli.inspect import plots
 from transformer_cli.model.masks import causal_mask, decoder_mask, padding_mask
 from transformer_cli.model.transformer import sinusoidal_table
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def assert_png(path: Path, min_side: int = 200, max_side: int = 4000) -> None:
-    """A real PNG that matplotlib can read back, neither a thumbnail nor a poster."""
-    import matplotlib.image
-
-    path = Path(path)
-    assert path.read_bytes()[:8] == PNG_MAGIC, path
-    pixels = matplotlib.image.imread(path)
-    height, width = pixels.shape[:2]
-    assert min_side <= height <= max_side and min_side <= width <= max_side, (height, width)
-    assert pixels.std() > 0.01  # something was drawn
-    assert not list(path.parent.glob(f".{path.name}.*.tmp"))  # written atomically
 
 
 def mask_view(lengths: list[int], width: int) -> dict:

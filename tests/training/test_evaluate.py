@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_translate import assert_one_line_error, cli, make_tiny_run
+from helpers import assert_only_error, cli, make_tiny_run
 
 from transformer_cli.core.checkpoint import load_checkpoint, save_checkpoint
 from transformer_cli.data import store as cache
@@ -193,8 +193,8 @@ def test_evaluate_errors_are_one_line(tiny, ckpt_dir, tmp_path):
         ([str(tmp_path)], "no *.pt checkpoints"),
     ]
     for args, expected in cases:
-        assert_one_line_error(cli("evaluate", *args), expected)
-    assert_one_line_error(cli("average", str(tmp_path / "x*.pt"), "-o", str(tmp_path / "o.pt")),
+        assert_only_error(cli("evaluate", *args), expected)
+    assert_only_error(cli("average", str(tmp_path / "x*.pt"), "-o", str(tmp_path / "o.pt")),
                           "no checkpoint matches")  # fmt: skip
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import tempfile
 from pathlib import Path
 
 import pytest
+from helpers import error_of
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,13 +17,7 @@ from transformer_cli.core.config import DataConfig
 from transformer_cli.core.errors import DataError
 from transformer_cli.data import corpus
 
-
-def error_of(fn, *args) -> str:
-    with pytest.raises(DataError) as e:
-        fn(*args)
-    message = str(e.value)
-    assert "\n" not in message
-    return message
+error_of = functools.partial(error_of, error=DataError)  # their one-line message
 
 
 def write_lines(path: Path, lines: list[str]) -> Path:

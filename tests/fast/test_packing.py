@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import tiny_model_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transformer_cli.core.config import DecodeConfig, ModelConfig
+from transformer_cli.core.config import DecodeConfig
 from transformer_cli.core.specials import PAD_ID
 from transformer_cli.decoding.stream import decode_all
 from transformer_cli.fast import packing
@@ -25,10 +26,9 @@ needs_onednn_bf16 = pytest.mark.skipif(
 
 def small_model(tie=True, share=True, norm="post", seed=0) -> Transformer:
     torch.manual_seed(seed)
-    cfg = ModelConfig(
-        d_model=16, heads=2, enc_layers=1, dec_layers=2, d_ff=40, dropout=0.0,
-        max_positions=32, src_vocab=50, tgt_vocab=50 if share else 60,
-        share_embeddings=share, tie_output=tie, norm=norm,
+    cfg = tiny_model_config(
+        heads=2, enc_layers=1, d_ff=40, max_positions=32, src_vocab=50,
+        tgt_vocab=50 if share else 60, share_embeddings=share, tie_output=tie, norm=norm,
     )  # fmt: skip
     return Transformer(cfg).eval()
 

@@ -127,3 +127,52 @@ def test_kept_memory_is_reused_instead_of_faulted_in_again():
         return int(out.stdout)
 
     assert faults("keep") * 3 < faults("default")
+
+
+TRAIN_WEIGHTS = """
+import hashlib, sys
+from transformer_cli.core.config_file import load_config
+from transformer_cli.core.checkpoint import load_checkpoint
+from transformer_cli.fast import allocator
+from transformer_cli.training import loop
+if sys.argv[2] == "system":  # glibc as it comes: no tuning
+    allocator.tune_cpu_memory = lambda *a, **k: False
+cfg = load_config(sys.argv[1])
+loop.run(cfg)
+state = load_checkpoint(f"{cfg.run_dir}/checkpoints/last.pt")
+digest = hashlib.sha256()
+for name, tensor in sorted(state["model"].items()):
+    digest.update(name.encode() + tensor.numpy().tobytes())
+print(allocator.active(), digest.hexdigest())
+"""
+
+
+def test_the_malloc_changes_no_number(make_config, tmp_path):
+    """The plain twin of fast/allocator.py is the system's malloc as it comes: training
+    under the tuned glibc (or jemalloc, where installed) gives the same weights, bit for
+    bit, one thread each."""
+    from transformer_cli.core.config_file import to_yaml
+    from transformer_cli.data import prepare
+
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")}
+    runs = {"system": {}, "tuned": {}}
+    if INSTALLED and sys.platform.startswith("linux"):
+        runs["jemalloc"] = jemalloc_env(env) or {}
+    digests = {}
+    for name, extra in runs.items():
+        cfg = make_config(
+            "model.d_model=16", "model.heads=2", "model.enc_layers=1", "model.dec_layers=1",
+            "model.d_ff=32", "train.max_steps=3", "train.device=cpu", "train.threads=1",
+            f"run_dir={tmp_path / name}",
+        )  # fmt: skip
+        prepare.run(cfg)
+        config_path = tmp_path / f"{name}.yaml"
+        config_path.write_text(to_yaml(cfg))
+        done = subprocess.run(
+            [sys.executable, "-c", TRAIN_WEIGHTS, str(config_path), name],
+            capture_output=True, text=True, timeout=120, env={**env, **extra},
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        malloc, digests[name] = done.stdout.split()[-2:]
+        assert malloc == ("jemalloc" if name == "jemalloc" else "glibc")
+    assert len(set(digests.values())) == 1, digests

@@ -1,0 +1,181 @@
+"""What many test modules need, defined once: the CLI runner, the one-line error check,
+tiny corpora, configs, models and padded batches."""
+
+from __future__ import annotations
+
+import builtins
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from transformer_cli.core.config import ModelConfig
+from transformer_cli.core.errors import TfxError
+from transformer_cli.core.specials import PAD_ID
+
+
+def cli(*args, input: bytes | str | None = None):
+    """`tfx ARGS...` in this process; stdout and stderr apart."""
+    from transformer_cli.cli.app import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], input=input)
+
+
+def assert_one_line_error(result, fragment: str, alone: bool = False) -> None:
+    """Exit 2; stderr ends with the only `error:` line, which holds `fragment`; no traceback.
+
+    Commands that have started work may have printed progress lines before it (prepare's
+    "reading ..." and evaluate's "[1/1] CKPT"); `alone` says stderr has nothing else.
+    """
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert lines and lines[-1].startswith("error: "), lines
+    assert [line for line in lines if "error" in line.split(":")[0]] == [lines[-1]], lines
+    assert fragment in lines[-1], lines[-1]
+    assert not alone or len(lines) == 1, lines
+    assert "Traceback" not in result.output and "internal error" not in result.output
+
+
+def error_of(fn, *args, error: type[Exception] = TfxError, **kwargs) -> str:
+    """The one-line message of the `error` that `fn(*args, **kwargs)` raises."""
+    with pytest.raises(error) as raised:
+        fn(*args, **kwargs)
+    message = str(raised.value)
+    assert "\n" not in message
+    return message
+
+
+# ----------------------------------------------------------------------------- corpora
+
+
+def toy_splits(pairs: list[tuple[str, str]]) -> dict[str, list[tuple[str, str]]]:
+    """The test suite's usual cut of 300 toy pairs: 240 / 30 / 30."""
+    return {"train": pairs[:240], "valid": pairs[240:270], "test": pairs[270:]}
+
+
+def write_splits(directory: Path, splits: dict[str, list[tuple[str, str]]]) -> None:
+    """{split}.en and {split}.de text files in `directory`, one pair per line."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, pairs in splits.items():
+        (directory / f"{name}.en").write_text("".join(f"{en}\n" for en, _ in pairs), "utf-8")
+        (directory / f"{name}.de").write_text("".join(f"{de}\n" for _, de in pairs), "utf-8")
+
+
+# ----------------------------------------------------------------------------- configs and runs
+
+# a model and run small enough to train two steps in a blink
+BASE = {
+    "tokenizer": {"vocab_size": 100},
+    "model": {"d_model": 32, "heads": 2, "enc_layers": 1, "dec_layers": 1, "d_ff": 64},
+    "train": {"batch_tokens": 600, "warmup": 5, "threads": 1, "device": "cpu", "max_steps": 2,
+              "eval_every": 2},
+    "decode": {"max_len_a": 0, "max_len_b": 5},
+}  # fmt: skip
+
+
+def tiny_raw(root: Path, **sections: dict) -> dict:
+    """A valid tiny config dict for run dir `root/run` and corpus `root/data`."""
+    raw = json.loads(json.dumps(BASE))
+    raw.update(run_dir=str(root / "run"), data={"source": "files", "dir": str(root / "data")})
+    for name, values in sections.items():
+        raw[name] = {**raw.get(name, {}), **values}
+    return raw
+
+
+def make_tiny_run(root: Path, pairs: list[tuple[str, str]], steps: tuple[int, ...] = (10,)):
+    """A prepared run dir with a tiny random model saved at `steps`: returns the config.
+
+    Untrained weights are enough here: what is tested is the plumbing around the model
+    (lines in = lines out, files, errors), not the quality of its translations.
+    """
+    from transformer_cli import __version__
+    from transformer_cli.core.checkpoint import save_checkpoint
+    from transformer_cli.core.config import to_dict
+    from transformer_cli.core.config_file import config_from_dict
+    from transformer_cli.data import prepare
+    from transformer_cli.data.tokenizer import Tokenizer
+    from transformer_cli.model.transformer import Transformer
+
+    write_splits(root / "data", toy_splits(pairs))
+    raw = {
+        "run_dir": str(root / "run"),
+        "data": {"source": "files", "dir": str(root / "data"), "max_len": 20},
+        "tokenizer": {"vocab_size": 100},
+        "model": {"d_model": 16, "heads": 2, "enc_layers": 1, "dec_layers": 1, "d_ff": 32,
+                  "max_positions": TINY_RUN_POSITIONS},
+        "decode": {"max_len_a": 1.0, "max_len_b": 4, "batch_sentences": 8},
+    }  # fmt: skip
+    prepare.run(config_from_dict(raw))
+    tokenizer = Tokenizer.load(raw["run_dir"])
+    raw["model"].update(src_vocab=tokenizer.src_vocab_size, tgt_vocab=tokenizer.tgt_vocab_size)
+    cfg = config_from_dict(raw)
+    torch.manual_seed(0)
+    model = Transformer(cfg.model)
+    for step in steps:
+        state = {
+            "tfx_version": __version__,
+            "config": to_dict(cfg),
+            "tokenizer": tokenizer.to_bytes(),
+            "model": model.state_dict(),
+            "progress": {"step": step},
+        }
+        save_checkpoint(Path(cfg.run_dir) / "checkpoints" / f"ckpt_{step:08d}.pt", state)
+    return cfg
+
+
+TINY_RUN_POSITIONS = 24  # small, so that an overlong line is easy to write
+
+
+# ----------------------------------------------------------------------------- models and batches
+
+
+def tiny_model_config(**overrides) -> ModelConfig:
+    """A small model shape (no dropout, so outputs are deterministic), with overrides."""
+    shape = dict(
+        d_model=16, heads=4, enc_layers=2, dec_layers=2, d_ff=32, dropout=0.0,
+        max_positions=40, src_vocab=29, tgt_vocab=29,
+    )  # fmt: skip
+    return ModelConfig(**{**shape, **overrides})
+
+
+def padded(lengths: list[int], vocab: int, width: int | None = None, seed: int = 0):
+    """Random real token ids (>= 4) of the given lengths, right-padded with PAD_ID: (B, L)."""
+    gen = torch.Generator().manual_seed(seed)
+    width = width or max(lengths)
+    ids = torch.randint(4, vocab, (len(lengths), width), generator=gen)
+    for row, n in enumerate(lengths):
+        ids[row, n:] = PAD_ID
+    return ids
+
+
+class Trap:
+    """Unpickling this runs open(marker, "w"): code a safe loader must never run."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (builtins.open, (str(self.marker), "w"))
+
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_png(path: Path, min_side: int = 200, max_side: int = 4000) -> None:
+    """A real PNG that matplotlib can read back, neither a thumbnail nor a poster."""
+    import matplotlib.image
+
+    path = Path(path)
+    assert path.read_bytes()[:8] == PNG_MAGIC, path
+    pixels = matplotlib.image.imread(path)
+    height, width = pixels.shape[:2]
+    assert min_side <= height <= max_side and min_side <= width <= max_side, (height, width)
+    assert pixels.std() > 0.01  # something was drawn
+    assert not list(path.parent.glob(f".{path.name}.*.tmp"))  # written atomically
+
+
+def assert_only_error(result, fragment: str) -> None:
+    """`assert_one_line_error` with nothing else on stderr."""
+    assert_one_line_error(result, fragment, alone=True)
