@@ -23,17 +23,23 @@ DEVICES: tuple[str, ...] = typing.get_args(Device)
 class DataConfig:
     """Where the parallel text comes from, and which pairs are kept for training."""
 
+    # toy: the toy corpus's text files in dir; files: your own files in dir; hub: a
+    # Hugging Face hub dataset
     source: Literal["toy", "files", "hub"] = "toy"
     # files: {dir}/{split}.{lang}[.gz] for format text, {dir}/{split}.{tsv|jsonl} otherwise
     dir: str = "data/toy"
+    # text: one sentence a line, one file per language; tsv: a header row names the
+    # fields; jsonl: one JSON object a line
     format: Literal["text", "tsv", "jsonl"] = "text"
+    # language codes: the text files' suffixes and the default field names
     src_lang: str = "en"
     tgt_lang: str = "de"
     # field names for tsv/jsonl/hub rows; empty = the language code; dotted = nested
     src_field: str = ""
     tgt_field: str = ""
-    hub_name: str = ""
-    hub_config: str = ""
+    hub_name: str = ""  # the dataset's name on the Hugging Face hub (source: hub)
+    hub_config: str = ""  # the hub dataset's configuration, e.g. de-en; empty = none
+    # each split's name: the file name's stem in dir, or the hub dataset's split
     train: str = "train"
     valid: str = "valid"
     test: str = "test"
@@ -47,9 +53,10 @@ class DataConfig:
 class TokenizerConfig:
     """SentencePiece: one joint model or one per language."""
 
-    joint: bool = True
-    vocab_size: int = 8000
-    model_type: Literal["unigram", "bpe", "char", "word"] = "unigram"
+    joint: bool = True  # one model for both languages; false: one per language
+    vocab_size: int = 8000  # pieces in each SentencePiece model
+    model_type: Literal["unigram", "bpe", "char", "word"] = "unigram"  # SentencePiece's algorithm
+    # the share of characters the pieces must cover; below 1, rare ones become <unk>
     character_coverage: float = 1.0
     # at most this many sentences are sampled to train SentencePiece
     sample_size: int = 300_000
@@ -59,21 +66,24 @@ class TokenizerConfig:
 class ModelConfig:
     """The Transformer's shape. The vocabulary sizes come from the tokenizer (0 = not set yet)."""
 
-    d_model: int = 512
-    heads: int = 8
+    d_model: int = 512  # the width of every layer's input and output
+    heads: int = 8  # attention heads; must divide d_model
     enc_layers: int = 6
     dec_layers: int = 6
-    d_ff: int = 2048
-    dropout: float = 0.1
-    attention_dropout: float = 0.0
+    d_ff: int = 2048  # the feed-forward layer's inner width (eq. 2)
+    dropout: float = 0.1  # on the embeddings, the feed-forward layer and the residual branches
+    attention_dropout: float = 0.0  # on the attention probabilities
+    # post: LayerNorm(x + sublayer(x)), the paper's; pre: x + sublayer(LayerNorm(x)), with
+    # a final LayerNorm per stack
     norm: Literal["post", "pre"] = "post"
-    positional: Literal["sinusoidal", "learned"] = "sinusoidal"
-    max_positions: int = 1024
-    share_embeddings: bool = True
-    tie_output: bool = True
+    positional: Literal["sinusoidal", "learned"] = "sinusoidal"  # the paper's, or learned
+    max_positions: int = 1024  # the longest sequence, in pieces, the positions cover
+    share_embeddings: bool = True  # one embedding for source and target (a joint tokenizer)
+    tie_output: bool = True  # the target embedding is also the output projection (3.4)
     # sdpa: torch's fused kernel; math: eq. 1 written out; auto: sdpa on CUDA, math on the
     # CPU, where it is the faster one at sentence lengths (docs/performance.md, "Attention paths")
     attention: Literal["auto", "sdpa", "math"] = "auto"
+    # set from the prepared tokenizer when training starts; leave at 0
     src_vocab: int = 0
     tgt_vocab: int = 0
 
@@ -82,30 +92,31 @@ class ModelConfig:
 class TrainConfig:
     """The training recipe: batches, optimiser, schedule, precision, checkpoints."""
 
-    seed: int = 1234
+    seed: int = 1234  # the weights' initialisation, dropout and the batch order
     device: Device = "auto"
     precision: Precision = "auto"
-    compile: bool = False
+    compile: bool = False  # run the training step's encode, decode and logits through torch.compile
     threads: int = 0  # 0 = one per core
     batch_tokens: int = 4096  # real (non-pad) target tokens per batch
-    accum_steps: int = 1
+    accum_steps: int = 1  # batches per optimiser update (gradient accumulation)
     max_steps: int = 0  # 0 = no limit
     max_epochs: int = 0  # 0 = no limit
     max_minutes: float = 0.0  # wall-clock budget, 0 = none
-    optimizer: Literal["adam", "adamw"] = "adam"
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = 1e-9
+    optimizer: Literal["adam", "adamw"] = "adam"  # adamw: weight decay decoupled from the gradient
+    betas: tuple[float, float] = (0.9, 0.98)  # Adam's, as in the paper
+    eps: float = 1e-9  # Adam's epsilon, as in the paper
     weight_decay: float = 0.0
+    # noam: the paper's eq. 3; inverse_sqrt: linear warm-up to lr, then 1/sqrt(step) decay
     schedule: Literal["noam", "inverse_sqrt", "constant"] = "noam"
     noam_factor: float = 2.0  # noam: lr = factor * d_model^-0.5 * min(step^-0.5, step*warmup^-1.5)
     lr: float = 5e-4  # inverse_sqrt: the peak; constant: the value
-    warmup: int = 4000
+    warmup: int = 4000  # updates of rising learning rate (noam, inverse_sqrt)
     clip_norm: float = 0.0  # 0 = no clipping
-    label_smoothing: float = 0.1
+    label_smoothing: float = 0.1  # of the target distribution (section 5.4); 0 = none
     fused_loss: bool = True  # project + score in chunks, never all (tokens x vocab) logits
-    log_every: int = 50
-    eval_every: int = 1000
-    keep_last: int = 3
+    log_every: int = 50  # updates between training records in metrics.jsonl
+    eval_every: int = 1000  # updates between validations (loss, BLEU, chrF) and checkpoints
+    keep_last: int = 3  # step checkpoints kept; last.pt and best.pt are kept besides
     patience: int = 0  # validations without a better BLEU before stopping; 0 = never stop early
     max_bad_steps: int = 10  # non-finite updates (loss or gradients) in a row before it stops
 
@@ -114,12 +125,12 @@ class TrainConfig:
 class DecodeConfig:
     """Defaults for greedy/beam search in validation, translate and evaluate."""
 
-    beam: int = 1
+    beam: int = 1  # 1 = greedy search
     alpha: float = 1.0  # GNMT length penalty exponent (beam search only)
     early_stop: bool = False  # beam: also stop a sentence when its best candidate ends
     max_len_a: float = 1.5  # max output pieces = a * source pieces + b
-    max_len_b: int = 10
-    batch_sentences: int = 64
+    max_len_b: int = 10  # see max_len_a
+    batch_sentences: int = 64  # sentences decoded together
     # bf16 on a CPU with bf16 matrix units decodes faster; outputs then differ from fp32
     # in a few sentences
     precision: Precision = "auto"
@@ -158,7 +169,7 @@ DECODE_FLAGS = {
 class Config:
     """A whole tfx run. Everything the run writes goes under `run_dir`."""
 
-    run_dir: str
+    run_dir: str  # cache/, checkpoints/, config.yaml, metrics.jsonl and eval/ go here
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
