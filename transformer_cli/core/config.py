@@ -68,8 +68,8 @@ class ModelConfig:
 
     d_model: int = 512  # the width of every layer's input and output
     heads: int = 8  # attention heads; must divide d_model
-    enc_layers: int = 6
-    dec_layers: int = 6
+    enc_layers: int = 6  # encoder layers
+    dec_layers: int = 6  # decoder layers
     d_ff: int = 2048  # the feed-forward layer's inner width (eq. 2)
     dropout: float = 0.1  # on the embeddings, the feed-forward layer and the residual branches
     attention_dropout: float = 0.0  # on the attention probabilities
@@ -105,7 +105,7 @@ class TrainConfig:
     optimizer: Literal["adam", "adamw"] = "adam"  # adamw: weight decay decoupled from the gradient
     betas: tuple[float, float] = (0.9, 0.98)  # Adam's, as in the paper
     eps: float = 1e-9  # Adam's epsilon, as in the paper
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # adam: added to the gradient; adamw: applied to the weights
     # noam: the paper's eq. 3; inverse_sqrt: linear warm-up to lr, then 1/sqrt(step) decay
     schedule: Literal["noam", "inverse_sqrt", "constant"] = "noam"
     noam_factor: float = 2.0  # noam: lr = factor * d_model^-0.5 * min(step^-0.5, step*warmup^-1.5)
