@@ -1,22 +1,30 @@
-"""Render the benchmark results into README.md, so that no figure there is typed by hand.
+"""Render the benchmark results into docs/results.md and the README's headline table, so
+that no figure in either is typed by hand.
 
-    .venv/bin/python bench/readme_tables.py            # reads bench/results/*.json
+    python bench/readme_tables.py            # rewrite both from bench/results/*.json
+    python bench/readme_tables.py --check    # exit 1, naming each file that is out of date
 
 The benchmark scripts write JSON to bench/out/ (not committed); copy a run worth keeping
-to bench/results/ (committed), then run this. It replaces the text between
-`<!-- results:begin -->` and `<!-- results:end -->` in README.md.
+to bench/results/ (committed), then run this. In each file it replaces the text between
+`<!-- results:begin -->` and `<!-- results:end -->`; the prose around it is kept.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-README = HERE.parent / "README.md"
+ROOT = HERE.parent
+README = ROOT / "README.md"
+RESULTS_PAGE = ROOT / "docs" / "results.md"
 RESULTS = HERE / "results"
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+# peer_onmt.json does not record it: the peers' onmt_w400.yaml sets `model_dtype: fp32`
+ONMT_PRECISION = "fp32"
 
 
 def load(name: str) -> dict | None:
@@ -24,22 +32,28 @@ def load(name: str) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def settings(overrides: list[str]) -> str:
+    """A benchmark's config overrides, less where it wrote (the run dir says nothing of speed)."""
+    return "".join(f" {o}" for o in overrides if not o.startswith("run_dir="))
+
+
 def train_speed(d: dict) -> list[str]:
     peak = d.get("matmul_peak_gflops")  # absent from runs whose peak was not the device's
     mfu = (
         " MFU = achieved matmul FLOP/s (weights only, "
         f"{d['rows'][0]['flops_per_token'] / 1e6:.1f} MFLOP per target token) over the "
-        f"measured matmul peak (fp32 {peak['fp32']:.0f}, bf16 {peak['bf16']:.0f} GFLOP/s)."
+        "measured matmul peak of the precision the variant ran in (fp32 "
+        f"{peak['fp32']:.0f}, bf16 {peak['bf16']:.0f} GFLOP/s)."
         if peak
         else ""
     )
     lines = [
         f"Training throughput (`bench/train_speed.py`, {d['date']}, commit {d['commit']}, "
-        f"{d['machine']}; `{d['config']}` {' '.join(d['overrides'])}). Best of the "
+        f"{d['machine']}; `{d['config']}`{settings(d['overrides'])}). Best of the "
         f"alternating rounds.{mfu}" + (f" {d['note']}" if "note" in d else ""),
         "",
         "| variant | malloc | real target tokens/s | all rounds | step (median) "
-        "| target tokens/step | peak RSS |" + (" MFU vs fp32 peak |" if peak else ""),
+        "| target tokens/step | peak RSS |" + (" MFU |" if peak else ""),
         "|---|---|---|---|---|---|---|" + ("---|" if peak else ""),
     ]
     for r in d["rows"]:
@@ -48,7 +62,7 @@ def train_speed(d: dict) -> list[str]:
             f"| {r['tokens_per_s_all_rounds']} "
             f"| {r['step_ms_median']:.0f} ms | {r['target_tokens_per_step']:.0f} "
             f"| {r['peak_rss_gib']:.2f} GiB |"
-            + (f" {100 * r['mfu_vs_fp32_peak']:.0f}% |" if peak else "")
+            + (f" {100 * r['mfu_vs_own_peak']:.0f}% |" if peak else "")
         )
     return lines
 
@@ -103,7 +117,7 @@ def model_step(d: dict) -> list[str]:
 def train_memory(d: dict) -> list[str]:
     lines = [
         f"Host memory over a long run (`bench/train_memory.py`, {d['date']}, commit "
-        f"{d['commit']}; `{d['config']}` {' '.join(d['overrides'])}): the same real training "
+        f"{d['commit']}; `{d['config']}`{settings(d['overrides'])}): the same real training "
         "steps, over as many epochs as they take, under each malloc in turn.",
         "",
         "| malloc | peak RSS | tokens/s | RSS by step |",
@@ -270,172 +284,161 @@ def side_by_side(tfx: dict, onmt: dict, speed: dict | None) -> list[str]:
         lines.append(f"| {name} | {spec.format(ours)} | {spec.format(theirs)} | {ratio} |")
     if speed:
         flops = speed["rows"][0]["flops_per_token"]
-        peak = speed["matmul_peak_gflops"]["fp32"]
+        peaks = speed["matmul_peak_gflops"]
+        ours = precision_of(tfx.get("overrides", ""))
+
+        def mfu(rate: float, precision: str) -> str:
+            return f"{rate * flops / 1e9 / peaks[precision]:.0%} ({precision})"
+
         lines += [
             "",
-            f"MFU of the 12-minute run against the measured fp32 matmul peak ({peak:.0f} "
-            f"GFLOP/s, {flops / 1e6:.1f} MFLOP per target token): tfx "
-            f"{tfx['tokens_per_s_mean'] * flops / 1e9 / peak:.0%}, OpenNMT-py "
-            f"{onmt_rate * flops / 1e9 / peak:.0%}.",
+            "MFU of the 12-minute runs, each against the measured matmul peak of the precision "
+            f"it trained in (fp32 {peaks['fp32']:.0f}, bf16 {peaks['bf16']:.0f} GFLOP/s, from "
+            f"`bench/train_speed.py`; {flops / 1e6:.1f} MFLOP per target token): tfx "
+            f"{mfu(tfx['tokens_per_s_mean'], ours)}, OpenNMT-py "
+            f"{mfu(onmt_rate, ONMT_PRECISION)}.",
         ]
     return lines
 
 
-# The peers' figures on this kind of machine, from ../shared/bench/peers/RESULTS.md
-# (OpenNMT-py 3.5.1, same model and data, 2 threads; ranges over its two runs).
-PEER_TOKENS_PER_S = (2056, 2297)
-PEER_PEAK_RSS_GIB = 2.41
-PEER_GREEDY_BLEU_12MIN = 16.88  # warmup 400, test_2016, greedy
-PEER_GREEDY_SENT_PER_S = (244, 357)
-PEER_GREEDY_MEAN_PIECES = 10.1  # of the 357 sent/s run
-PEER_BEAM5_SENT_PER_S = (60, 141)
+def precision_of(overrides: str) -> str:
+    """The training precision a benchmark's --set overrides asked for (CPU: auto is fp32)."""
+    match = re.search(r"train\.precision=(\w+)", overrides)
+    return match.group(1) if match and match.group(1) != "auto" else "fp32"
 
 
-def goals(
-    speed: dict | None,
-    m30k: dict | None,
-    decode: dict | None,
-    onmt: dict | None = None,
-    race: dict | None = None,
-) -> list[str]:
-    """Each goal of the issues, the measured figure, and met or missed by how much."""
-    rows = []
-    peer_rss = min(PEER_PEAK_RSS_GIB, onmt["time"]["rss_gib"] if onmt else PEER_PEAK_RSS_GIB)
-
-    def row(goal: str, measured: float, target: float, unit: str, higher_is_better=True):
-        met = measured >= target if higher_is_better else measured <= target
-        gap = measured / target - 1 if higher_is_better else target / measured - 1
-        if met:
-            verdict = "met"
-        elif higher_is_better:
-            verdict = f"missed by {abs(gap):.0%}"
-        else:
-            verdict = f"missed: {measured / target:.1f}x the target"
-        rows.append(f"| {goal} | {measured:,.2f} {unit} | {target:,.2f} {unit} | {verdict} |")
-
-    if speed:
-        means = [
-            sum(r["tokens_per_s_all_rounds"]) / len(r["tokens_per_s_all_rounds"])
-            for r in speed["rows"]
-        ]
-        row(
-            "training throughput, fastest variant, mean of rounds (>= 2x OpenNMT-py)",
-            max(means),
-            4400,
-            "tok/s",
-        )
-    if m30k and onmt:
-        row(
-            "training throughput of the 12-minute run (>= 2x OpenNMT-py beside it)",
-            m30k["tokens_per_s_mean"],
-            2 * onmt["tok_s"],
-            "tok/s",
-        )
-    if m30k:
-        row(
-            "peak memory of the 12-minute run (< OpenNMT-py)",
-            m30k["peak_rss_gib"],
-            peer_rss,
-            "GiB",
-            higher_is_better=False,
-        )
-        bleu = max(r["bleu"] for r in m30k["test"]["beam1"]["results"])
-        row(
-            "test_2016 greedy BLEU after 12 minutes (> OpenNMT-py's best run)",
-            bleu,
-            max(PEER_GREEDY_BLEU_12MIN, onmt["beam1"]["bleu"] if onmt else 0.0),
-            "BLEU",
-        )
-        beam = max(r["bleu"] for r in m30k["test"]["beam5"]["results"])
-        row("beam 5 BLEU above greedy", beam, bleu, "BLEU")
-    if decode:
-        full = {
-            (r["search"], r["batch"], r["kv_cache"]): r
-            for r in decode["results"]
-            if r["set"] == "full"
-        }
-        # each decoding row of decode_speed.py against OpenNMT-py's best figure
-        for search, goal, peer in [
-            ("greedy", "greedy decoding, batch 64 (> OpenNMT-py's best)", PEER_GREEDY_SENT_PER_S),
-            ("beam5", "beam-5 decoding, batch 64 (> OpenNMT-py's best)", PEER_BEAM5_SENT_PER_S),
-            ("beam5_early", "beam-5 decoding, batch 64, with OpenNMT-py's stopping rule "
-             "(> its best)", PEER_BEAM5_SENT_PER_S),
-            ("greedy_bf16", "greedy decoding, batch 64, --precision bf16 (> OpenNMT-py's "
-             "best, which is fp32)", PEER_GREEDY_SENT_PER_S),
-            ("beam5_bf16", "beam-5 decoding, batch 64, --precision bf16 (> OpenNMT-py's "
-             "best, which is fp32)", PEER_BEAM5_SENT_PER_S),
-        ]:  # fmt: skip
-            if (search, 64, True) in full:
-                row(goal, full[(search, 64, True)]["sentences_per_s"], peer[1], "sent/s")
-        # the peers' own decoding, for output length: OpenNMT-py's fastest greedy run
-        # emitted 10.1 pieces per sentence on average (RESULTS.md, warmup-400 run)
-        if ("greedy", 64, True) in full:
-            row(
-                "greedy decoding, batch 64, output pieces/s (> OpenNMT-py's best: 357 "
-                "sent/s x 10.1 pieces)",
-                full[("greedy", 64, True)]["pieces_per_s"],
-                PEER_GREEDY_SENT_PER_S[1] * PEER_GREEDY_MEAN_PIECES,
-                "pieces/s",
-            )
-        if race:
-            row(
-                "greedy decoding, batch 64, by turns with OpenNMT-py (faster)",
-                race["speedup_sentences"],
-                1.0,
-                "x",
-            )
-        row(
-            "KV cache speed-up, greedy batch 64, whole test set (>= 3x)",
-            decode["checks"]["greedy_full_b64_cache_speedup"],
-            3.0,
-            "x",
-        )
-    if not rows:
-        return []
-    return [
-        "Goals from the issues against these results (OpenNMT-py: the run beside tfx below, "
-        "or the best figure in `../shared/bench/peers/RESULTS.md` where that is higher):",
-        "",
-        "| goal | measured | target | |",
-        "|---|---|---|---|",
-        *rows,
+def headline(tfx: dict, onmt: dict, race: dict | None, gpu: dict | None) -> list[str]:
+    """The README's table: tfx beside OpenNMT-py on the 12-minute CPU protocol."""
+    greedy = max(tfx["test"]["beam1"]["results"], key=lambda r: r["bleu"])
+    rows = [
+        ("training, real target tokens/s", tfx["tokens_per_s_mean"], onmt["tok_s"], "{:,.0f}"),
+        ("training, peak RSS (GiB)", tfx["peak_rss_gib"], onmt["time"]["rss_gib"], "{:.2f}"),
+        (
+            "test_2016 BLEU after 12 minutes, greedy",
+            greedy["bleu"],
+            onmt["beam1"]["bleu"],
+            "{:.2f}",
+        ),
     ]
+    lines = [
+        f"Multi30k de->en on one CPU machine ({tfx['machine']}, {tfx['date']}), the model of "
+        "`configs/multi30k_de_en.yaml`, 12 minutes of training each, one tool after "
+        f"the other: tfx at commit {tfx['commit']} (`bash bench/multi30k.sh de_en "
+        f"{tfx['budget_minutes']:g} {tfx.get('overrides', '')}`) and OpenNMT-py {onmt['version']} "
+        f"in {ONMT_PRECISION} (`bash bench/peer_onmt.sh`), with the same data, model size, batch "
+        "and schedule."
+        + (
+            f" Greedy decoding of test_2016 by turns, batch {race['batch']}, each tool in a fresh "
+            f"process (`bench/peer_decode.py`, commit {race['commit']}, {race['date']})."
+            if race
+            else ""
+        ),
+        "",
+        f"| | tfx | OpenNMT-py {onmt['version']} | tfx / OpenNMT-py |",
+        "|---|---|---|---|",
+    ]
+    for name, ours, theirs, spec in rows:
+        lines.append(
+            f"| {name} | {spec.format(ours)} | {spec.format(theirs)} | {ours / theirs:.2f}x |"
+        )
+    if race:
+        t, o = race["tfx"], race["onmt"]
+        lines.append(
+            f"| greedy decoding, sentences/s | {t['sentences_per_s_median']:,.0f} "
+            f"| {o['sentences_per_s_median']:,.0f} | {race['speedup_sentences']}x |"
+        )
+    if gpu:
+        best = max(gpu["rows"], key=lambda r: r["tokens_per_s"])
+        lines += [
+            "",
+            f"On a GPU, {gpu['machine']}, with `bench/train_speed.py` ({gpu['date']}, commit "
+            f"{gpu['commit']}): tfx trains the model of `{gpu['config']}` at "
+            f"{best['tokens_per_s']:,.0f} real target tokens/s ({best['variant']}, its fastest "
+            "variant there); OpenNMT-py was not run on it.",
+        ]
+    return lines
 
 
-def main() -> None:
+# docs/results.md: (heading, result file, renderer), in the page's order
+PAGE = [
+    ("Multi30k, 12 minutes on the CPU: de->en", "multi30k_de_en", multi30k),
+    ("Multi30k, 12 minutes on the CPU: en->de", "multi30k_en_de", multi30k),
+    ("Greedy decoding by turns with OpenNMT-py", "peer_decode", peer_decode),
+    ("Training throughput on the CPU", "train_speed", train_speed),
+    ("Training throughput on the CPU, by attention path", "train_speed_paths", train_speed),
+    ("Host memory over a long run", "train_memory", train_memory),
+    ("The model step alone on the CPU, fp32", "model_step", model_step),
+    ("The model step alone on the CPU, bf16", "model_step_bf16", model_step),
+    ("Training throughput on the GPU", "train_speed_cuda", train_speed),
+    ("The model step alone on the GPU, fp32", "model_step_cuda", model_step),
+    ("The model step alone on the GPU, bf16", "model_step_bf16_cuda", model_step),
+    ("Decoding speed on the CPU", "decode_speed", decode_speed),
+    ("Packed linear layers", "linear_packing", linear_packing),
+]
+
+
+def results_page() -> str:
     blocks = []
-    for name, render in [
-        ("train_speed", train_speed),
-        ("train_memory", train_memory),
-        ("model_step", model_step),
-        ("model_step_bf16", model_step),
-        ("train_speed_paths", train_speed),
-        ("train_speed_cuda", train_speed),
-        ("model_step_cuda", model_step),
-        ("model_step_bf16_cuda", model_step),
-        ("decode_speed", decode_speed),
-        ("linear_packing", linear_packing),
-        ("peer_decode", peer_decode),
-        ("multi30k_de_en", multi30k),
-        ("multi30k_en_de", multi30k),
-    ]:
-        d = load(name)
-        if d is not None:
-            blocks.append("\n".join(render(d)))
     tfx, onmt = load("multi30k_de_en"), load("peer_onmt")
     if tfx and onmt:
-        blocks.insert(0, "\n".join(side_by_side(tfx, onmt, load("train_speed"))))
-    goal_rows = goals(load("train_speed"), tfx, load("decode_speed"), onmt, load("peer_decode"))
-    if goal_rows:
-        blocks.insert(0, "\n".join(goal_rows))
-    text = README.read_text(encoding="utf-8")
+        blocks.append(
+            "## tfx beside OpenNMT-py\n\n" + "\n".join(side_by_side(tfx, onmt, load("train_speed")))
+        )
+    for heading, name, render in PAGE:
+        d = load(name)
+        if d is not None:
+            blocks.append(f"## {heading}\n\n" + "\n".join(render(d)))
+    return "\n\n".join(blocks)
+
+
+def readme_table() -> str:
+    tfx, onmt = load("multi30k_de_en"), load("peer_onmt")
+    if not (tfx and onmt):
+        return "No results in bench/results/ yet."
+    lines = headline(tfx, onmt, load("peer_decode"), load("train_speed_cuda"))
+    return "\n".join(
+        lines + ["", "Every table, with how each was measured: [docs/results.md](docs/results.md)."]
+    )
+
+
+def with_block(path: Path, block: str) -> str:
+    """The text of `path` with its results block replaced by `block`."""
+    text = path.read_text(encoding="utf-8")
     if BEGIN not in text or END not in text:
-        sys.exit(f"{README}: no {BEGIN} ... {END} block")
+        sys.exit(f"{path}: no {BEGIN} ... {END} block")
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    README.write_text(head + BEGIN + "\n" + "\n\n".join(blocks) + "\n" + END + tail)
-    print(f"updated {README} from {len(blocks)} result files")
+    return head + BEGIN + "\n" + block + "\n" + END + tail
+
+
+def rendered() -> dict[Path, str]:
+    """Each file this script writes, as it should read now."""
+    return {
+        README: with_block(README, readme_table()),
+        RESULTS_PAGE: with_block(RESULTS_PAGE, results_page()),
+    }
+
+
+def stale() -> dict[Path, str]:
+    """Each file whose committed text differs from what the results render to, with that text."""
+    return {p: t for p, t in rendered().items() if p.read_text(encoding="utf-8") != t}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if a file is stale")
+    args = parser.parse_args(argv)
+    out_of_date = stale()
+    names = ", ".join(str(p.relative_to(ROOT)) for p in out_of_date)
+    if args.check:
+        if out_of_date:
+            print(f"out of date: {names} (run python bench/readme_tables.py)")
+        return 1 if out_of_date else 0
+    for path, text in out_of_date.items():
+        path.write_text(text, encoding="utf-8")
+    print(f"updated {names or 'nothing: already current'}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
