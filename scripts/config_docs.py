@@ -49,13 +49,14 @@ python scripts/config_docs.py
 
 A config is a YAML file with `run_dir` and the sections `data`, `tokenizer`, `model`,
 `train` and `decode`. Every key but `run_dir` is optional and has the default below.
-Reading is strict: an unknown key (with a suggestion), a key given twice, a value of the
-wrong type or out of range is an error naming the file, line and dotted key, and all
-problems are reported at once. Values are converted by the option's type, so `lr: 1e-3`
-is a number. `--set section.key=value` (repeatable) overrides any key from the command
-line; its value is read as YAML. The range and cross-field rules (`model.heads` must
-divide `model.d_model`, ...) are in `transformer_cli/core/config_rules.py`. The resolved
-config of a run is written to `RUN_DIR/config.yaml` and travels inside every checkpoint.
+Reading is strict: an unknown key (with a suggestion), a key given twice or a value of
+the wrong type is an error naming the file, line and dotted key, and all such problems
+are reported at once. Values are converted by the option's type, so `lr: 1e-3` is a
+number. Once keys and types are right, the range and cross-field rules
+(`transformer_cli/core/config_rules.py`: `model.heads` must divide `model.d_model`, ...)
+are checked, each error naming its dotted key. `--set section.key=value` (repeatable)
+overrides any key from the command line; its value is read as YAML. The resolved config
+of a run is written to `RUN_DIR/config.yaml` and travels inside every checkpoint.
 """
 
 
@@ -262,19 +263,21 @@ def undocumented() -> list[str]:
     return [o.key for _, _, options in all_sections() for o in options if not o.meaning]
 
 
+def is_current() -> bool:
+    return PAGE.exists() and PAGE.read_text(encoding="utf-8") == render()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if the page is stale")
     args = parser.parse_args(argv)
-    text = render()
-    current = PAGE.read_text(encoding="utf-8") if PAGE.exists() else ""
     if args.check:
-        if text != current:
+        if not is_current():
             print(f"{PAGE.relative_to(ROOT)} is out of date: run python scripts/config_docs.py")
             return 1
         return 0
     PAGE.parent.mkdir(exist_ok=True)
-    PAGE.write_text(text, encoding="utf-8")
+    PAGE.write_text(render(), encoding="utf-8")
     print(f"wrote {PAGE.relative_to(ROOT)}")
     return 0
 
