@@ -15,8 +15,9 @@ from helpers import assert_only_error, cli, make_tiny_run
 from transformer_cli import __version__
 from transformer_cli.core import checkpoint
 from transformer_cli.core.checkpoint import load_checkpoint, save_checkpoint
+from transformer_cli.core.config import DecodeOverrides
 from transformer_cli.decoding import loading, translate
-from transformer_cli.fast.packing import packing_available
+from transformer_cli.fast.packing import fully_packed, packing_available
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -168,12 +169,27 @@ def test_precision_flag_reaches_the_decoder(ckpt, monkeypatch, flag, expected):
         return real(model, sources, decode_cfg, device, precision, **kwargs)
 
     monkeypatch.setattr(stream, "decode_all", spy)
-    result = cli("translate", ckpt, "--device", "cpu", *flag, "the dog .", "a cat sleeps .")
+    lines = "".join(["the dog .\n", "a cat sleeps .\n"] * (translate.PACK_MIN_LINES // 2))
+    result = cli("translate", ckpt, "--device", "cpu", *flag, input=lines.encode())
     assert result.exit_code == 0, result.output
-    assert len(result.stdout.splitlines()) == 2
+    assert len(result.stdout.splitlines()) == translate.PACK_MIN_LINES
     # on the CPU, auto is fp32; the linear layers are packed in the precision's type
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[expected]
     assert seen == [(expected, False, dtype if packing_available("cpu", expected) else None)]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_few_lines_are_decoded_unpacked_and_many_packed_with_the_same_output(ckpt, precision):
+    """Packing pays only on many lines; the outputs do not depend on it."""
+    few = ["the dog .", "a cat sleeps .", "the old man sees the small dog ."]
+    decode = DecodeOverrides(precision=precision)
+    translator = translate.Translator(ckpt, device="cpu", decode=decode)
+    alone = translator.translate(few)
+    assert not translator.packed and not fully_packed(translator.model)
+    many = translator.translate(few * (translate.PACK_MIN_LINES // len(few) + 1))
+    assert translator.packed
+    assert fully_packed(translator.model) == packing_available("cpu", precision)
+    assert many[: len(few)] == alone
 
 
 def test_bf16_decoding_runs_the_matrix_products_in_bf16(ckpt):

@@ -35,6 +35,10 @@ from transformer_cli.core.config_rules import apply_decode_overrides
 from transformer_cli.core.errors import ConfigError, DataError, TfxError
 
 CHUNK_LINES = 1000
+# Packing the weights for oneDNN costs more than it saves on a handful of lines, so a
+# model is packed at its first chunk of at least this many (docs/performance.md,
+# "Weights packed once"); the outputs are the same either way, up to float rounding order.
+PACK_MIN_LINES = 128
 
 
 # ----------------------------------------------------------------------------- input
@@ -92,22 +96,26 @@ class Translator:
     ) -> None:
         """`decode`: the options that replace the checkpoint's decode section (ConfigError
         naming the flag if one is out of range)."""
-        from transformer_cli.decoding.loading import load_model, ready_to_decode
+        from transformer_cli.decoding.loading import load_model
         from transformer_cli.decoding.stream import max_source_pieces
 
         self.device = pick_device(device)
         self.model, self.tokenizer, cfg = load_model(checkpoint_path, self.device)
         self.decode_cfg = apply_decode_overrides(cfg.decode, decode)
         self.precision = decode_precision(self.decode_cfg, self.device)
-        ready_to_decode(self.model, self.device, self.precision)
+        self.packed = False
         self.nbest = decode.nbest
         self.max_pieces = max_source_pieces(self.model)
         self.lines_done = 0  # for warnings' line numbers across chunks
 
     def translate(self, lines: list[str]) -> list[str]:
         """Output lines for `lines`: one each, or `nbest` each with scores."""
+        from transformer_cli.decoding.loading import ready_to_decode
         from transformer_cli.decoding.stream import decode_all, fit_sources
 
+        if not self.packed and len(lines) >= PACK_MIN_LINES:
+            ready_to_decode(self.model, self.device, self.precision)
+            self.packed = True
         first = self.lines_done + 1
         self.lines_done += len(lines)
         keep = [i for i, line in enumerate(lines) if line.strip()]
