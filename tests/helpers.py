@@ -31,11 +31,13 @@ def assert_one_line_error(result, fragment: str, alone: bool = False) -> None:
     """
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
-    assert lines and lines[-1].startswith("error: "), lines
+    assert lines, result.output
+    assert lines[-1].startswith("error: "), lines
     assert [line for line in lines if "error" in line.split(":")[0]] == [lines[-1]], lines
     assert fragment in lines[-1], lines[-1]
     assert not alone or len(lines) == 1, lines
-    assert "Traceback" not in result.output and "internal error" not in result.output
+    assert "Traceback" not in result.output
+    assert "internal error" not in result.output
 
 
 def error_of(fn, *args, error: type[Exception] = TfxError, **kwargs) -> str:
@@ -171,7 +173,8 @@ def assert_png(path: Path, min_side: int = 200, max_side: int = 4000) -> None:
     assert path.read_bytes()[:8] == PNG_MAGIC, path
     pixels = matplotlib.image.imread(path)
     height, width = pixels.shape[:2]
-    assert min_side <= height <= max_side and min_side <= width <= max_side, (height, width)
+    assert min_side <= height <= max_side, (height, width)
+    assert min_side <= width <= max_side, (height, width)
     assert pixels.std() > 0.01  # something was drawn
     assert not list(path.parent.glob(f".{path.name}.*.tmp"))  # written atomically
 

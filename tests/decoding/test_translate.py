@@ -38,9 +38,12 @@ def test_arguments_give_one_line_each_and_empty_stays_empty(ckpt):
     result = cli("translate", ckpt, "the old man sees the dog .", "", "  ", "a cat")
     assert result.exit_code == 0, result.output
     lines = result.stdout.split("\n")
-    assert len(lines) == 5 and lines[-1] == ""  # four lines, each ended by a newline
-    assert lines[1] == "" and lines[2] == ""
-    assert lines[0] and lines[3]  # a random model still says something for real input
+    assert len(lines) == 5  # four lines, each ended by a newline
+    assert lines[-1] == ""
+    assert lines[1] == ""
+    assert lines[2] == ""
+    assert lines[0]  # a random model still says something for real input
+    assert lines[3]
 
 
 def test_stdin_line_count_survives_empty_overlong_and_invalid_lines(ckpt):
@@ -50,8 +53,10 @@ def test_stdin_line_count_survives_empty_overlong_and_invalid_lines(ckpt):
     result = cli("translate", ckpt, input=b"\n".join(lines))
     assert result.exit_code == 0, result.output
     out = result.stdout.split("\n")
-    assert out[-1] == "" and len(out) - 1 == len(lines)
-    assert out[1] == "" and out[2] == ""
+    assert out[-1] == ""
+    assert len(out) - 1 == len(lines)
+    assert out[1] == ""
+    assert out[2] == ""
     assert all(out[i] for i in (0, 3, 4, 5, 6))
     warnings = [w for w in result.stderr.splitlines() if w.startswith("warning: ")]
     assert any(w.startswith("warning: line 4:") and "pieces" in w for w in warnings), warnings
@@ -75,8 +80,12 @@ def test_stdin_as_bytes_in_a_real_process(ckpt):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr.decode()
     out = proc.stdout.decode("utf-8").split("\n")
-    assert len(out) == 4 and out[1] == "" and out[0] and out[2]
-    assert b"warning: line 1:" in proc.stderr and b"warning: line 3:" in proc.stderr
+    assert len(out) == 4
+    assert out[1] == ""
+    assert out[0]
+    assert out[2]
+    assert b"warning: line 1:" in proc.stderr
+    assert b"warning: line 3:" in proc.stderr
 
 
 def test_input_and_output_files(ckpt, tmp_path):
@@ -107,7 +116,7 @@ def test_a_failed_run_leaves_no_output_file(ckpt, tmp_path, monkeypatch):
     target = tmp_path / "out.txt"
     calls = []
 
-    def fail_on_second_chunk(self, lines):
+    def fail_on_second_chunk(_self, lines):
         calls.append(lines)
         if len(calls) == 2:
             raise RuntimeError("boom")
@@ -116,7 +125,8 @@ def test_a_failed_run_leaves_no_output_file(ckpt, tmp_path, monkeypatch):
     monkeypatch.setattr(translate.Translator, "translate", fail_on_second_chunk)
     with pytest.raises(RuntimeError):
         translate.run(ckpt, input_path=source, output_path=target, device="cpu", chunk_lines=1)
-    assert not target.exists() and os.listdir(tmp_path) == ["in.txt"]
+    assert not target.exists()
+    assert os.listdir(tmp_path) == ["in.txt"]
 
 
 def test_nbest_gives_k_scored_lines_per_input_best_first(ckpt):
@@ -204,7 +214,9 @@ def test_interactive_prompt_when_stdin_is_a_terminal(ckpt, monkeypatch, capsys):
     assert translate.run(ckpt, device="cpu") == 2
     captured = capsys.readouterr()
     out = captured.out.split("\n")
-    assert len(out) == 3 and out[0] and out[1] == ""
+    assert len(out) == 3
+    assert out[0]
+    assert out[1] == ""
     assert captured.err.count("> ") == 3  # two lines, then the prompt that met EOF
 
 

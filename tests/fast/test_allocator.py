@@ -20,7 +20,7 @@ def found(name: str) -> str | None:
     return "libjemalloc.so.2" if name == "jemalloc" else None
 
 
-def missing(name: str) -> None:
+def missing(_name: str) -> None:
     return None
 
 
@@ -56,7 +56,8 @@ def test_stays_as_it_is(environ, platform, find):
 
 def test_keeps_the_users_malloc_conf():
     env = jemalloc_env({"MALLOC_CONF": "narenas:2"}, "linux", found)
-    assert env is not None and env["MALLOC_CONF"] == "narenas:2"
+    assert env is not None
+    assert env["MALLOC_CONF"] == "narenas:2"
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")

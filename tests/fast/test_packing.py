@@ -159,6 +159,7 @@ def test_decoding_drops_autograd_bookkeeping_unless_autocast_needs_it(
     sources = [[5, 6, 7, 8], [9, 10], [11, 12, 13]]
     cfg = DecodeConfig(batch_sentences=2)
     outputs = decode_all(model, sources, cfg, "cpu", precision)
-    assert seen and all(mode is inference for mode in seen)
-    monkeypatch.setattr(packing, "fully_packed", lambda model: False)  # force no_grad
+    assert seen
+    assert all(mode is inference for mode in seen)
+    monkeypatch.setattr(packing, "fully_packed", lambda _model: False)  # force no_grad
     assert decode_all(model, sources, cfg, "cpu", precision) == outputs

@@ -76,7 +76,8 @@ def assert_one_error(result, fragment: str) -> str:
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
     errors = [line for line in lines if "error" in line.lower()]
-    assert errors == lines[-1:] and lines[-1].startswith("error: "), lines
+    assert errors == lines[-1:], lines
+    assert lines[-1].startswith("error: "), lines
     assert fragment in lines[-1], lines[-1]
     assert "Traceback" not in result.output
     return lines[-1]
@@ -249,9 +250,11 @@ def assert_same_training_state(a: dict, b: dict) -> None:
 
 def _assert_equal(a, b, where: str) -> None:
     if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
+        assert isinstance(b, torch.Tensor), where
+        assert torch.equal(a, b), where
     elif isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        assert isinstance(b, dict), where
+        assert a.keys() == b.keys(), where
         for key in a:
             _assert_equal(a[key], b[key], f"{where}.{key}")
     elif isinstance(a, (list, tuple)):

@@ -36,9 +36,11 @@ def test_a_second_trainer_refuses_and_a_dead_owners_lock_is_taken_over(
         second = subprocess.run(train, capture_output=True, text=True, env=child_env(),
                                 timeout=300)  # fmt: skip
         assert second.returncode == 2, second.stderr
-        assert second.stderr.count("\n") == 1 and second.stderr.startswith("error: ")
+        assert second.stderr.count("\n") == 1
+        assert second.stderr.startswith("error: ")
         assert f"another training run is using this run dir (PID {first.pid}" in second.stderr
-        assert "Traceback" not in second.stderr and second.stdout == ""
+        assert "Traceback" not in second.stderr
+        assert second.stdout == ""
     finally:
         kill9(first)
 

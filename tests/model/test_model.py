@@ -253,7 +253,8 @@ def test_reordering_within_sentences_may_leave_the_source_state_alone():
     index = torch.tensor([2, 2, 0, 4, 3, 3])  # within sentence 0, within sentence 1
     cross_k, src_mask = cache.layers[0].cross_k, cache.src_mask
     cache.select(index, sources_too=False)
-    assert cache.layers[0].cross_k is cross_k and cache.src_mask is src_mask  # not copied
+    assert cache.layers[0].cross_k is cross_k  # not copied
+    assert cache.src_mask is src_mask
     rows = tgt.index_select(0, index)
     steps = [kv_cache.decode(model, rows[:, t : t + 1], memory, src, cache) for t in range(3, 6)]
     full = model.decode(rows, memory, src)  # same sentences in the same rows as before
@@ -437,8 +438,10 @@ def test_shapes_and_dtypes_under_bf16_autocast(attention):
         step = kv_cache.decode(model, tgt[:, :1], memory, src, cache)
     assert memory.shape == (2, 5, CFG.d_model)
     assert hidden.shape == (2, 4, CFG.d_model)
-    assert logits.shape == (2, 4, V) and logits.dtype == torch.bfloat16
-    assert step.shape == (2, 1, V) and step.dtype == torch.bfloat16
+    assert logits.shape == (2, 4, V)
+    assert logits.dtype == torch.bfloat16
+    assert step.shape == (2, 1, V)
+    assert step.dtype == torch.bfloat16
     assert logits.isfinite().all()
     assert all(p.grad.dtype == torch.float32 for p in model.parameters())
 
@@ -476,11 +479,16 @@ def test_parameter_count_matches_closed_form(changes):
 
 
 @pytest.mark.parametrize(
-    "changes",
-    [{"src_vocab": 0}, {"tgt_vocab": 0}, {"tgt_vocab": 30}, {"heads": 3}],
+    ("changes", "message"),
+    [
+        ({"src_vocab": 0}, "must be > 0"),
+        ({"tgt_vocab": 0}, "must be > 0"),
+        ({"tgt_vocab": 30}, "needs one joint vocabulary"),
+        ({"heads": 3}, "must divide d_model"),
+    ],
 )
-def test_invalid_configs_are_value_errors(changes):
-    with pytest.raises(ValueError):
+def test_invalid_configs_are_value_errors(changes, message):
+    with pytest.raises(ValueError, match=message):
         Transformer(dataclasses.replace(CFG, **changes))
 
 
@@ -488,7 +496,8 @@ def test_initialisation_xavier_matrices_zero_biases():
     model = Transformer(dataclasses.replace(CFG, d_model=64, d_ff=128))
     w = model.encoder.layers[0].ff[0].weight  # (F, D)
     bound = math.sqrt(6 / sum(w.shape))
-    assert w.abs().max() <= bound and w.abs().max() > 0.9 * bound
+    assert w.abs().max() <= bound
+    assert w.abs().max() > 0.9 * bound
     assert all((p == 0).all() for n, p in model.named_parameters() if n.endswith("bias"))
 
 

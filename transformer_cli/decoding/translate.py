@@ -209,7 +209,8 @@ def _open_input(path: str | Path) -> Iterator[BinaryIO]:
     if path.is_dir():
         raise DataError(f"{path}: is a directory, not a text file")
     try:
-        f = open(path, "rb")  # closed below
+        # not `with open(...)`: only open's own errors are reported here, not the reader's
+        f = open(path, "rb")  # noqa: SIM115 (closed by the `with f` below)
     except FileNotFoundError:
         raise DataError(f"{path}: no such input file") from None
     except OSError as e:
