@@ -167,13 +167,22 @@ def test_a_whole_run_writes_only_into_the_run_dir_and_the_named_output(tmp_path,
          "-o", str(output)],
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "TFX_"))}
-    env.update(HOME=str(home), TMPDIR=str(tmp), PYTHONDONTWRITEBYTECODE="1",
-               PYTHONPATH=str(REPO), MPLCONFIGDIR=str(home / "mpl"))  # fmt: skip
+    env.update(
+        HOME=str(home),
+        TMPDIR=str(tmp),
+        PYTHONDONTWRITEBYTECODE="1",
+        PYTHONPATH=str(REPO),
+        MPLCONFIGDIR=str(home / "mpl"),
+    )
     before = files(tmp_path)
     done = subprocess.run(
         [sys.executable, "-c", DRIVER, json.dumps(commands)],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr
     after = files(tmp_path)
 

@@ -26,8 +26,15 @@ from transformer_cli.training import evaluate
 error_of = functools.partial(error_of, error=ConfigError)  # their one-line message
 
 # a value for each option that is valid and differs from DecodeConfig's default
-GIVEN = {"beam": 4, "alpha": 0.5, "early_stop": True, "max_len_a": 2.0, "max_len_b": 3,
-         "batch_sentences": 7, "precision": "bf16"}  # fmt: skip
+GIVEN = {
+    "beam": 4,
+    "alpha": 0.5,
+    "early_stop": True,
+    "max_len_a": 2.0,
+    "max_len_b": 3,
+    "batch_sentences": 7,
+    "precision": "bf16",
+}
 FLAG_ARGS = ["--beam", "4", "--alpha", "0.5", "--early-stop", "--max-len-a", "2",
              "--max-len-b", "3", "--batch-size", "7", "--precision", "bf16"]  # fmt: skip
 # an out-of-range value for each option that has a range rule

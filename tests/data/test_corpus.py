@@ -67,7 +67,7 @@ def test_line_count_mismatch_names_both_files_and_counts(tmp_path):
         st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\n\r"), min_size=1),
         min_size=1,
         max_size=8,
-    ),  # fmt: skip
+    ),
     data=st.data(),
 )
 def test_invalid_utf8_reports_file_line_and_column(lines, data):
@@ -137,8 +137,13 @@ def test_jsonl_nested_fields_with_datasets(tmp_path):
     rows[2]["translation"]["de"] = "  "  # an empty side drops the pair
     path = tmp_path / "train.jsonl"
     path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", "utf-8")
-    data = DataConfig(source="files", dir=str(tmp_path), format="jsonl",
-                      src_field="translation.en", tgt_field="translation.de")  # fmt: skip
+    data = DataConfig(
+        source="files",
+        dir=str(tmp_path),
+        format="jsonl",
+        src_field="translation.en",
+        tgt_field="translation.de",
+    )
     pairs = corpus.read_split(data, "train")
     assert pairs.src == [f"sentence {i}" for i in (0, 1, 3, 4)]
     assert pairs.tgt == [f"Satz {i}" for i in (0, 1, 3, 4)]

@@ -22,8 +22,17 @@ from transformer_cli.data.tokenizer import Tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
 MULTI30K = Path(__file__).resolve().parents[2].parent / "shared/data/multi30k"
-META_KEYS = {"format", "fingerprint", "created", "seconds", "inputs", "tokenizer", "special_ids",
-             "splits", "files"}  # fmt: skip
+META_KEYS = {
+    "format",
+    "fingerprint",
+    "created",
+    "seconds",
+    "inputs",
+    "tokenizer",
+    "special_ids",
+    "splits",
+    "files",
+}
 
 
 def stamps(run_dir) -> dict[str, int]:
@@ -237,8 +246,9 @@ def test_jsonl_with_nested_fields_and_a_missing_one(tmp_path, make_config, toy_p
     meta = prepare.run(cfg)
     assert [meta["splits"][r]["kept"] for r in SPLITS] == [240, 30, 30]
     assert cache.load_text(cfg.run_dir, "test", "tgt") == [de for _, de in toy_pairs[270:]]
-    message = data_error(make_config(*fields, "data.src_field=translation.en",
-                                     "data.tgt_field=translation.fr"))  # fmt: skip
+    message = data_error(
+        make_config(*fields, "data.src_field=translation.en", "data.tgt_field=translation.fr")
+    )
     assert message.startswith(f"{directory / 'train.jsonl'}:1: no field 'translation.fr'")
 
 

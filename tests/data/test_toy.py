@@ -28,13 +28,23 @@ ALLOWED_DETERMINERS = {
 DETERMINERS = set().union(*ALLOWED_DETERMINERS.values()) - {None}
 # The adjective ending after each determiner, for a given gender/number.
 ADJECTIVE_ENDING = {
-    ("der", "m", False): "e", ("den", "m", False): "en", ("die", "f", False): "e",
-    ("das", "n", False): "e", ("ein", "m", False): "er", ("einen", "m", False): "en",
-    ("ein", "n", False): "es", ("eine", "f", False): "e", ("mein", "m", False): "er",
-    ("meinen", "m", False): "en", ("mein", "n", False): "es", ("meine", "f", False): "e",
-    ("dieser", "m", False): "e", ("diesen", "m", False): "en", ("diese", "f", False): "e",
+    ("der", "m", False): "e",
+    ("den", "m", False): "en",
+    ("die", "f", False): "e",
+    ("das", "n", False): "e",
+    ("ein", "m", False): "er",
+    ("einen", "m", False): "en",
+    ("ein", "n", False): "es",
+    ("eine", "f", False): "e",
+    ("mein", "m", False): "er",
+    ("meinen", "m", False): "en",
+    ("mein", "n", False): "es",
+    ("meine", "f", False): "e",
+    ("dieser", "m", False): "e",
+    ("diesen", "m", False): "en",
+    ("diese", "f", False): "e",
     ("dieses", "n", False): "e",
-}  # fmt: skip
+}
 for _det in ("die", "meine", "diese"):
     for _g in "mfn":
         ADJECTIVE_ENDING[(_det, _g, True)] = "en"

@@ -231,8 +231,9 @@ class BigramModel:
     """
 
     def __init__(self, table: dict[int, dict[int, float]], max_positions: int = 10) -> None:
-        self.cfg = ModelConfig(d_model=VOCAB, heads=1, max_positions=max_positions,
-                               src_vocab=VOCAB, tgt_vocab=VOCAB)  # fmt: skip
+        self.cfg = ModelConfig(
+            d_model=VOCAB, heads=1, max_positions=max_positions, src_vocab=VOCAB, tgt_vocab=VOCAB
+        )
         logp = torch.full((VOCAB, VOCAB), -30.0)
         for prev, row in table.items():
             for tok, p in row.items():
@@ -258,8 +259,11 @@ class BigramModel:
 A, B = FIRST_REAL, FIRST_REAL + 1
 # EOS first is the most probable step, but "A EOS" wins once lengths are normalised
 # at alpha 1: log(0.44 * 0.99) / (7/6) = -0.71 > log(0.45) / 1 = -0.80
-SHORT_OR_LONG = {BOS_ID: {EOS_ID: 0.45, A: 0.44, B: 0.11}, A: {EOS_ID: 0.99, B: 0.01},
-                 B: {EOS_ID: 0.5, A: 0.5}}  # fmt: skip
+SHORT_OR_LONG = {
+    BOS_ID: {EOS_ID: 0.45, A: 0.44, B: 0.11},
+    A: {EOS_ID: 0.99, B: 0.01},
+    B: {EOS_ID: 0.5, A: 0.5},
+}
 
 
 @pytest.mark.parametrize("use_cache", [True, False])

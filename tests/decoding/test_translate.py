@@ -48,8 +48,15 @@ def test_arguments_give_one_line_each_and_empty_stays_empty(ckpt):
 
 def test_stdin_line_count_survives_empty_overlong_and_invalid_lines(ckpt):
     overlong = " ".join(["the old man sees the small dog"] * 6)
-    lines = [b"the dog sleeps .", b"", b"   \t ", overlong.encode(), b"the \xff\xfe cat",
-             "der Hund \u2028 schl\u00e4ft".encode(), b"a cat"]  # fmt: skip
+    lines = [
+        b"the dog sleeps .",
+        b"",
+        b"   \t ",
+        overlong.encode(),
+        b"the \xff\xfe cat",
+        "der Hund \u2028 schl\u00e4ft".encode(),
+        b"a cat",
+    ]
     result = cli("translate", ckpt, input=b"\n".join(lines))
     assert result.exit_code == 0, result.output
     out = result.stdout.split("\n")
@@ -75,9 +82,12 @@ def test_stdin_as_bytes_in_a_real_process(ckpt):
     # the real sys.stdin.buffer path, with bytes that are not UTF-8
     proc = subprocess.run(
         [sys.executable, "-m", "transformer_cli", "translate", ckpt],
-        input=b"a \xc3( b\n\nthe \xff cat\n", capture_output=True, cwd=REPO, timeout=120,
+        input=b"a \xc3( b\n\nthe \xff cat\n",
+        capture_output=True,
+        cwd=REPO,
+        timeout=120,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
+    )
     assert proc.returncode == 0, proc.stderr.decode()
     out = proc.stdout.decode("utf-8").split("\n")
     assert len(out) == 4
@@ -229,9 +239,9 @@ def test_load_model_gives_the_saved_weights(ckpt):
 
 
 @pytest.mark.parametrize(
-    ("version", "ok"), [(__version__, True), ("0.1.7", True), ("0.2.0", False),
-                        ("1.1.0", False), ("unknown", False)],
-)  # fmt: skip
+    ("version", "ok"),
+    [(__version__, True), ("0.1.7", True), ("0.2.0", False), ("1.1.0", False), ("unknown", False)],
+)
 def test_version_compatibility(version, ok):
     assert checkpoint.compatible_version(version) is ok
 
@@ -239,15 +249,31 @@ def test_version_compatibility(version, ok):
 # ----------------------------------------------------------------------------- errors
 
 
-@pytest.mark.parametrize("case", ["missing", "directory", "text", "plain_torch", "cut_short",
-                                  "missing_keys", "old_version", "wrong_weights"])  # fmt: skip
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing",
+        "directory",
+        "text",
+        "plain_torch",
+        "cut_short",
+        "missing_keys",
+        "old_version",
+        "wrong_weights",
+    ],
+)
 def test_bad_checkpoints_are_one_line_errors(ckpt, tmp_path, case):
     path = tmp_path / "bad.pt"
-    expected = {"missing": "no such checkpoint", "directory": "is a directory",
-                "text": "not a tfx checkpoint", "plain_torch": "not a tfx checkpoint",
-                "cut_short": "corrupt", "missing_keys": "missing config, tokenizer",
-                "old_version": "written by tfx 0.0.1",
-                "wrong_weights": "weights do not fit"}[case]  # fmt: skip
+    expected = {
+        "missing": "no such checkpoint",
+        "directory": "is a directory",
+        "text": "not a tfx checkpoint",
+        "plain_torch": "not a tfx checkpoint",
+        "cut_short": "corrupt",
+        "missing_keys": "missing config, tokenizer",
+        "old_version": "written by tfx 0.0.1",
+        "wrong_weights": "weights do not fit",
+    }[case]
     state = load_checkpoint(ckpt)
     if case == "directory":
         path = tmp_path
@@ -268,15 +294,17 @@ def test_bad_checkpoints_are_one_line_errors(ckpt, tmp_path, case):
 
 @pytest.mark.parametrize(
     ("args", "expected"),
-    [(["--beam", "2", "--nbest", "3"], "--nbest must be between 1 and --beam (2)"),
-     (["--beam", "0"], "--beam must be >= 1"),
-     (["--batch-size", "0"], "--batch-size must be >= 1"),
-     (["--max-len-a", "0", "--max-len-b", "0"], "cannot both be 0"),
-     (["--device", "tpu"], "--device must be one of auto, cpu, cuda, mps"),
-     (["--device", "cpu", "--precision", "fp16"], "--precision: fp16 needs CUDA"),
-     (["--precision", "int8"], "--precision: must be one of auto|fp32|bf16|fp16"),
-     (["--input", "/nonexistent/in.txt"], "no such input file")],
-)  # fmt: skip
+    [
+        (["--beam", "2", "--nbest", "3"], "--nbest must be between 1 and --beam (2)"),
+        (["--beam", "0"], "--beam must be >= 1"),
+        (["--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--max-len-a", "0", "--max-len-b", "0"], "cannot both be 0"),
+        (["--device", "tpu"], "--device must be one of auto, cpu, cuda, mps"),
+        (["--device", "cpu", "--precision", "fp16"], "--precision: fp16 needs CUDA"),
+        (["--precision", "int8"], "--precision: must be one of auto|fp32|bf16|fp16"),
+        (["--input", "/nonexistent/in.txt"], "no such input file"),
+    ],
+)
 def test_bad_options_are_one_line_errors(ckpt, args, expected):
     extra = [] if "--input" in args else ["a dog ."]
     assert_only_error(cli("translate", ckpt, *extra, *args), expected)

@@ -28,12 +28,26 @@ REPO = HERE.parents[1]
 # resume must restore the RNG too.
 TINY = {
     "tokenizer": {"vocab_size": 100},
-    "model": {"d_model": 32, "heads": 2, "enc_layers": 1, "dec_layers": 1, "d_ff": 64,
-              "dropout": 0.1},
-    "train": {"batch_tokens": 600, "warmup": 5, "log_every": 1, "threads": 1, "device": "cpu",
-              "max_steps": 12, "eval_every": 3, "keep_last": 2},
+    "model": {
+        "d_model": 32,
+        "heads": 2,
+        "enc_layers": 1,
+        "dec_layers": 1,
+        "d_ff": 64,
+        "dropout": 0.1,
+    },
+    "train": {
+        "batch_tokens": 600,
+        "warmup": 5,
+        "log_every": 1,
+        "threads": 1,
+        "device": "cpu",
+        "max_steps": 12,
+        "eval_every": 3,
+        "keep_last": 2,
+    },
     "decode": {"max_len_a": 0, "max_len_b": 5},
-}  # fmt: skip
+}
 
 
 def tiny_raw(run_dir: Path, data_dir: Path, **train: object) -> dict:

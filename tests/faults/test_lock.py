@@ -29,12 +29,12 @@ def test_a_second_trainer_refuses_and_a_dead_owners_lock_is_taken_over(
     train = [sys.executable, "-m", "transformer_cli", "train", "--config", str(config)]
     marker, log = tmp_path / "paused", tmp_path / "log"
     # the first trainer holds the lock, stopped in its first step
-    first = start_tfx(train[3:], log, pause="call|transformer_cli.training.step.batch_loss|1",
-                      marker=marker)  # fmt: skip
+    first = start_tfx(
+        train[3:], log, pause="call|transformer_cli.training.step.batch_loss|1", marker=marker
+    )
     try:
         wait_until(marker.exists, first, log=log)
-        second = subprocess.run(train, capture_output=True, text=True, env=child_env(),
-                                timeout=300)  # fmt: skip
+        second = subprocess.run(train, capture_output=True, text=True, env=child_env(), timeout=300)
         assert second.returncode == 2, second.stderr
         assert second.stderr.count("\n") == 1
         assert second.stderr.startswith("error: ")

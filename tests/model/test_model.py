@@ -90,8 +90,9 @@ def test_math_and_sdpa_models_agree_in_outputs_and_gradients(norm):
         torch.testing.assert_close(g_math, g_sdpa)
 
 
-@pytest.mark.parametrize(("path", "cpu", "cuda"), [("auto", False, True), ("sdpa", True, True),
-                                                   ("math", False, False)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("path", "cpu", "cuda"), [("auto", False, True), ("sdpa", True, True), ("math", False, False)]
+)
 def test_each_path_resolves_per_device(path, cpu, cuda):
     module = SelfAttention(8, 2, 0.0, path)
     assert module.uses_sdpa(torch.device("cpu")) is cpu
@@ -300,8 +301,14 @@ def run_slots(model, sources: list[Tensor], targets: list[Tensor], slots: int) -
             width = max(len(s) for s in group) + 1
             src = torch.stack([F.pad(s, (0, width - len(s)), value=PAD_ID) for s in group])
             cross, mask, lengths = slot_sources(model, src)
-            states += [([(k[i : i + 1], v[i : i + 1]) for k, v in cross], mask[i : i + 1],
-                        lengths[i : i + 1]) for i in range(len(group))]  # fmt: skip
+            states += [
+                (
+                    [(k[i : i + 1], v[i : i + 1]) for k, v in cross],
+                    mask[i : i + 1],
+                    lengths[i : i + 1],
+                )
+                for i in range(len(group))
+            ]
     cache = SlotCache.for_model(model, "cpu")
     queue = list(range(len(sources)))
     sentence: list[int] = []
@@ -354,8 +361,10 @@ def test_slot_decoding_equals_full_decoding_whenever_sentences_start(
     lengths = tgt_lengths.draw(st.lists(st.integers(1, 20), min_size=n, max_size=n))
     gen = torch.Generator().manual_seed(seed)
     sources = [torch.randint(4, V, (k,), generator=gen) for k in src_lengths]
-    targets = [torch.cat([torch.tensor([BOS_ID]), torch.randint(4, V, (k - 1,), generator=gen)])
-               for k in lengths]  # fmt: skip
+    targets = [
+        torch.cat([torch.tensor([BOS_ID]), torch.randint(4, V, (k - 1,), generator=gen)])
+        for k in lengths
+    ]
     got = run_slots(model, sources, targets, slots)
     for i, (src, tgt) in enumerate(zip(sources, targets, strict=True)):
         alone = model.decode(tgt[None], model.encode(src[None]), src[None])[0]  # (T, V)

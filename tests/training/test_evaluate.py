@@ -45,8 +45,10 @@ def test_a_directory_is_scored_with_sane_fields_and_files(tiny, ckpt_dir, tmp_pa
     results = report["results"]
     # last.pt is the same file as ckpt_00000030.pt: scored once
     assert sorted(Path(r["checkpoint"]).name for r in results) == [
-        "ckpt_00000010.pt", "ckpt_00000020.pt", "ckpt_00000030.pt"
-    ]  # fmt: skip
+        "ckpt_00000010.pt",
+        "ckpt_00000020.pt",
+        "ckpt_00000030.pt",
+    ]
     assert sorted(r["step"] for r in results) == list(STEPS)
     assert [r["bleu"] for r in results] == sorted((r["bleu"] for r in results), reverse=True)
     for r in results:
@@ -126,8 +128,10 @@ def test_the_report_names_the_first_checkpoints_data(tiny, toy_pairs, tmp_path):
     """Checkpoints of two runs are scored on each run's own split; the report's summary
     (data, sentences) is the first checkpoint's, whichever run comes last."""
     other = make_tiny_run(tmp_path / "other", toy_pairs[:290])  # a 20-line test split
-    ckpt = {cfg.run_dir: str(Path(cfg.run_dir) / "checkpoints" / "ckpt_00000010.pt")
-            for cfg in (tiny, other)}  # fmt: skip
+    ckpt = {
+        cfg.run_dir: str(Path(cfg.run_dir) / "checkpoints" / "ckpt_00000010.pt")
+        for cfg in (tiny, other)
+    }
     sizes = {tiny.run_dir: 30, other.run_dir: 20}
     for order in ((tiny.run_dir, other.run_dir), (other.run_dir, tiny.run_dir)):
         report = evaluate_json(*(ckpt[r] for r in order), "--output-dir", str(tmp_path / "eval"))
@@ -200,8 +204,10 @@ def test_evaluate_errors_are_one_line(ckpt_dir, tmp_path):
     ]
     for args, expected in cases:
         assert_only_error(cli("evaluate", *args), expected)
-    assert_only_error(cli("average", str(tmp_path / "x*.pt"), "-o", str(tmp_path / "o.pt")),
-                          "no checkpoint matches")  # fmt: skip
+    assert_only_error(
+        cli("average", str(tmp_path / "x*.pt"), "-o", str(tmp_path / "o.pt")),
+        "no checkpoint matches",
+    )
 
 
 def test_precision_comes_from_the_flag_or_the_config(ckpt_dir, tmp_path):

@@ -310,8 +310,16 @@ def test_split_perplexity_is_exp_of_its_nll_at_any_size(monkeypatch, scale, fuse
 
     monkeypatch.setattr(loss_mod, "batch_loss", scaled)
     torch.manual_seed(0)
-    model_cfg = ModelConfig(src_vocab=30, tgt_vocab=30, d_model=16, heads=2, enc_layers=1,
-                            dec_layers=1, d_ff=32, dropout=0.0)  # fmt: skip
+    model_cfg = ModelConfig(
+        src_vocab=30,
+        tgt_vocab=30,
+        d_model=16,
+        heads=2,
+        enc_layers=1,
+        dec_layers=1,
+        d_ff=32,
+        dropout=0.0,
+    )
     cfg = Config(run_dir="unused", model=model_cfg, train=TrainConfig(fused_loss=fused))
     src = [torch.randint(4, 30, (n,)).tolist() for n in (3, 5, 2)]
     tgt = [torch.randint(4, 30, (n,)).tolist() for n in (4, 2, 6)]

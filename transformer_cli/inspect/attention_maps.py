@@ -168,8 +168,13 @@ def plot_first_attention(
     if not texts:
         raise ConfigError("--plot-attention draws a sentence given as a TEXT argument; give one")
     path = plot_translation_attention(
-        checkpoint, texts[0], output, layer=layer, head=head,
-        self_attention=self_attention, device=device,
-    )  # fmt: skip
+        checkpoint,
+        texts[0],
+        output,
+        layer=layer,
+        head=head,
+        self_attention=self_attention,
+        device=device,
+    )
     wrote(path)
     return path

@@ -259,8 +259,10 @@ def split_data(cfg, split: str) -> EvalData:
     sources = cache.load_text(cfg.run_dir, name, "src")
     references = cache.load_text(cfg.run_dir, name, "tgt")
     if len(sources) != len(references):
-        raise DataError(f"{cache.cache_dir(cfg.run_dir)}: {name} has {len(sources)} sources "
-                        f"but {len(references)} references; run tfx prepare again")  # fmt: skip
+        raise DataError(
+            f"{cache.cache_dir(cfg.run_dir)}: {name} has {len(sources)} sources "
+            f"but {len(references)} references; run tfx prepare again"
+        )
     return EvalData(name, sources, references, f"{cache.cache_dir(cfg.run_dir)} ({name})")
 
 
@@ -287,8 +289,11 @@ def score_checkpoint(model, tokenizer, cfg, decode, data: EvalData, device, prec
     cap = max_source_pieces(model)
     truncated = len(fit_sources(model, src_ids)[1])
     if truncated:
-        print(f"warning: {truncated} source lines are longer than the model's {cap} positions; "
-              "only their first pieces are translated", file=sys.stderr)  # fmt: skip
+        print(
+            f"warning: {truncated} source lines are longer than the model's {cap} positions; "
+            "only their first pieces are translated",
+            file=sys.stderr,
+        )
     started = time.perf_counter()
     hyp_ids = decode_all(model, src_ids, decode, device, precision)
     seconds = time.perf_counter() - started
@@ -317,18 +322,27 @@ def format_table(report: dict) -> str:
     lines = [header]
     for r in report["results"]:
         step = "" if r["step"] is None else str(r["step"])
-        lines.append((
-            r["checkpoint"], step, f"{r['bleu']:.2f}", f"{r['chrf']:.2f}", f"{r['loss']:.3f}",
-            f"{r['ppl']:.2f}", str(r["sentences"]), f"{r['decode_seconds']:.2f}",
+        row = (
+            r["checkpoint"],
+            step,
+            f"{r['bleu']:.2f}",
+            f"{r['chrf']:.2f}",
+            f"{r['loss']:.3f}",
+            f"{r['ppl']:.2f}",
+            str(r["sentences"]),
+            f"{r['decode_seconds']:.2f}",
             f"{r['sentences_per_s']:.1f}",
-        ))  # fmt: skip
+        )
+        lines.append(row)
     text = aligned(lines)
     d = report["decode"]
     search = "greedy" if d["beam"] == 1 else f"beam {d['beam']}, alpha {d['alpha']}"
     if d["beam"] > 1 and d.get("early_stop"):
         search += ", early stop"
-    text.append(f"data: {report['data']}, {report['sentences']} sentences; {search}; "
-                f"{report['device']} {report['precision']}")  # fmt: skip
+    text.append(
+        f"data: {report['data']}, {report['sentences']} sentences; {search}; "
+        f"{report['device']} {report['precision']}"
+    )
     text.append(f"BLEU: {report['bleu_signature']}")
     text.append(f"chrF: {report['chrf_signature']}")
     return "\n".join(text)
