@@ -19,8 +19,9 @@ demo: $(BIN)/.installed
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
 
+# ruff over the whole tree; mypy over the package (the files of [tool.mypy] in pyproject.toml)
 lint: $(BIN)/.installed
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
 
 format: $(BIN)/.installed
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
