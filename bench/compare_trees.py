@@ -63,8 +63,10 @@ def cpu_flags() -> list[str]:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return []
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
-                  if line.startswith("flags")), [])  # fmt: skip
+    flags = next(
+        (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")),
+        [],
+    )
     return sorted(f for f in flags if f.startswith(("avx", "amx", "fma")))
 
 
@@ -96,8 +98,10 @@ def main() -> None:
     names = sorted(set(per_round[0]["old"]) & set(per_round[0]["new"]))
     ratios = {n: [m["new"][n] / m["old"][n] for m in per_round] for n in names}
     for n in names:
-        print(f"{statistics.median(ratios[n]):6.3f}x  {n}  (rounds: "
-              f"{', '.join(f'{x:.3f}' for x in ratios[n])})")  # fmt: skip
+        print(
+            f"{statistics.median(ratios[n]):6.3f}x  {n}  (rounds: "
+            f"{', '.join(f'{x:.3f}' for x in ratios[n])})"
+        )
     report = {
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",

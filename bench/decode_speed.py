@@ -113,15 +113,20 @@ def fastest(models, sources, decode, configs: list[tuple], reps: int) -> list[di
     rows = []
     for (search, batch, use_cache), run in best.items():
         seconds = run["seconds"]
-        rows.append({
-            "search": search, "batch": batch, "kv_cache": use_cache,
-            "sentences": len(sources), "seconds": round(seconds, 3),
-            "all_seconds": [round(t, 3) for t in every[(search, batch, use_cache)]],
-            "sentences_per_s": round(len(sources) / seconds, 1),
-            "pieces_per_s": round(run["pieces"] / seconds, 1),
-            "mean_output_pieces": round(run["pieces"] / max(len(sources), 1), 2),
-            "outputs": run["outputs"],
-        })  # fmt: skip
+        rows.append(
+            {
+                "search": search,
+                "batch": batch,
+                "kv_cache": use_cache,
+                "sentences": len(sources),
+                "seconds": round(seconds, 3),
+                "all_seconds": [round(t, 3) for t in every[(search, batch, use_cache)]],
+                "sentences_per_s": round(len(sources) / seconds, 1),
+                "pieces_per_s": round(run["pieces"] / seconds, 1),
+                "mean_output_pieces": round(run["pieces"] / max(len(sources), 1), 2),
+                "outputs": run["outputs"],
+            }
+        )
     return rows
 
 
@@ -132,9 +137,12 @@ def paired(slow: dict, fast: dict) -> float:
     shares that moment's load; a ratio of the fastest runs could pair a lucky run of one
     with an unlucky run of the other (on this machine, runs of one config differ by 10%).
     """
-    return round(statistics.median(
-        s / f for s, f in zip(slow["all_seconds"], fast["all_seconds"], strict=True)
-    ), 2)  # fmt: skip
+    return round(
+        statistics.median(
+            s / f for s, f in zip(slow["all_seconds"], fast["all_seconds"], strict=True)
+        ),
+        2,
+    )
 
 
 def main() -> int:
@@ -171,16 +179,26 @@ def main() -> int:
     decode = apply_decode_overrides(cfg.decode, overrides)
     subset = sources[: args.subset]
 
-    print(f"{args.checkpoint}: {sum(p.numel() for p in model.parameters()):,} parameters; "
-          f"{data.origin}, {len(sources)} sentences; {args.threads} threads; "
-          f"fastest of {args.reps}", flush=True)  # fmt: skip
+    print(
+        f"{args.checkpoint}: {sum(p.numel() for p in model.parameters()):,} parameters; "
+        f"{data.origin}, {len(sources)} sentences; {args.threads} threads; "
+        f"fastest of {args.reps}",
+        flush=True,
+    )
     rows = []
     full = [(search, 64, True) for search in FULL_ONLY] + [("greedy", 64, False)]
     for row in fastest(models, sources, decode, full, args.reps):
         hypotheses = tokenizer.decode_tgt(row["outputs"])
         bleu = sacrebleu.corpus_bleu(hypotheses, [data.references]).score
-        rows.append({"set": "full", **row, "precision": SEARCHES[row["search"]][2],
-                     "refill": SEARCHES[row["search"]][3], "bleu": round(bleu, 2)})  # fmt: skip
+        rows.append(
+            {
+                "set": "full",
+                **row,
+                "precision": SEARCHES[row["search"]][2],
+                "refill": SEARCHES[row["search"]][3],
+                "bleu": round(bleu, 2),
+            }
+        )
     every = [(s, b, c) for s in ("greedy", "beam5") for b in (64, 1) for c in (True, False)]
     every += [(search, b, True) for search in ["greedy_bf16", *SUBSET_ONLY] for b in (64, 1)]
     for row in fastest(models, subset, decode, every, args.reps):
@@ -195,8 +213,14 @@ def main() -> int:
         )
 
     def find(search, batch, use_cache) -> dict:
-        return next(r for r in rows if r["set"] == "subset" and r["search"] == search
-                    and r["batch"] == batch and r["kv_cache"] == use_cache)  # fmt: skip
+        return next(
+            r
+            for r in rows
+            if r["set"] == "subset"
+            and r["search"] == search
+            and r["batch"] == batch
+            and r["kv_cache"] == use_cache
+        )
 
     full_greedy = {r["kv_cache"]: r for r in rows if r["set"] == "full" and r["search"] == "greedy"}
     checks = {
@@ -260,7 +284,7 @@ def main() -> int:
             "cpus": os.cpu_count(),
             "torch": torch.__version__,
             "python": platform.python_version(),
-        },  # fmt: skip
+        },
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "commit": subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True

@@ -36,8 +36,14 @@ from transformer_cli.fast.packing import PackedLinear, packing_available
 OUT = Path(__file__).parent / "out" / "linear_packing.json"
 # (in, out, bias): Q/K/V in_proj, cross-attention kv_proj, first and second feed-forward
 # layers, the attention output projection, the output projection (tied: no bias)
-SHAPES = [(256, 768, True), (256, 512, True), (256, 1024, True), (1024, 256, True),
-          (256, 256, True), (256, 8000, False)]  # fmt: skip
+SHAPES = [
+    (256, 768, True),
+    (256, 512, True),
+    (256, 1024, True),
+    (1024, 256, True),
+    (256, 256, True),
+    (256, 8000, False),
+]
 ROWS = [1, 5, 64, 128]
 CACHE = ("cold", "warm")
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -65,8 +71,10 @@ def main() -> int:
                 b = None if layer.bias is None else layer.bias.to(dtype)
                 for cache, rows in ((c, n) for c in CACHE for n in ROWS):
                     x = torch.randn(rows, d_in, dtype=dtype)
-                    variants = (("linear", lambda x=x, w=w, b=b: F.linear(x, w, b)),
-                                ("packed", lambda x=x, p=packed: p(x)))  # fmt: skip
+                    variants = (
+                        ("linear", lambda x=x, w=w, b=b: F.linear(x, w, b)),
+                        ("packed", lambda x=x, p=packed: p(x)),
+                    )
                     times: dict[str, list[float]] = {name: [] for name, _ in variants}
                     for rep in range(args.reps + 5):
                         for name, product in variants:
@@ -78,10 +86,18 @@ def main() -> int:
                             if rep >= 5:  # the first calls warm up kernels and caches
                                 times[name].append(elapsed)
                     t, p = (statistics.median(times[k]) * 1e6 for k in ("linear", "packed"))
-                    results.append({"precision": precision, "in": d_in, "out": d_out,
-                                    "cache": cache, "rows": rows, "linear_us": round(t, 1),
-                                    "packed_us": round(p, 1),
-                                    "speedup": round(t / p, 2)})  # fmt: skip
+                    results.append(
+                        {
+                            "precision": precision,
+                            "in": d_in,
+                            "out": d_out,
+                            "cache": cache,
+                            "rows": rows,
+                            "linear_us": round(t, 1),
+                            "packed_us": round(p, 1),
+                            "speedup": round(t / p, 2),
+                        }
+                    )
                     print(
                         f"{precision} {d_in:>5} -> {d_out:<5} {cache} rows {rows:>3}: F.linear "
                         f"{t:8.1f} us, packed {p:8.1f} us, {t / p:5.2f}x",

@@ -51,10 +51,19 @@ from transformer_cli.model.transformer import Transformer
 
 VOCAB = 8000
 SMALL = ModelConfig(
-    d_model=256, heads=4, enc_layers=3, dec_layers=3, d_ff=1024, dropout=0.1,
-    max_positions=1024, share_embeddings=True, tie_output=True, src_vocab=VOCAB, tgt_vocab=VOCAB,
+    d_model=256,
+    heads=4,
+    enc_layers=3,
+    dec_layers=3,
+    d_ff=1024,
+    dropout=0.1,
+    max_positions=1024,
+    share_embeddings=True,
+    tie_output=True,
+    src_vocab=VOCAB,
+    tgt_vocab=VOCAB,
     attention="sdpa",
-)  # fmt: skip
+)
 # the forward passes run under this: bf16 autocast with --precision bf16, as tfx train does
 AMP = {
     "fp32": lambda: contextlib.nullcontext(),
@@ -121,8 +130,11 @@ def attention_step(model: Transformer, src, tgt_in, x_src, x_tgt) -> None:
     enc, dec = model.encoder.layers[0], model.decoder.layers[0]
     src_mask = padding_mask(src)
     with amp():
-        outs = [enc.self_attn(x_src, src_mask), dec.self_attn(x_tgt, decoder_mask(tgt_in)),
-                dec.cross_attn(x_tgt, x_src, src_mask)]  # fmt: skip
+        outs = [
+            enc.self_attn(x_src, src_mask),
+            dec.self_attn(x_tgt, decoder_mask(tgt_in)),
+            dec.cross_attn(x_tgt, x_src, src_mask),
+        ]
     torch.autograd.backward(outs, [upstream_grad(o.shape).to(o.dtype) for o in outs])
     model.zero_grad(set_to_none=True)
 
@@ -147,9 +159,11 @@ def core_inputs(batch: tuple, dtype: torch.dtype) -> list[tuple]:
         )
 
     B, S, T, D = src.size(0), src.size(1), tgt_in.size(1), SMALL.d_model
-    return [(*qkv(S, S), padding_mask(src), upstream_grad((B, S, D))),
-            (*qkv(T, T), decoder_mask(tgt_in), upstream_grad((B, T, D))),
-            (*qkv(T, S), padding_mask(src), upstream_grad((B, T, D)))]  # fmt: skip
+    return [
+        (*qkv(S, S), padding_mask(src), upstream_grad((B, S, D))),
+        (*qkv(T, T), decoder_mask(tgt_in), upstream_grad((B, T, D))),
+        (*qkv(T, S), padding_mask(src), upstream_grad((B, T, D))),
+    ]
 
 
 CORES = {
@@ -221,10 +235,12 @@ def main() -> None:
     padded_tokens = sum(b[2].numel() for b in batches)
 
     states = [
-        (torch.randn(*b[0].shape, SMALL.d_model, device=DEVICE, requires_grad=True),
-         torch.randn(*b[1].shape, SMALL.d_model, device=DEVICE, requires_grad=True))
+        (
+            torch.randn(*b[0].shape, SMALL.d_model, device=DEVICE, requires_grad=True),
+            torch.randn(*b[1].shape, SMALL.d_model, device=DEVICE, requires_grad=True),
+        )
         for b in batches
-    ]  # fmt: skip
+    ]
 
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     cores = [core_inputs(b, dtype) for b in batches]
@@ -276,24 +292,36 @@ def main() -> None:
     )
 
     where = torch.cuda.get_device_name() if DEVICE.type == "cuda" else f"{args.threads} threads"
-    print(f"forward+backward, d_model 256, 3+3 layers, vocab {VOCAB}, {where}, "
-          f"lengths x{args.len_scale:g}, {args.precision}")  # fmt: skip
-    print(f"{args.batches} batches, {real_tokens / args.batches:.0f} real target tokens each, "
-          f"{1 - real_tokens / padded_tokens:.1%} padding; median of {args.reps} reps")  # fmt: skip
+    print(
+        f"forward+backward, d_model 256, 3+3 layers, vocab {VOCAB}, {where}, "
+        f"lengths x{args.len_scale:g}, {args.precision}"
+    )
+    print(
+        f"{args.batches} batches, {real_tokens / args.batches:.0f} real target tokens each, "
+        f"{1 - real_tokens / padded_tokens:.1%} padding; median of {args.reps} reps"
+    )
     print(f"{'path':<6} {'s/batch':>9} {'tgt tok/s':>11} {'attention ms':>13} {'core ms':>8}")
     for name, r in results.items():
-        print(f"{name:<6} {r['median_s_per_batch']:>9.3f} {r['tgt_tokens_per_s']:>11.0f} "
-              f"{r['attention_fwd_bwd_ms_per_layer_pair']:>13.1f} "
-              f"{r['attention_core_fwd_bwd_ms']:>8.1f}")  # fmt: skip
+        print(
+            f"{name:<6} {r['median_s_per_batch']:>9.3f} {r['tgt_tokens_per_s']:>11.0f} "
+            f"{r['attention_fwd_bwd_ms_per_layer_pair']:>13.1f} "
+            f"{r['attention_core_fwd_bwd_ms']:>8.1f}"
+        )
     print("(attention ms: fwd+bwd of one encoder self-, decoder self- and cross-attention;")
     print(" core ms: the same three without their projections, softmax(QK^T/sqrt(d))V alone)")
-    print(f"sdpa speed-up over math on the attention core: {core_speedup:.2f}x, "
-          f"with the projections: {attention_speedup:.2f}x")  # fmt: skip
+    print(
+        f"sdpa speed-up over math on the attention core: {core_speedup:.2f}x, "
+        f"with the projections: {attention_speedup:.2f}x"
+    )
     faster = sum(r > 1 for r in ratios)
-    print(f"sdpa speed-up over math (median of paired steps): {speedup:.2f}x; "
-          f"sdpa faster in {faster} of {len(ratios)} pairs")  # fmt: skip
-    print(f"sdpa's kernels in a training step (attention dropout {SMALL.attention_dropout}): "
-          f"{', '.join(kernels)}")  # fmt: skip
+    print(
+        f"sdpa speed-up over math (median of paired steps): {speedup:.2f}x; "
+        f"sdpa faster in {faster} of {len(ratios)} pairs"
+    )
+    print(
+        f"sdpa's kernels in a training step (attention dropout {SMALL.attention_dropout}): "
+        f"{', '.join(kernels)}"
+    )
     print(f"load average (1 min) before/after: {load_before[0]:.2f} / {load_after[0]:.2f}")
 
     suffix = (

@@ -15,16 +15,17 @@ import platform
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 
 def main() -> None:
     direction, run, out, minutes, *overrides = sys.argv[1:]
-    records = [json.loads(line) for line in open(f"{run}/metrics.jsonl")]
+    records = [json.loads(line) for line in Path(f"{run}/metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if r["kind"] == "train"]
     valid = [r for r in records if r["kind"] == "valid"]
     rss = re.search(
         r"Maximum resident set size \(kbytes\): (\d+)",
-        open(f"{out}/multi30k_{direction}.train.time").read(),
+        Path(f"{out}/multi30k_{direction}.train.time").read_text(),
     )
     # Every log window holds the same number of updates of ~equal tokens: the training
     # loop's rate is the harmonic mean of the windows' rates. A validation at step v runs
@@ -49,16 +50,18 @@ def main() -> None:
         "tokens_per_s_mean": round(len(rates) / sum(1 / r for r in rates)) if rates else 0,
         "tokens_per_s_last_logs": [round(r["tokens_per_s"]) for r in steps[-5:]],
         "peak_rss_gib": round(int(rss.group(1)) / 2**20, 3) if rss else None,
-        "prepare_seconds": json.load(open(f"{run}/cache/meta.json")).get("seconds"),
+        "prepare_seconds": read_json(f"{run}/cache/meta.json").get("seconds"),
         "overrides": " ".join(overrides),
         "valid": valid,
-        "test": {
-            f"beam{b}": json.load(open(f"{out}/multi30k_{direction}.beam{b}.json")) for b in (1, 5)
-        },
+        "test": {f"beam{b}": read_json(f"{out}/multi30k_{direction}.beam{b}.json") for b in (1, 5)},
     }
-    json.dump(result, open(f"{out}/multi30k_{direction}.json", "w"), indent=2)
+    Path(f"{out}/multi30k_{direction}.json").write_text(json.dumps(result, indent=2))
     summary = {k: v for k, v in result.items() if k not in ("valid", "test")}
     print(json.dumps(summary, indent=2))
+
+
+def read_json(path: str) -> dict:
+    return json.loads(Path(path).read_text())
 
 
 if __name__ == "__main__":

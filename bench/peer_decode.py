@@ -115,8 +115,11 @@ def main() -> int:
     if not models:
         missing.append(f"{PEERS['models']}/model_step_*.pt")
     if missing:
-        print(f"missing {', '.join(missing)}: run bash bench/peer_onmt.sh, and train tfx "
-              "(bench/multi30k.sh)", file=sys.stderr)  # fmt: skip
+        print(
+            f"missing {', '.join(missing)}: run bash bench/peer_onmt.sh, and train tfx "
+            "(bench/multi30k.sh)",
+            file=sys.stderr,
+        )
         return 2
     onmt_model = models[-1]
     print(f"tfx {args.checkpoint} against OpenNMT-py {onmt_model}, batch {args.batch}")

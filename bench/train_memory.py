@@ -56,8 +56,9 @@ def worker(args) -> dict:
             step += 1
             if step % args.every == 0 or step == args.steps:
                 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-                trace.append({"step": step, "rss_gib": round(rss_gib(), 3),
-                              "peak_gib": round(peak, 3)})  # fmt: skip
+                trace.append(
+                    {"step": step, "rss_gib": round(rss_gib(), 3), "peak_gib": round(peak, 3)}
+                )
         epoch += 1
     return {
         "malloc": allocator.active(),
@@ -100,8 +101,11 @@ def main() -> None:
             print(f"asked for {name}, ran under {run['malloc']} (not installed?)", file=sys.stderr)
         runs.append(run)
         trace = "  ".join(f"{t['step']}: {t['rss_gib']:.2f}" for t in run["trace"])
-        print(f"{run['malloc']:<9} peak {run['peak_rss_gib']:.2f} GiB, "
-              f"{run['tokens_per_s']} tok/s; RSS GiB by step  {trace}", flush=True)  # fmt: skip
+        print(
+            f"{run['malloc']:<9} peak {run['peak_rss_gib']:.2f} GiB, "
+            f"{run['tokens_per_s']} tok/s; RSS GiB by step  {trace}",
+            flush=True,
+        )
     result = {
         "date": datetime.date.today().isoformat(),
         "commit": subprocess.run(

@@ -31,11 +31,13 @@ def assert_one_line_error(result, fragment: str, alone: bool = False) -> None:
     """
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
-    assert lines and lines[-1].startswith("error: "), lines
+    assert lines, result.output
+    assert lines[-1].startswith("error: "), lines
     assert [line for line in lines if "error" in line.split(":")[0]] == [lines[-1]], lines
     assert fragment in lines[-1], lines[-1]
     assert not alone or len(lines) == 1, lines
-    assert "Traceback" not in result.output and "internal error" not in result.output
+    assert "Traceback" not in result.output
+    assert "internal error" not in result.output
 
 
 def error_of(fn, *args, error: type[Exception] = TfxError, **kwargs) -> str:
@@ -69,10 +71,16 @@ def write_splits(directory: Path, splits: dict[str, list[tuple[str, str]]]) -> N
 BASE = {
     "tokenizer": {"vocab_size": 100},
     "model": {"d_model": 32, "heads": 2, "enc_layers": 1, "dec_layers": 1, "d_ff": 64},
-    "train": {"batch_tokens": 600, "warmup": 5, "threads": 1, "device": "cpu", "max_steps": 2,
-              "eval_every": 2},
+    "train": {
+        "batch_tokens": 600,
+        "warmup": 5,
+        "threads": 1,
+        "device": "cpu",
+        "max_steps": 2,
+        "eval_every": 2,
+    },
     "decode": {"max_len_a": 0, "max_len_b": 5},
-}  # fmt: skip
+}
 
 
 def tiny_raw(root: Path, **sections: dict) -> dict:
@@ -103,10 +111,16 @@ def make_tiny_run(root: Path, pairs: list[tuple[str, str]], steps: tuple[int, ..
         "run_dir": str(root / "run"),
         "data": {"source": "files", "dir": str(root / "data"), "max_len": 20},
         "tokenizer": {"vocab_size": 100},
-        "model": {"d_model": 16, "heads": 2, "enc_layers": 1, "dec_layers": 1, "d_ff": 32,
-                  "max_positions": TINY_RUN_POSITIONS},
+        "model": {
+            "d_model": 16,
+            "heads": 2,
+            "enc_layers": 1,
+            "dec_layers": 1,
+            "d_ff": 32,
+            "max_positions": TINY_RUN_POSITIONS,
+        },
         "decode": {"max_len_a": 1.0, "max_len_b": 4, "batch_sentences": 8},
-    }  # fmt: skip
+    }
     prepare.run(config_from_dict(raw))
     tokenizer = Tokenizer.load(raw["run_dir"])
     raw["model"].update(src_vocab=tokenizer.src_vocab_size, tgt_vocab=tokenizer.tgt_vocab_size)
@@ -134,9 +148,16 @@ TINY_RUN_POSITIONS = 24  # small, so that an overlong line is easy to write
 def tiny_model_config(**overrides) -> ModelConfig:
     """A small model shape (no dropout, so outputs are deterministic), with overrides."""
     shape = dict(
-        d_model=16, heads=4, enc_layers=2, dec_layers=2, d_ff=32, dropout=0.0,
-        max_positions=40, src_vocab=29, tgt_vocab=29,
-    )  # fmt: skip
+        d_model=16,
+        heads=4,
+        enc_layers=2,
+        dec_layers=2,
+        d_ff=32,
+        dropout=0.0,
+        max_positions=40,
+        src_vocab=29,
+        tgt_vocab=29,
+    )
     return ModelConfig(**{**shape, **overrides})
 
 
@@ -171,7 +192,8 @@ def assert_png(path: Path, min_side: int = 200, max_side: int = 4000) -> None:
     assert path.read_bytes()[:8] == PNG_MAGIC, path
     pixels = matplotlib.image.imread(path)
     height, width = pixels.shape[:2]
-    assert min_side <= height <= max_side and min_side <= width <= max_side, (height, width)
+    assert min_side <= height <= max_side, (height, width)
+    assert min_side <= width <= max_side, (height, width)
     assert pixels.std() > 0.01  # something was drawn
     assert not list(path.parent.glob(f".{path.name}.*.tmp"))  # written atomically
 

@@ -223,6 +223,9 @@ def test_no_test_module_imports_another_or_conftest():
                 names = [node.module]
             elif isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
-            wrong += [f"{path.relative_to(TESTS)}: {n}" for n in names
-                      if n == "conftest" or n.split(".")[-1].startswith("test_")]  # fmt: skip
+            wrong += [
+                f"{path.relative_to(TESTS)}: {n}"
+                for n in names
+                if n == "conftest" or n.split(".")[-1].startswith("test_")
+            ]
     assert not wrong, wrong

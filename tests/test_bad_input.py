@@ -331,7 +331,8 @@ def test_translate_keeps_one_output_line_per_input_line(case: LineCase, shared: 
     expected = case.stdin.count(b"\n") + (not case.stdin.endswith(b"\n"))
     assert result.stdout.count("\n") == expected
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
-    assert len(warnings) == bool(case.warning) and case.warning in "".join(warnings), warnings
+    assert len(warnings) == bool(case.warning), warnings
+    assert case.warning in "".join(warnings), warnings
     for line, out in zip(case.stdin.split(b"\n"), result.stdout.split("\n"), strict=False):
         if not line.strip():
             assert out == ""  # an empty or blank input line gives an empty output line

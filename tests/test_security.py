@@ -106,7 +106,8 @@ def test_yaml_python_tags_are_refused_without_running(tmp_path, tagged, command)
     config.write_text(f"run_dir: {tmp_path / 'run'}\ndata:\n  dir: {tagged.format(m=marker)}\n")
     result = CliRunner().invoke(app, [command, "--config", str(config)])
     assert_one_line_error(result, f"{config}:3: YAML tag not allowed")
-    assert not marker.exists() and not (tmp_path / "run").exists()
+    assert not marker.exists()
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_tag_in_set_is_a_plain_string(tmp_path):
@@ -166,19 +167,29 @@ def test_a_whole_run_writes_only_into_the_run_dir_and_the_named_output(tmp_path,
          "-o", str(output)],
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "TFX_"))}
-    env.update(HOME=str(home), TMPDIR=str(tmp), PYTHONDONTWRITEBYTECODE="1",
-               PYTHONPATH=str(REPO), MPLCONFIGDIR=str(home / "mpl"))  # fmt: skip
+    env.update(
+        HOME=str(home),
+        TMPDIR=str(tmp),
+        PYTHONDONTWRITEBYTECODE="1",
+        PYTHONPATH=str(REPO),
+        MPLCONFIGDIR=str(home / "mpl"),
+    )
     before = files(tmp_path)
     done = subprocess.run(
         [sys.executable, "-c", DRIVER, json.dumps(commands)],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr
     after = files(tmp_path)
 
     written = sorted(name for name, stamp in after.items() if before.get(name) != stamp)
     allowed = (str(run_dir.relative_to(tmp_path)) + os.sep, str(output.relative_to(tmp_path)))
-    assert written and all(name.startswith(allowed) for name in written), written
+    assert written
+    assert all(name.startswith(allowed) for name in written), written
     assert set(before) <= set(after)  # nothing was deleted either
     assert list(cwd.iterdir()) == []
     # torch may make an empty cache directory in TMPDIR (torchinductor_USER) as it imports
@@ -226,5 +237,6 @@ def test_evaluate_never_writes_where_a_shared_checkpoint_says(tmp_path, toy_pair
             str(tmp_path / "r.txt")]  # fmt: skip
     result = CliRunner().invoke(app, argv)
     assert result.exit_code == 0, result.output
-    assert not victim.exists() and list(cwd.iterdir()) == []
+    assert not victim.exists()
+    assert list(cwd.iterdir()) == []
     assert (tmp_path / "downloads" / "eval" / "report.s.txt.json").is_file()

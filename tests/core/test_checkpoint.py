@@ -60,17 +60,21 @@ def training_state(step: int = 7) -> dict:
 
 def assert_same(a, b) -> None:
     if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and torch.equal(a, b)
+        assert isinstance(b, torch.Tensor)
+        assert torch.equal(a, b)
     elif isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys()
+        assert isinstance(b, dict)
+        assert a.keys() == b.keys()
         for k in a:
             assert_same(a[k], b[k])
     elif isinstance(a, (list, tuple)):
-        assert type(a) is type(b) and len(a) == len(b)
+        assert type(a) is type(b)
+        assert len(a) == len(b)
         for x, y in zip(a, b, strict=True):
             assert_same(x, y)
     else:
-        assert a == b and type(a) is type(b)
+        assert a == b
+        assert type(a) is type(b)
 
 
 def test_training_state_round_trips_under_weights_only(tmp_path):
@@ -91,7 +95,8 @@ def test_restored_rng_repeats_the_same_draws():
     random.seed(999)
     restore_rng(torch.load(buffer, weights_only=True))
     got = (torch.rand(4), random.random())
-    assert torch.equal(got[0], expected[0]) and got[1] == expected[1]
+    assert torch.equal(got[0], expected[0])
+    assert got[1] == expected[1]
 
 
 def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -201,7 +206,8 @@ def test_keep_last_prunes_but_best_and_last_survive(tmp_path):
     assert not step_path(run, 200).exists()
     assert load_checkpoint(best_path(run))["step"] == 200  # pruned step, bytes alive
     assert load_checkpoint(last_path(run))["step"] == 1000
-    assert not best_path(run).is_symlink() and not last_path(run).is_symlink()
+    assert not best_path(run).is_symlink()
+    assert not last_path(run).is_symlink()
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
         "best.pt",
         "ckpt_00000800.pt",
@@ -212,7 +218,7 @@ def test_keep_last_prunes_but_best_and_last_survive(tmp_path):
 
 
 def test_publish_falls_back_to_a_copy_without_hard_links(tmp_path, monkeypatch):
-    def no_links(*args, **kwargs):
+    def no_links(*_args, **_kwargs):
         raise OSError("links not supported")
 
     monkeypatch.setattr(ckpt.os, "link", no_links)
@@ -231,15 +237,18 @@ def test_find_resumable_prefers_last_and_skips_corrupt_files(tmp_path):
     for step in (1, 2, 3):
         save_step(run, {"step": step}, step, keep_last=5)
     path, state = find_resumable(run, warn=pytest.fail)
-    assert path == last_path(run) and state["step"] == 3
+    assert path == last_path(run)
+    assert state["step"] == 3
 
     # last.pt (and the step file it links to) cut short: fall back, and say so
     data = last_path(run).read_bytes()
     last_path(run).write_bytes(data[:-5])  # same inode: ckpt_3 is cut short too
     notes: list[str] = []
     path, state = find_resumable(run, warn=notes.append)
-    assert path == step_path(run, 2) and state["step"] == 2
-    assert any("last.pt" in n for n in notes) and any("ckpt_00000003.pt" in n for n in notes)
+    assert path == step_path(run, 2)
+    assert state["step"] == 2
+    assert any("last.pt" in n for n in notes)
+    assert any("ckpt_00000003.pt" in n for n in notes)
 
     for p in run.joinpath("checkpoints").iterdir():
         p.write_bytes(b"garbage")
@@ -252,7 +261,8 @@ def test_find_resumable_takes_a_step_file_newer_than_last(tmp_path):
     save_step(run, {"step": 1}, 1, keep_last=5)
     save_checkpoint(step_path(run, 2), {"step": 2})  # died before relinking last.pt
     path, state = find_resumable(run, warn=pytest.fail)
-    assert path == step_path(run, 2) and state["step"] == 2
+    assert path == step_path(run, 2)
+    assert state["step"] == 2
 
 
 def test_remove_partial_writes(tmp_path):
@@ -261,7 +271,8 @@ def test_remove_partial_writes(tmp_path):
     litter = run / "checkpoints" / ".ckpt_00000002.pt.abc.tmp"
     litter.write_bytes(b"half")
     assert remove_partial_writes(run) == [litter]
-    assert not litter.exists() and step_path(run, 1).exists()
+    assert not litter.exists()
+    assert step_path(run, 1).exists()
 
 
 # ----------------------------------------------------------------------------- lock

@@ -68,9 +68,11 @@ def test_yaml_strings_convert_by_declared_type():
     raw = yaml.safe_load("run_dir: r\ntrain:\n  lr: 1e-3\n  eps: 1e-9\n  batch_tokens: 4e3\n")
     assert isinstance(raw["train"]["lr"], str)
     cfg = config_from_dict(raw)
-    assert cfg.train.lr == 1e-3 and isinstance(cfg.train.lr, float)
+    assert cfg.train.lr == 1e-3
+    assert isinstance(cfg.train.lr, float)
     assert cfg.train.eps == 1e-9
-    assert cfg.train.batch_tokens == 4000 and isinstance(cfg.train.batch_tokens, int)
+    assert cfg.train.batch_tokens == 4000
+    assert isinstance(cfg.train.batch_tokens, int)
 
 
 @pytest.mark.parametrize(
@@ -207,4 +209,5 @@ def test_a_nested_key_given_twice_is_an_error(tmp_path):
 def test_the_same_key_in_different_sections_is_not_given_twice(tmp_path):
     path = write(tmp_path, "run_dir: r\ndata:\n  max_len: 50\ndecode:\n  beam: 2\n")
     cfg = load_config(path)
-    assert cfg.data.max_len == 50 and cfg.decode.beam == 2
+    assert cfg.data.max_len == 50
+    assert cfg.decode.beam == 2

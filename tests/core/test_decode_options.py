@@ -26,8 +26,15 @@ from transformer_cli.training import evaluate
 error_of = functools.partial(error_of, error=ConfigError)  # their one-line message
 
 # a value for each option that is valid and differs from DecodeConfig's default
-GIVEN = {"beam": 4, "alpha": 0.5, "early_stop": True, "max_len_a": 2.0, "max_len_b": 3,
-         "batch_sentences": 7, "precision": "bf16"}  # fmt: skip
+GIVEN = {
+    "beam": 4,
+    "alpha": 0.5,
+    "early_stop": True,
+    "max_len_a": 2.0,
+    "max_len_b": 3,
+    "batch_sentences": 7,
+    "precision": "bf16",
+}
 FLAG_ARGS = ["--beam", "4", "--alpha", "0.5", "--early-stop", "--max-len-a", "2",
              "--max-len-b", "3", "--batch-size", "7", "--precision", "bf16"]  # fmt: skip
 # an out-of-range value for each option that has a range rule
@@ -63,7 +70,7 @@ def test_no_overrides_keep_the_config_and_each_given_one_replaces_its_setting():
 def test_the_cli_passes_its_flags_as_one_overrides_object(command, monkeypatch, tmp_path):
     seen = []
     module = {"translate": translate, "evaluate": evaluate}[command]
-    monkeypatch.setattr(module, "run", lambda *args, decode, **kwargs: seen.append(decode))
+    monkeypatch.setattr(module, "run", lambda *_args, decode, **_kwargs: seen.append(decode))
     text = ["a dog ."] if command == "translate" else []
     nbest = ["--nbest", "2"] if command == "translate" else []
     result = cli(command, str(tmp_path / "c.pt"), *text, *FLAG_ARGS, *nbest)
@@ -80,7 +87,8 @@ def test_a_flag_and_a_config_key_out_of_range_break_the_same_rule(name, value):
     as_key = error_of(apply_decode_overrides, DecodeConfig(), overrides, flags=False)
     from_config = error_of(config_from_dict, {"run_dir": "r", "decode": {name: value}})
     flag, key = DECODE_FLAGS[name], f"decode.{name}"
-    assert from_flag.startswith(f"{flag} must be ") and f", got {value}" in from_flag
+    assert from_flag.startswith(f"{flag} must be ")
+    assert f", got {value}" in from_flag
     assert as_key == from_config == from_flag.replace(f"{flag} ", f"{key}: ", 1)
 
 
@@ -113,8 +121,10 @@ def test_the_device_flag_and_the_config_accept_the_same_devices():
         assert config_from_dict({"run_dir": "r", "train": {"device": name}}).train.device == name
         try:
             translate.pick_device(name)
+            message = ""
         except ConfigError as e:  # a device this machine lacks, but a known name
-            assert str(e) == f"--device {name}: not available here"
+            message = str(e)
+        assert message in ("", f"--device {name}: not available here")
     assert "train.device: expected one of auto|cpu|cuda|mps" in error_of(
         config_from_dict, {"run_dir": "r", "train": {"device": "tpu"}}
     )

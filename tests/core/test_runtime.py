@@ -18,7 +18,7 @@ def test_auto_precision_on_cpu_is_fp32_and_fp16_needs_cuda():
 
 
 def test_a_run_names_its_gpu_or_its_cpu_threads_and_malloc(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Some GPU 80GB")
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda _device=None: "Some GPU 80GB")
     gpu = runtime.describe(torch.device("cuda"), "bf16", 16, "glibc")
     assert gpu == "cuda (Some GPU 80GB, bf16)"
     cpu = runtime.describe(torch.device("cpu"), "fp32", 2, "jemalloc")

@@ -67,7 +67,8 @@ def test_every_batch_respects_the_token_cap_and_covers_the_epoch_once(pairs, bat
     tgt_len = split.tgt_lengths
     batches = epoch_batches(split, batch_tokens, seed, epoch=3)
     for b in batches:
-        assert b.dtype == torch.int64 and len(b) >= 1
+        assert b.dtype == torch.int64
+        assert len(b) >= 1
         real = int((tgt_len[b] + 1).sum())
         assert real <= batch_tokens or len(b) == 1  # only a lone long sentence may exceed
     seen = torch.cat(batches).sort().values
@@ -122,7 +123,8 @@ def test_global_rng_is_untouched():
 def check_batch(split: EncodedSplit, batch: Batch) -> None:
     b = len(batch.indices)
     assert batch.src.dtype == batch.tgt_in.dtype == batch.tgt_out.dtype == torch.int64
-    assert batch.tgt_in.shape == batch.tgt_out.shape and batch.src.shape[0] == b
+    assert batch.tgt_in.shape == batch.tgt_out.shape
+    assert batch.src.shape[0] == b
     for row, i in enumerate(batch.indices.tolist()):
         x, y = split.src_ids(i).long(), split.tgt_ids(i).long()
         n, m = len(x), len(y)
@@ -155,13 +157,15 @@ def test_collate_accepts_a_list_and_moves_to_a_device():
     assert batch.indices.tolist() == [2, 0]
     check_batch(split, batch)
     moved = batch.to("cpu")
-    assert torch.equal(moved.src, batch.src) and moved.n_tokens == batch.n_tokens == 3 + 1 + 1
+    assert torch.equal(moved.src, batch.src)
+    assert moved.n_tokens == batch.n_tokens == 3 + 1 + 1
 
 
 def test_collate_truncates_long_sentences():
     split = make_split([(30, 25), (3, 2)])
     batch = collate(split, [0, 1], truncate=10)
-    assert batch.src.shape == (2, 10) and batch.tgt_out.shape == (2, 11)
+    assert batch.src.shape == (2, 10)
+    assert batch.tgt_out.shape == (2, 11)
     assert torch.equal(batch.src[0], split.src_ids(0)[:10].long())
     assert batch.tgt_out[0, 10] == EOS_ID
 

@@ -42,18 +42,23 @@ def test_empty_lines_drop_whole_pairs_and_never_misalign(sides):
         )
     for s, t in zip(pairs.src, pairs.tgt, strict=True):
         assert s.split()[0] == t.split()[0]  # the same line number on both sides
-        assert s.strip() == s and s and t
+        assert s.strip() == s
+        assert s
+        assert t
     full = sum(1 for s, t in sides if s.strip() and t.strip())
     assert len(pairs) == full
-    assert pairs.read == len(sides) and pairs.dropped_empty == len(sides) - full
+    assert pairs.read == len(sides)
+    assert pairs.dropped_empty == len(sides) - full
 
 
 def test_line_count_mismatch_names_both_files_and_counts(tmp_path):
     a = write_lines(tmp_path / "train.en", ["x"] * 5)
     b = write_lines(tmp_path / "train.de", ["y"] * 4)
     message = error_of(corpus.read_text_files, a, b)
-    assert str(a) in message and str(b) in message
-    assert "5" in message and "4" in message
+    assert str(a) in message
+    assert str(b) in message
+    assert "5" in message
+    assert "4" in message
 
 
 @settings(max_examples=30, deadline=None)
@@ -62,7 +67,7 @@ def test_line_count_mismatch_names_both_files_and_counts(tmp_path):
         st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\n\r"), min_size=1),
         min_size=1,
         max_size=8,
-    ),  # fmt: skip
+    ),
     data=st.data(),
 )
 def test_invalid_utf8_reports_file_line_and_column(lines, data):
@@ -111,7 +116,8 @@ def test_a_split_with_no_pairs_is_an_error(tmp_path):
     write_lines(tmp_path / "valid.de", ["", "b", " "])
     data = DataConfig(source="files", dir=str(tmp_path))
     message = error_of(corpus.read_split, data, "valid")
-    assert "valid.{en,de}: no sentence pairs" in message and "3" in message
+    assert "valid.{en,de}: no sentence pairs" in message
+    assert "3" in message
 
 
 def test_gz_is_found_when_the_plain_file_is_absent(tmp_path):
@@ -119,7 +125,8 @@ def test_gz_is_found_when_the_plain_file_is_absent(tmp_path):
     write_lines(tmp_path / "val.de", ["eins", "zwei"])
     data = DataConfig(source="files", dir=str(tmp_path), valid="val")
     pairs = corpus.read_split(data, "valid")
-    assert pairs.src == ["one", "two"] and pairs.tgt == ["eins", "zwei"]
+    assert pairs.src == ["one", "two"]
+    assert pairs.tgt == ["eins", "zwei"]
 
 
 # ----------------------------------------------------------------------------- tsv / jsonl
@@ -130,12 +137,18 @@ def test_jsonl_nested_fields_with_datasets(tmp_path):
     rows[2]["translation"]["de"] = "  "  # an empty side drops the pair
     path = tmp_path / "train.jsonl"
     path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", "utf-8")
-    data = DataConfig(source="files", dir=str(tmp_path), format="jsonl",
-                      src_field="translation.en", tgt_field="translation.de")  # fmt: skip
+    data = DataConfig(
+        source="files",
+        dir=str(tmp_path),
+        format="jsonl",
+        src_field="translation.en",
+        tgt_field="translation.de",
+    )
     pairs = corpus.read_split(data, "train")
     assert pairs.src == [f"sentence {i}" for i in (0, 1, 3, 4)]
     assert pairs.tgt == [f"Satz {i}" for i in (0, 1, 3, 4)]
-    assert pairs.read == 5 and pairs.dropped_empty == 1
+    assert pairs.read == 5
+    assert pairs.dropped_empty == 1
 
 
 def test_jsonl_missing_field_names_the_line(tmp_path):
@@ -145,7 +158,8 @@ def test_jsonl_missing_field_names_the_line(tmp_path):
     message = error_of(corpus.read_table, path, "jsonl", "en", "de")
     assert message.startswith(f"{path}:4: field 'de' is missing")
     message = error_of(corpus.read_table, path, "jsonl", "en", "fr")
-    assert message.startswith(f"{path}:1: no field 'fr'") and "en, de" in message
+    assert message.startswith(f"{path}:1: no field 'fr'")
+    assert "en, de" in message
 
 
 def test_jsonl_broken_json_names_the_line(tmp_path):
@@ -181,12 +195,12 @@ def test_table_invalid_utf8_names_the_line(tmp_path):
 # ----------------------------------------------------------------------------- hub
 
 
-def test_hub_rows_go_through_the_same_extraction(tmp_path, monkeypatch):
+def test_hub_rows_go_through_the_same_extraction(monkeypatch):
     datasets = pytest.importorskip("datasets")
     rows = [{"en": "a b", "de": "c d"}, {"en": "two\nlines", "de": "zwei"}, {"en": "x", "de": None}]
     calls = []
 
-    def fake_load(name, config=None, split=None, **kwargs):
+    def fake_load(name, config=None, split=None, **_kwargs):
         calls.append((name, config, split))
         return datasets.Dataset.from_list(rows[: 2 if split == "train" else 3])
 
@@ -194,7 +208,8 @@ def test_hub_rows_go_through_the_same_extraction(tmp_path, monkeypatch):
     data = DataConfig(source="hub", hub_name="someone/corpus", train="train", test="test")
     pairs = corpus.read_split(data, "train")
     assert calls == [("someone/corpus", None, "train")]
-    assert pairs.src == ["a b", "two lines"] and pairs.tgt == ["c d", "zwei"]
+    assert pairs.src == ["a b", "two lines"]
+    assert pairs.tgt == ["c d", "zwei"]
     message = error_of(corpus.read_split, data, "test")
     assert message == "someone/corpus[test] row 3: field 'de' is missing"
 
@@ -202,7 +217,7 @@ def test_hub_rows_go_through_the_same_extraction(tmp_path, monkeypatch):
 def test_hub_load_failure_is_a_data_error(monkeypatch):
     datasets = pytest.importorskip("datasets")
 
-    def offline(*args, **kwargs):
+    def offline(*_args, **_kwargs):
         raise ConnectionError("Couldn't reach 'x/y' on the Hub")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)

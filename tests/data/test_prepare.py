@@ -22,8 +22,17 @@ from transformer_cli.data.tokenizer import Tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
 MULTI30K = Path(__file__).resolve().parents[2].parent / "shared/data/multi30k"
-META_KEYS = {"format", "fingerprint", "created", "seconds", "inputs", "tokenizer", "special_ids",
-             "splits", "files"}  # fmt: skip
+META_KEYS = {
+    "format",
+    "fingerprint",
+    "created",
+    "seconds",
+    "inputs",
+    "tokenizer",
+    "special_ids",
+    "splits",
+    "files",
+}
 
 
 def stamps(run_dir) -> dict[str, int]:
@@ -35,7 +44,8 @@ def test_prepare_writes_a_complete_cache(make_config, toy_pairs):
     result = prepare.run(cfg)
     assert result["reused"] is False
     meta = cache.load_meta(cfg.run_dir)
-    assert set(meta) == META_KEYS and meta["fingerprint"] == result["fingerprint"]
+    assert set(meta) == META_KEYS
+    assert meta["fingerprint"] == result["fingerprint"]
     assert set(stamps(cfg.run_dir)) == {"meta.json", *meta["files"]}
     assert meta["tokenizer"]["src_vocab_size"] == meta["tokenizer"]["tgt_vocab_size"] == 100
     tokenizer = Tokenizer.load(cfg.run_dir)
@@ -67,10 +77,12 @@ def test_train_filter_applies_to_train_only(make_config):
     assert all(0 < s <= median and 0 < t <= median for s, t in zip(src, tgt, strict=True))
     assert all(max(s, t) <= 1.25 * min(s, t) for s, t in zip(src, tgt, strict=True))
     dropped = meta["splits"]["train"]["dropped"]
-    assert dropped["too_long"] > 0 and dropped["ratio"] > 0
+    assert dropped["too_long"] > 0
+    assert dropped["ratio"] > 0
     for role in ("valid", "test"):
         stats = meta["splits"][role]
-        assert stats["kept"] == stats["read"] and stats["src_len"]["max"] > median
+        assert stats["kept"] == stats["read"]
+        assert stats["src_len"]["max"] > median
 
 
 @settings(max_examples=60, deadline=None)
@@ -147,7 +159,8 @@ def test_switching_to_separate_vocabularies_leaves_no_joint_model(make_config):
     cfg = make_config("tokenizer.joint=false", "model.share_embeddings=false")
     prepare.run(cfg)
     names = set(stamps(cfg.run_dir))
-    assert "spm.model" not in names and {"spm.src.model", "spm.tgt.model"} <= names
+    assert "spm.model" not in names
+    assert {"spm.src.model", "spm.tgt.model"} <= names
     assert Tokenizer.load(cfg.run_dir).joint is False
 
 
@@ -210,12 +223,14 @@ def test_empty_corpus_after_dropping_empty_pairs(make_config, corpus_dir):
     path = corpus_dir / "train.en"
     path.write_text("\n" * 240, "utf-8")
     message = data_error(make_config())
-    assert "train.{en,de}: no sentence pairs" in message and "240" in message
+    assert "train.{en,de}: no sentence pairs" in message
+    assert "240" in message
 
 
 def test_nothing_left_after_filtering(make_config):
     message = data_error(make_config("data.max_len=1"))
-    assert "no training pairs left" in message and "data.max_len=1" in message
+    assert "no training pairs left" in message
+    assert "data.max_len=1" in message
 
 
 def test_jsonl_with_nested_fields_and_a_missing_one(tmp_path, make_config, toy_pairs):
@@ -231,8 +246,9 @@ def test_jsonl_with_nested_fields_and_a_missing_one(tmp_path, make_config, toy_p
     meta = prepare.run(cfg)
     assert [meta["splits"][r]["kept"] for r in SPLITS] == [240, 30, 30]
     assert cache.load_text(cfg.run_dir, "test", "tgt") == [de for _, de in toy_pairs[270:]]
-    message = data_error(make_config(*fields, "data.src_field=translation.en",
-                                     "data.tgt_field=translation.fr"))  # fmt: skip
+    message = data_error(
+        make_config(*fields, "data.src_field=translation.en", "data.tgt_field=translation.fr")
+    )
     assert message.startswith(f"{directory / 'train.jsonl'}:1: no field 'translation.fr'")
 
 
@@ -252,7 +268,8 @@ def test_cli_prepares_and_prints_a_summary(tmp_path, make_config):
     assert result.stdout.splitlines()[0].split()[:3] == ["split", "read", "kept"]
     assert "cache:" in result.stdout
     again = cli("prepare", "--config", write_config(tmp_path, cfg))
-    assert again.exit_code == 0 and "cache up to date" in again.stdout
+    assert again.exit_code == 0
+    assert "cache up to date" in again.stdout
 
 
 @pytest.mark.parametrize("breakage", ["mismatch", "utf8", "missing_dir"])
@@ -270,7 +287,8 @@ def test_cli_data_errors_are_one_line_with_exit_code_2(tmp_path, make_config, co
     result = cli("prepare", "--config", write_config(tmp_path, make_config()), *args)
     assert result.exit_code == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and expected in errors[0], result.stderr
+    assert len(errors) == 1, result.stderr
+    assert expected in errors[0], result.stderr
     assert "Traceback" not in result.output
 
 
@@ -287,7 +305,8 @@ def test_multi30k_prepares_in_under_a_minute(tmp_path):
     meta = prepare.run(cfg)
     elapsed = time.perf_counter() - started
     assert [meta["splits"][r]["read"] for r in SPLITS] == [29_000, 1_014, 1_000]
-    assert meta["splits"]["valid"]["kept"] == 1_014 and meta["splits"]["test"]["kept"] == 1_000
+    assert meta["splits"]["valid"]["kept"] == 1_014
+    assert meta["splits"]["test"]["kept"] == 1_000
     assert meta["tokenizer"]["src_vocab_size"] == 8000
     assert elapsed < 60, f"prepare took {elapsed:.1f} s"
     refs = cache.load_text(cfg.run_dir, "valid", "tgt")
@@ -298,10 +317,11 @@ def test_multi30k_prepares_in_under_a_minute(tmp_path):
 
 
 @pytest.mark.skipif(not (MULTI30K / "train.de.gz").exists(), reason="no Multi30k in ../shared")
-def test_multi30k_gz_files_read_aligned(tmp_path):
+def test_multi30k_gz_files_read_aligned():
     from transformer_cli.data import corpus
 
     data = load_config(REPO / "configs/multi30k_en_de.yaml", [f"data.dir={MULTI30K}"]).data
     pairs = corpus.read_split(data, "valid")
-    assert pairs.read == 1_014 and len(pairs) == 1_014
+    assert pairs.read == 1_014
+    assert len(pairs) == 1_014
     assert pairs.src[0].startswith("A group of men")  # en is the source in en_de

@@ -45,9 +45,11 @@ def test_training_is_deterministic(sides, joint):
 
 
 def test_vocab_sizes_and_files(joint, separate):
-    assert joint.joint and joint.src_vocab_size == joint.tgt_vocab_size == 100
+    assert joint.joint
+    assert joint.src_vocab_size == joint.tgt_vocab_size == 100
     assert set(joint.to_bytes()) == {"spm.model"}
-    assert not separate.joint and separate.src_vocab_size == separate.tgt_vocab_size == 80
+    assert not separate.joint
+    assert separate.src_vocab_size == separate.tgt_vocab_size == 80
     assert set(separate.to_bytes()) == {"spm.src.model", "spm.tgt.model"}
 
 
@@ -103,7 +105,8 @@ def test_bytes_and_files_round_trip(tmp_path, joint, separate, sides):
         run_dir = tmp_path / ("joint" if tok.joint else "separate")
         tok.save(run_dir / "cache")
         loaded = Tokenizer.load(run_dir)
-        assert loaded.joint == tok.joint and loaded.to_bytes() == tok.to_bytes()
+        assert loaded.joint == tok.joint
+        assert loaded.to_bytes() == tok.to_bytes()
 
 
 def test_bad_model_bytes_are_data_errors(tmp_path):
@@ -121,7 +124,8 @@ def test_too_large_vocab_suggests_one_that_works(sides):
         train_tokenizer(TokenizerConfig(vocab_size=5000), src, tgt)
     message = str(e.value)
     suggested = int(re.search(r"--set tokenizer.vocab_size=(\d+)", message).group(1))
-    assert 16 <= suggested < 5000 and "\n" not in message
+    assert 16 <= suggested < 5000
+    assert "\n" not in message
     tok = train_tokenizer(TokenizerConfig(vocab_size=suggested), src, tgt)
     assert tok.src_vocab_size == suggested
 

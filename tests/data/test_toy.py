@@ -28,13 +28,23 @@ ALLOWED_DETERMINERS = {
 DETERMINERS = set().union(*ALLOWED_DETERMINERS.values()) - {None}
 # The adjective ending after each determiner, for a given gender/number.
 ADJECTIVE_ENDING = {
-    ("der", "m", False): "e", ("den", "m", False): "en", ("die", "f", False): "e",
-    ("das", "n", False): "e", ("ein", "m", False): "er", ("einen", "m", False): "en",
-    ("ein", "n", False): "es", ("eine", "f", False): "e", ("mein", "m", False): "er",
-    ("meinen", "m", False): "en", ("mein", "n", False): "es", ("meine", "f", False): "e",
-    ("dieser", "m", False): "e", ("diesen", "m", False): "en", ("diese", "f", False): "e",
+    ("der", "m", False): "e",
+    ("den", "m", False): "en",
+    ("die", "f", False): "e",
+    ("das", "n", False): "e",
+    ("ein", "m", False): "er",
+    ("einen", "m", False): "en",
+    ("ein", "n", False): "es",
+    ("eine", "f", False): "e",
+    ("mein", "m", False): "er",
+    ("meinen", "m", False): "en",
+    ("mein", "n", False): "es",
+    ("meine", "f", False): "e",
+    ("dieser", "m", False): "e",
+    ("diesen", "m", False): "en",
+    ("diese", "f", False): "e",
     ("dieses", "n", False): "e",
-}  # fmt: skip
+}
 for _det in ("die", "meine", "diese"):
     for _g in "mfn":
         ADJECTIVE_ENDING[(_det, _g, True)] = "en"
@@ -104,7 +114,7 @@ def test_shipped_corpus_is_what_the_generator_writes(tmp_path):
 
 def test_lengths_and_vocabulary_stay_small(pairs):
     lengths = [len(en.split()) for en, _ in pairs]
-    assert 4 <= min(lengths) and max(lengths) <= 20
+    assert 4 <= min(lengths) <= max(lengths) <= 20
     vocabulary = {w for en, de in pairs for w in words(en) + words(de)}
     assert len(vocabulary) < 1500
 
@@ -129,7 +139,8 @@ def test_articles_and_adjectives_agree_with_the_noun(pairs):
                 expected = ADJECTIVE_ENDING[(det, gender, plural)]
                 assert adj[1] == expected, f"{tokens[i - 1]} after {det} before {token}: {de}"
                 checked_adj += 1
-    assert checked_det > 3000 and checked_adj > 1000
+    assert checked_det > 3000
+    assert checked_adj > 1000
 
 
 def test_nouns_and_their_number_carry_over(pairs):
@@ -188,7 +199,8 @@ def test_questions_start_with_the_verb(pairs):
     questions = [(en, de) for en, de in pairs if de.endswith("?")]
     assert len(questions) > 200
     for en, de in questions:
-        assert en.split()[0] in ("Do", "Does") and en.endswith("?")
+        assert en.split()[0] in ("Do", "Does")
+        assert en.endswith("?")
         assert de.split()[0].lower() in verbs, de
 
 

@@ -172,7 +172,8 @@ def test_decoding_keeps_autocasts_weight_copies(model, sources, monkeypatch):
 
     monkeypatch.setattr(model, "logits", spy)
     decode_all(model, sources[:3], DecodeConfig(beam=1), "cpu", "bf16")
-    assert seen and set(seen) == {(False, False)}
+    assert seen
+    assert set(seen) == {(False, False)}
 
 
 @pytest.mark.parametrize("use_cache", [True, False])
@@ -207,7 +208,8 @@ def test_beam_scores_are_normalised_log_probabilities(model, sources, alpha):
         assert scores == sorted(scores, reverse=True)
         assert len({tuple(ids) for ids, _ in hyps}) == 3  # distinct hypotheses
         for ids, score in hyps:
-            assert len(ids) <= limit and EOS_ID not in ids
+            assert len(ids) <= limit
+            assert EOS_ID not in ids
             # shorter than the limit means it ended with EOS, which is scored too
             target = ids + [EOS_ID] if len(ids) < limit else ids
             logp = sum(teacher_forced_logp(model, source, target))
@@ -229,8 +231,9 @@ class BigramModel:
     """
 
     def __init__(self, table: dict[int, dict[int, float]], max_positions: int = 10) -> None:
-        self.cfg = ModelConfig(d_model=VOCAB, heads=1, max_positions=max_positions,
-                               src_vocab=VOCAB, tgt_vocab=VOCAB)  # fmt: skip
+        self.cfg = ModelConfig(
+            d_model=VOCAB, heads=1, max_positions=max_positions, src_vocab=VOCAB, tgt_vocab=VOCAB
+        )
         logp = torch.full((VOCAB, VOCAB), -30.0)
         for prev, row in table.items():
             for tok, p in row.items():
@@ -243,10 +246,10 @@ class BigramModel:
     # the cached decoder: an identity stack, with no layers to cache, over one-hot inputs
     decoder = IdentityStack()
 
-    def embed_target(self, tgt_in, offset=0):
+    def embed_target(self, tgt_in, offset=0):  # noqa: ARG002 (the model's signature)
         return torch.nn.functional.one_hot(tgt_in, VOCAB).float()  # (R, T, V)
 
-    def decode_hidden(self, tgt_in, memory, src):
+    def decode_hidden(self, tgt_in, memory, src):  # noqa: ARG002 (the model's signature)
         return self.embed_target(tgt_in)
 
     def logits(self, hidden):
@@ -256,8 +259,11 @@ class BigramModel:
 A, B = FIRST_REAL, FIRST_REAL + 1
 # EOS first is the most probable step, but "A EOS" wins once lengths are normalised
 # at alpha 1: log(0.44 * 0.99) / (7/6) = -0.71 > log(0.45) / 1 = -0.80
-SHORT_OR_LONG = {BOS_ID: {EOS_ID: 0.45, A: 0.44, B: 0.11}, A: {EOS_ID: 0.99, B: 0.01},
-                 B: {EOS_ID: 0.5, A: 0.5}}  # fmt: skip
+SHORT_OR_LONG = {
+    BOS_ID: {EOS_ID: 0.45, A: 0.44, B: 0.11},
+    A: {EOS_ID: 0.99, B: 0.01},
+    B: {EOS_ID: 0.5, A: 0.5},
+}
 
 
 @pytest.mark.parametrize("use_cache", [True, False])
@@ -286,7 +292,7 @@ def test_waiting_for_k_finished_never_does_worse_than_stopping_early(model, sour
 
 
 def test_nbest_must_fit_in_the_beam(model, sources):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="1 <= nbest <= beam"):
         beam_search(model, pad(sources), 2, 0.6, 5, nbest=3)
 
 
@@ -303,7 +309,9 @@ def test_decode_all_keeps_input_order_and_handles_empty_sources(model, sources):
     cfg = DecodeConfig(beam=1, max_len_a=1.0, max_len_b=3, batch_sentences=4)
     outs = decode_all(model, mixed, cfg, "cpu")
     assert len(outs) == len(mixed)
-    assert outs[0] == [] and outs[6] == [] and outs[-1] == []
+    assert outs[0] == []
+    assert outs[6] == []
+    assert outs[-1] == []
     for source, out in zip(mixed, outs, strict=True):
         if source:
             limit = int(1.0 * len(source) + 3)

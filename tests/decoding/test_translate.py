@@ -39,20 +39,32 @@ def test_arguments_give_one_line_each_and_empty_stays_empty(ckpt):
     result = cli("translate", ckpt, "the old man sees the dog .", "", "  ", "a cat")
     assert result.exit_code == 0, result.output
     lines = result.stdout.split("\n")
-    assert len(lines) == 5 and lines[-1] == ""  # four lines, each ended by a newline
-    assert lines[1] == "" and lines[2] == ""
-    assert lines[0] and lines[3]  # a random model still says something for real input
+    assert len(lines) == 5  # four lines, each ended by a newline
+    assert lines[-1] == ""
+    assert lines[1] == ""
+    assert lines[2] == ""
+    assert lines[0]  # a random model still says something for real input
+    assert lines[3]
 
 
 def test_stdin_line_count_survives_empty_overlong_and_invalid_lines(ckpt):
     overlong = " ".join(["the old man sees the small dog"] * 6)
-    lines = [b"the dog sleeps .", b"", b"   \t ", overlong.encode(), b"the \xff\xfe cat",
-             "der Hund \u2028 schl\u00e4ft".encode(), b"a cat"]  # fmt: skip
+    lines = [
+        b"the dog sleeps .",
+        b"",
+        b"   \t ",
+        overlong.encode(),
+        b"the \xff\xfe cat",
+        "der Hund \u2028 schl\u00e4ft".encode(),
+        b"a cat",
+    ]
     result = cli("translate", ckpt, input=b"\n".join(lines))
     assert result.exit_code == 0, result.output
     out = result.stdout.split("\n")
-    assert out[-1] == "" and len(out) - 1 == len(lines)
-    assert out[1] == "" and out[2] == ""
+    assert out[-1] == ""
+    assert len(out) - 1 == len(lines)
+    assert out[1] == ""
+    assert out[2] == ""
     assert all(out[i] for i in (0, 3, 4, 5, 6))
     warnings = [w for w in result.stderr.splitlines() if w.startswith("warning: ")]
     assert any(w.startswith("warning: line 4:") and "pieces" in w for w in warnings), warnings
@@ -71,13 +83,20 @@ def test_stdin_as_bytes_in_a_real_process(ckpt):
     # the real sys.stdin.buffer path, with bytes that are not UTF-8
     proc = subprocess.run(
         [sys.executable, "-m", "transformer_cli", "translate", ckpt],
-        input=b"a \xc3( b\n\nthe \xff cat\n", capture_output=True, cwd=REPO, timeout=120,
+        input=b"a \xc3( b\n\nthe \xff cat\n",
+        capture_output=True,
+        cwd=REPO,
+        timeout=120,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
+    )
     assert proc.returncode == 0, proc.stderr.decode()
     out = proc.stdout.decode("utf-8").split("\n")
-    assert len(out) == 4 and out[1] == "" and out[0] and out[2]
-    assert b"warning: line 1:" in proc.stderr and b"warning: line 3:" in proc.stderr
+    assert len(out) == 4
+    assert out[1] == ""
+    assert out[0]
+    assert out[2]
+    assert b"warning: line 1:" in proc.stderr
+    assert b"warning: line 3:" in proc.stderr
 
 
 def test_input_and_output_files(ckpt, tmp_path):
@@ -108,7 +127,7 @@ def test_a_failed_run_leaves_no_output_file(ckpt, tmp_path, monkeypatch):
     target = tmp_path / "out.txt"
     calls = []
 
-    def fail_on_second_chunk(self, lines):
+    def fail_on_second_chunk(_self, lines):
         calls.append(lines)
         if len(calls) == 2:
             raise RuntimeError("boom")
@@ -117,7 +136,8 @@ def test_a_failed_run_leaves_no_output_file(ckpt, tmp_path, monkeypatch):
     monkeypatch.setattr(translate.Translator, "translate", fail_on_second_chunk)
     with pytest.raises(RuntimeError):
         translate.run(ckpt, input_path=source, output_path=target, device="cpu", chunk_lines=1)
-    assert not target.exists() and os.listdir(tmp_path) == ["in.txt"]
+    assert not target.exists()
+    assert os.listdir(tmp_path) == ["in.txt"]
 
 
 def test_nbest_gives_k_scored_lines_per_input_best_first(ckpt):
@@ -220,7 +240,9 @@ def test_interactive_prompt_when_stdin_is_a_terminal(ckpt, monkeypatch, capsys):
     assert translate.run(ckpt, device="cpu") == 2
     captured = capsys.readouterr()
     out = captured.out.split("\n")
-    assert len(out) == 3 and out[0] and out[1] == ""
+    assert len(out) == 3
+    assert out[0]
+    assert out[1] == ""
     assert captured.err.count("> ") == 3  # two lines, then the prompt that met EOF
 
 
@@ -233,9 +255,9 @@ def test_load_model_gives_the_saved_weights(ckpt):
 
 
 @pytest.mark.parametrize(
-    ("version", "ok"), [(__version__, True), ("0.1.7", True), ("0.2.0", False),
-                        ("1.1.0", False), ("unknown", False)],
-)  # fmt: skip
+    ("version", "ok"),
+    [(__version__, True), ("0.1.7", True), ("0.2.0", False), ("1.1.0", False), ("unknown", False)],
+)
 def test_version_compatibility(version, ok):
     assert checkpoint.compatible_version(version) is ok
 
@@ -243,15 +265,31 @@ def test_version_compatibility(version, ok):
 # ----------------------------------------------------------------------------- errors
 
 
-@pytest.mark.parametrize("case", ["missing", "directory", "text", "plain_torch", "cut_short",
-                                  "missing_keys", "old_version", "wrong_weights"])  # fmt: skip
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing",
+        "directory",
+        "text",
+        "plain_torch",
+        "cut_short",
+        "missing_keys",
+        "old_version",
+        "wrong_weights",
+    ],
+)
 def test_bad_checkpoints_are_one_line_errors(ckpt, tmp_path, case):
     path = tmp_path / "bad.pt"
-    expected = {"missing": "no such checkpoint", "directory": "is a directory",
-                "text": "not a tfx checkpoint", "plain_torch": "not a tfx checkpoint",
-                "cut_short": "corrupt", "missing_keys": "missing config, tokenizer",
-                "old_version": "written by tfx 0.0.1",
-                "wrong_weights": "weights do not fit"}[case]  # fmt: skip
+    expected = {
+        "missing": "no such checkpoint",
+        "directory": "is a directory",
+        "text": "not a tfx checkpoint",
+        "plain_torch": "not a tfx checkpoint",
+        "cut_short": "corrupt",
+        "missing_keys": "missing config, tokenizer",
+        "old_version": "written by tfx 0.0.1",
+        "wrong_weights": "weights do not fit",
+    }[case]
     state = load_checkpoint(ckpt)
     if case == "directory":
         path = tmp_path
@@ -272,15 +310,17 @@ def test_bad_checkpoints_are_one_line_errors(ckpt, tmp_path, case):
 
 @pytest.mark.parametrize(
     ("args", "expected"),
-    [(["--beam", "2", "--nbest", "3"], "--nbest must be between 1 and --beam (2)"),
-     (["--beam", "0"], "--beam must be >= 1"),
-     (["--batch-size", "0"], "--batch-size must be >= 1"),
-     (["--max-len-a", "0", "--max-len-b", "0"], "cannot both be 0"),
-     (["--device", "tpu"], "--device must be one of auto, cpu, cuda, mps"),
-     (["--device", "cpu", "--precision", "fp16"], "--precision: fp16 needs CUDA"),
-     (["--precision", "int8"], "--precision: must be one of auto|fp32|bf16|fp16"),
-     (["--input", "/nonexistent/in.txt"], "no such input file")],
-)  # fmt: skip
+    [
+        (["--beam", "2", "--nbest", "3"], "--nbest must be between 1 and --beam (2)"),
+        (["--beam", "0"], "--beam must be >= 1"),
+        (["--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--max-len-a", "0", "--max-len-b", "0"], "cannot both be 0"),
+        (["--device", "tpu"], "--device must be one of auto, cpu, cuda, mps"),
+        (["--device", "cpu", "--precision", "fp16"], "--precision: fp16 needs CUDA"),
+        (["--precision", "int8"], "--precision: must be one of auto|fp32|bf16|fp16"),
+        (["--input", "/nonexistent/in.txt"], "no such input file"),
+    ],
+)
 def test_bad_options_are_one_line_errors(ckpt, args, expected):
     extra = [] if "--input" in args else ["a dog ."]
     assert_only_error(cli("translate", ckpt, *extra, *args), expected)

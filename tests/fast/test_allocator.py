@@ -20,7 +20,7 @@ def found(name: str) -> str | None:
     return "libjemalloc.so.2" if name == "jemalloc" else None
 
 
-def missing(name: str) -> None:
+def missing(_name: str) -> None:
     return None
 
 
@@ -56,7 +56,8 @@ def test_stays_as_it_is(environ, platform, find):
 
 def test_keeps_the_users_malloc_conf():
     env = jemalloc_env({"MALLOC_CONF": "narenas:2"}, "linux", found)
-    assert env is not None and env["MALLOC_CONF"] == "narenas:2"
+    assert env is not None
+    assert env["MALLOC_CONF"] == "narenas:2"
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
@@ -86,17 +87,25 @@ def test_tfx_train_runs_under_jemalloc_unless_told_not_to(make_config, tmp_path,
     from transformer_cli.data import prepare
 
     cfg = make_config(
-        "model.d_model=16", "model.heads=2", "model.enc_layers=1", "model.dec_layers=1",
-        "model.d_ff=32", "train.max_steps=1", "train.device=cpu",
-    )  # fmt: skip
+        "model.d_model=16",
+        "model.heads=2",
+        "model.enc_layers=1",
+        "model.dec_layers=1",
+        "model.d_ff=32",
+        "train.max_steps=1",
+        "train.device=cpu",
+    )
     prepare.run(cfg)
     config_path = tmp_path / "c.yaml"
     config_path.write_text(to_yaml(cfg))
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")}
     done = subprocess.run(
         [sys.executable, "-c", TRAIN_HEADER, "train", "--config", str(config_path)],
-        capture_output=True, text=True, timeout=120, env={**env, "TFX_ALLOCATOR": setting},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**env, "TFX_ALLOCATOR": setting},
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"{expected} malloc" in done.stderr
 
@@ -121,9 +130,13 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
 def test_kept_memory_is_reused_instead_of_faulted_in_again():
     def faults(mode: str) -> int:
-        out = subprocess.run([sys.executable, "-c", WORKLOAD, mode], check=True,
-                             capture_output=True, text=True, env={**os.environ,
-                             "OMP_NUM_THREADS": "1"})  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, "-c", WORKLOAD, mode],
+            check=True,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
         return int(out.stdout)
 
     assert faults("keep") * 3 < faults("default")
@@ -161,17 +174,26 @@ def test_the_malloc_changes_no_number(make_config, tmp_path):
     digests = {}
     for name, extra in runs.items():
         cfg = make_config(
-            "model.d_model=16", "model.heads=2", "model.enc_layers=1", "model.dec_layers=1",
-            "model.d_ff=32", "train.max_steps=3", "train.device=cpu", "train.threads=1",
+            "model.d_model=16",
+            "model.heads=2",
+            "model.enc_layers=1",
+            "model.dec_layers=1",
+            "model.d_ff=32",
+            "train.max_steps=3",
+            "train.device=cpu",
+            "train.threads=1",
             f"run_dir={tmp_path / name}",
-        )  # fmt: skip
+        )
         prepare.run(cfg)
         config_path = tmp_path / f"{name}.yaml"
         config_path.write_text(to_yaml(cfg))
         done = subprocess.run(
             [sys.executable, "-c", TRAIN_WEIGHTS, str(config_path), name],
-            capture_output=True, text=True, timeout=120, env={**env, **extra},
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**env, **extra},
+        )
         assert done.returncode == 0, done.stderr[-2000:]
         malloc, digests[name] = done.stdout.split()[-2:]
         assert malloc == ("jemalloc" if name == "jemalloc" else "glibc")

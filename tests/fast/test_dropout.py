@@ -40,7 +40,9 @@ def test_expectation_is_preserved_and_dropped_elements_are_zero():
     torch.manual_seed(1)
     y = dropout(torch.ones(N), 0.3, training=True)
     values = torch.unique(y).tolist()
-    assert len(values) == 2 and values[0] == 0.0 and values[1] == pytest.approx(1 / 0.7)
+    assert len(values) == 2
+    assert values[0] == 0.0
+    assert values[1] == pytest.approx(1 / 0.7)
     assert abs(y.mean().item() - 1.0) < 0.01
 
 
@@ -72,5 +74,5 @@ def test_same_seed_same_mask_and_successive_masks_differ():
 
 @pytest.mark.parametrize("p", [-0.1, 1.0])
 def test_probability_out_of_range(p):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\)"):
         Dropout(p)

@@ -27,9 +27,16 @@ needs_onednn_bf16 = pytest.mark.skipif(
 def small_model(tie=True, share=True, norm="post", seed=0) -> Transformer:
     torch.manual_seed(seed)
     cfg = tiny_model_config(
-        heads=2, enc_layers=1, d_ff=40, max_positions=32, src_vocab=50,
-        tgt_vocab=50 if share else 60, share_embeddings=share, tie_output=tie, norm=norm,
-    )  # fmt: skip
+        heads=2,
+        enc_layers=1,
+        d_ff=40,
+        max_positions=32,
+        src_vocab=50,
+        tgt_vocab=50 if share else 60,
+        share_embeddings=share,
+        tie_output=tie,
+        norm=norm,
+    )
     return Transformer(cfg).eval()
 
 
@@ -136,9 +143,12 @@ def test_bf16_is_not_packed_where_onednn_has_no_bf16_products(monkeypatch):
 
 @pytest.mark.parametrize(
     ("precision", "pack", "inference"),
-    [("fp32", False, True), ("bf16", False, False),
-     pytest.param("bf16", True, True, marks=needs_onednn_bf16)],
-)  # fmt: skip
+    [
+        ("fp32", False, True),
+        ("bf16", False, False),
+        pytest.param("bf16", True, True, marks=needs_onednn_bf16),
+    ],
+)
 def test_decoding_drops_autograd_bookkeeping_unless_autocast_needs_it(
     precision, pack, inference, monkeypatch
 ):
@@ -159,6 +169,7 @@ def test_decoding_drops_autograd_bookkeeping_unless_autocast_needs_it(
     sources = [[5, 6, 7, 8], [9, 10], [11, 12, 13]]
     cfg = DecodeConfig(batch_sentences=2)
     outputs = decode_all(model, sources, cfg, "cpu", precision)
-    assert seen and all(mode is inference for mode in seen)
-    monkeypatch.setattr(packing, "fully_packed", lambda model: False)  # force no_grad
+    assert seen
+    assert all(mode is inference for mode in seen)
+    monkeypatch.setattr(packing, "fully_packed", lambda _model: False)  # force no_grad
     assert decode_all(model, sources, cfg, "cpu", precision) == outputs

@@ -28,12 +28,26 @@ REPO = HERE.parents[1]
 # resume must restore the RNG too.
 TINY = {
     "tokenizer": {"vocab_size": 100},
-    "model": {"d_model": 32, "heads": 2, "enc_layers": 1, "dec_layers": 1, "d_ff": 64,
-              "dropout": 0.1},
-    "train": {"batch_tokens": 600, "warmup": 5, "log_every": 1, "threads": 1, "device": "cpu",
-              "max_steps": 12, "eval_every": 3, "keep_last": 2},
+    "model": {
+        "d_model": 32,
+        "heads": 2,
+        "enc_layers": 1,
+        "dec_layers": 1,
+        "d_ff": 64,
+        "dropout": 0.1,
+    },
+    "train": {
+        "batch_tokens": 600,
+        "warmup": 5,
+        "log_every": 1,
+        "threads": 1,
+        "device": "cpu",
+        "max_steps": 12,
+        "eval_every": 3,
+        "keep_last": 2,
+    },
     "decode": {"max_len_a": 0, "max_len_b": 5},
-}  # fmt: skip
+}
 
 
 def tiny_raw(run_dir: Path, data_dir: Path, **train: object) -> dict:
@@ -76,7 +90,8 @@ def assert_one_error(result, fragment: str) -> str:
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
     errors = [line for line in lines if "error" in line.lower()]
-    assert errors == lines[-1:] and lines[-1].startswith("error: "), lines
+    assert errors == lines[-1:], lines
+    assert lines[-1].startswith("error: "), lines
     assert fragment in lines[-1], lines[-1]
     assert "Traceback" not in result.output
     return lines[-1]
@@ -249,9 +264,11 @@ def assert_same_training_state(a: dict, b: dict) -> None:
 
 def _assert_equal(a, b, where: str) -> None:
     if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
+        assert isinstance(b, torch.Tensor), where
+        assert torch.equal(a, b), where
     elif isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        assert isinstance(b, dict), where
+        assert a.keys() == b.keys(), where
         for key in a:
             _assert_equal(a[key], b[key], f"{where}.{key}")
     elif isinstance(a, (list, tuple)):

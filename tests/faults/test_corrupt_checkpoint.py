@@ -64,7 +64,8 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint_and_says_so(
     result = CliRunner().invoke(app, ["train", "--config", str(config), "--resume"])
     assert result.exit_code == 0, result.output
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
-    assert len(warnings) == 2 and all("is corrupt" in w for w in warnings), warnings
+    assert len(warnings) == 2, warnings
+    assert all("is corrupt" in w for w in warnings), warnings
     assert "ckpt_00000009.pt at step 9" in result.stderr
     assert_same_training_state(last_state(run_dir), reference_state(tmp_path_factory, toy_pairs))
 
@@ -83,7 +84,7 @@ def test_a_corrupt_step_file_beside_an_intact_copy_of_last_loses_no_steps(
 ):
     """Where hard links fail, last.pt is a copy: damage to the step file does not reach it."""
 
-    def no_links(*args, **kwargs):
+    def no_links(*_args, **_kwargs):
         raise OSError("hard links not supported")
 
     monkeypatch.setattr(checkpoint.os, "link", no_links)
@@ -96,4 +97,5 @@ def test_a_corrupt_step_file_beside_an_intact_copy_of_last_loses_no_steps(
 
     notes: list[str] = []
     path, state = checkpoint.find_resumable(run_dir, warn=notes.append)
-    assert path == checkpoint.last_path(run_dir) and state["progress"]["step"] == 12
+    assert path == checkpoint.last_path(run_dir)
+    assert state["progress"]["step"] == 12

@@ -51,7 +51,7 @@ def full_disk_on_second_save(monkeypatch, where: str) -> None:
     real_open = checkpoint.atomic_open
     real_fsync = os.fsync
 
-    def fsync_fails(fd):
+    def fsync_fails(_fd):
         raise ENOSPC
 
     @contextlib.contextmanager
@@ -77,7 +77,8 @@ def test_disk_full_while_saving(tmp_path, tmp_path_factory, toy_pairs, monkeypat
     assert_one_error(result, f"no space left on device while writing {step6}")
 
     assert last_state(run_dir)["progress"]["step"] == 3  # the previous checkpoint is intact
-    assert not step6.exists() and temp_litter(run_dir) == []
+    assert not step6.exists()
+    assert temp_litter(run_dir) == []
     assert not (run_dir / "train.lock").exists()
 
     monkeypatch.undo()  # space was freed: the run resumes and ends as if nothing happened
@@ -140,7 +141,8 @@ def test_disk_full_while_logging_metrics(tmp_path, tmp_path_factory, toy_pairs, 
     metrics = run_dir / "metrics.jsonl"
     assert_one_error(result, f"no space left on device while writing {metrics}")
     assert last_state(run_dir)["progress"]["step"] == 3
-    assert temp_litter(run_dir) == [] and not (run_dir / "train.lock").exists()
+    assert temp_litter(run_dir) == []
+    assert not (run_dir / "train.lock").exists()
     assert not metrics.read_bytes().endswith(b"\n")  # half a record made it to the disk
 
     monkeypatch.undo()  # space was freed

@@ -81,8 +81,12 @@ def assert_repaired(config: Path, run_dir: Path, clean: Path, reused: bool) -> N
 
 def test_kill_while_the_splits_are_written(stale, clean, tmp_path):
     run_dir, config = stale
-    kill_at(["prepare", "--config", str(config)], tmp_path / "log",
-            "call|transformer_cli.data.store.save_split|2", tmp_path / "paused")  # fmt: skip
+    kill_at(
+        ["prepare", "--config", str(config)],
+        tmp_path / "log",
+        "call|transformer_cli.data.store.save_split|2",
+        tmp_path / "paused",
+    )
     assert not (cache.cache_dir(run_dir) / "meta.json").exists()
     assert_train_refuses(config, run_dir)
     assert_repaired(config, run_dir, clean, reused=False)

@@ -6,6 +6,7 @@ an uninterrupted one bit for bit (CPU, train.threads=1).
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from pathlib import Path
@@ -45,10 +46,8 @@ def newest_intact_step(run_dir: Path) -> int:
     """The step of the newest checkpoint file that loads (0 if none), checked independently."""
     steps = [0]
     for path in run_dir.glob("checkpoints/*.pt"):
-        try:
+        with contextlib.suppress(CheckpointError):
             steps.append(checkpoint.load_checkpoint(path)["progress"]["step"])
-        except CheckpointError:
-            pass
     return max(steps)
 
 
@@ -124,7 +123,8 @@ def test_ten_kills_at_random_points_then_resume_is_exact(
                 time.sleep(rng.uniform(0, 3))
             kill9(process)
         text = log.read_bytes()[offset:].decode(errors="replace")
-        assert "Traceback" not in text and "error" not in text, text
+        assert "Traceback" not in text, text
+        assert "error" not in text, text
         if good:
             assert f"at step {good}" in text or "resuming" not in text, (kind, text)
         now = newest_intact_step(run_dir)

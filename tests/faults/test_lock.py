@@ -29,16 +29,18 @@ def test_a_second_trainer_refuses_and_a_dead_owners_lock_is_taken_over(
     train = [sys.executable, "-m", "transformer_cli", "train", "--config", str(config)]
     marker, log = tmp_path / "paused", tmp_path / "log"
     # the first trainer holds the lock, stopped in its first step
-    first = start_tfx(train[3:], log, pause="call|transformer_cli.training.step.batch_loss|1",
-                      marker=marker)  # fmt: skip
+    first = start_tfx(
+        train[3:], log, pause="call|transformer_cli.training.step.batch_loss|1", marker=marker
+    )
     try:
         wait_until(marker.exists, first, log=log)
-        second = subprocess.run(train, capture_output=True, text=True, env=child_env(),
-                                timeout=300)  # fmt: skip
+        second = subprocess.run(train, capture_output=True, text=True, env=child_env(), timeout=300)
         assert second.returncode == 2, second.stderr
-        assert second.stderr.count("\n") == 1 and second.stderr.startswith("error: ")
+        assert second.stderr.count("\n") == 1
+        assert second.stderr.startswith("error: ")
         assert f"another training run is using this run dir (PID {first.pid}" in second.stderr
-        assert "Traceback" not in second.stderr and second.stdout == ""
+        assert "Traceback" not in second.stderr
+        assert second.stdout == ""
     finally:
         kill9(first)
 

@@ -59,7 +59,8 @@ def test_too_many_in_a_row_stop_with_one_line_and_the_checkpoints_intact(finishe
     assert "last good checkpoint" in result.stderr
     after = {p.name: p.read_bytes() for p in run_dir.glob("checkpoints/*.pt")}
     assert after == before
-    assert temp_litter(run_dir) == [] and not (run_dir / "train.lock").exists()
+    assert temp_litter(run_dir) == []
+    assert not (run_dir / "train.lock").exists()
 
 
 def test_a_few_are_skipped_and_counted(finished, monkeypatch):
@@ -69,4 +70,5 @@ def test_a_few_are_skipped_and_counted(finished, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "skipped steps 2" in result.stdout
     state = checkpoint.load_checkpoint(checkpoint.last_path(run_dir))
-    assert state["progress"]["step"] == 30 and state["progress"]["skipped_steps"] == 2
+    assert state["progress"]["step"] == 30
+    assert state["progress"]["skipped_steps"] == 2

@@ -85,8 +85,11 @@ def test_batch_grids_are_the_masks_of_the_batch_training_builds(tiny, split, ind
         groups = batching.eval_order(data, cfg.train.batch_tokens, truncate=truncate)
         batch = batching.collate(data, groups[index], truncate)
     rows = view["shown_rows"]
-    assert len(rows) == min(3, len(batch)) and rows[0] == 0 and rows[-1] == len(batch) - 1
-    assert view["batches"] == len(groups) and view["n_tokens"] == batch.n_tokens
+    assert len(rows) == min(3, len(batch))
+    assert rows[0] == 0
+    assert rows[-1] == len(batch) - 1
+    assert view["batches"] == len(groups)
+    assert view["n_tokens"] == batch.n_tokens
     assert view["sentences"] == batch.indices[rows].tolist()
     assert view["src_ids"] == batch.src[rows].tolist()
     assert view["tgt_in_ids"] == batch.tgt_in[rows].tolist()
@@ -103,7 +106,8 @@ def test_batch_shows_the_shift_and_the_union(tiny):
     for k in range(len(view["shown_rows"])):
         tgt_in, tgt_out = view["tgt_in_ids"][k], view["tgt_out_ids"][k]
         n = sum(view["loss"][k])  # real target positions: y1..yn EOS
-        assert tgt_in[0] == BOS_ID and tgt_out[n - 1] == EOS_ID
+        assert tgt_in[0] == BOS_ID
+        assert tgt_out[n - 1] == EOS_ID
         assert tgt_in[1:n] == tgt_out[: n - 1]  # the decoder input is the target shifted right
         assert len(view["tgt_in_pieces"][k]) == len(tgt_in)
         look, pad, union = view["look_ahead"], view["target_padding"][k], view["decoder"][k]
@@ -123,7 +127,8 @@ def test_batch_text_prints_the_same_grids(tiny):
     assert printed == view["look_ahead"]
     for pieces in view["tgt_out_pieces"]:
         assert "</s>" in pieces
-    assert "decoder input (tgt_in)" in result.stdout and "loss mask" in result.stdout
+    assert "decoder input (tgt_in)" in result.stdout
+    assert "loss mask" in result.stdout
 
 
 def test_batch_plot_writes_a_png(tiny, tmp_path):
@@ -207,7 +212,8 @@ def test_scaling_takes_d_k_from_a_config(tiny):
     view = ok_json("inspect", "scaling", "--config", tiny, "--samples", 50)
     assert view["d_k"] == cfg.model.d_model // cfg.model.heads
     result = cli("inspect", "scaling", "--samples", 50)
-    assert result.exit_code == 0 and "conclusion:" in result.stdout
+    assert result.exit_code == 0
+    assert "conclusion:" in result.stdout
     assert_only_error(cli("inspect", "scaling", "--keys", 1), "--keys")
 
 
@@ -230,7 +236,8 @@ def test_schedule_peaks_at_the_end_of_warmup(tiny, name):
         120,
     )
     lrs = view["lr"]
-    assert len(lrs) == 120 and view["peak_step"] == 30
+    assert len(lrs) == 120
+    assert view["peak_step"] == 30
     assert view["peak_lr"] == learning_rate(30, cfg.train, cfg.model.d_model)
     assert all(a < b for a, b in zip(lrs[:29], lrs[1:30], strict=True))  # warm-up: rising
     assert all(a > b for a, b in zip(lrs[29:-1], lrs[30:], strict=True))  # then decaying
@@ -239,10 +246,12 @@ def test_schedule_peaks_at_the_end_of_warmup(tiny, name):
 def test_schedule_defaults_to_the_runs_steps(tiny, tmp_path):
     assert len(ok_json("inspect", "schedule", "--config", tiny)["lr"]) == 3  # train.max_steps
     view = ok_json("inspect", "schedule", "--config", tiny, "--set", "train.max_steps=0")
-    assert len(view["lr"]) == 4 * view["warmup"] and view["note"]
+    assert len(view["lr"]) == 4 * view["warmup"]
+    assert view["note"]
     out = tmp_path / "lr.png"
     result = cli("inspect", "schedule", "--config", tiny, "--steps", 50, "--plot", out)
-    assert result.exit_code == 0 and "<- peak" in result.stdout
+    assert result.exit_code == 0
+    assert "<- peak" in result.stdout
     assert_png(out)
     assert_only_error(cli("inspect", "schedule", "--config", tiny, "--steps", -1), "--steps")
 
@@ -253,7 +262,8 @@ def test_schedule_defaults_to_the_runs_steps(tiny, tmp_path):
 def test_plot_draws_a_real_run(tiny, tmp_path):
     run_dir = load_config(tiny).run_dir
     train_records, valid_records = curves.read_metrics(run_dir)
-    assert [r["step"] for r in train_records] == [1, 2, 3] and len(valid_records) == 1
+    assert [r["step"] for r in train_records] == [1, 2, 3]
+    assert len(valid_records) == 1
     out = tmp_path / "curves.png"
     result = cli("plot", run_dir, "--output", out)
     assert result.exit_code == 0, result.output
@@ -267,7 +277,8 @@ def test_plot_keeps_the_latest_record_of_a_step_and_skips_a_cut_last_line(tmp_pa
     lines.append('{"kind": "valid", "st')  # training killed mid-write
     (tmp_path / "metrics.jsonl").write_text("\n".join(lines), encoding="utf-8")
     train_records, valid_records = curves.read_metrics(tmp_path)
-    assert [r["step"] for r in train_records] == [1, 2, 3] and valid_records == []
+    assert [r["step"] for r in train_records] == [1, 2, 3]
+    assert valid_records == []
     assert train_records[1]["loss"] == 1.0
     result = cli("plot", tmp_path)
     assert result.exit_code == 0, result.output
@@ -321,7 +332,8 @@ def test_self_attention_is_causal_and_sums_to_one(loaded):
         model, tokenizer, SENTENCE, self_attention=True, decode_cfg=cfg.decode
     )
     t = len(view.out_pieces)
-    assert view.weights.shape == (t, t) and view.src_pieces[0] == "<s>"
+    assert view.weights.shape == (t, t)
+    assert view.src_pieces[0] == "<s>"
     assert torch.allclose(view.weights.sum(-1), torch.ones(t), atol=1e-5)
     assert torch.equal(view.weights.triu(1), torch.zeros(t, t))  # nothing from the future
 

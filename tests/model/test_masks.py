@@ -17,7 +17,8 @@ def right_padded(lengths: list[int], width: int) -> torch.Tensor:
 def test_padding_mask_marks_real_tokens():
     ids = right_padded([3, 1, 4], 4)
     mask = padding_mask(ids)
-    assert mask.shape == (3, 1, 1, 4) and mask.dtype == torch.bool
+    assert mask.shape == (3, 1, 1, 4)
+    assert mask.dtype == torch.bool
     expected = [[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]]
     assert mask[:, 0, 0].tolist() == [[bool(v) for v in row] for row in expected]
 
@@ -46,7 +47,8 @@ def test_causal_mask_with_offset_continues_the_full_mask():
 def test_decoder_mask_is_the_union_of_look_ahead_and_padding():
     lengths, T = [3, 1, 4, 2], 4
     mask = decoder_mask(right_padded(lengths, T))
-    assert mask.shape == (4, 1, T, T) and mask.dtype == torch.bool
+    assert mask.shape == (4, 1, T, T)
+    assert mask.dtype == torch.bool
     hand = torch.zeros(4, 1, T, T, dtype=torch.bool)
     for b, n in enumerate(lengths):
         for i in range(T):

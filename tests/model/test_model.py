@@ -90,8 +90,9 @@ def test_math_and_sdpa_models_agree_in_outputs_and_gradients(norm):
         torch.testing.assert_close(g_math, g_sdpa)
 
 
-@pytest.mark.parametrize(("path", "cpu", "cuda"), [("auto", False, True), ("sdpa", True, True),
-                                                   ("math", False, False)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("path", "cpu", "cuda"), [("auto", False, True), ("sdpa", True, True), ("math", False, False)]
+)
 def test_each_path_resolves_per_device(path, cpu, cuda):
     module = SelfAttention(8, 2, 0.0, path)
     assert module.uses_sdpa(torch.device("cpu")) is cpu
@@ -253,7 +254,8 @@ def test_reordering_within_sentences_may_leave_the_source_state_alone():
     index = torch.tensor([2, 2, 0, 4, 3, 3])  # within sentence 0, within sentence 1
     cross_k, src_mask = cache.layers[0].cross_k, cache.src_mask
     cache.select(index, sources_too=False)
-    assert cache.layers[0].cross_k is cross_k and cache.src_mask is src_mask  # not copied
+    assert cache.layers[0].cross_k is cross_k  # not copied
+    assert cache.src_mask is src_mask
     rows = tgt.index_select(0, index)
     steps = [kv_cache.decode(model, rows[:, t : t + 1], memory, src, cache) for t in range(3, 6)]
     full = model.decode(rows, memory, src)  # same sentences in the same rows as before
@@ -299,8 +301,14 @@ def run_slots(model, sources: list[Tensor], targets: list[Tensor], slots: int) -
             width = max(len(s) for s in group) + 1
             src = torch.stack([F.pad(s, (0, width - len(s)), value=PAD_ID) for s in group])
             cross, mask, lengths = slot_sources(model, src)
-            states += [([(k[i : i + 1], v[i : i + 1]) for k, v in cross], mask[i : i + 1],
-                        lengths[i : i + 1]) for i in range(len(group))]  # fmt: skip
+            states += [
+                (
+                    [(k[i : i + 1], v[i : i + 1]) for k, v in cross],
+                    mask[i : i + 1],
+                    lengths[i : i + 1],
+                )
+                for i in range(len(group))
+            ]
     cache = SlotCache.for_model(model, "cpu")
     queue = list(range(len(sources)))
     sentence: list[int] = []
@@ -353,8 +361,10 @@ def test_slot_decoding_equals_full_decoding_whenever_sentences_start(
     lengths = tgt_lengths.draw(st.lists(st.integers(1, 20), min_size=n, max_size=n))
     gen = torch.Generator().manual_seed(seed)
     sources = [torch.randint(4, V, (k,), generator=gen) for k in src_lengths]
-    targets = [torch.cat([torch.tensor([BOS_ID]), torch.randint(4, V, (k - 1,), generator=gen)])
-               for k in lengths]  # fmt: skip
+    targets = [
+        torch.cat([torch.tensor([BOS_ID]), torch.randint(4, V, (k - 1,), generator=gen)])
+        for k in lengths
+    ]
     got = run_slots(model, sources, targets, slots)
     for i, (src, tgt) in enumerate(zip(sources, targets, strict=True)):
         alone = model.decode(tgt[None], model.encode(src[None]), src[None])[0]  # (T, V)
@@ -437,8 +447,10 @@ def test_shapes_and_dtypes_under_bf16_autocast(attention):
         step = kv_cache.decode(model, tgt[:, :1], memory, src, cache)
     assert memory.shape == (2, 5, CFG.d_model)
     assert hidden.shape == (2, 4, CFG.d_model)
-    assert logits.shape == (2, 4, V) and logits.dtype == torch.bfloat16
-    assert step.shape == (2, 1, V) and step.dtype == torch.bfloat16
+    assert logits.shape == (2, 4, V)
+    assert logits.dtype == torch.bfloat16
+    assert step.shape == (2, 1, V)
+    assert step.dtype == torch.bfloat16
     assert logits.isfinite().all()
     assert all(p.grad.dtype == torch.float32 for p in model.parameters())
 
@@ -476,11 +488,16 @@ def test_parameter_count_matches_closed_form(changes):
 
 
 @pytest.mark.parametrize(
-    "changes",
-    [{"src_vocab": 0}, {"tgt_vocab": 0}, {"tgt_vocab": 30}, {"heads": 3}],
+    ("changes", "message"),
+    [
+        ({"src_vocab": 0}, "must be > 0"),
+        ({"tgt_vocab": 0}, "must be > 0"),
+        ({"tgt_vocab": 30}, "needs one joint vocabulary"),
+        ({"heads": 3}, "must divide d_model"),
+    ],
 )
-def test_invalid_configs_are_value_errors(changes):
-    with pytest.raises(ValueError):
+def test_invalid_configs_are_value_errors(changes, message):
+    with pytest.raises(ValueError, match=message):
         Transformer(dataclasses.replace(CFG, **changes))
 
 
@@ -488,7 +505,8 @@ def test_initialisation_xavier_matrices_zero_biases():
     model = Transformer(dataclasses.replace(CFG, d_model=64, d_ff=128))
     w = model.encoder.layers[0].ff[0].weight  # (F, D)
     bound = math.sqrt(6 / sum(w.shape))
-    assert w.abs().max() <= bound and w.abs().max() > 0.9 * bound
+    assert w.abs().max() <= bound
+    assert w.abs().max() > 0.9 * bound
     assert all((p == 0).all() for n, p in model.named_parameters() if n.endswith("bias"))
 
 

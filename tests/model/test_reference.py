@@ -90,9 +90,13 @@ def assert_close_real(ours: torch.Tensor, ref: torch.Tensor, ids: torch.Tensor) 
 
 def ref_kwargs(norm: str) -> dict:
     return dict(
-        d_model=D, nhead=HEADS, dim_feedforward=FF, dropout=0.0, batch_first=True,
+        d_model=D,
+        nhead=HEADS,
+        dim_feedforward=FF,
+        dropout=0.0,
+        batch_first=True,
         norm_first=norm == "pre",
-    )  # fmt: skip
+    )
 
 
 @pytest.mark.parametrize("norm", ["post", "pre"])
@@ -124,9 +128,12 @@ def test_decoder_layer_matches_torch(attention, norm):
     x = torch.randn(3, 5, D, generator=gen, dtype=torch.float64)
     memory = torch.randn(3, 6, D, generator=gen, dtype=torch.float64)
     expected = ref(
-        x, memory, tgt_mask=torch_look_ahead(5), tgt_key_padding_mask=tgt == PAD_ID,
+        x,
+        memory,
+        tgt_mask=torch_look_ahead(5),
+        tgt_key_padding_mask=tgt == PAD_ID,
         memory_key_padding_mask=src == PAD_ID,
-    )  # fmt: skip
+    )
     got = ours(x, memory, decoder_mask(tgt), padding_mask(src))
     assert_close_real(got, expected, tgt)
 
@@ -174,9 +181,13 @@ def test_whole_model_matches_torch_transformer(attention, norm):
         return model.src_embed(ids) * math.sqrt(D) + table[: ids.size(1)]
 
     expected = ref(
-        embed(src), embed(tgt), tgt_mask=torch_look_ahead(6), src_key_padding_mask=src == PAD_ID,
-        tgt_key_padding_mask=tgt == PAD_ID, memory_key_padding_mask=src == PAD_ID,
-    )  # fmt: skip
+        embed(src),
+        embed(tgt),
+        tgt_mask=torch_look_ahead(6),
+        src_key_padding_mask=src == PAD_ID,
+        tgt_key_padding_mask=tgt == PAD_ID,
+        memory_key_padding_mask=src == PAD_ID,
+    )
     hidden = model.decode_hidden(tgt, model.encode(src), src)
     assert_close_real(hidden, expected, tgt)
     # the tied output projection is the embedding matrix

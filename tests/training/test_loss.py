@@ -119,7 +119,8 @@ def test_smoothing_raises_the_loss_of_a_confident_correct_model():
 def test_all_pad_batch_is_zero_not_nan():
     logits = torch.randn(2, 3, 7, requires_grad=True)
     parts = masked_cross_entropy(logits, torch.full((2, 3), PAD_ID), 0.1)
-    assert parts.loss.item() == 0.0 and int(parts.n_tokens) == 0
+    assert parts.loss.item() == 0.0
+    assert int(parts.n_tokens) == 0
     parts.loss.backward()
     assert logits.grad.abs().max() == 0
 
@@ -170,7 +171,8 @@ def test_perplexity_is_exp_of_mean_nll_and_never_overflows(nll, n):
 
 
 def test_no_tokens_gives_nan():
-    assert math.isnan(per_token(0.0, 0)) and math.isnan(perplexity(0.0, 0))
+    assert math.isnan(per_token(0.0, 0))
+    assert math.isnan(perplexity(0.0, 0))
 
 
 def test_shape_mismatch_is_refused():
@@ -240,7 +242,8 @@ def test_fused_loss_in_bf16_matches_bf16_autocast():
             else:
                 parts = masked_cross_entropy(torch.nn.functional.linear(h, w), target, 0.1)
         parts.loss.backward()
-        assert parts.loss.dtype == torch.float32 and h.grad.dtype == w.grad.dtype == torch.float32
+        assert parts.loss.dtype == torch.float32
+        assert h.grad.dtype == w.grad.dtype == torch.float32
         grads.append((parts.loss, h.grad, w.grad))
     for fused_x, plain_x in zip(grads[1], grads[0], strict=True):
         torch.testing.assert_close(fused_x, plain_x, rtol=2e-2, atol=2e-2)
@@ -286,7 +289,8 @@ def test_fused_loss_under_no_grad_forms_no_gradients_even_for_trainable_tensors(
     assert frozen_mm > 0  # the counter sees the projection of every chunk
     assert trainable_mm == frozen_mm  # no gradient products on top of the projections
     assert not trainable.loss.requires_grad
-    assert torch.equal(trainable.loss, frozen.loss) and torch.equal(trainable.nll, frozen.nll)
+    assert torch.equal(trainable.loss, frozen.loss)
+    assert torch.equal(trainable.nll, frozen.nll)
 
 
 @pytest.mark.parametrize("fused", [False, True])
@@ -306,8 +310,16 @@ def test_split_perplexity_is_exp_of_its_nll_at_any_size(monkeypatch, scale, fuse
 
     monkeypatch.setattr(loss_mod, "batch_loss", scaled)
     torch.manual_seed(0)
-    model_cfg = ModelConfig(src_vocab=30, tgt_vocab=30, d_model=16, heads=2, enc_layers=1,
-                            dec_layers=1, d_ff=32, dropout=0.0)  # fmt: skip
+    model_cfg = ModelConfig(
+        src_vocab=30,
+        tgt_vocab=30,
+        d_model=16,
+        heads=2,
+        enc_layers=1,
+        dec_layers=1,
+        d_ff=32,
+        dropout=0.0,
+    )
     cfg = Config(run_dir="unused", model=model_cfg, train=TrainConfig(fused_loss=fused))
     src = [torch.randint(4, 30, (n,)).tolist() for n in (3, 5, 2)]
     tgt = [torch.randint(4, 30, (n,)).tolist() for n in (4, 2, 6)]

@@ -40,6 +40,12 @@ TINY = (
 )
 
 
+def metrics(run_dir) -> list[dict]:
+    """The records of a run's metrics.jsonl."""
+    text = Path(run_dir, "metrics.jsonl").read_text("utf-8")
+    return [json.loads(line) for line in text.splitlines()]
+
+
 def weights(run_dir) -> dict[str, torch.Tensor]:
     return checkpoint.load_checkpoint(checkpoint.last_path(run_dir))["model"]
 
@@ -55,7 +61,8 @@ def test_resume_is_exact_across_an_epoch_boundary(make_config, tmp_path):
     straight = make_config(*overrides, "train.max_steps=12", f"run_dir={tmp_path / 'a'}")
     prepare.run(straight)
     summary = train.run(straight)
-    assert summary["steps"] == 12 and summary["epochs"] >= 1  # crossed into epoch 2
+    assert summary["steps"] == 12
+    assert summary["epochs"] >= 1  # crossed into epoch 2
 
     broken = make_config(*overrides, "train.max_steps=5", f"run_dir={tmp_path / 'b'}")
     prepare.run(broken)
@@ -85,7 +92,8 @@ def test_sigint_saves_a_checkpoint_and_resume_continues_exactly(make_config, tmp
 
     monkeypatch.setattr(train, "train_step", step_then_ctrl_c)
     summary = train.run(cfg)
-    assert summary["steps"] == 3 and "SIGINT" in summary["stopped"]
+    assert summary["steps"] == 3
+    assert "SIGINT" in summary["stopped"]
     assert checkpoint.load_checkpoint(checkpoint.last_path(cfg.run_dir))["progress"]["step"] == 3
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
 
@@ -140,10 +148,11 @@ def test_non_finite_steps_are_skipped_and_counted(make_config, monkeypatch):
     prepare.run(cfg)
     nan_on({2, 4}, monkeypatch)
     summary = train.run(cfg)
-    assert summary["steps"] == 6 and summary["skipped_steps"] == 2
+    assert summary["steps"] == 6
+    assert summary["skipped_steps"] == 2
     for name, tensor in weights(cfg.run_dir).items():
         assert torch.isfinite(tensor).all(), name
-    records = [json.loads(line) for line in open(f"{cfg.run_dir}/metrics.jsonl")]
+    records = metrics(cfg.run_dir)
     assert all(r["loss"] == r["loss"] for r in records)  # NaN never reaches the log
 
 
@@ -179,7 +188,8 @@ def test_a_non_finite_gradient_under_a_finite_loss_is_skipped(make_config, monke
     trainer = step.Trainer(model, optimizer, None, split, cfg, torch.device("cpu"), "fp32")
     nan_gradients_on({1}, monkeypatch)
     result = step.train_step(trainer, group, 1e-3)
-    assert torch.isfinite(result.loss) and not result.applied
+    assert torch.isfinite(result.loss)
+    assert not result.applied
     assert_same_weights(before, model.state_dict())
     assert all(p.grad is None for p in model.parameters())  # nothing carried to the next step
     assert step.train_step(trainer, group, 1e-3).applied  # the next update goes ahead
@@ -191,7 +201,8 @@ def test_runs_count_non_finite_gradients_as_skipped_steps(make_config, monkeypat
     prepare.run(cfg)
     nan_gradients_on({2, 4}, monkeypatch)
     summary = train.run(cfg)
-    assert summary["steps"] == 6 and summary["skipped_steps"] == 2
+    assert summary["steps"] == 6
+    assert summary["skipped_steps"] == 2
     for name, tensor in weights(cfg.run_dir).items():
         assert torch.isfinite(tensor).all(), name
 
@@ -213,7 +224,8 @@ def test_bf16_autocast_on_cpu_trains(make_config):
     cfg = make_config(*TINY, "train.max_steps=3", "train.precision=bf16")
     prepare.run(cfg)
     summary = train.run(cfg)
-    assert summary["steps"] == 3 and summary["skipped_steps"] == 0
+    assert summary["steps"] == 3
+    assert summary["skipped_steps"] == 0
     state = checkpoint.load_checkpoint(checkpoint.last_path(cfg.run_dir))
     assert all(t.dtype == torch.float32 for t in state["model"].values() if t.is_floating_point())
 
@@ -248,7 +260,7 @@ def test_a_tiny_model_overfits_a_tiny_corpus(tmp_path, toy_pairs):
     )
     prepare.run(cfg)
     summary = train.run(cfg)
-    records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    records = metrics(tmp_path / "run")
     losses = [r["nll"] for r in records if r["kind"] == "train"]
     assert losses[-1] < 0.1 * losses[0]
     assert summary["best_bleu"] > 90  # it reproduces the sentences it memorised
@@ -270,8 +282,9 @@ def test_cli_prepare_and_train_a_few_steps(make_config, tmp_path):
     run_dir = tmp_path / "run"
     for name in ("config.yaml", "metrics.jsonl", "checkpoints/last.pt", "checkpoints/best.pt"):
         assert (run_dir / name).is_file(), name
-    kinds = [json.loads(line)["kind"] for line in open(run_dir / "metrics.jsonl")]
-    assert kinds.count("train") == 3 and kinds.count("valid") == 1
+    kinds = [r["kind"] for r in metrics(run_dir)]
+    assert kinds.count("train") == 3
+    assert kinds.count("valid") == 1
 
 
 def test_train_without_prepare_is_a_one_line_error(make_config):
@@ -369,11 +382,12 @@ def test_logged_throughput_leaves_validation_time_out(make_config, monkeypatch):
     cfg = make_config(*TINY, "train.max_steps=12", "train.log_every=4", "train.eval_every=6")
     prepare.run(cfg)
     train.run(cfg)
-    records = [json.loads(line) for line in open(f"{cfg.run_dir}/metrics.jsonl")]
+    records = metrics(cfg.run_dir)
     rates = [r["tokens_per_s"] for r in records if r["kind"] == "train"]
     # the window of steps 5-8 holds the validation at step 6; with it counted, its rate
     # would be a small fraction of the others'
-    assert len(rates) == 3 and rates[1] > 0.3 * min(rates[0], rates[2])
+    assert len(rates) == 3
+    assert rates[1] > 0.3 * min(rates[0], rates[2])
 
 
 def test_train_evaluate_and_translate_run_without_the_datasets_package(make_config, tmp_path):

@@ -132,6 +132,7 @@ def translate(
 ) -> None:
     """Translate with a checkpoint: one output line per input line."""
     from transformer_cli.core.config import DecodeOverrides
+    from transformer_cli.core.config_rules import precision_flag
     from transformer_cli.decoding import translate as translate_mod
 
     if plot_attention is not None:  # first, so that a bad --layer or --head fails at once
@@ -148,7 +149,7 @@ def translate(
         max_len_a=max_len_a,
         max_len_b=max_len_b,
         batch_sentences=batch_size,
-        precision=precision,
+        precision=precision_flag(precision),
         nbest=nbest,
     )
     translate_mod.run(checkpoint, text, input_, output, decode=decode, device=device)
@@ -187,6 +188,7 @@ def evaluate(
 ) -> None:
     """Score checkpoints (BLEU, chrF, loss, speed), best first; write hypotheses and a report."""
     from transformer_cli.core.config import DecodeOverrides
+    from transformer_cli.core.config_rules import precision_flag
     from transformer_cli.training import evaluate as evaluate_mod
 
     decode = DecodeOverrides(
@@ -196,7 +198,7 @@ def evaluate(
         max_len_a=max_len_a,
         max_len_b=max_len_b,
         batch_sentences=batch_size,
-        precision=precision,
+        precision=precision_flag(precision),
     )
     evaluate_mod.run(
         checkpoints,

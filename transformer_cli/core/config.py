@@ -9,14 +9,23 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 # auto: bf16 (or fp16) on CUDA, fp32 elsewhere; resolved by `runtime.resolve_precision`
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+ResolvedPrecision = Literal["fp32", "bf16", "fp16"]  # what `auto` becomes on a device
 # auto: CUDA, else Apple's MPS, else the CPU; resolved by `runtime.pick_device`
 Device = Literal["auto", "cpu", "cuda", "mps"]
 PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
 DEVICES: tuple[str, ...] = typing.get_args(Device)
+
+
+def is_precision(name: str) -> TypeGuard[Precision]:
+    return name in PRECISIONS
+
+
+def is_device(name: str) -> TypeGuard[Device]:
+    return name in DEVICES
 
 
 @dataclass(frozen=True)

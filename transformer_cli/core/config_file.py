@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -121,7 +122,7 @@ def config_from_dict(
     return cfg
 
 
-def _apply_overrides(raw: dict, overrides, errors: list[str]) -> dict:
+def _apply_overrides(raw: dict, overrides: Sequence[str], errors: list[str]) -> dict:
     raw = _deep_copy(raw)
     for item in overrides:
         if "=" not in item:
@@ -153,7 +154,7 @@ def _deep_copy(d: Any) -> Any:
     return d
 
 
-def _build(cls: type, raw: Any, prefix: str, errors: list[str], where) -> Any:
+def _build(cls: type, raw: Any, prefix: str, errors: list[str], where: Callable[[str], str]) -> Any:
     """Convert a mapping into dataclass `cls`, appending problems to `errors`."""
     if not isinstance(raw, dict):
         errors.append(f"{where(prefix.rstrip('.'))}: expected a mapping, got {_show(raw)}")
@@ -171,7 +172,7 @@ def _build(cls: type, raw: Any, prefix: str, errors: list[str], where) -> Any:
                 errors.append(f"{where(dotted)}: required key missing")
             continue
         tp = hints[name]
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             values[name] = _build(
                 tp, raw[name] if raw[name] is not None else {}, dotted + ".", errors, where
             )

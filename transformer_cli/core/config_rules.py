@@ -10,7 +10,15 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from transformer_cli.core.config import DECODE_FLAGS, Config, DecodeConfig, DecodeOverrides
+from transformer_cli.core.config import (
+    DECODE_FLAGS,
+    PRECISIONS,
+    Config,
+    DecodeConfig,
+    DecodeOverrides,
+    Precision,
+    is_precision,
+)
 from transformer_cli.core.errors import ConfigError
 
 Check = Callable[[bool, str, str], None]
@@ -140,6 +148,19 @@ def decode_problems(dec: DecodeConfig, nbest: int = 1, flags: bool = False) -> l
         problems.append(f"{name('max_len_a')} and {name('max_len_b')} cannot both be 0")
     check(dec.batch_sentences >= 1, "batch_sentences", f"must be >= 1, got {dec.batch_sentences}")
     return problems
+
+
+def checked_precision(value: str, key: str) -> Precision:
+    """`value` as a precision setting; ConfigError naming `key` if it is not one."""
+    if not is_precision(value):
+        raise ConfigError(f"{key}: must be one of {'|'.join(PRECISIONS)}, got {value!r}")
+    return value
+
+
+def precision_flag(value: str | None) -> Precision | None:
+    """A command's --precision: None keeps the config's; anything else must be a precision
+    setting (the same message as `runtime.resolve_precision` gives)."""
+    return None if value is None else checked_precision(value, DECODE_FLAGS["precision"])
 
 
 def apply_decode_overrides(

@@ -8,11 +8,12 @@ import random
 
 import torch
 
-from transformer_cli.core.config import PRECISIONS
+from transformer_cli.core.config import Device, ResolvedPrecision
+from transformer_cli.core.config_rules import checked_precision
 from transformer_cli.core.errors import ConfigError
 
 
-def pick_device(name: str = "auto") -> torch.device:
+def pick_device(name: Device = "auto") -> torch.device:
     """`auto` prefers CUDA, then Apple's MPS, then the CPU; a forced device must exist."""
     if name == "auto":
         if torch.cuda.is_available():
@@ -29,13 +30,14 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def resolve_precision(precision: str, device: torch.device, key: str = "train.precision") -> str:
+def resolve_precision(
+    precision: str, device: torch.device, key: str = "train.precision"
+) -> ResolvedPrecision:
     """Turn `auto` into fp32/bf16/fp16 for this device, and reject combinations that can't run.
 
     `key` names the setting in error messages.
     """
-    if precision not in PRECISIONS:
-        raise ConfigError(f"{key}: must be one of {'|'.join(PRECISIONS)}, got {precision!r}")
+    precision = checked_precision(precision, key)
     if precision == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
@@ -45,19 +47,21 @@ def resolve_precision(precision: str, device: torch.device, key: str = "train.pr
     return precision
 
 
-def matmul_dtype(precision: str) -> torch.dtype:
+def matmul_dtype(precision: ResolvedPrecision) -> torch.dtype:
     """The dtype that matrix products run in under a resolved precision."""
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
 
 
-def autocast(device: torch.device, precision: str):
+def autocast(
+    device: torch.device, precision: ResolvedPrecision
+) -> contextlib.AbstractContextManager[object]:
     """The autocast context for a resolved precision (a no-op for fp32)."""
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=matmul_dtype(precision))
 
 
-def describe(device: torch.device, precision: str, threads: int, malloc: str) -> str:
+def describe(device: torch.device, precision: ResolvedPrecision, threads: int, malloc: str) -> str:
     """Where a run computes, for its first line: a GPU by name; the CPU's threads and malloc."""
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)}, {precision})"

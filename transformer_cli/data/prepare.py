@@ -291,8 +291,16 @@ def _status(message: str) -> None:
 
 def summary(meta: dict, directory: Path) -> str:
     """A short table of what was read, kept and dropped, and the lengths in pieces."""
-    header = ("split", "read", "kept", "empty", "too long", "ratio", "src p50/p90/p99/max",
-              "tgt p50/p90/p99/max")  # fmt: skip
+    header = (
+        "split",
+        "read",
+        "kept",
+        "empty",
+        "too long",
+        "ratio",
+        "src p50/p90/p99/max",
+        "tgt p50/p90/p99/max",
+    )
     rows = [header]
     for role, s in meta["splits"].items():
         d = s["dropped"]

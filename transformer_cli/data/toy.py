@@ -146,10 +146,7 @@ class Clause:
 
 
 def clause(rng: random.Random, adverb_p: float = 0.25, kinds: str = "PA") -> Clause:
-    if rng.random() < 0.7:
-        verb = rng.choice(TRANSITIVE)
-    else:
-        verb = rng.choice(INTRANSITIVE)
+    verb = rng.choice(TRANSITIVE) if rng.random() < 0.7 else rng.choice(INTRANSITIVE)
     subj = noun_phrase(rng, "".join(k for k in verb.subj if k in kinds) or verb.subj)
     obj = noun_phrase(rng, verb.obj) if verb.obj else None
     adverb = rng.choice(ADVERBS) if rng.random() < adverb_p else None

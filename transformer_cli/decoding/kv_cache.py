@@ -13,9 +13,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from transformer_cli.decoding.protocol import SearchModel
 from transformer_cli.model.attention import Core
 from transformer_cli.model.masks import causal_mask, padding_mask
-from transformer_cli.model.transformer import Transformer
 
 
 class LayerCache:
@@ -31,7 +31,7 @@ class LayerCache:
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Add the new positions' keys and values (B, H, T, K); return all (B, H, L+T, K)."""
-        if self.self_k is not None:
+        if self.self_k is not None and self.self_v is not None:
             k = torch.cat([self.self_k, k], dim=2)  # (B,H,L,K) + (B,H,T,K) -> (B,H,L+T,K)
             v = torch.cat([self.self_v, v], dim=2)
         self.self_k, self.self_v = k, v
@@ -84,7 +84,7 @@ class KVCache:
         self.length = 0
 
     @classmethod
-    def for_model(cls, model: Transformer) -> KVCache:
+    def for_model(cls, model: SearchModel) -> KVCache:
         """An empty cache with one layer cache per decoder layer of `model`."""
         return cls(len(model.decoder.layers))
 
@@ -107,7 +107,7 @@ class KVCache:
 
 
 def decode_hidden(
-    model: Transformer, tgt_in: Tensor, memory: Tensor, src: Tensor, cache: KVCache
+    model: SearchModel, tgt_in: Tensor, memory: Tensor, src: Tensor, cache: KVCache
 ) -> Tensor:
     """The decoder's hidden states of the new tokens `tgt_in`, after those in `cache`.
 
@@ -135,7 +135,7 @@ def decode_hidden(
 
 
 def decode(
-    model: Transformer, tgt_in: Tensor, memory: Tensor, src: Tensor, cache: KVCache
+    model: SearchModel, tgt_in: Tensor, memory: Tensor, src: Tensor, cache: KVCache
 ) -> Tensor:
     """`model.logits(decode_hidden(...))`: (B, T, V) next-token scores of the new tokens."""
     return model.logits(decode_hidden(model, tgt_in, memory, src, cache))

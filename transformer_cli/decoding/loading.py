@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from transformer_cli.core.checkpoint import load_state
+from transformer_cli.core.config import Config, ResolvedPrecision
 from transformer_cli.core.config_file import config_from_dict
 from transformer_cli.core.errors import CheckpointError, ConfigError, DataError
 from transformer_cli.data.tokenizer import Tokenizer
 from transformer_cli.fast.packing import pack_linears
 from transformer_cli.model.transformer import Transformer
 
+if TYPE_CHECKING:
+    import torch
 
-def model_from_state(state: dict, path: str | Path, device):
+
+def model_from_state(
+    state: dict, path: str | Path, device: torch.device
+) -> tuple[Transformer, Tokenizer, Config]:
     """(model in eval mode on `device`, tokenizer, config) from a loaded checkpoint state."""
     try:
         cfg = config_from_dict(state["config"], source=f"{path} (its config)")
@@ -31,12 +38,14 @@ def model_from_state(state: dict, path: str | Path, device):
     return model.to(device).eval(), tokenizer, cfg
 
 
-def load_model(path: str | Path, device) -> tuple:
+def load_model(path: str | Path, device: torch.device) -> tuple[Transformer, Tokenizer, Config]:
     """(model, tokenizer, config) from a self-contained checkpoint; CheckpointError if not."""
     return model_from_state(load_state(path), path, device)
 
 
-def ready_to_decode(model: Transformer, device, precision: str) -> Transformer:
+def ready_to_decode(
+    model: Transformer, device: torch.device, precision: ResolvedPrecision
+) -> Transformer:
     """`model` as translate and evaluate decode with it: the same numbers, faster.
 
     The one place the decoding fast path is switched on: every linear layer's weight is

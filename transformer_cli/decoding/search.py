@@ -1,4 +1,4 @@
-"""Greedy and beam search over a `Transformer`, KV-cached and batched.
+"""Greedy and beam search over a `Transformer` (a `SearchModel`), KV-cached and batched.
 
 B sentences, K beam size, V target vocabulary, R = live rows (sentences x beams)
 
@@ -28,6 +28,7 @@ from torch import Tensor
 from transformer_cli.core.specials import BOS_ID, EOS_ID, PAD_ID
 from transformer_cli.decoding import kv_cache
 from transformer_cli.decoding.kv_cache import KVCache
+from transformer_cli.decoding.protocol import SearchModel
 
 Hypothesis = tuple[list[int], float]
 
@@ -37,7 +38,7 @@ def length_penalty(length: int, alpha: float) -> float:
     return ((5.0 + length) / 6.0) ** alpha
 
 
-def output_limits(model, max_len: int | Sequence[int] | Tensor, batch: int) -> Tensor:
+def output_limits(model: SearchModel, max_len: int | Sequence[int] | Tensor, batch: int) -> Tensor:
     """Per-sentence output caps as a (B,) CPU int64 tensor in [1, model.max_positions].
 
     The decoder input of the step that emits piece n is BOS y_1 .. y_{n-1}, n positions,
@@ -71,7 +72,14 @@ def most_probable(logits: Tensor) -> Tensor:
     return _never_special(logits).max(-1).indices
 
 
-def _step_hidden(model, tokens: Tensor, prefix: Tensor, memory: Tensor, src: Tensor, cache):
+def _step_hidden(
+    model: SearchModel,
+    tokens: Tensor,
+    prefix: Tensor,
+    memory: Tensor,
+    src: Tensor,
+    cache: KVCache | None,
+) -> Tensor:
     """The decoder's last hidden state of every row: (R, D).
 
     Cached: feed only the newest token. Uncached: re-run the decoder on the whole prefix,
@@ -84,7 +92,7 @@ def _step_hidden(model, tokens: Tensor, prefix: Tensor, memory: Tensor, src: Ten
 
 @torch.no_grad()
 def greedy_search(
-    model, src: Tensor, max_len: int | Sequence[int] | Tensor, use_cache: bool = True
+    model: SearchModel, src: Tensor, max_len: int | Sequence[int] | Tensor, use_cache: bool = True
 ) -> list[list[int]]:
     """The most probable next piece at every step, until EOS or `max_len` pieces.
 
@@ -137,7 +145,7 @@ def cut_at_eos(row: list[int], limit: int) -> list[int]:
 
 @torch.no_grad()
 def beam_search(
-    model,
+    model: SearchModel,
     src: Tensor,
     beam: int,
     alpha: float,
@@ -276,7 +284,11 @@ def _propose(state: _Beams, logp: Tensor, k: int) -> _Candidates:
 
 
 def _set_aside(
-    state: _Beams, cand: _Candidates, at_limit: Tensor, finished: list, penalty: float
+    state: _Beams,
+    cand: _Candidates,
+    at_limit: Tensor,
+    finished: list[list[Hypothesis]],
+    penalty: float,
 ) -> Tensor:
     """File the candidates that end (in EOS, or at the cap) as finished hypotheses.
 
@@ -291,7 +303,9 @@ def _set_aside(
     return torch.tensor([len(finished[s]) for s in state.alive.tolist()], dtype=torch.long)
 
 
-def _carry_on(state: _Beams, cand: _Candidates, done: Tensor, k: int, cache) -> None:
+def _carry_on(
+    state: _Beams, cand: _Candidates, done: Tensor, k: int, cache: KVCache | None
+) -> None:
     """Reorder the rows to the surviving beams, and drop the sentences that are done."""
     n_live, device = state.scores.size(0), state.scores.device
     parent = torch.arange(n_live)[:, None] * state.beams + cand.next_beam_host  # (B_live, K)

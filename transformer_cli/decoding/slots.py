@@ -28,12 +28,14 @@ order of floating-point sums: masked keys get probability exactly 0.
 
 from __future__ import annotations
 
+import typing
+
 import torch
 from torch import Tensor
 
 from transformer_cli.model.attention import Core
 from transformer_cli.model.masks import padding_mask, prefix_mask
-from transformer_cli.model.transformer import Transformer
+from transformer_cli.model.transformer import DecoderLayer, Transformer
 
 
 def _pad_dim(t: Tensor, dim: int, size: int, value: float | bool = 0) -> Tensor:
@@ -44,6 +46,15 @@ def _pad_dim(t: Tensor, dim: int, size: int, value: float | bool = 0) -> Tensor:
     shape = list(t.shape)
     shape[dim] = missing
     return torch.cat([t, t.new_full(shape, value)], dim=dim)
+
+
+def _grown(old: Tensor | None, new: Tensor, capacity: int, dtype: torch.dtype) -> Tensor:
+    """A (capacity, N, H, K) buffer for keys like `new` (N, H, 1, K), starting with `old`."""
+    n, h, _, d = new.shape
+    buffer = new.new_zeros(capacity, n, h, d, dtype=dtype)
+    if old is not None:
+        buffer[: old.size(0)] = old
+    return buffer
 
 
 class SlotLayerCache:
@@ -68,16 +79,11 @@ class SlotLayerCache:
         """
         owner = self.owner
         width = owner.width
-        if self.self_k is None or self.self_k.size(0) < width:
+        if self.self_k is None or self.self_v is None or self.self_k.size(0) < width:
             # grow by doubling, so that a long sentence costs O(log length) copies
-            capacity = max(16, 2 * width)
-            n, h, _, d = k.shape
-            for name in ("self_k", "self_v"):
-                old = getattr(self, name)
-                new = k.new_zeros(capacity, n, h, d, dtype=owner.dtype(k))
-                if old is not None:
-                    new[: old.size(0)] = old
-                setattr(self, name, new)
+            capacity, dtype = max(16, 2 * width), owner.dtype(k)
+            self.self_k = _grown(self.self_k, k, capacity, dtype)
+            self.self_v = _grown(self.self_v, k, capacity, dtype)
         pos, rows = owner.pos_device, owner.rows
         self.self_k[pos, rows] = k[:, :, 0].to(self.self_k.dtype)  # (N,H,K) -> (cap,N,H,K)
         self.self_v[pos, rows] = v[:, :, 0].to(self.self_v.dtype)
@@ -166,7 +172,7 @@ class SlotCache:
             k, v = k.to(self.dtype(k)), v.to(self.dtype(v))
             layer.cross_k = self._put(layer.cross_k, index, k, added, 2, width, 0.0)
             layer.cross_v = self._put(layer.cross_v, index, v, added, 2, width, 0.0)
-            if added and layer.self_k is not None:
+            if added and layer.self_k is not None and layer.self_v is not None:
                 cap, _, h, d = layer.self_k.shape
                 extra = layer.self_k.new_zeros(cap, added, h, d)
                 layer.self_k = torch.cat([layer.self_k, extra], dim=1)
@@ -182,7 +188,8 @@ class SlotCache:
     def select(self, index: Tensor) -> SlotCache:
         """Keep (and reorder to) the slots `index` (host, int64), in place; returns self."""
         device_index = index.to(self.device)
-        self.src_mask = self.src_mask.index_select(0, device_index)
+        if self.src_mask is not None:
+            self.src_mask = self.src_mask.index_select(0, device_index)
         for layer in self.layers:
             # the slot dimension: 1 of the position-major self buffers, 0 of the rest
             for name, dim in (("self_k", 1), ("self_v", 1), ("cross_k", 0), ("cross_v", 0)):
@@ -201,9 +208,11 @@ class SlotCache:
         over the pad keys of the first, longest one.
         """
         need = int(self.src_len.max()) if len(self.src_len) else 0
-        if 0 < need < self.src_mask.size(-1):
-            self.src_mask = self.src_mask[..., :need]
-            for layer in self.layers:
+        if self.src_mask is None or not 0 < need < self.src_mask.size(-1):
+            return
+        self.src_mask = self.src_mask[..., :need]
+        for layer in self.layers:
+            if layer.cross_k is not None and layer.cross_v is not None:  # set by every fill
                 layer.cross_k = layer.cross_k[:, :, :need]
                 layer.cross_v = layer.cross_v[:, :, :need]
 
@@ -217,7 +226,13 @@ class SlotCache:
 
     @staticmethod
     def _put(
-        old: Tensor | None, index: Tensor, new: Tensor, added: int, dim: int, width: int, value
+        old: Tensor | None,
+        index: Tensor,
+        new: Tensor,
+        added: int,
+        dim: int,
+        width: int,
+        value: float | bool,
     ) -> Tensor:
         """`old` with rows `index` set to `new`, `added` rows appended, `dim` padded to width."""
         new = _pad_dim(new, dim, width, value)
@@ -245,7 +260,9 @@ def slot_sources(model: Transformer, src: Tensor) -> SlotSources:
         some slots.
     """
     memory = model.encode(src)  # (n, S, D)
-    cross = [layer.cross_attn.keys_values(memory) for layer in model.decoder.layers]
+    # nn.ModuleList gives its items as nn.Module: name their class for the checker
+    layers = typing.cast("list[DecoderLayer]", list(model.decoder.layers))
+    cross = [layer.cross_attn.keys_values(memory) for layer in layers]
     mask = padding_mask(src)  # (n, 1, 1, S)
     return cross, mask, mask.sum(-1).view(-1).cpu()
 

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Literal, overload
 
 import torch
 from torch import Tensor
 
 from transformer_cli.core import runtime
-from transformer_cli.core.config import DecodeConfig
+from transformer_cli.core.config import DecodeConfig, ResolvedPrecision
 from transformer_cli.core.specials import BOS_ID, EOS_ID, PAD_ID
+from transformer_cli.decoding.protocol import SearchModel
 from transformer_cli.decoding.search import (
     Hypothesis,
     beam_search,
@@ -31,6 +33,7 @@ from transformer_cli.decoding.search import (
 )
 from transformer_cli.decoding.slots import SlotCache, SlotSources, decode_slots, slot_sources
 from transformer_cli.fast import packing
+from transformer_cli.model.transformer import Transformer
 
 # ----------------------------------------------------------------------------- the stream
 
@@ -46,7 +49,7 @@ class _Slots:
     tokens: Tensor  # (N,) on the device: the token each slot is fed next
 
     @classmethod
-    def empty(cls, model, device: torch.device) -> _Slots:
+    def empty(cls, model: Transformer, device: torch.device) -> _Slots:
         none = torch.zeros(0, dtype=torch.long)
         tokens = torch.zeros(0, dtype=torch.long, device=device)
         return cls(SlotCache.for_model(model, device), none, none.clone(), tokens)
@@ -73,7 +76,7 @@ class _Slots:
         self.sentence, self.limit = self.sentence[kept], self.limit[kept]
         self.tokens = self.tokens[kept.to(self.tokens.device)]
 
-    def step(self, model) -> tuple[Tensor, Tensor]:
+    def step(self, model: Transformer) -> tuple[Tensor, Tensor]:
         """Decode one piece for every slot: each slot's piece, and the finished slots (host)."""
         hidden = decode_slots(model, self.tokens, self.cache)  # (N, D)
         self.tokens = most_probable(model.logits(hidden))  # (N,)
@@ -83,7 +86,9 @@ class _Slots:
 
 
 @torch.no_grad()
-def greedy_stream(model, batches: Iterable[tuple[Tensor, Tensor]], slots: int) -> list[list[int]]:
+def greedy_stream(
+    model: Transformer, batches: Iterable[tuple[Tensor, Tensor]], slots: int
+) -> list[list[int]]:
     """Greedy search over a stream of batches, keeping `slots` sentences in flight.
 
     A sentence that finishes hands its slot to the next sentence of the stream at once,
@@ -127,7 +132,7 @@ def greedy_stream(model, batches: Iterable[tuple[Tensor, Tensor]], slots: int) -
 class _Sources:
     """The sentences of a stream of batches, encoded a batch at a time as they are taken."""
 
-    def __init__(self, model, batches: Iterator[tuple[Tensor, Tensor]]) -> None:
+    def __init__(self, model: Transformer, batches: Iterator[tuple[Tensor, Tensor]]) -> None:
         self.model, self.batches = model, batches
         self.next_id = 0
         self.size = 0  # the current batch, from row `self.row` on
@@ -156,12 +161,12 @@ class _Sources:
 # ----------------------------------------------------------------------------- many sources
 
 
-def max_source_pieces(model) -> int:
+def max_source_pieces(model: SearchModel) -> int:
     """The longest source the encoder can hold: one position per piece (no BOS/EOS)."""
     return model.cfg.max_positions
 
 
-def fit_sources(model, sources: list[list[int]]) -> tuple[list[list[int]], list[int]]:
+def fit_sources(model: SearchModel, sources: list[list[int]]) -> tuple[list[list[int]], list[int]]:
     """The sources cut to what the encoder holds, and the numbers of those that were cut.
 
     The one truncation rule of decoding: `decode_all` applies it, and translate and
@@ -187,11 +192,29 @@ class _Search:
     refill: bool
 
     @classmethod
-    def of(cls, decode: DecodeConfig, nbest: int, use_cache: bool, refill: bool, **given):
-        """`decode`'s options, with those given (not None) put in; checked."""
-        chosen = {k: getattr(decode, k) if v is None else v for k, v in given.items()}
-        options = {"early_stop": decode.early_stop, "batch_sentences": decode.batch_sentences}
-        search = cls(nbest=nbest, use_cache=use_cache, refill=refill, **options, **chosen)
+    def of(
+        cls,
+        decode: DecodeConfig,
+        beam: int | None,
+        alpha: float | None,
+        nbest: int,
+        max_len_a: float | None,
+        max_len_b: int | None,
+        use_cache: bool,
+        refill: bool,
+    ) -> _Search:
+        """`decode`'s options, with `decode_all`'s arguments that are not None put in; checked."""
+        search = cls(
+            beam=decode.beam if beam is None else beam,
+            alpha=decode.alpha if alpha is None else alpha,
+            nbest=nbest,
+            max_len_a=decode.max_len_a if max_len_a is None else max_len_a,
+            max_len_b=decode.max_len_b if max_len_b is None else max_len_b,
+            early_stop=decode.early_stop,
+            batch_sentences=decode.batch_sentences,
+            use_cache=use_cache,
+            refill=refill,
+        )
         if search.beam < 1 or not 1 <= nbest <= search.beam:
             raise ValueError(
                 f"need beam >= 1 and 1 <= nbest <= beam, got beam {search.beam}, nbest {nbest}"
@@ -212,12 +235,46 @@ class _Plan:
     chunks: list[list[int]]  # source numbers per batch, longest first
 
 
+@overload
 def decode_all(
-    model,
+    model: Transformer,
     sources: list[list[int]],
     decode_cfg: DecodeConfig,
     device: torch.device | str,
-    precision: str = "fp32",
+    precision: ResolvedPrecision = ...,
+    beam: int | None = ...,
+    alpha: float | None = ...,
+    nbest: Literal[1] = ...,
+    max_len_a: float | None = ...,
+    max_len_b: int | None = ...,
+    use_cache: bool = ...,
+    refill: bool = ...,
+) -> list[list[int]]: ...
+
+
+@overload
+def decode_all(
+    model: Transformer,
+    sources: list[list[int]],
+    decode_cfg: DecodeConfig,
+    device: torch.device | str,
+    precision: ResolvedPrecision = ...,
+    beam: int | None = ...,
+    alpha: float | None = ...,
+    nbest: int = ...,
+    max_len_a: float | None = ...,
+    max_len_b: int | None = ...,
+    use_cache: bool = ...,
+    refill: bool = ...,
+) -> list[list[int]] | list[list[Hypothesis]]: ...
+
+
+def decode_all(
+    model: Transformer,
+    sources: list[list[int]],
+    decode_cfg: DecodeConfig,
+    device: torch.device | str,
+    precision: ResolvedPrecision = "fp32",
     beam: int | None = None,
     alpha: float | None = None,
     nbest: int = 1,
@@ -245,10 +302,10 @@ def decode_all(
         nbest == 1: one list of piece ids per source (beam search's best, or greedy's);
         nbest > 1: one list of `nbest` (piece ids, score) pairs per source, best first.
     """
-    given = {"beam": beam, "alpha": alpha, "max_len_a": max_len_a, "max_len_b": max_len_b}
-    search = _Search.of(decode_cfg, nbest, use_cache, refill, **given)
+    search = _Search.of(decode_cfg, beam, alpha, nbest, max_len_a, max_len_b, use_cache, refill)
     plan = _plan(model, sources, search.batch_sentences)
-    empty: list[int] | list[Hypothesis] = [] if nbest == 1 else [([], 0.0)] * nbest
+    nothing: Hypothesis = ([], 0.0)
+    empty: list[int] | list[Hypothesis] = [] if nbest == 1 else [nothing] * nbest
     results: list = [empty] * len(sources)
     device = torch.device(device)
     was_training = model.training
@@ -268,7 +325,7 @@ def decode_all(
     return results
 
 
-def _plan(model, sources: list[list[int]], size: int) -> _Plan:
+def _plan(model: SearchModel, sources: list[list[int]], size: int) -> _Plan:
     sources, _ = fit_sources(model, sources)
     lengths = [len(s) for s in sources]
     # longest first, so that a batch too big for the device fails at once, not at the end
@@ -277,7 +334,9 @@ def _plan(model, sources: list[list[int]], size: int) -> _Plan:
     return _Plan(sources, lengths, chunks)
 
 
-def _batch(model, plan: _Plan, chunk: list[int], search: _Search, device) -> tuple[Tensor, Tensor]:
+def _batch(
+    model: SearchModel, plan: _Plan, chunk: list[int], search: _Search, device: torch.device
+) -> tuple[Tensor, Tensor]:
     """A chunk's right-padded sources on the device, and its output caps."""
     lengths = plan.lengths
     src = torch.full((len(chunk), lengths[chunk[0]]), PAD_ID, dtype=torch.long)
@@ -288,7 +347,9 @@ def _batch(model, plan: _Plan, chunk: list[int], search: _Search, device) -> tup
     return src.to(device, non_blocking=True), output_limits(model, caps, len(chunk))
 
 
-def _decode_plan(model, plan: _Plan, search: _Search, device) -> Iterator[tuple[int, list]]:
+def _decode_plan(
+    model: Transformer, plan: _Plan, search: _Search, device: torch.device
+) -> Iterator[tuple[int, list[int] | list[Hypothesis]]]:
     """(source number, output) for every non-empty source, by the search asked for."""
     chunks = plan.chunks
     size = search.batch_sentences
@@ -299,6 +360,7 @@ def _decode_plan(model, plan: _Plan, search: _Search, device) -> Iterator[tuple[
         return
     for chunk in chunks:
         src, limits = _batch(model, plan, chunk, search, device)
+        outs: list[list[int]] | list[list[Hypothesis]]
         if search.greedy:
             outs = greedy_search(model, src, limits, search.use_cache)
         else:

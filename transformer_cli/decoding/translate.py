@@ -28,11 +28,23 @@ import sys
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, Protocol, TextIO, cast
 
-from transformer_cli.core.config import DEVICES, NO_OVERRIDES, DecodeConfig, DecodeOverrides
+from transformer_cli.core.config import (
+    DEVICES,
+    NO_OVERRIDES,
+    DecodeConfig,
+    DecodeOverrides,
+    ResolvedPrecision,
+    is_device,
+)
 from transformer_cli.core.config_rules import apply_decode_overrides
 from transformer_cli.core.errors import ConfigError, DataError, TfxError
+
+if TYPE_CHECKING:
+    import torch
+
+    from transformer_cli.decoding.search import Hypothesis
 
 CHUNK_LINES = 1000
 # Packing the weights for oneDNN costs more than it saves on a handful of lines, so a
@@ -127,13 +139,14 @@ class Translator:
                 f"line {first + i}: {len(sources[i])} pieces, more than the model's maximum "
                 f"of {self.max_pieces}; translating the first {self.max_pieces}"
             )
+        if self.nbest == 1:
+            best = decode_all(self.model, sources, self.decode_cfg, self.device, self.precision)
+            return [_one_line(h) for h in self.tokenizer.decode_tgt(best)]
         results = decode_all(
             self.model, sources, self.decode_cfg, self.device, self.precision, nbest=self.nbest
         )
-        if self.nbest == 1:
-            return [_one_line(h) for h in self.tokenizer.decode_tgt(results)]
-        out = []
-        for hyps in results:
+        out: list[str] = []
+        for hyps in cast("list[list[Hypothesis]]", results):  # nbest > 1: scored hypotheses
             texts = self.tokenizer.decode_tgt([ids for ids, _ in hyps])
             out.extend(
                 f"{_one_line(t)}\t{score:.4f}" for t, (_, score) in zip(texts, hyps, strict=True)
@@ -146,11 +159,11 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def pick_device(name: str):
+def pick_device(name: str) -> torch.device:
     """The torch device for --device; a one-line error naming the option if it cannot be used."""
     from transformer_cli.core import runtime
 
-    if name not in DEVICES:
+    if not is_device(name):
         raise ConfigError(f"--device must be one of {', '.join(DEVICES)}, got {name!r}")
     try:
         return runtime.pick_device(name)
@@ -158,7 +171,7 @@ def pick_device(name: str):
         raise ConfigError(f"--device {name}: not available here") from e
 
 
-def decode_precision(decode: DecodeConfig, device) -> str:
+def decode_precision(decode: DecodeConfig, device: torch.device) -> ResolvedPrecision:
     """The resolved precision of `decode.precision` (or --precision) on `device`."""
     from transformer_cli.core import runtime
 
@@ -217,7 +230,8 @@ def _open_input(path: str | Path) -> Iterator[BinaryIO]:
     if path.is_dir():
         raise DataError(f"{path}: is a directory, not a text file")
     try:
-        f = open(path, "rb")  # closed below
+        # not `with open(...)`: only open's own errors are reported here, not the reader's
+        f = open(path, "rb")  # noqa: SIM115 (closed by the `with f` below)
     except FileNotFoundError:
         raise DataError(f"{path}: no such input file") from None
     except OSError as e:
@@ -226,8 +240,16 @@ def _open_input(path: str | Path) -> Iterator[BinaryIO]:
         yield f
 
 
+class _ByteSink(Protocol):
+    """Where translations are written: a binary file, or stdout's buffer."""
+
+    def write(self, data: bytes, /) -> object: ...
+
+    def flush(self) -> None: ...
+
+
 @contextlib.contextmanager
-def _open_output(path: str | Path | None) -> Iterator[BinaryIO]:
+def _open_output(path: str | Path | None) -> Iterator[_ByteSink]:
     """The output: a temp file renamed over `path` at the end (no half file), or stdout."""
     if path is not None:
         from transformer_cli.core.fileio import atomic_open
@@ -252,7 +274,7 @@ def _open_output(path: str | Path | None) -> Iterator[BinaryIO]:
 class _TextSink:
     """A bytes-accepting wrapper for a text stream without `.buffer`."""
 
-    def __init__(self, stream) -> None:
+    def __init__(self, stream: TextIO) -> None:
         self.stream = stream
 
     def write(self, data: bytes) -> None:

@@ -90,11 +90,11 @@ class _ProjectedCrossEntropy(torch.autograd.Function):
                     grad_z.sub_(eps / vocab)
                 grad_z.scatter_add_(1, y, grad_z.new_full(y.shape, eps - 1.0))
                 grad_z = grad_z.to(dtype)
-                if want_hidden:
+                if grad_h is not None:
                     torch.mm(grad_z, w, out=grad_h[start : start + rows])
-                if want_weight and dtype == exact:
+                if grad_w is not None and dtype == exact:
                     grad_w.addmm_(grad_z.t(), h_chunk)
-                elif want_weight:
+                elif grad_w is not None:
                     grad_w += grad_z.t() @ h_chunk  # summed in `exact` across chunks
         ctx.save_for_backward(grad_h, grad_w)
         ctx.dtypes = hidden.dtype, weight.dtype

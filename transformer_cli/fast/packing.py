@@ -30,13 +30,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from transformer_cli.core.config import ResolvedPrecision
 from transformer_cli.core.runtime import matmul_dtype
 
 
 def _ops():
     """oneDNN's packing and product ops, or (None, None) where this torch build lacks them."""
-    ops = getattr(torch.ops, "mkldnn", None)
     try:
+        ops = torch.ops.mkldnn
         return ops._reorder_linear_weight, ops._linear_pointwise
     except (AttributeError, RuntimeError):
         return None, None
@@ -45,7 +46,7 @@ def _ops():
 _reorder, _product = _ops()
 
 
-def packing_available(device: torch.device | str, precision: str = "fp32") -> bool:
+def packing_available(device: torch.device | str, precision: ResolvedPrecision = "fp32") -> bool:
     """Whether `pack_linears` packs anything: on the CPU, with oneDNN, and for bf16 only
     where oneDNN runs bf16 products on this CPU (AVX-512 and up; autocast's `F.linear`
     runs them anywhere)."""
@@ -100,7 +101,7 @@ class PackedLinear(nn.Linear):
         return f"{super().extra_repr()}, packed={self.packed_dtype}, activation={self.activation}"
 
 
-def pack_linears(model: nn.Module, device: torch.device | str, precision: str) -> int:
+def pack_linears(model: nn.Module, device: torch.device | str, precision: ResolvedPrecision) -> int:
     """Swap every `nn.Linear` of `model` for a `PackedLinear`, for decoding on the CPU.
 
     The packed copies are in the precision's matmul type (fp32, or bf16 for
@@ -123,8 +124,9 @@ def pack_linears(model: nn.Module, device: torch.device | str, precision: str) -
         setattr(parent, name, PackedLinear(child, dtype))
     for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
         for i in range(len(seq) - 1):
-            if isinstance(seq[i], PackedLinear) and type(seq[i + 1]) is nn.ReLU:
-                seq[i].activation = "relu"
+            layer = seq[i]
+            if isinstance(layer, PackedLinear) and type(seq[i + 1]) is nn.ReLU:
+                layer.activation = "relu"
                 seq[i + 1] = nn.Identity()
     return len(swaps)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from transformer_cli.core.config import DecodeConfig
 from transformer_cli.core.console import wrote
 from transformer_cli.core.errors import ConfigError, DataError
 
@@ -33,7 +34,7 @@ def attention_map(
     layer: int = -1,
     head: int | None = None,
     self_attention: bool = False,
-    decode_cfg=None,
+    decode_cfg: DecodeConfig | None = None,
 ) -> AttentionMap:
     """Greedy-decode `text`, then teacher-force the result once and read the attention.
 
@@ -49,7 +50,6 @@ def attention_map(
     """
     import torch
 
-    from transformer_cli.core.config import DecodeConfig
     from transformer_cli.core.specials import BOS_ID
     from transformer_cli.decoding.stream import decode_all, fit_sources
 
@@ -168,8 +168,13 @@ def plot_first_attention(
     if not texts:
         raise ConfigError("--plot-attention draws a sentence given as a TEXT argument; give one")
     path = plot_translation_attention(
-        checkpoint, texts[0], output, layer=layer, head=head,
-        self_attention=self_attention, device=device,
-    )  # fmt: skip
+        checkpoint,
+        texts[0],
+        output,
+        layer=layer,
+        head=head,
+        self_attention=self_attention,
+        device=device,
+    )
     wrote(path)
     return path

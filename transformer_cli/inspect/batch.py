@@ -3,6 +3,7 @@ builds them (batching, masks and the loss of the training code itself)."""
 
 from __future__ import annotations
 
+from transformer_cli.core.config import Config
 from transformer_cli.core.errors import ConfigError, DataError
 
 
@@ -72,7 +73,7 @@ def batch_view(cfg, split: str = "train", index: int = 0, rows: int = 4, epoch: 
     }
 
 
-def _the_batch(cfg, split: str, index: int, epoch: int):
+def _the_batch(cfg: Config, split: str, index: int, epoch: int):
     """(batch `index` of the split, collated as training or evaluation does, batch count).
 
     `train` batches are `batching.epoch_batches(...)[index]` of `epoch`, collated as the
@@ -123,8 +124,9 @@ def _loss_mask(tgt_out, label_smoothing: float):
 
     # V only needs to exceed the largest id
     logits = torch.zeros(*tgt_out.shape, int(tgt_out.max()) + 1, requires_grad=True)
-    masked_cross_entropy(logits, tgt_out, label_smoothing).loss.backward()
-    return logits.grad.abs().sum(-1) > 0
+    loss = masked_cross_entropy(logits, tgt_out, label_smoothing).loss
+    (grad,) = torch.autograd.grad(loss, logits)
+    return grad.abs().sum(-1) > 0
 
 
 def _grid_lines(grid: list, row_labels: list[str], indent: str = "  ") -> list[str]:

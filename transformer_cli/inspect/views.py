@@ -16,7 +16,9 @@ draw it (plots.py).
 from __future__ import annotations
 
 import math
+from typing import Any
 
+from transformer_cli.core.config import Config
 from transformer_cli.core.errors import ConfigError
 
 POSITION_TOLERANCE = 1e-5  # PE(pos + k) vs M_k PE(pos): float32 rounding is ~1e-7
@@ -98,7 +100,7 @@ def scaling_view(d_k: int = 64, keys: int = 50, samples: int = 2000, seed: int =
     k = torch.randn(samples, 1, keys, d_k, generator=g)  # (N, 1, S, K)
     v = torch.zeros(samples, 1, keys, 1)  # (N, 1, S, 1): the outputs are not looked at
     raw = (q @ k.transpose(-2, -1)).flatten()  # (N, 1, 1, S) -> (N * S,)
-    result = {"d_k": d_k, "keys": keys, "samples": samples}
+    result: dict[str, Any] = {"d_k": d_k, "keys": keys, "samples": samples}
     for name, scores, query in (
         ("unscaled", raw, q * math.sqrt(d_k)),
         ("scaled", raw / math.sqrt(d_k), q),
@@ -154,7 +156,7 @@ def format_scaling(view: dict) -> str:
 # ----------------------------------------------------------------------------- schedule
 
 
-def schedule_view(cfg, steps: int = 0) -> dict:
+def schedule_view(cfg: Config, steps: int = 0) -> dict:
     """`schedule.learning_rate` at every step of the run: max_steps, or `steps`."""
     from transformer_cli.training.schedule import learning_rate
 

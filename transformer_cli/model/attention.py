@@ -198,7 +198,8 @@ class CrossAttention(Attention):
         if cache is None:
             k, v = self._heads(self.kv_proj(memory))  # (B,S,2D) -> 2 x (B,H,S,K)
         else:
-            if cache.cross_k is None:
+            if cache.cross_k is None or cache.cross_v is None:
+                assert memory is not None, "the first decoding step needs the memory"
                 cache.cross_k, cache.cross_v = self.keys_values(memory)
             k, v = cache.cross_k, cache.cross_v
         return self._attend(q, k, v, mask, cache)

@@ -19,6 +19,8 @@ keys and values (`attention.LayerState`); the caches, and decoding with them, li
 from __future__ import annotations
 
 import math
+import typing
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -51,6 +53,8 @@ def sinusoidal_table(positions: int, d_model: int) -> Tensor:
 
 class SinusoidalPositions(nn.Module):
     """The fixed positional encoding, precomputed once for `max_positions` positions."""
+
+    table: Tensor  # (max_positions, D), a buffer
 
     def __init__(self, d_model: int, max_positions: int) -> None:
         super().__init__()
@@ -189,7 +193,7 @@ class Decoder(nn.Module):
         memory: Tensor | None,
         self_mask: Tensor | None,
         cross_mask: Tensor,
-        caches: list[LayerState] | None = None,
+        caches: Sequence[LayerState] | None = None,
     ) -> Tensor:
         """(B, T, D) embedded target -> (B, T, D) hidden states; see DecoderLayer.
 
@@ -219,9 +223,11 @@ class Transformer(nn.Module):
         d = cfg.d_model
         self.src_embed = nn.Embedding(cfg.src_vocab, d)
         self.tgt_embed = self.src_embed if cfg.share_embeddings else nn.Embedding(cfg.tgt_vocab, d)
+        self.src_pos: SinusoidalPositions | LearnedPositions
+        self.tgt_pos: SinusoidalPositions | LearnedPositions
         if cfg.positional == "learned":
-            self.src_pos: nn.Module = LearnedPositions(d, cfg.max_positions)
-            self.tgt_pos: nn.Module = LearnedPositions(d, cfg.max_positions)
+            self.src_pos = LearnedPositions(d, cfg.max_positions)
+            self.tgt_pos = LearnedPositions(d, cfg.max_positions)
         else:
             self.src_pos = self.tgt_pos = SinusoidalPositions(d, cfg.max_positions)
         self.embed_dropout = Dropout(cfg.dropout)
@@ -332,4 +338,6 @@ class Transformer(nn.Module):
         Filled by forward/decode calls made after `record_attention()`; with a
         cache, each call overwrites them with its own step's (B, H, 1, S).
         """
-        return [layer.cross_attn.last_weights for layer in self.decoder.layers]
+        # nn.ModuleList gives its items as nn.Module: name their class for the checker
+        layers = typing.cast("list[DecoderLayer]", list(self.decoder.layers))
+        return [layer.cross_attn.last_weights for layer in layers]

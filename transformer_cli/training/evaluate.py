@@ -11,7 +11,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from transformer_cli.core.checkpoint import load_state, state_step
-from transformer_cli.core.config import NO_OVERRIDES, Config, DecodeConfig, DecodeOverrides
+from transformer_cli.core.config import (
+    NO_OVERRIDES,
+    Config,
+    DecodeConfig,
+    DecodeOverrides,
+    ResolvedPrecision,
+)
 from transformer_cli.core.errors import CheckpointError, ConfigError, DataError
 from transformer_cli.core.fileio import atomic_write_text
 from transformer_cli.core.table import aligned
@@ -21,6 +27,9 @@ from transformer_cli.training.loss import split_loss
 
 if TYPE_CHECKING:
     import torch
+
+    from transformer_cli.data.tokenizer import Tokenizer
+    from transformer_cli.model.transformer import Transformer
 
 
 def score_texts(hyps: list[str], refs: list[str]) -> dict:
@@ -63,7 +72,7 @@ class Evaluation:
     paths: list[Path]
     device: torch.device
     decode: DecodeConfig  # the same for every checkpoint, so that their scores compare
-    precision: str
+    precision: ResolvedPrecision
     out_dir: Path
     split: str
     cfg_override: Config | None  # --config: its run dir and decode, for every checkpoint
@@ -110,7 +119,7 @@ def run(
         raise ConfigError(f"--average must be >= 0 (0 = none), got {average}")
     ev = setup(checkpoints, split, config, overrides, decode, device, output_dir)
     # the data is read before any decoding, so that a mistake there is reported at once
-    if src_file is not None:
+    if src_file is not None and ref_file is not None:
         ev.raw = raw_data(Path(src_file), Path(ref_file))
     ev.data_for(ev.first_cfg)
     if average:
@@ -168,7 +177,7 @@ def score_path(ev: Evaluation, number: int, path: Path) -> dict:
     from transformer_cli.decoding.loading import model_from_state, ready_to_decode
 
     print(f"[{number}/{len(ev.paths)}] {path}", file=sys.stderr, flush=True)
-    state = ev.first_state if number == 1 else load_state(path)
+    state = ev.first_state if number == 1 and ev.first_state is not None else load_state(path)
     ev.first_state = None  # so that its weights go once it is scored
     model, tokenizer, ckpt_cfg = model_from_state(state, path, ev.device)
     ready_to_decode(model, ev.device, ev.precision)
@@ -215,7 +224,7 @@ def write_report(report: dict, out_dir: Path, as_json: bool) -> None:
         print(f"hypotheses and report: {out_dir}/ ({report_path.name})")
 
 
-def default_output_dir(first: Path, cfg_override) -> Path:
+def default_output_dir(first: Path, cfg_override: Config | None) -> Path:
     """RUN_DIR/eval: --config's run dir, else the run dir the first checkpoint file is in.
 
     Never the run_dir recorded inside a checkpoint: in a shared checkpoint that is its
@@ -227,7 +236,7 @@ def default_output_dir(first: Path, cfg_override) -> Path:
     return run_dir / "eval"
 
 
-def _config_of(state: dict, path: Path):
+def _config_of(state: dict, path: Path) -> Config:
     from transformer_cli.core.config_file import config_from_dict
 
     try:
@@ -246,7 +255,7 @@ def _unique(name: str, taken: set[str]) -> str:
     return candidate
 
 
-def split_data(cfg, split: str) -> EvalData:
+def split_data(cfg: Config, split: str) -> EvalData:
     """Source and reference lines of a prepared split (valid or test) of cfg's run dir."""
     names = {cfg.data.valid: "valid", cfg.data.test: "test"}  # e.g. test_2016_flickr -> test
     name = names.get(split, split)
@@ -259,8 +268,10 @@ def split_data(cfg, split: str) -> EvalData:
     sources = cache.load_text(cfg.run_dir, name, "src")
     references = cache.load_text(cfg.run_dir, name, "tgt")
     if len(sources) != len(references):
-        raise DataError(f"{cache.cache_dir(cfg.run_dir)}: {name} has {len(sources)} sources "
-                        f"but {len(references)} references; run tfx prepare again")  # fmt: skip
+        raise DataError(
+            f"{cache.cache_dir(cfg.run_dir)}: {name} has {len(sources)} sources "
+            f"but {len(references)} references; run tfx prepare again"
+        )
     return EvalData(name, sources, references, f"{cache.cache_dir(cfg.run_dir)} ({name})")
 
 
@@ -278,7 +289,15 @@ def raw_data(src_file: Path, ref_file: Path) -> EvalData:
     return EvalData(src_file.name, sources, references, f"{src_file} -> {ref_file}")
 
 
-def score_checkpoint(model, tokenizer, cfg, decode, data: EvalData, device, precision) -> dict:
+def score_checkpoint(
+    model: Transformer,
+    tokenizer: Tokenizer,
+    cfg: Config,
+    decode: DecodeConfig,
+    data: EvalData,
+    device: torch.device,
+    precision: ResolvedPrecision,
+) -> dict:
     """Decode, score and time one model; the returned dict holds its hypotheses too."""
     from transformer_cli.data.store import EncodedSplit
     from transformer_cli.decoding.stream import decode_all, fit_sources, max_source_pieces
@@ -287,8 +306,11 @@ def score_checkpoint(model, tokenizer, cfg, decode, data: EvalData, device, prec
     cap = max_source_pieces(model)
     truncated = len(fit_sources(model, src_ids)[1])
     if truncated:
-        print(f"warning: {truncated} source lines are longer than the model's {cap} positions; "
-              "only their first pieces are translated", file=sys.stderr)  # fmt: skip
+        print(
+            f"warning: {truncated} source lines are longer than the model's {cap} positions; "
+            "only their first pieces are translated",
+            file=sys.stderr,
+        )
     started = time.perf_counter()
     hyp_ids = decode_all(model, src_ids, decode, device, precision)
     seconds = time.perf_counter() - started
@@ -317,18 +339,27 @@ def format_table(report: dict) -> str:
     lines = [header]
     for r in report["results"]:
         step = "" if r["step"] is None else str(r["step"])
-        lines.append((
-            r["checkpoint"], step, f"{r['bleu']:.2f}", f"{r['chrf']:.2f}", f"{r['loss']:.3f}",
-            f"{r['ppl']:.2f}", str(r["sentences"]), f"{r['decode_seconds']:.2f}",
+        row = (
+            r["checkpoint"],
+            step,
+            f"{r['bleu']:.2f}",
+            f"{r['chrf']:.2f}",
+            f"{r['loss']:.3f}",
+            f"{r['ppl']:.2f}",
+            str(r["sentences"]),
+            f"{r['decode_seconds']:.2f}",
             f"{r['sentences_per_s']:.1f}",
-        ))  # fmt: skip
+        )
+        lines.append(row)
     text = aligned(lines)
     d = report["decode"]
     search = "greedy" if d["beam"] == 1 else f"beam {d['beam']}, alpha {d['alpha']}"
     if d["beam"] > 1 and d.get("early_stop"):
         search += ", early stop"
-    text.append(f"data: {report['data']}, {report['sentences']} sentences; {search}; "
-                f"{report['device']} {report['precision']}")  # fmt: skip
+    text.append(
+        f"data: {report['data']}, {report['sentences']} sentences; {search}; "
+        f"{report['device']} {report['precision']}"
+    )
     text.append(f"BLEU: {report['bleu_signature']}")
     text.append(f"chrF: {report['chrf_signature']}")
     return "\n".join(text)

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from transformer_cli import __version__
 from transformer_cli.core import checkpoint, runtime
-from transformer_cli.core.config import Config, to_dict
+from transformer_cli.core.config import Config, TrainConfig, to_dict
 from transformer_cli.core.config_file import write_resolved
 from transformer_cli.core.errors import TrainingError
 from transformer_cli.data import batching
@@ -66,7 +66,7 @@ class StopSignals:
     def install(self) -> None:
         self.previous = {s: signal.signal(s, self._caught) for s in (signal.SIGINT, signal.SIGTERM)}
 
-    def _caught(self, signum, _frame) -> None:
+    def _caught(self, signum: int, _frame: object) -> None:
         self.received.append(signum)
         signal.signal(signum, signal.SIG_DFL)  # the next one kills
 
@@ -87,8 +87,8 @@ class Session:
     valid_refs: list[str]
     progress: Progress
     signals: StopSignals = dataclasses.field(default_factory=StopSignals)
-    metrics: MetricsLog | None = None  # open while the loop runs
-    bar: tqdm | None = None  # open while the loop runs
+    metrics: MetricsLog = dataclasses.field(init=False)  # set by `opened`, for the loop
+    bar: tqdm = dataclasses.field(init=False)  # set by `opened`, for the loop
     window: Window = dataclasses.field(default_factory=Window)
     started: float = 0.0  # time.monotonic() at which training time would have been 0
     batches: list[torch.Tensor] = dataclasses.field(default_factory=list)  # this epoch's
@@ -371,7 +371,7 @@ def summarize(session: Session) -> dict:
     }
 
 
-def stop_condition(progress: Progress, t, stop_signal: list[int]) -> str:
+def stop_condition(progress: Progress, t: TrainConfig, stop_signal: list[int]) -> str:
     if stop_signal:
         name = signal.Signals(stop_signal[0]).name
         return f"stopped by {name}; continue with --resume"

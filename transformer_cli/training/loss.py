@@ -22,8 +22,10 @@ import torch
 import torch.nn.functional as F
 
 from transformer_cli.core import runtime
+from transformer_cli.core.config import Config, ResolvedPrecision
 from transformer_cli.core.specials import PAD_ID
 from transformer_cli.data import batching
+from transformer_cli.data.store import EncodedSplit
 from transformer_cli.fast.fused_loss import fused_cross_entropy
 
 
@@ -105,7 +107,14 @@ def perplexity(nll_sum: float, n_tokens: int) -> float:
         return math.inf
 
 
-def batch_loss(model, batch, label_smoothing: float, device, precision: str, fused: bool = True):
+def batch_loss(
+    model,  # a Transformer, or training's compiled view of one (step.CompiledSteps)
+    batch: batching.Batch,
+    label_smoothing: float,
+    device: torch.device,
+    precision: ResolvedPrecision,
+    fused: bool = True,
+) -> LossParts:
     """The masked loss of one batch: sums over its real target tokens (see loss.py).
 
     Only the real positions are projected onto the vocabulary, so padding never reaches
@@ -130,7 +139,9 @@ def batch_loss(model, batch, label_smoothing: float, device, precision: str, fus
 
 
 @torch.no_grad()
-def split_loss(model, split, cfg, device, precision: str) -> dict:
+def split_loss(
+    model, split: EncodedSplit, cfg: Config, device: torch.device, precision: ResolvedPrecision
+) -> dict:
     """Per-token negative log-likelihood and `perplexity` of a split, without label smoothing.
 
     Both are NaN for a split without target tokens.

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from transformer_cli.core.config import Config
+from transformer_cli.core.config import Config, ResolvedPrecision
 from transformer_cli.data import batching
 from transformer_cli.data import store as cache
 from transformer_cli.model.transformer import Transformer
@@ -25,7 +25,7 @@ class Trainer:
     split: cache.EncodedSplit
     cfg: Config
     device: torch.device
-    precision: str
+    precision: ResolvedPrecision
 
 
 @dataclass
@@ -53,15 +53,28 @@ class CompiledSteps:
         self.parameters = model.parameters
 
 
-def make_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device):
+def make_optimizer(
+    model: torch.nn.Module, cfg: Config, device: torch.device
+) -> torch.optim.Optimizer:
     """Adam(0.9, 0.98, eps 1e-9) as in the paper, or AdamW; fused where torch has it."""
     t = cfg.train
     cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-    kwargs = dict(lr=0.0, betas=t.betas, eps=t.eps, weight_decay=t.weight_decay)
+
+    def build(fused: bool | None, foreach: bool | None) -> torch.optim.Optimizer:
+        return cls(
+            model.parameters(),
+            lr=0.0,
+            betas=t.betas,
+            eps=t.eps,
+            weight_decay=t.weight_decay,
+            fused=fused,
+            foreach=foreach,
+        )
+
     try:
-        return cls(model.parameters(), fused=device.type in ("cuda", "cpu"), **kwargs)
+        return build(fused=device.type in ("cuda", "cpu"), foreach=None)
     except (RuntimeError, TypeError):
-        return cls(model.parameters(), foreach=True, **kwargs)
+        return build(fused=None, foreach=True)
 
 
 def train_step(trainer: Trainer, group: list[torch.Tensor], lr: float) -> StepResult:
@@ -111,4 +124,4 @@ def grad_norm(params: list[torch.nn.Parameter], clip_norm: float) -> torch.Tenso
     """
     if clip_norm > 0:
         return torch.nn.utils.clip_grad_norm_(params, clip_norm)
-    return torch.nn.utils.get_total_norm([p.grad for p in params])
+    return torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
