@@ -205,7 +205,8 @@ def test_a_few_lines_are_decoded_unpacked_and_many_packed_with_the_same_output(c
     decode = DecodeOverrides(precision=precision)
     translator = translate.Translator(ckpt, device="cpu", decode=decode)
     alone = translator.translate(few)
-    assert not translator.packed and not fully_packed(translator.model)
+    assert not translator.packed
+    assert not fully_packed(translator.model)
     many = translator.translate(few * (translate.PACK_MIN_LINES // len(few) + 1))
     assert translator.packed
     assert fully_packed(translator.model) == packing_available("cpu", precision)
