@@ -81,9 +81,12 @@ def without(cfg: Config, section: str, *names: str) -> dict:
 def test_the_multi30k_cpu_recipe_is_the_full_config_but_for_its_schedule():
     full = load_config(CONFIG_DIR / "multi30k_de_en.yaml")
     cpu = load_config(CONFIG_DIR / "multi30k_de_en_cpu12.yaml")
-    assert cpu.data == full.data and cpu.tokenizer == full.tokenizer and cpu.decode == full.decode
+    assert cpu.data == full.data
+    assert cpu.tokenizer == full.tokenizer
+    assert cpu.decode == full.decode
     assert without(cpu, "model", "norm") == without(full, "model", "norm")
-    assert cpu.model.norm == "pre" and cpu.train.max_minutes == 12
+    assert cpu.model.norm == "pre"
+    assert cpu.train.max_minutes == 12
     # the recipe the other Multi30k configs' headers give as --set lines is this one
     en_de = CONFIG_DIR / "multi30k_en_de.yaml"
     (command,) = [c for c in header_commands(en_de) if c[1] == "train"]
