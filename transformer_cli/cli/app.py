@@ -41,11 +41,26 @@ def train(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue from the run dir's last checkpoint.")
     ] = False,
+    nproc: Annotated[
+        int | None,
+        typer.Option(
+            "--nproc",
+            help="Train on N processes of this machine (one per GPU, or CPU processes), "
+            "started by torchrun. train.batch_tokens is per process.",
+        ),
+    ] = None,
 ) -> None:
     """Train a model on the prepared cache; checkpoints go into the run dir."""
+    cfg = load(config, set_)
+    if nproc is not None:
+        from transformer_cli.training import launch
+
+        args = ["--config", str(config), *(f"--set={s}" for s in set_ or [])]
+        code = launch.run(cfg, nproc, args + (["--resume"] if resume else []), resume)
+        raise typer.Exit(code)
     from transformer_cli.training import loop as train_mod
 
-    train_mod.run(load(config, set_), resume=resume)
+    train_mod.run(cfg, resume=resume)
 
 
 # ----------------------------------------------------------------------------- decoding

@@ -128,6 +128,9 @@ class TrainConfig:
     keep_last: int = 3  # step checkpoints kept; last.pt and best.pt are kept besides
     patience: int = 0  # validations without a better BLEU before stopping; 0 = never stop early
     max_bad_steps: int = 10  # non-finite updates (loss or gradients) in a row before it stops
+    # distributed: how long a rank waits in a collective (validation on rank 0 included)
+    # before the job fails instead of hanging
+    dist_timeout_minutes: float = 30.0
 
 
 @dataclass(frozen=True)

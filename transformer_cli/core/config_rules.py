@@ -98,6 +98,11 @@ def _train_rules(cfg: Config, check: Check) -> None:
         value = getattr(t, name)
         check(value >= 0, f"train.{name}", f"must be >= 0, got {value}")
     check(t.max_minutes >= 0, "train.max_minutes", f"must be >= 0, got {t.max_minutes}")
+    check(
+        t.dist_timeout_minutes > 0,
+        "train.dist_timeout_minutes",
+        f"must be > 0, got {t.dist_timeout_minutes}",
+    )
     check(t.warmup >= 1, "train.warmup", f"must be >= 1, got {t.warmup}")
     check(t.noam_factor > 0, "train.noam_factor", f"must be > 0, got {t.noam_factor}")
     check(t.lr > 0, "train.lr", f"must be > 0, got {t.lr}")

@@ -106,11 +106,15 @@ def write_meta(run_dir: str | Path, meta: dict) -> None:
 
 
 def load_split(run_dir: str | Path, name: str) -> EncodedSplit:
-    """Load one encoded split; requires a complete cache (meta.json present)."""
+    """Load one encoded split; requires a complete cache (meta.json present).
+
+    The arrays are memory-mapped from the file, not read into private memory: the ranks
+    of a distributed job on one machine share one copy, the page cache's.
+    """
     load_meta(run_dir)
     path = cache_dir(run_dir) / f"{name}.pt"
     try:
-        d = torch.load(path, map_location="cpu", weights_only=True)
+        d = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         return EncodedSplit(d["src"], d["src_offsets"], d["tgt"], d["tgt_offsets"])
     except FileNotFoundError:
         raise DataError(f"{path}: missing from the prepared cache; run tfx prepare again") from None

@@ -21,6 +21,23 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+JOB_LOCK_ENV = "TFX_JOB_LOCK"  # set by `tfx train --nproc` for its ranks: "PID HOST"
+
+
+def held_by_launcher(run_dir: str | Path) -> bool:
+    """True if `tfx train --nproc` holds this run dir's lock for the job this process is in.
+
+    The launcher takes the lock before it starts the ranks and names itself in
+    $TFX_JOB_LOCK; the lock file must name the same owner.
+    """
+    owner = os.environ.get(JOB_LOCK_ENV, "")
+    try:
+        text = (Path(run_dir) / "train.lock").read_text(encoding="utf-8").strip()
+    except OSError:
+        return False
+    return bool(owner) and text == owner
+
+
 class RunLock:
     """Exclusive use of a run dir for training: RUN_DIR/train.lock holds "PID HOST".
 

@@ -12,19 +12,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import signal
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from transformer_cli import __version__
 from transformer_cli.core import checkpoint, runtime
-from transformer_cli.core.config import Config, TrainConfig, to_dict
+from transformer_cli.core.config import Config
 from transformer_cli.core.config_file import write_resolved
 from transformer_cli.core.errors import TrainingError
 from transformer_cli.data import batching
@@ -33,7 +30,8 @@ from transformer_cli.data.tokenizer import Tokenizer
 from transformer_cli.decoding.stream import decode_all
 from transformer_cli.fast import allocator
 from transformer_cli.model.transformer import Transformer
-from transformer_cli.training import lock, schedule
+from transformer_cli.training import distributed, lock, saving, schedule
+from transformer_cli.training.distributed import World
 from transformer_cli.training.evaluate import score_texts
 from transformer_cli.training.loss import split_loss
 from transformer_cli.training.records import (
@@ -43,87 +41,55 @@ from transformer_cli.training.records import (
     format_summary,
     train_record,
 )
+from transformer_cli.training.session import Session, StopSignals, shared_stop, stop_condition
 from transformer_cli.training.step import (
     CompiledSteps,
+    LossModule,
     StepResult,
     Trainer,
     make_optimizer,
     train_step,
 )
 
-
-@dataclass
-class StopSignals:
-    """Ctrl-C (or SIGTERM) asks to stop at the next step boundary; a second one kills.
-
-    `received` holds the signals caught while installed; `restore` puts back the handlers
-    that were there before `install`.
-    """
-
-    received: list[int] = dataclasses.field(default_factory=list)
-    previous: dict = dataclasses.field(default_factory=dict)
-
-    def install(self) -> None:
-        self.previous = {s: signal.signal(s, self._caught) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    def _caught(self, signum: int, _frame: object) -> None:
-        self.received.append(signum)
-        signal.signal(signum, signal.SIG_DFL)  # the next one kills
-
-    def restore(self) -> None:
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
-
-
-@dataclass
-class Session:
-    """One `tfx train` run: what setup built, and where the loop stands."""
-
-    run_dir: Path
-    tokenizer: Tokenizer
-    model: Transformer  # the weights saved and validated (the trainer may step a compiled view)
-    trainer: Trainer
-    valid: cache.EncodedSplit
-    valid_refs: list[str]
-    progress: Progress
-    signals: StopSignals = dataclasses.field(default_factory=StopSignals)
-    metrics: MetricsLog = dataclasses.field(init=False)  # set by `opened`, for the loop
-    bar: tqdm = dataclasses.field(init=False)  # set by `opened`, for the loop
-    window: Window = dataclasses.field(default_factory=Window)
-    started: float = 0.0  # time.monotonic() at which training time would have been 0
-    batches: list[torch.Tensor] = dataclasses.field(default_factory=list)  # this epoch's
-    stop_reason: str = ""
-    last_eval_step: int = -1
-
-    @property
-    def cfg(self) -> Config:
-        return self.trainer.cfg
+__all__ = ["Session", "StopSignals", "run", "stop_condition", "validation"]
 
 
 def run(cfg: Config, resume: bool = False) -> dict:
-    """Train as configured; return a summary. Everything is written under cfg.run_dir."""
+    """Train as configured; return a summary. Everything is written under cfg.run_dir.
+
+    Under torchrun this is one rank of a data-parallel job (training/distributed.py):
+    rank 0 holds the run dir's lock (unless `tfx train --nproc` holds it for the job),
+    logs, validates and writes; the other ranks train and wait for it.
+    """
     run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with lock.RunLock(run_dir):
-        checkpoint.remove_partial_writes(run_dir)  # litter of a save that was killed
-        return _train(cfg, run_dir, resume)
+    world = distributed.from_env()
+    device = distributed.rank_device(world, runtime.pick_device(cfg.train.device))
+    with distributed.process_group(world, device, cfg.train.dist_timeout_minutes):
+        if not world.is_main:
+            return _train(cfg, run_dir, resume, world, device)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        held = lock.held_by_launcher(run_dir)
+        with contextlib.nullcontext() if held else lock.RunLock(run_dir):
+            checkpoint.remove_partial_writes(run_dir)  # litter of a save that was killed
+            return _train(cfg, run_dir, resume, world, device)
 
 
-def _train(cfg: Config, run_dir: Path, resume: bool) -> dict:
-    session = setup(cfg, run_dir, resume)
+def _train(cfg: Config, run_dir: Path, resume: bool, world: World, device: torch.device) -> dict:
+    session = setup(cfg, run_dir, resume, world, device)
     with opened(session):
         train_loop(session)
         finish(session)
     summary = summarize(session)
-    print(format_summary(summary))
+    if world.is_main:
+        print(format_summary(summary))
     return summary
 
 
 # ---------------------------------------------------------------------- setup
 
 
-def setup(cfg: Config, run_dir: Path, resume: bool) -> Session:
-    """Build the run: device, data, model, optimizer; restore a checkpoint when resuming."""
+def setup(cfg: Config, run_dir: Path, resume: bool, world: World, device: torch.device) -> Session:
+    """Build the run: data, model, optimizer; restore a checkpoint when resuming."""
     t = cfg.train
     cache.load_meta(run_dir)  # a clear error if `tfx prepare` has not run
     tokenizer = Tokenizer.load(run_dir)
@@ -131,9 +97,8 @@ def setup(cfg: Config, run_dir: Path, resume: bool) -> Session:
         cfg.model, src_vocab=tokenizer.src_vocab_size, tgt_vocab=tokenizer.tgt_vocab_size
     )
     cfg = dataclasses.replace(cfg, model=model_cfg)
-    device = runtime.pick_device(t.device)
     precision = runtime.resolve_precision(t.precision, device)
-    threads = runtime.set_threads(t.threads)
+    threads = runtime.set_threads(distributed.rank_threads(world, t.threads))
     if device.type == "cpu":
         allocator.tune_cpu_memory()  # fast path: glibc kept from unmapping every step
     runtime.seed_everything(t.seed)
@@ -142,60 +107,55 @@ def setup(cfg: Config, run_dir: Path, resume: bool) -> Session:
     valid_split = cache.load_split(run_dir, "valid")
     valid_refs = cache.load_text(run_dir, "valid", "tgt")
     model = Transformer(cfg.model).to(device)
+    runtime.seed_everything(distributed.rank_seed(t.seed, world.rank))  # each its own dropout
     optimizer = make_optimizer(model, cfg, device)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
-    trainer = Trainer(model, optimizer, scaler, train_split, cfg, device, precision)
+    trainer = Trainer(model, optimizer, scaler, train_split, cfg, device, precision, world)
     session = Session(run_dir, tokenizer, model, trainer, valid_split, valid_refs, Progress())
 
-    refuse_a_second_run(run_dir, resume)
+    if world.is_main:
+        saving.refuse_a_second_run(run_dir, resume)
     if resume:
-        restore(session)
-    write_resolved(cfg, run_dir)
-    if t.compile:
-        trainer.model = CompiledSteps(model)
-    n_params = sum(p.numel() for p in model.parameters())
-    print(
-        f"training {n_params:,} parameters on "
-        f"{runtime.describe(device, precision, threads, allocator.active())}; "
-        f"{len(train_split):,} training pairs; run dir {run_dir}",
-        file=sys.stderr,
+        saving.restore(session)
+    if world.is_main:
+        write_resolved(cfg, run_dir)
+    calls = CompiledSteps(model) if t.compile else model
+    trainer.model = calls
+    if world.launched:  # DDP reduces the gradients of what LossModule's forward computed
+        trainer.loss_module = distributed.wrap(LossModule(model, calls, trainer), world)
+    where = world.gather(
+        runtime.describe(device, precision, threads, allocator.active()), "devices"
     )
+    if world.is_main:
+        print(first_line(model, where, len(train_split), run_dir), file=sys.stderr)
     return session
 
 
-def refuse_a_second_run(run_dir: Path, resume: bool) -> None:
-    """A fresh run into a run_dir that already holds checkpoints is an error."""
-    if not resume and checkpoint.step_checkpoints(run_dir):
-        raise TrainingError(
-            f"{run_dir} already holds a training run ({checkpoint.checkpoints_dir(run_dir)}); "
-            "continue it with --resume, or train into another run_dir"
-        )
-
-
-def restore(session: Session) -> None:
-    """Load the latest good checkpoint: weights, optimizer, scaler, progress and RNG."""
-    path, state = checkpoint.find_resumable(session.run_dir)
-    trainer = session.trainer
-    session.model.load_state_dict(state["model"])
-    trainer.optimizer.load_state_dict(state["optimizer"])
-    if trainer.scaler is not None and state.get("scaler"):
-        trainer.scaler.load_state_dict(state["scaler"])
-    session.progress = Progress(**state["progress"])
-    checkpoint.restore_rng(state["rng"])
-    print(f"resuming from {path} at step {session.progress.step}", file=sys.stderr)
+def first_line(model: Transformer, where: list[str], pairs: int, run_dir: Path) -> str:
+    """What runs where: the parameters, the world size and each rank's device."""
+    n_params = sum(p.numel() for p in model.parameters())
+    ranks = ", ".join(f"rank {rank} on {device}" for rank, device in enumerate(where))
+    return (
+        f"training {n_params:,} parameters, world size {len(where)}: {ranks}; "
+        f"{pairs:,} training pairs; run dir {run_dir}"
+    )
 
 
 @contextlib.contextmanager
 def opened(session: Session) -> Iterator[None]:
-    """The metrics log, the stop signals and the progress bar, for as long as the loop runs."""
-    session.metrics = MetricsLog.open(session.run_dir / "metrics.jsonl")
+    """The metrics log, the stop signals and the progress bar, for as long as the loop runs.
+
+    Ranks other than 0 write their log to nowhere and show no bar.
+    """
+    main = session.world.is_main
+    session.metrics = MetricsLog.open(session.run_dir / "metrics.jsonl" if main else None)
     session.signals.install()
     session.bar = tqdm(
         total=session.cfg.train.max_steps or None,
         initial=session.progress.step,
         unit="step",
         dynamic_ncols=True,
-        disable=None,
+        disable=None if main else True,
         file=sys.stderr,
     )
     try:
@@ -218,22 +178,30 @@ def train_loop(session: Session) -> None:
     t, progress = session.cfg.train, session.progress
     session.started = time.monotonic() - progress.elapsed
     session.window = Window()
-    session.stop_reason = stop_condition(progress, t, session.signals.received)
+    session.stop_reason = shared_stop(session)
     session.last_eval_step = progress.step if session.stop_reason else -1
     split = session.trainer.split
     session.batches = batching.epoch_batches(split, t.batch_tokens, t.seed, progress.epoch)
     while not session.stop_reason:
-        if progress.batch_pos < len(session.batches):
+        if next_group(session):
             update(session)
         else:
             next_epoch(session)
+
+
+def next_group(session: Session) -> list[torch.Tensor]:
+    """The micro-batches of the next update, over all ranks; [] when the epoch is done."""
+    t, progress = session.cfg.train, session.progress
+    return distributed.global_group(
+        session.batches, progress.batch_pos, t.accum_steps, session.world
+    )
 
 
 def next_epoch(session: Session) -> None:
     t, progress = session.cfg.train, session.progress
     progress.epoch += 1
     progress.batch_pos = 0
-    session.stop_reason = stop_condition(progress, t, session.signals.received)
+    session.stop_reason = shared_stop(session)
     if not session.stop_reason:
         session.batches = batching.epoch_batches(
             session.trainer.split, t.batch_tokens, t.seed, progress.epoch
@@ -242,11 +210,11 @@ def next_epoch(session: Session) -> None:
 
 def update(session: Session) -> None:
     """One optimizer update from the next batches, its log record and validation; then
-    whether to stop."""
+    whether to stop. Each rank trains on its shard of the update's batches."""
     t, progress = session.cfg.train, session.progress
-    group = session.batches[progress.batch_pos : progress.batch_pos + t.accum_steps]
+    group = next_group(session)
     lr = schedule.learning_rate(progress.step + 1, t, session.cfg.model.d_model)
-    result = train_step(session.trainer, group, lr)
+    result = train_step(session.trainer, distributed.shard(group, session.world), lr)
     progress.batch_pos += len(group)
     progress.step += 1
     progress.tokens += result.tokens
@@ -263,9 +231,8 @@ def update(session: Session) -> None:
         session.last_eval_step = progress.step
         if t.patience and progress.evals_since_best >= t.patience:
             session.stop_reason = f"early stopping: no better BLEU in {t.patience} validations"
-    session.stop_reason = session.stop_reason or stop_condition(
-        progress, t, session.signals.received
-    )
+    reason = shared_stop(session)  # on every rank at every step: it is a collective
+    session.stop_reason = session.stop_reason or reason
 
 
 def count(session: Session, result: StepResult) -> None:
@@ -302,7 +269,23 @@ def log_train(session: Session, lr: float) -> None:
 
 
 def validate(session: Session) -> None:
-    """Score the valid split, log and print it, and save a checkpoint (best if improved)."""
+    """Score the valid split, log and print it, and save a checkpoint (best if improved).
+
+    Rank 0 validates; the others wait for its verdict, which every rank then holds.
+    """
+    progress = session.progress
+    verdict: tuple[bool, float, int, int] | None = None
+    if session.world.is_main:
+        improved = rank0_validation(session)
+        verdict = (improved, progress.best_bleu, progress.best_step, progress.evals_since_best)
+    shared = session.world.from_main(verdict, "rank 0's validation")
+    assert shared is not None  # rank 0 always has one
+    improved, progress.best_bleu, progress.best_step, progress.evals_since_best = shared
+    saving.save(session, is_best=improved)
+
+
+def rank0_validation(session: Session) -> bool:
+    """Validate, update the best BLEU, log and print; True if the BLEU improved."""
     trainer, progress = session.trainer, session.progress
     result = validation(
         session.model,
@@ -324,34 +307,25 @@ def validate(session: Session) -> None:
         f"step {progress.step:>7}  valid loss {result['loss']:.3f}  ppl {result['ppl']:.2f}  "
         f"BLEU {result['bleu']:.2f}" + ("  (best)" if improved else "")
     )
-    save(session, is_best=improved)
-
-
-def save(session: Session, is_best: bool) -> Path:
-    trainer = session.trainer
-    state = {
-        "tfx_version": __version__,
-        "config": to_dict(trainer.cfg),
-        "tokenizer": session.tokenizer.to_bytes(),
-        "model": session.model.state_dict(),
-        "optimizer": trainer.optimizer.state_dict(),
-        "scaler": trainer.scaler.state_dict() if trainer.scaler is not None else None,
-        "progress": dataclasses.asdict(session.progress),
-        "rng": checkpoint.capture_rng(),
-    }
-    keep = trainer.cfg.train.keep_last
-    return checkpoint.save_step(session.run_dir, state, session.progress.step, keep, best=is_best)
+    return improved
 
 
 # ---------------------------------------------------------------------- the end
 
 
 def finish(session: Session) -> None:
-    """A stop by signal saves where it stands; otherwise the last step gets its validation."""
-    if session.signals.received:
-        save(session, is_best=False)
+    """A stop by signal saves where it stands; otherwise the last step gets its validation.
+
+    Then every rank's step is compared: a job whose ranks disagree is an error, not a
+    checkpoint to trust.
+    """
+    if session.stop_signal:
+        saving.save(session, is_best=False)
     elif session.last_eval_step != session.progress.step:
         validate(session)
+    steps = session.world.gather(session.progress.step, "the final step")
+    if len(set(steps)) > 1:
+        raise TrainingError(f"the ranks stopped at different steps ({steps})")
 
 
 def summarize(session: Session) -> dict:
@@ -366,22 +340,10 @@ def summarize(session: Session) -> dict:
         "best_step": progress.best_step,
         "skipped_steps": progress.skipped_steps,
         "stopped": session.stop_reason,
+        "world_size": session.world.size,
         "last": str(checkpoints / "last.pt"),
         "best": str(checkpoints / "best.pt"),
     }
-
-
-def stop_condition(progress: Progress, t: TrainConfig, stop_signal: list[int]) -> str:
-    if stop_signal:
-        name = signal.Signals(stop_signal[0]).name
-        return f"stopped by {name}; continue with --resume"
-    if t.max_steps and progress.step >= t.max_steps:
-        return f"reached train.max_steps={t.max_steps}"
-    if t.max_epochs and progress.epoch >= t.max_epochs:
-        return f"reached train.max_epochs={t.max_epochs}"
-    if t.max_minutes and progress.elapsed >= t.max_minutes * 60:
-        return f"reached train.max_minutes={t.max_minutes:g}"
-    return ""
 
 
 @torch.no_grad()

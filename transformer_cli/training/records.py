@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +54,10 @@ class MetricsLog:
     file: TextIO
 
     @classmethod
-    def open(cls, path: Path) -> MetricsLog:
+    def open(cls, path: Path | None) -> MetricsLog:
+        """Append to `path`; None: a log that writes nowhere (ranks other than 0)."""
+        if path is None:
+            return cls(Path(os.devnull), open(os.devnull, "w", encoding="utf-8"))
         drop_partial_record(path)
         return cls(path, path.open("a", encoding="utf-8"))
 
@@ -113,4 +117,6 @@ def format_summary(s: dict) -> str:
         f"  best valid BLEU {best}; skipped steps {s['skipped_steps']}",
         f"  checkpoints: {s['last']} (last), {s['best']} (best)",
     ]
+    if s.get("world_size", 1) > 1:
+        lines.insert(2, f"  {s['world_size']} ranks, all stopped at step {s['steps']}")
     return "\n".join(lines)

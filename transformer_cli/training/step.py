@@ -4,6 +4,7 @@ group, clipping, the non-finite check, and the step itself.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -12,6 +13,7 @@ from transformer_cli.core.config import Config, ResolvedPrecision
 from transformer_cli.data import batching
 from transformer_cli.data import store as cache
 from transformer_cli.model.transformer import Transformer
+from transformer_cli.training.distributed import World
 from transformer_cli.training.loss import batch_loss
 
 
@@ -26,11 +28,51 @@ class Trainer:
     cfg: Config
     device: torch.device
     precision: ResolvedPrecision
+    world: World = dataclasses.field(default_factory=World)
+    # `LossModule` under DDP when launched by torchrun; None: the step calls batch_loss itself
+    loss_module: torch.nn.Module | None = None
+
+    def batch_sums(self, batch: batching.Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(label-smoothed loss, NLL) of `batch`, summed over its real target tokens."""
+        if self.loss_module is not None:
+            return self.loss_module(batch)
+        t = self.cfg.train
+        parts = batch_loss(
+            self.model, batch, t.label_smoothing, self.device, self.precision, t.fused_loss
+        )
+        return parts.loss, parts.nll
+
+
+class LossModule(torch.nn.Module):
+    """`batch_loss` as a module, so that DistributedDataParallel can wrap it.
+
+    DDP reduces the gradients of what its wrapped module's forward computed, and the step
+    never calls `Transformer.forward` (see `CompiledSteps`). `calls` is what the loss runs:
+    the model itself or a compiled view of it.
+    """
+
+    calls: Transformer | CompiledSteps
+    trainer: Trainer
+
+    def __init__(self, model: Transformer, calls: Transformer | CompiledSteps, trainer: Trainer):
+        super().__init__()
+        self.model = model  # registered, so DDP finds (and broadcasts) its parameters
+        object.__setattr__(self, "calls", calls)  # not a submodule: a compiled view is not one
+        object.__setattr__(self, "trainer", trainer)
+
+    def forward(self, batch: batching.Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        tr = self.trainer
+        t = tr.cfg.train
+        parts = batch_loss(
+            self.calls, batch, t.label_smoothing, tr.device, tr.precision, t.fused_loss
+        )
+        return parts.loss, parts.nll
 
 
 @dataclass
 class StepResult:
-    """One update's sums over its real target tokens, and whether it was applied."""
+    """One update's sums over its real target tokens (of all ranks), and whether it was
+    applied."""
 
     loss: torch.Tensor  # () the label-smoothed objective, summed, on the host
     nll: torch.Tensor  # () the unsmoothed NLL, summed, on the host
@@ -78,28 +120,38 @@ def make_optimizer(
 
 
 def train_step(trainer: Trainer, group: list[torch.Tensor], lr: float) -> StepResult:
-    """One update from `group` (accum_steps micro-batches of split indices) at rate `lr`.
+    """One update from `group` (this rank's micro-batches of split indices) at rate `lr`.
 
     The loss of every micro-batch is a sum over its real tokens divided by the real tokens
-    of the whole group, so accumulation gives exactly the gradient of one big batch. An
-    update whose loss or gradient norm is not finite (or, under fp16, whose gradients
-    overflowed the scaler) is not applied: the weights stay as they were.
+    of the whole global batch (every micro-batch of every rank), so accumulation and data
+    parallelism both give exactly the gradient of one big batch. Under DDP, which averages
+    gradients over ranks, the loss is multiplied by the world size to undo that mean; only
+    the last micro-batch's backward all-reduces. The loss sums are summed over ranks too,
+    so every rank takes the same decision. An update whose loss or gradient norm is not
+    finite (or, under fp16, whose gradients overflowed the scaler) is not applied: the
+    weights stay as they were.
     """
-    optimizer, scaler, t = trainer.optimizer, trainer.scaler, trainer.cfg.train
+    optimizer, scaler, t, world = (
+        trainer.optimizer,
+        trainer.scaler,
+        trainer.cfg.train,
+        trainer.world,
+    )
     for param_group in optimizer.param_groups:
         param_group["lr"] = lr
     batches = [batching.collate(trainer.split, indices) for indices in group]
     n_tokens = sum(b.n_tokens for b in batches)
-    loss_sum = torch.zeros((), device=trainer.device)
-    nll_sum = torch.zeros((), device=trainer.device)
-    for batch in batches:
-        parts = batch_loss(
-            trainer.model, batch, t.label_smoothing, trainer.device, trainer.precision, t.fused_loss
-        )
-        loss = parts.loss / n_tokens
-        (scaler.scale(loss) if scaler is not None else loss).backward()
-        loss_sum += parts.loss.detach()
-        nll_sum += parts.nll.detach()
+    if world.launched:
+        n_tokens = int(world.sum_(torch.tensor([n_tokens]), "the batch's token count"))
+    sums = torch.zeros(2, device=trainer.device)  # loss, nll
+    for i, batch in enumerate(batches):
+        with world.no_sync(trainer.loss_module, last=i == len(batches) - 1):
+            loss_part, nll_part = trainer.batch_sums(batch)
+            loss = loss_part * world.size / n_tokens
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+        sums += torch.stack([loss_part.detach(), nll_part.detach()])
+    world.sum_(sums, "the update's loss")
+    loss_sum, nll_sum = sums[0], sums[1]
     if scaler is not None:
         scaler.unscale_(optimizer)  # clip the true gradients, never the scaled ones
     norm = grad_norm([p for p in trainer.model.parameters() if p.grad is not None], t.clip_norm)

@@ -1,0 +1,108 @@
+"""`tfx train --nproc N`: torchrun's standalone launcher for one machine, started from tfx.
+
+It is `torchrun --standalone --nproc-per-node N -m transformer_cli train ...` with three
+things added: what can be checked before any rank starts is checked here (so a bad flag or
+a busy run dir is one line, not N ranks failing), the launcher holds the run dir's lock for
+the whole job, and a failed rank ends the job with one line that names it. torchrun picks
+a free port itself; nothing here chooses a port or an address.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import torch
+
+from transformer_cli.core import runtime
+from transformer_cli.core.config import Config
+from transformer_cli.core.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, ConfigError
+from transformer_cli.data import store as cache
+from transformer_cli.training import distributed, lock, saving
+
+
+def check(cfg: Config, nproc: int) -> None:
+    """Refuse what no rank could run: no ranks, more ranks than GPUs, fp16 without CUDA."""
+    if nproc < 1:
+        raise ConfigError(f"--nproc: must be at least 1, got {nproc}")
+    device = runtime.pick_device(cfg.train.device)
+    if device.type == "cuda" and nproc > torch.cuda.device_count():
+        raise ConfigError(
+            f"--nproc {nproc}: only {torch.cuda.device_count()} CUDA device(s) are visible "
+            "(one rank per GPU)"
+        )
+    if device.type not in ("cuda", "cpu"):
+        raise ConfigError(f"--nproc: distributed training runs on cuda or cpu, not {device.type}")
+    if device.type == "cpu" and cfg.train.precision == "fp16":
+        raise ConfigError(
+            "train.precision: fp16 needs CUDA; distributed training on the CPU (gloo) "
+            "runs fp32 or bf16"
+        )
+    runtime.resolve_precision(cfg.train.precision, device)
+
+
+def torchrun_args(nproc: int, train_args: list[str]) -> list[str]:
+    """torchrun's command line for one machine and `nproc` ranks of `tfx train ARGS`."""
+    return [
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "--max-restarts=0",
+        "--module",
+        "transformer_cli",
+        "train",
+        *train_args,
+    ]
+
+
+def run(cfg: Config, nproc: int, train_args: list[str], resume: bool) -> int:
+    """Launch `nproc` ranks of `tfx train train_args`; return the job's exit code."""
+    check(cfg, nproc)
+    run_dir = Path(cfg.run_dir)
+    cache.load_meta(run_dir)  # a clear error if `tfx prepare` has not run
+    with lock.RunLock(run_dir) as held:
+        saving.refuse_a_second_run(run_dir, resume)
+        os.environ[lock.JOB_LOCK_ENV] = held.owner
+        world = distributed.World(local_size=nproc, launched=True)
+        threads = distributed.rank_threads(world, cfg.train.threads)
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))  # else torchrun warns, sets 1
+        try:
+            return _launch(nproc, train_args, run_dir)
+        finally:
+            os.environ.pop(lock.JOB_LOCK_ENV, None)
+
+
+def _launch(nproc: int, train_args: list[str], run_dir: Path) -> int:
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args
+    from torch.distributed.run import run as torchrun
+
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # one line, ours
+    try:
+        torchrun(parse_args(torchrun_args(nproc, train_args)))
+    except ChildFailedError as e:
+        print(f"error: {failure_line(e.failures, run_dir)}", file=sys.stderr)
+        codes = {f.exitcode for f in e.failures.values()}
+        return EXIT_USER_ERROR if codes == {EXIT_USER_ERROR} else 1
+    except SignalException as e:
+        name = signal.Signals(e.sigval).name
+        print(f"stopped by {name}: the ranks were asked to save and stop", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
+
+
+def failure_line(failures: dict, run_dir: Path) -> str:
+    """Which rank failed first and how, and what is safe: one line."""
+    rank, first = min(failures.items(), key=lambda item: (item[1].timestamp, item[0]))
+    if first.exitcode < 0:
+        how = f"was killed by {signal.Signals(-first.exitcode).name}"
+    else:
+        how = f"exited with code {first.exitcode}"
+    others = f" ({len(failures) - 1} other rank(s) failed too)" if len(failures) > 1 else ""
+    return (
+        f"rank {rank} (pid {first.pid}) {how}{others}; the job was stopped and the "
+        f"checkpoints in {run_dir / 'checkpoints'} are intact"
+    )
