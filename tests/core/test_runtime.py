@@ -19,8 +19,8 @@ def test_auto_precision_on_cpu_is_fp32_and_fp16_needs_cuda():
 
 def test_a_run_names_its_gpu_or_its_cpu_threads_and_malloc(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda _device=None: "Some GPU 80GB")
-    gpu = runtime.describe(torch.device("cuda"), "bf16", 16, "glibc")
-    assert gpu == "cuda (Some GPU 80GB, bf16)"
+    gpu = runtime.describe(torch.device("cuda", 3), "bf16", 16, "glibc")
+    assert gpu == "cuda:3 (Some GPU 80GB, bf16)"  # the index tells the ranks' GPUs apart
     cpu = runtime.describe(torch.device("cpu"), "fp32", 2, "jemalloc")
     assert cpu == "cpu (fp32, 2 threads, jemalloc malloc)"
     assert runtime.describe(torch.device("mps"), "fp32", 8, "system") == "mps (fp32)"

@@ -172,15 +172,19 @@ def test_the_launcher_lock_is_recognised_only_with_its_owner(tmp_path, monkeypat
 def test_a_failure_line_names_the_first_rank_that_failed(tmp_path):
     from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 
-    failures = {
-        0: ProcessFailure(0, 100, 1, str(tmp_path / "none")),
-        1: ProcessFailure(1, 101, -9, str(tmp_path / "none")),
-    }
-    failures[0].timestamp, failures[1].timestamp = 20, 10
-    line = launch.failure_line(failures, tmp_path)
+    def failure(rank: int, exitcode: int, when: int) -> ProcessFailure:
+        f = ProcessFailure(rank, 100 + rank, exitcode, str(tmp_path / "none"))
+        f.timestamp = when
+        return f
+
+    # rank 0 ended by the SIGTERM torchrun sends the others: rank 1 is the cause
+    line = launch.failure_line({0: failure(0, -15, 10), 1: failure(1, -9, 10)}, tmp_path)
     assert line.startswith("rank 1 (pid 101) was killed by SIGKILL")
-    assert "1 other rank(s)" in line and str(tmp_path / "checkpoints") in line
+    assert "1 other rank(s)" in line
+    assert str(tmp_path / "checkpoints") in line
     assert "\n" not in line
+    line = launch.failure_line({0: failure(0, 2, 11), 1: failure(1, 1, 10)}, tmp_path)
+    assert line.startswith("rank 1 (pid 101) exited with code 1")  # the earlier one
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -227,8 +231,10 @@ def test_two_ranks_make_the_update_of_one_process_on_both_their_batches(tmp_path
     assert_close_states(two, one)
     assert two["progress"]["batch_pos"] == one["progress"]["batch_pos"] == 12
     assert two["progress"]["tokens"] == one["progress"]["tokens"]
-    assert two["world_size"] == 2 and len(two["rng_ranks"]) == 2
-    assert "world size 2: rank 0 on cpu" in err and "rank 1 on cpu" in err
+    assert two["world_size"] == 2
+    assert len(two["rng_ranks"]) == 2
+    assert "world size 2: rank 0 on cpu" in err
+    assert "rank 1 on cpu" in err
     assert "2 ranks, all stopped at step 3" in out
 
 
@@ -285,3 +291,93 @@ def test_two_launchers_as_two_nodes_train_as_one_machine_of_two(tmp_path, toy_pa
     a, b = state(tmp_path / "nodes" / "run"), state(tmp_path / "one_node" / "run")
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name  # a + b == b + a: bit for bit
+
+
+@pytest.mark.parametrize(
+    ("limits", "reason"),
+    [
+        # a learning rate of ~0: every validation ties the first, the second one stops
+        ({"patience": 1, "eval_every": 1, "noam_factor": 1e-9, "max_steps": 50}, "early stopping"),
+        ({"max_minutes": 0.03, "max_steps": 0}, "reached train.max_minutes=0.03"),
+    ],
+    ids=["early-stopping", "max-minutes"],
+)
+def test_validation_verdicts_and_the_clock_stop_every_rank_at_one_step(
+    tmp_path, toy_pairs, limits, reason
+):
+    config = write_run(tmp_path, toy_pairs, **limits)
+    out, _ = finished(torchrun(config))
+    step = state(tmp_path / "run")["progress"]["step"]
+    assert f"done: {reason}" in out
+    assert f"2 ranks, all stopped at step {step}" in out  # each rank reported its step
+    if "patience" in limits:
+        assert step == 2
+
+
+class _Sync:
+    """A module whose no_sync() is seen to be entered."""
+
+    def __init__(self):
+        self.entered = 0
+
+    def no_sync(self):
+        import contextlib
+
+        self.entered += 1
+        return contextlib.nullcontext()
+
+
+def test_only_the_last_micro_batch_of_an_update_all_reduces():
+    module = _Sync()
+    world = World(0, 2, launched=True)
+    for last in (False, False, True):
+        with world.no_sync(module, last=last):  # type: ignore[arg-type]
+            pass
+    assert module.entered == 2
+    with World().no_sync(module, last=False):  # type: ignore[arg-type]
+        pass
+    assert module.entered == 2  # one process: nothing to skip
+
+
+class _NaNElsewhere(World):
+    """One process that sees another rank's non-finite loss in the shared sums."""
+
+    def sum_(self, values, what):
+        if what == "the update's loss":
+            values += float("nan")
+        return values
+
+
+def test_a_non_finite_loss_on_another_rank_skips_the_update_here_too(make_config):
+    from transformer_cli.data import batching
+    from transformer_cli.training import step
+
+    cfg = make_config("train.device=cpu", "model.d_model=16", "model.heads=2", "model.d_ff=32")
+    prepare.run(cfg)
+    trainer, model = _trainer(cfg)
+    trainer.world = _NaNElsewhere()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    group = batching.epoch_batches(trainer.split, 300, 0, 0)[:1]
+    result = step.train_step(trainer, group, lr=1e-3)
+    assert not result.applied
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, before[name]), name
+
+
+def _trainer(cfg):
+    import dataclasses
+
+    from transformer_cli.data.tokenizer import Tokenizer
+    from transformer_cli.model.transformer import Transformer
+    from transformer_cli.training import step
+
+    tok = Tokenizer.load(cfg.run_dir)
+    model_cfg = dataclasses.replace(
+        cfg.model, src_vocab=tok.src_vocab_size, tgt_vocab=tok.tgt_vocab_size, enc_layers=1
+    )
+    cfg = dataclasses.replace(cfg, model=model_cfg)
+    model = Transformer(cfg.model)
+    optimizer = step.make_optimizer(model, cfg, torch.device("cpu"))
+    split = cache.load_split(cfg.run_dir, "train")
+    trainer = step.Trainer(model, optimizer, None, split, cfg, torch.device("cpu"), "fp32")
+    return trainer, model

@@ -20,7 +20,10 @@ The state a training checkpoint holds (all of it survives weights_only loading):
     progress        train.Progress as a dict: step (optimiser updates done), epoch,
                     batch_pos (batches of that epoch consumed), best_bleu, ...
     rng             capture_rng(): {"torch": ByteTensor, "cuda": [ByteTensor] | None,
-                    "python": random.getstate()}
+                    "python": random.getstate()}; rank 0's in a distributed run
+    world_size      the number of ranks that trained it (1 outside torchrun; absent in
+                    checkpoints older than distributed training, meaning 1)
+    rng_ranks       a distributed run only: every rank's capture_rng(), in rank order
     tokenizer       {file name: SentencePiece model bytes}
 
 Run-dir layout: RUN_DIR/checkpoints/ckpt_{step:08d}.pt (the newest `keep_last` are

@@ -64,7 +64,8 @@ def autocast(
 def describe(device: torch.device, precision: ResolvedPrecision, threads: int, malloc: str) -> str:
     """Where a run computes, for its first line: a GPU by name; the CPU's threads and malloc."""
     if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)}, {precision})"
+        index = torch.cuda.current_device() if device.index is None else device.index
+        return f"cuda:{index} ({torch.cuda.get_device_name(device)}, {precision})"
     if device.type == "cpu":
         return f"cpu ({precision}, {threads} threads, {malloc} malloc)"
     return f"{device.type} ({precision})"

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -104,7 +105,8 @@ def _collective(world: World, what: str, fn: Callable, *args: Any, **kwargs: Any
     try:
         fn(*args, **kwargs)
     except (RuntimeError, ValueError) as e:  # DistBackendError and gloo's errors are these
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        text = re.sub(r"^\[[^\]]*\]\s*", "", str(e).strip())  # gloo's "[file.cc:553] "
+        first = text.splitlines()[0].split(". ")[0][:160] if text else type(e).__name__
         raise TrainingError(
             f"rank {world.rank}: lost the other ranks of the job while sharing {what} "
             f"({first}); the checkpoints written before are intact"
@@ -163,6 +165,10 @@ def process_group(world: World, device: torch.device, timeout_minutes: float) ->
     if not world.launched:
         yield
         return
+    if device.type not in ("cuda", "cpu"):
+        raise ConfigError(
+            f"train.device: distributed training runs on cuda or cpu, not {device.type}"
+        )
     timeout = datetime.timedelta(minutes=timeout_minutes)
     device_id = device if device.type == "cuda" else None  # NCCL: bind the rank's GPU
     try:

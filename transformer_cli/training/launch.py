@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -95,8 +96,17 @@ def _launch(nproc: int, train_args: list[str], run_dir: Path) -> int:
 
 
 def failure_line(failures: dict, run_dir: Path) -> str:
-    """Which rank failed first and how, and what is safe: one line."""
-    rank, first = min(failures.items(), key=lambda item: (item[1].timestamp, item[0]))
+    """Which rank failed first and how, and what is safe: one line.
+
+    The ranks torchrun stopped itself, once one had failed, end by its SIGTERM: a rank
+    that ended otherwise is the cause. Failure times are whole seconds; ties go by rank.
+    """
+
+    def cause_first(item: tuple[int, Any]) -> tuple[bool, int, int]:
+        rank, failure = item
+        return (failure.exitcode == -signal.SIGTERM, failure.timestamp, rank)
+
+    rank, first = min(failures.items(), key=cause_first)
     if first.exitcode < 0:
         how = f"was killed by {signal.Signals(-first.exitcode).name}"
     else:
