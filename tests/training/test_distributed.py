@@ -75,7 +75,7 @@ def torchrun(config: Path, *args: str, launcher: tuple[str, ...] = ("--standalon
 
 def finished(process: subprocess.Popen, timeout: float = 180) -> tuple[str, str]:
     out, err = process.communicate(timeout=timeout)
-    assert process.returncode == 0, err.decode()[-3000:]
+    assert process.returncode == 0, (out.decode()[-2000:], err.decode()[-3000:])
     return out.decode(), err.decode()
 
 
@@ -185,6 +185,21 @@ def test_a_failure_line_names_the_first_rank_that_failed(tmp_path):
     assert "\n" not in line
     line = launch.failure_line({0: failure(0, 2, 11), 1: failure(1, 1, 10)}, tmp_path)
     assert line.startswith("rank 1 (pid 101) exited with code 1")  # the earlier one
+    # at the same second: the killed rank, not the one that lost it (exit 2)
+    line = launch.failure_line({0: failure(0, 2, 10), 1: failure(1, -9, 10)}, tmp_path)
+    assert line.startswith("rank 1 (pid 101) was killed by SIGKILL")
+
+
+def test_only_transport_errors_become_lost_rank_errors():
+    from transformer_cli.core.errors import TrainingError
+
+    world = World(1, 2, launched=True)
+    lost = pytest.raises(TrainingError, match=r"^rank 1: lost the other ranks of the job while x")
+    with lost, distributed.world_guard(world, "x"):
+        raise RuntimeError("[pair.cc:537] Read error: Connection reset by peer. More")
+    bug = pytest.raises(RuntimeError, match="shape mismatch")
+    with bug, distributed.world_guard(world, "x"):  # a bug stays a bug
+        raise RuntimeError("shape mismatch")
 
 
 # ----------------------------------------------------------------------------- bad input

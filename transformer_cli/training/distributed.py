@@ -102,13 +102,31 @@ def _comm_device() -> torch.device:
 
 
 def _collective(world: World, what: str, fn: Callable, *args: Any, **kwargs: Any) -> None:
-    try:
+    with world_guard(world, f"sharing {what}"):
         fn(*args, **kwargs)
+
+
+_TRANSPORT = re.compile(
+    r"gloo|nccl|connection (reset|closed|refused)|processgroup|timed? ?out", re.I
+)
+
+
+@contextlib.contextmanager
+def world_guard(world: World, doing: str) -> Iterator[None]:
+    """Turn the error of a collective whose peers are gone into one line naming this rank.
+
+    Collectives run inside the training step too (DDP's gradient all-reduce), so the
+    step runs under this guard; an error that is not the transport's passes unchanged.
+    """
+    try:
+        yield
     except (RuntimeError, ValueError) as e:  # DistBackendError and gloo's errors are these
+        if not world.launched or not (isinstance(e, dist.DistError) or _TRANSPORT.search(str(e))):
+            raise
         text = re.sub(r"^\[[^\]]*\]\s*", "", str(e).strip())  # gloo's "[file.cc:553] "
         first = text.splitlines()[0].split(". ")[0][:160] if text else type(e).__name__
         raise TrainingError(
-            f"rank {world.rank}: lost the other ranks of the job while sharing {what} "
+            f"rank {world.rank}: lost the other ranks of the job while {doing} "
             f"({first}); the checkpoints written before are intact"
         ) from None
 
@@ -177,6 +195,8 @@ def process_group(world: World, device: torch.device, timeout_minutes: float) ->
         raise TrainingError(f"rank {world.rank}: could not join the job ({e})") from None
     try:
         yield
+        # every rank done with every collective before any tears its transport down
+        _collective(world, "the end of the job", dist.barrier)
     finally:
         dist.destroy_process_group()
 

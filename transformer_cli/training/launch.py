@@ -99,12 +99,16 @@ def failure_line(failures: dict, run_dir: Path) -> str:
     """Which rank failed first and how, and what is safe: one line.
 
     The ranks torchrun stopped itself, once one had failed, end by its SIGTERM: a rank
-    that ended otherwise is the cause. Failure times are whole seconds; ties go by rank.
+    that ended otherwise is the cause. Failure times are whole seconds; among equal ones,
+    a rank killed by a signal comes first, then one with an internal error (exit 1), then
+    one that reported an error (exit 2, which is what a rank that lost the others does);
+    then the lower rank.
     """
 
-    def cause_first(item: tuple[int, Any]) -> tuple[bool, int, int]:
+    def cause_first(item: tuple[int, Any]) -> tuple[bool, int, int, int]:
         rank, failure = item
-        return (failure.exitcode == -signal.SIGTERM, failure.timestamp, rank)
+        kind = 0 if failure.exitcode < 0 else 1 if failure.exitcode != EXIT_USER_ERROR else 2
+        return (failure.exitcode == -signal.SIGTERM, failure.timestamp, kind, rank)
 
     rank, first = min(failures.items(), key=cause_first)
     if first.exitcode < 0:

@@ -82,6 +82,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, world: World, device: torch
     summary = summarize(session)
     if world.is_main:
         print(format_summary(summary))
+    session.trainer.loss_module = None  # DDP goes now, before the process group
     return summary
 
 
@@ -214,7 +215,8 @@ def update(session: Session) -> None:
     t, progress = session.cfg.train, session.progress
     group = next_group(session)
     lr = schedule.learning_rate(progress.step + 1, t, session.cfg.model.d_model)
-    result = train_step(session.trainer, distributed.shard(group, session.world), lr)
+    with distributed.world_guard(session.world, "training a step"):  # DDP all-reduces in it
+        result = train_step(session.trainer, distributed.shard(group, session.world), lr)
     progress.batch_pos += len(group)
     progress.step += 1
     progress.tokens += result.tokens

@@ -48,24 +48,23 @@ class LossModule(torch.nn.Module):
 
     DDP reduces the gradients of what its wrapped module's forward computed, and the step
     never calls `Transformer.forward` (see `CompiledSteps`). `calls` is what the loss runs:
-    the model itself or a compiled view of it.
+    the model itself or a compiled view of it. It holds no reference back to the Trainer
+    that holds it, so that dropping the trainer frees DDP (and its gloo or NCCL work) at
+    once, before the process group goes.
     """
 
     calls: Transformer | CompiledSteps
-    trainer: Trainer
 
     def __init__(self, model: Transformer, calls: Transformer | CompiledSteps, trainer: Trainer):
         super().__init__()
         self.model = model  # registered, so DDP finds (and broadcasts) its parameters
         object.__setattr__(self, "calls", calls)  # not a submodule: a compiled view is not one
-        object.__setattr__(self, "trainer", trainer)
+        t = trainer.cfg.train
+        self.settings = (t.label_smoothing, trainer.device, trainer.precision, t.fused_loss)
 
     def forward(self, batch: batching.Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        tr = self.trainer
-        t = tr.cfg.train
-        parts = batch_loss(
-            self.calls, batch, t.label_smoothing, tr.device, tr.precision, t.fused_loss
-        )
+        smoothing, device, precision, fused = self.settings
+        parts = batch_loss(self.calls, batch, smoothing, device, precision, fused)
         return parts.loss, parts.nll
 
 
