@@ -31,7 +31,8 @@ LAYERS = {
     "decoding": {"core", "fast", "model", "data"},
     "training": {"core", "fast", "model", "data", "decoding"},
     "inspect": {"core", "fast", "model", "data", "decoding", "training"},
-    "cli": {"core", "fast", "model", "data", "decoding", "training", "inspect"},
+    "export": {"core", "fast", "model", "data", "decoding", "training"},
+    "cli": {"core", "fast", "model", "data", "decoding", "training", "inspect", "export"},
 }
 
 # fast/ module -> (its plain twin, the test file and test that prove them equal)

@@ -75,7 +75,9 @@ def torchrun(config: Path, *args: str, launcher: tuple[str, ...] = ("--standalon
 
 def finished(process: subprocess.Popen, timeout: float = 180) -> tuple[str, str]:
     out, err = process.communicate(timeout=timeout)
-    assert process.returncode == 0, (out.decode()[-2000:], err.decode()[-3000:])
+    if process.returncode != 0:
+        print(out.decode(), err.decode(), sep="\n")  # in the report: the ranks' own lines
+    assert process.returncode == 0
     return out.decode(), err.decode()
 
 

@@ -63,6 +63,37 @@ def train(
     train_mod.run(cfg, resume=resume)
 
 
+@app.command()
+@boundary
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="A tfx checkpoint (.pt).")],
+    out_dir: Annotated[Path, typer.Argument(help="The directory to write (replaced).")],
+    to: Annotated[
+        str,
+        typer.Option(
+            "--to",
+            help="The target format: ctranslate2 (a directory for ctranslate2.Translator).",
+        ),
+    ],
+    quantization: Annotated[
+        str,
+        typer.Option(
+            "--quantization",
+            help="int8, int8_float32, int16, float16, bfloat16 or float32.",
+        ),
+    ] = "float32",
+) -> None:
+    """Export a checkpoint for another inference engine (CTranslate2)."""
+    from transformer_cli.core.errors import ConfigError
+
+    if to != "ctranslate2":
+        raise ConfigError(f"--to must be ctranslate2, got {to!r}")
+    from transformer_cli.export import ctranslate2 as ct2_export
+
+    out = ct2_export.export(checkpoint, out_dir, quantization)
+    print(f"exported {checkpoint} to {out} ({to}); see {out / 'README.md'}", file=sys.stderr)
+
+
 # ----------------------------------------------------------------------------- decoding
 
 BeamOpt = Annotated[

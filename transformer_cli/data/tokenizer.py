@@ -86,6 +86,15 @@ class Tokenizer:
         """The piece strings of one source line, for display."""
         return self._src.encode(line, out_type=str)
 
+    def src_id_pieces(self, ids: Sequence[int]) -> list[str]:
+        """The piece strings of source ids (what a piece-level decoder such as CTranslate2
+        takes)."""
+        return [self._src.id_to_piece(int(i)) for i in ids]
+
+    def tgt_piece_ids(self, pieces: Sequence[str]) -> list[int]:
+        """Target ids of piece strings (unknown pieces are UNK)."""
+        return [self._tgt.piece_to_id(p) for p in pieces]
+
     def tgt_pieces(self, ids: Sequence[int]) -> list[str]:
         ids = ids.tolist() if hasattr(ids, "tolist") else ids
         return [self._tgt.id_to_piece(int(i)) for i in ids]

@@ -108,43 +108,42 @@ class Translator:
     ) -> None:
         """`decode`: the options that replace the checkpoint's decode section (ConfigError
         naming the flag if one is out of range)."""
+        from transformer_cli.decoding import ctranslate2 as ct2
         from transformer_cli.decoding.loading import load_model
-        from transformer_cli.decoding.stream import max_source_pieces
 
         self.device = pick_device(device)
-        self.model, self.tokenizer, cfg = load_model(checkpoint_path, self.device)
+        self.exported: ct2.Exported | None = None  # a CTranslate2 export decodes instead
+        if ct2.is_export_dir(checkpoint_path):
+            self.exported = ct2.load_export(checkpoint_path, self.device.type)
+            self.tokenizer, cfg = self.exported.tokenizer, self.exported.cfg
+        else:
+            self.model, self.tokenizer, cfg = load_model(checkpoint_path, self.device)
         self.decode_cfg = apply_decode_overrides(cfg.decode, decode)
         self.precision = decode_precision(self.decode_cfg, self.device)
         self.packed = False
         self.nbest = decode.nbest
-        self.max_pieces = max_source_pieces(self.model)
+        self.max_pieces = cfg.model.max_positions  # one position per source piece
         self.lines_done = 0  # for warnings' line numbers across chunks
 
     def translate(self, lines: list[str]) -> list[str]:
         """Output lines for `lines`: one each, or `nbest` each with scores."""
-        from transformer_cli.decoding.loading import ready_to_decode
-        from transformer_cli.decoding.stream import decode_all, fit_sources
-
-        if not self.packed and len(lines) >= PACK_MIN_LINES:
-            ready_to_decode(self.model, self.device, self.precision)
-            self.packed = True
         first = self.lines_done + 1
         self.lines_done += len(lines)
         keep = [i for i, line in enumerate(lines) if line.strip()]
         sources: list[list[int]] = [[] for _ in lines]
         for i, ids in zip(keep, self.tokenizer.encode_src([lines[i] for i in keep]), strict=True):
             sources[i] = ids
-        for i in fit_sources(self.model, sources)[1]:
-            warn(
-                f"line {first + i}: {len(sources[i])} pieces, more than the model's maximum "
-                f"of {self.max_pieces}; translating the first {self.max_pieces}"
-            )
+        for i, ids in enumerate(sources):
+            if len(ids) > self.max_pieces:
+                warn(
+                    f"line {first + i}: {len(ids)} pieces, more than the model's maximum "
+                    f"of {self.max_pieces}; translating the first {self.max_pieces}"
+                )
+        results = self._decode(sources, len(lines))
         if self.nbest == 1:
-            best = decode_all(self.model, sources, self.decode_cfg, self.device, self.precision)
-            return [_one_line(h) for h in self.tokenizer.decode_tgt(best)]
-        results = decode_all(
-            self.model, sources, self.decode_cfg, self.device, self.precision, nbest=self.nbest
-        )
+            return [
+                _one_line(h) for h in self.tokenizer.decode_tgt(cast("list[list[int]]", results))
+            ]
         out: list[str] = []
         for hyps in cast("list[list[Hypothesis]]", results):  # nbest > 1: scored hypotheses
             texts = self.tokenizer.decode_tgt([ids for ids, _ in hyps])
@@ -152,6 +151,21 @@ class Translator:
                 f"{_one_line(t)}\t{score:.4f}" for t, (_, score) in zip(texts, hyps, strict=True)
             )
         return out
+
+    def _decode(self, sources: list[list[int]], n_lines: int) -> list:
+        """Piece ids (nbest 1) or scored n-best lists, by tfx's search or CTranslate2's."""
+        from transformer_cli.decoding.ctranslate2 import decode_exported
+        from transformer_cli.decoding.loading import ready_to_decode
+        from transformer_cli.decoding.stream import decode_all
+
+        if self.exported is not None:
+            return decode_exported(self.exported, sources, self.decode_cfg, self.nbest)
+        if not self.packed and n_lines >= PACK_MIN_LINES:
+            ready_to_decode(self.model, self.device, self.precision)
+            self.packed = True
+        return decode_all(
+            self.model, sources, self.decode_cfg, self.device, self.precision, nbest=self.nbest
+        )
 
 
 def _one_line(text: str) -> str:

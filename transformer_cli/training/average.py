@@ -18,12 +18,15 @@ from transformer_cli import __version__
 from transformer_cli.core import checkpoint
 from transformer_cli.core.checkpoint import load_state, state_step
 from transformer_cli.core.errors import CheckpointError
+from transformer_cli.decoding.ctranslate2 import is_export_dir
 
 GLOB_CHARS = "*?["
 
 
 def expand(patterns: list[str]) -> list[Path]:
     """Checkpoint paths from arguments: files, directories (their *.pt) and globs.
+
+    A directory that `tfx export --to ctranslate2` wrote is one path itself.
 
     Globs are expanded here too, because a quoted glob reaches tfx as it was typed. The
     same file reached twice (last.pt is a hard link to a ckpt_*.pt) is listed once, by
@@ -32,7 +35,9 @@ def expand(patterns: list[str]) -> list[Path]:
     paths: list[Path] = []
     for pattern in patterns:
         path = Path(pattern)
-        if path.is_dir():
+        if is_export_dir(path):  # a CTranslate2 export: evaluate scores it as one model
+            paths.append(path)
+        elif path.is_dir():
             found = sorted(path.glob("*.pt"))
             if not found:
                 raise CheckpointError(f"{path}: no *.pt checkpoints in this directory")

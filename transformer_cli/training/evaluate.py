@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,31 +22,10 @@ from transformer_cli.core.fileio import atomic_write_text
 from transformer_cli.core.table import aligned
 from transformer_cli.data import store as cache
 from transformer_cli.training import average as average_mod
-from transformer_cli.training.loss import split_loss
+from transformer_cli.training.scores import score_checkpoint, score_exported
 
 if TYPE_CHECKING:
     import torch
-
-    from transformer_cli.data.tokenizer import Tokenizer
-    from transformer_cli.model.transformer import Transformer
-
-
-def score_texts(hyps: list[str], refs: list[str]) -> dict:
-    """Corpus BLEU and chrF (sacreBLEU defaults: 13a tokenization, cased) with signatures."""
-    import sacrebleu
-
-    if len(hyps) != len(refs):
-        raise ValueError(f"{len(hyps)} hypotheses for {len(refs)} references")
-    bleu = sacrebleu.metrics.BLEU()
-    chrf = sacrebleu.metrics.CHRF()
-    b = bleu.corpus_score(hyps, [refs])
-    c = chrf.corpus_score(hyps, [refs])
-    return {
-        "bleu": round(b.score, 2),
-        "chrf": round(c.score, 2),
-        "bleu_signature": str(bleu.get_signature()),
-        "chrf_signature": str(chrf.get_signature()),
-    }
 
 
 # ----------------------------------------------------------------------------- tfx evaluate
@@ -147,7 +125,7 @@ def setup(
     dev = pick_device(device)
     cfg_override = load_config(config, list(overrides)) if config is not None else None
     paths = average_mod.expand(checkpoints)
-    first_state = load_state(paths[0])
+    first_state = _state_of(paths[0])
     first_cfg = cfg_override or _config_of(first_state, paths[0])
     decode_cfg = apply_decode_overrides(first_cfg.decode, decode)
     return Evaluation(
@@ -172,18 +150,35 @@ def add_average(ev: Evaluation, last: int) -> None:
     ev.paths.append(averaged)
 
 
+def _state_of(path: Path) -> dict:
+    """A checkpoint's state; for a CTranslate2 export, what it records (config and step)."""
+    from transformer_cli.decoding.ctranslate2 import is_export_dir, read_export_info
+
+    if is_export_dir(path):
+        info = read_export_info(path)
+        return {"config": info.get("config"), "progress": {"step": info.get("step")}}
+    return load_state(path)
+
+
 def score_path(ev: Evaluation, number: int, path: Path) -> dict:
     """Load, decode and score checkpoint `number` of `ev.paths`, and write its hypotheses."""
+    from transformer_cli.decoding import ctranslate2 as ct2
     from transformer_cli.decoding.loading import model_from_state, ready_to_decode
 
     print(f"[{number}/{len(ev.paths)}] {path}", file=sys.stderr, flush=True)
-    state = ev.first_state if number == 1 and ev.first_state is not None else load_state(path)
+    state = ev.first_state if number == 1 and ev.first_state is not None else _state_of(path)
     ev.first_state = None  # so that its weights go once it is scored
-    model, tokenizer, ckpt_cfg = model_from_state(state, path, ev.device)
-    ready_to_decode(model, ev.device, ev.precision)
-    cfg = ev.cfg_override or ckpt_cfg
-    data = ev.data_for(cfg)
-    row = score_checkpoint(model, tokenizer, cfg, ev.decode, data, ev.device, ev.precision)
+    if ct2.is_export_dir(path):
+        exported = ct2.load_export(path, ev.device.type)
+        cfg = ev.cfg_override or exported.cfg
+        data = ev.data_for(cfg)
+        row = score_exported(exported, ev.decode, data)
+    else:
+        model, tokenizer, ckpt_cfg = model_from_state(state, path, ev.device)
+        ready_to_decode(model, ev.device, ev.precision)
+        cfg = ev.cfg_override or ckpt_cfg
+        data = ev.data_for(cfg)
+        row = score_checkpoint(model, tokenizer, cfg, ev.decode, data, ev.device, ev.precision)
     hyp_path = ev.out_dir / f"{_unique(path.stem + '.' + data.label, ev.names)}.hyp"
     atomic_write_text(hyp_path, "".join(h + "\n" for h in row.pop("hypotheses")))
     step = state_step(state)
@@ -287,50 +282,6 @@ def raw_data(src_file: Path, ref_file: Path) -> EvalData:
             f"{len(references)}; they must be line-aligned"
         )
     return EvalData(src_file.name, sources, references, f"{src_file} -> {ref_file}")
-
-
-def score_checkpoint(
-    model: Transformer,
-    tokenizer: Tokenizer,
-    cfg: Config,
-    decode: DecodeConfig,
-    data: EvalData,
-    device: torch.device,
-    precision: ResolvedPrecision,
-) -> dict:
-    """Decode, score and time one model; the returned dict holds its hypotheses too."""
-    from transformer_cli.data.store import EncodedSplit
-    from transformer_cli.decoding.stream import decode_all, fit_sources, max_source_pieces
-
-    src_ids = tokenizer.encode_src(data.sources)
-    cap = max_source_pieces(model)
-    truncated = len(fit_sources(model, src_ids)[1])
-    if truncated:
-        print(
-            f"warning: {truncated} source lines are longer than the model's {cap} positions; "
-            "only their first pieces are translated",
-            file=sys.stderr,
-        )
-    started = time.perf_counter()
-    hyp_ids = decode_all(model, src_ids, decode, device, precision)
-    seconds = time.perf_counter() - started
-    hyps = tokenizer.decode_tgt(hyp_ids)
-    scores = score_texts(hyps, data.references)
-    encoded = EncodedSplit.from_lists(src_ids, tokenizer.encode_tgt(data.references))
-    loss = split_loss(model, encoded, cfg, device, precision)
-    n_tokens = sum(len(h) for h in hyp_ids)
-    return {
-        **scores,
-        "loss": loss["nll"],
-        "ppl": loss["ppl"],
-        "sentences": len(hyps),
-        "truncated_sources": truncated,
-        "hyp_tokens": n_tokens,
-        "decode_seconds": round(seconds, 3),
-        "sentences_per_s": round(len(hyps) / max(seconds, 1e-9), 1),
-        "tokens_per_s": round(n_tokens / max(seconds, 1e-9), 1),
-        "hypotheses": hyps,
-    }
 
 
 def format_table(report: dict) -> str:

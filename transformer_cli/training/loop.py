@@ -32,7 +32,6 @@ from transformer_cli.fast import allocator
 from transformer_cli.model.transformer import Transformer
 from transformer_cli.training import distributed, lock, saving, schedule
 from transformer_cli.training.distributed import World
-from transformer_cli.training.evaluate import score_texts
 from transformer_cli.training.loss import split_loss
 from transformer_cli.training.records import (
     MetricsLog,
@@ -41,6 +40,7 @@ from transformer_cli.training.records import (
     format_summary,
     train_record,
 )
+from transformer_cli.training.scores import score_texts
 from transformer_cli.training.session import Session, StopSignals, shared_stop, stop_condition
 from transformer_cli.training.step import (
     CompiledSteps,

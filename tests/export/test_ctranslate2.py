@@ -1,0 +1,144 @@
+"""The CTranslate2 export translates as tfx does: greedy line for line, token scores within
+1e-4, beam search mostly the same (its length penalty differs), on post- and pre-norm
+models, shared or separate embeddings, sinusoidal or learned positions."""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import assert_one_line_error, cli, tiny_raw, toy_splits, write_splits
+
+from transformer_cli.core.config_file import config_from_dict
+from transformer_cli.core.specials import BOS_ID, EOS_ID
+from transformer_cli.data import prepare
+from transformer_cli.data import store as cache
+from transformer_cli.decoding import ctranslate2 as ct2
+from transformer_cli.decoding.loading import load_model
+from transformer_cli.decoding.stream import decode_all
+from transformer_cli.training import loop as train
+
+pytest.importorskip("ctranslate2")
+from transformer_cli.export import ctranslate2 as ct2_export
+
+SHAPES = {
+    "post-norm": {"norm": "post"},
+    "pre-norm": {"norm": "pre"},
+    "separate-learned": {
+        "norm": "pre",
+        "positional": "learned",
+        "share_embeddings": False,
+        "tie_output": False,
+    },
+}
+_TRAINED: dict[str, Path] = {}
+
+
+def trained(tmp_path_factory, pairs, shape: str) -> Path:
+    """The last checkpoint of a tiny model trained 40 updates (once per shape)."""
+    if shape not in _TRAINED:
+        root = tmp_path_factory.mktemp(shape)
+        write_splits(root / "data", toy_splits(pairs))
+        model = {**SHAPES[shape], "dropout": 0.0, "max_positions": 128}
+        raw = tiny_raw(root, model=model, train={"max_steps": 40, "eval_every": 40, "warmup": 10})
+        raw["decode"] = {"max_len_a": 1.5, "max_len_b": 5}
+        cfg = config_from_dict(raw)
+        prepare.run(cfg)
+        train.run(cfg)
+        _TRAINED[shape] = root / "run" / "checkpoints" / "last.pt"
+    return _TRAINED[shape]
+
+
+def sources_of(checkpoint: Path):
+    model, tokenizer, cfg = load_model(checkpoint, torch.device("cpu"))
+    lines = cache.load_text(cfg.run_dir, "valid", "src") + cache.load_text(
+        cfg.run_dir, "test", "src"
+    )
+    return model, tokenizer, cfg, tokenizer.encode_src(lines)
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_greedy_outputs_and_token_scores_are_tfxs(tmp_path, tmp_path_factory, toy_pairs, shape):
+    checkpoint = trained(tmp_path_factory, toy_pairs, shape)
+    out = ct2_export.export(checkpoint, tmp_path / "ct2")
+    model, tokenizer, cfg, sources = sources_of(checkpoint)
+    exported = ct2.load_export(out)
+    assert ct2.decode_exported(exported, sources, cfg.decode) == decode_all(
+        model, sources, cfg.decode, "cpu"
+    )
+    targets = tokenizer.encode_tgt(cache.load_text(cfg.run_dir, "valid", "tgt"))
+    theirs = ct2.score_exported(exported, sources[: len(targets)], targets)
+    with torch.no_grad():
+        for src, tgt, log_probs in zip(sources, targets, theirs, strict=False):
+            logits = model(torch.tensor([src]), torch.tensor([[BOS_ID, *tgt]]))[0]
+            ours = torch.log_softmax(logits, -1)[torch.arange(len(tgt) + 1), [*tgt, EOS_ID]]
+            torch.testing.assert_close(torch.tensor(log_probs), ours, atol=1e-4, rtol=0)
+
+
+def test_beam_search_agrees_on_most_lines(tmp_path, tmp_path_factory, toy_pairs):
+    """With alpha 0 both rank by the log-probability alone, and the two beam searches
+    still differ in which candidates they keep (CTranslate2's finds a better one now and
+    then); with alpha > 0 their length penalties differ too (see decoding/ctranslate2.py)."""
+    checkpoint = trained(tmp_path_factory, toy_pairs, "post-norm")
+    exported = ct2.load_export(ct2_export.export(checkpoint, tmp_path / "ct2"))
+    model, _, cfg, sources = sources_of(checkpoint)
+    beam = dataclasses.replace(cfg.decode, beam=5, alpha=0.0)
+    ours = decode_all(model, sources, beam, "cpu")
+    theirs = ct2.decode_exported(exported, sources, beam)
+    same = sum(a == b for a, b in zip(ours, theirs, strict=True))
+    assert same >= 0.9 * len(sources), (same, len(sources))
+
+
+def test_an_int8_export_translates(tmp_path, tmp_path_factory, toy_pairs):
+    checkpoint = trained(tmp_path_factory, toy_pairs, "post-norm")
+    out = ct2_export.export(checkpoint, tmp_path / "int8", quantization="int8")
+    model, _, cfg, sources = sources_of(checkpoint)
+    hyps = ct2.decode_exported(ct2.load_export(out), sources, cfg.decode)
+    assert len(hyps) == len(sources)
+    assert all(hyps)  # every line gets an output
+    full = ct2_export.export(checkpoint, tmp_path / "fp32")
+    assert (out / "model.bin").stat().st_size < (full / "model.bin").stat().st_size
+
+
+def test_translate_and_evaluate_take_the_export_directory(tmp_path, tmp_path_factory, toy_pairs):
+    checkpoint = trained(tmp_path_factory, toy_pairs, "pre-norm")
+    exported = cli("export", checkpoint, tmp_path / "ct2", "--to", "ctranslate2")
+    assert exported.exit_code == 0, exported.output
+    assert (tmp_path / "ct2" / "README.md").read_text().count("ctranslate2.Translator") == 1
+    text = ["the dog sees the cat", "", "a small bird sings"]
+    ours, theirs = cli("translate", checkpoint, *text), cli("translate", tmp_path / "ct2", *text)
+    assert theirs.exit_code == 0, theirs.output
+    assert theirs.stdout == ours.stdout
+    assert len(theirs.stdout.splitlines()) == 3
+    both = cli("evaluate", checkpoint, tmp_path / "ct2", "--split", "valid", "--json",
+               "--output-dir", tmp_path / "eval")  # fmt: skip
+    assert both.exit_code == 0, both.output
+    import json
+
+    rows = json.loads(both.stdout[: both.stdout.rindex("}") + 1])["results"]
+    assert len(rows) == 2
+    assert rows[0]["bleu"] == rows[1]["bleu"]  # the same hypotheses
+    assert abs(rows[0]["loss"] - rows[1]["loss"]) < 1e-3
+
+
+def test_export_errors_are_one_line(tmp_path, tmp_path_factory, toy_pairs, monkeypatch):
+    checkpoint = trained(tmp_path_factory, toy_pairs, "post-norm")
+    bad_to = cli("export", checkpoint, tmp_path / "x", "--to", "onnx")
+    assert_one_line_error(bad_to, "--to must be ctranslate2")
+    bad_q = cli(
+        "export", checkpoint, tmp_path / "x", "--to", "ctranslate2", "--quantization", "int3"
+    )
+    assert_one_line_error(bad_q, "--quantization must be one of")
+    real_import = builtins.__import__
+
+    def no_ctranslate2(name, *args, **kwargs):
+        if name == "ctranslate2":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ctranslate2)
+    missing = cli(*args)
+    assert_one_line_error(missing, "pip install 'tfx[export]'")

@@ -1,0 +1,144 @@
+"""Decoding with a model exported to CTranslate2 (`tfx export --to ctranslate2`).
+
+An export directory holds CTranslate2's `model.bin` and vocabularies, the SentencePiece
+model(s) and `tfx_export.json` (the tfx version, the config, the step). `tfx translate`
+and `tfx evaluate` take such a directory wherever they take a checkpoint: the same
+source pieces go in (no BOS/EOS, cut to the model's positions), the same output caps
+apply (int(a * source pieces + b), at least 1, at most the positions), and PAD and BOS are
+never predicted, as in search.py. Greedy outputs are then tfx's own; beam search scores
+length as CTranslate2 does (the score divided by length ** alpha, where tfx divides by
+GNMT's ((5 + length) / 6) ** alpha), so a few beam outputs may differ.
+
+`ctranslate2` is an optional extra (`pip install 'tfx[export]'`), imported only here and
+in export/.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transformer_cli.core.config import Config, DecodeConfig
+from transformer_cli.core.config_file import config_from_dict
+from transformer_cli.core.errors import CheckpointError, ConfigError, TfxError
+from transformer_cli.core.specials import BOS, PAD
+from transformer_cli.data.tokenizer import JOINT_FILE, SRC_FILE, TGT_FILE, Tokenizer
+
+EXPORT_FILE = "tfx_export.json"
+EXTRA = "pip install 'tfx[export]' (or: pip install ctranslate2)"
+Hypothesis = tuple[list[int], float]
+
+
+def is_export_dir(path: str | Path) -> bool:
+    """True for a directory `tfx export --to ctranslate2` wrote."""
+    path = Path(path)
+    return path.is_dir() and (path / "model.bin").is_file() and (path / EXPORT_FILE).is_file()
+
+
+def require_ctranslate2() -> Any:
+    """The ctranslate2 module, or a one-line error that names the extra to install."""
+    try:
+        import ctranslate2
+    except ImportError:
+        raise TfxError(f"CTranslate2 is not installed: {EXTRA}") from None
+    return ctranslate2
+
+
+@dataclass
+class Exported:
+    """A loaded export directory: its tfx config and tokenizer, and CTranslate2's model."""
+
+    path: Path
+    cfg: Config
+    tokenizer: Tokenizer
+    step: int | None
+    translator: Any  # ctranslate2.Translator
+
+
+def read_export_info(path: Path) -> dict:
+    """tfx_export.json of an export directory; CheckpointError if it is unreadable."""
+    try:
+        return json.loads((path / EXPORT_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path / EXPORT_FILE}: unreadable ({e})") from None
+
+
+def load_export(path: str | Path, device: str = "cpu", threads: int = 0) -> Exported:
+    """Open an export directory on `device` (cpu or cuda) with `threads` CPU threads."""
+    path = Path(path)
+    ctranslate2 = require_ctranslate2()
+    info = read_export_info(path)
+    try:
+        cfg = config_from_dict(info["config"], source=f"{path / EXPORT_FILE} (its config)")
+    except (ConfigError, KeyError) as e:
+        raise CheckpointError(f"{path}: its config does not fit this tfx: {e}") from None
+    names = [n for n in (JOINT_FILE, SRC_FILE, TGT_FILE) if (path / n).is_file()]
+    tokenizer = Tokenizer.from_bytes({n: (path / n).read_bytes() for n in names})
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {device}: CTranslate2 runs on cpu or cuda")
+    translator = ctranslate2.Translator(str(path), device=device, intra_threads=threads)
+    return Exported(path, cfg, tokenizer, info.get("step"), translator)
+
+
+def output_cap(n_source: int, decode: DecodeConfig, positions: int) -> int:
+    """The most pieces a source of `n_source` pieces may emit (decoding/stream.py's rule)."""
+    return max(1, min(positions, int(decode.max_len_a * n_source + decode.max_len_b)))
+
+
+def decode_exported(
+    exp: Exported, sources: list[list[int]], decode: DecodeConfig, nbest: int = 1
+) -> list[list[int]] | list[list[Hypothesis]]:
+    """`stream.decode_all` by CTranslate2: piece ids (nbest 1) or scored n-best lists."""
+    positions = exp.cfg.model.max_positions
+    sources = [s[:positions] for s in sources]
+    caps = [output_cap(len(s), decode, positions) for s in sources]
+    nothing: Hypothesis = ([], 0.0)
+    empty: list[int] | list[Hypothesis] = [] if nbest == 1 else [nothing] * nbest
+    results: list = [empty] * len(sources)
+    todo = sorted(
+        (i for i, s in enumerate(sources) if s), key=lambda i: (caps[i], -len(sources[i]))
+    )
+    for group in _groups(todo, caps, decode):
+        pieces = [exp.tokenizer.src_id_pieces(sources[i]) for i in group]
+        cap = max(caps[i] for i in group)
+        out = exp.translator.translate_batch(
+            pieces,
+            beam_size=decode.beam,
+            num_hypotheses=nbest,
+            length_penalty=decode.alpha if decode.beam > 1 else 0.0,
+            max_decoding_length=cap,
+            max_input_length=0,
+            suppress_sequences=[[PAD], [BOS]],
+            return_scores=nbest > 1,
+        )
+        for i, result in zip(group, out, strict=True):
+            hyps = [exp.tokenizer.tgt_piece_ids(h)[: caps[i]] for h in result.hypotheses]
+            results[i] = hyps[0] if nbest == 1 else list(zip(hyps, result.scores, strict=True))
+    return results
+
+
+def _groups(order: list[int], caps: list[int], decode: DecodeConfig) -> list[list[int]]:
+    """Batches of at most batch_sentences; under beam search, of one output cap each.
+
+    Greedy outputs with a larger cap are cut back to each sentence's own, which is
+    exact (a greedy output is a prefix of a longer one); beam outputs are not prefixes.
+    """
+    groups: list[list[int]] = []
+    for i in order:
+        fits = groups and len(groups[-1]) < decode.batch_sentences
+        if fits and (decode.beam == 1 or caps[groups[-1][0]] == caps[i]):
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def score_exported(
+    exp: Exported, sources: list[list[int]], targets: list[list[int]]
+) -> list[list[float]]:
+    """Per-token log-probabilities of each target (its pieces, then EOS), teacher-forced."""
+    src = [exp.tokenizer.src_id_pieces(s[: exp.cfg.model.max_positions]) for s in sources]
+    tgt = [exp.tokenizer.tgt_pieces(t) for t in targets]
+    return [list(r.log_probs) for r in exp.translator.score_batch(src, tgt, max_input_length=0)]

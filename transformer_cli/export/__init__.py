@@ -1,0 +1,1 @@
+"""Models out of tfx: the CTranslate2 export."""

@@ -1,0 +1,113 @@
+"""One model's scores on one set of sentences: sacreBLEU/chrF of its decoded text, its
+teacher-forced loss, and its decoding speed. A tfx model and a CTranslate2 export are
+scored the same way, so `tfx evaluate` puts them in one table.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TYPE_CHECKING, cast
+
+from transformer_cli.core.config import Config, DecodeConfig, ResolvedPrecision
+from transformer_cli.training.loss import per_token, perplexity, split_loss
+
+if TYPE_CHECKING:
+    import torch
+
+    from transformer_cli.data.tokenizer import Tokenizer
+    from transformer_cli.decoding.ctranslate2 import Exported
+    from transformer_cli.model.transformer import Transformer
+    from transformer_cli.training.evaluate import EvalData
+
+
+def score_texts(hyps: list[str], refs: list[str]) -> dict:
+    """Corpus BLEU and chrF (sacreBLEU defaults: 13a tokenization, cased) with signatures."""
+    import sacrebleu
+
+    if len(hyps) != len(refs):
+        raise ValueError(f"{len(hyps)} hypotheses for {len(refs)} references")
+    bleu = sacrebleu.metrics.BLEU()
+    chrf = sacrebleu.metrics.CHRF()
+    b = bleu.corpus_score(hyps, [refs])
+    c = chrf.corpus_score(hyps, [refs])
+    return {
+        "bleu": round(b.score, 2),
+        "chrf": round(c.score, 2),
+        "bleu_signature": str(bleu.get_signature()),
+        "chrf_signature": str(chrf.get_signature()),
+    }
+
+
+def score_checkpoint(
+    model: Transformer,
+    tokenizer: Tokenizer,
+    cfg: Config,
+    decode: DecodeConfig,
+    data: EvalData,
+    device: torch.device,
+    precision: ResolvedPrecision,
+) -> dict:
+    """Decode, score and time one model; the returned dict holds its hypotheses too."""
+    from transformer_cli.data.store import EncodedSplit
+    from transformer_cli.decoding.stream import decode_all, fit_sources, max_source_pieces
+
+    src_ids = tokenizer.encode_src(data.sources)
+    cap = max_source_pieces(model)
+    truncated = len(fit_sources(model, src_ids)[1])
+    if truncated:
+        print(
+            f"warning: {truncated} source lines are longer than the model's {cap} positions; "
+            "only their first pieces are translated",
+            file=sys.stderr,
+        )
+    started = time.perf_counter()
+    hyp_ids = decode_all(model, src_ids, decode, device, precision)
+    seconds = time.perf_counter() - started
+    hyps = tokenizer.decode_tgt(hyp_ids)
+    scores = score_texts(hyps, data.references)
+    encoded = EncodedSplit.from_lists(src_ids, tokenizer.encode_tgt(data.references))
+    loss = split_loss(model, encoded, cfg, device, precision)
+    n_tokens = sum(len(h) for h in hyp_ids)
+    return {
+        **scores,
+        "loss": loss["nll"],
+        "ppl": loss["ppl"],
+        "sentences": len(hyps),
+        "truncated_sources": truncated,
+        "hyp_tokens": n_tokens,
+        "decode_seconds": round(seconds, 3),
+        "sentences_per_s": round(len(hyps) / max(seconds, 1e-9), 1),
+        "tokens_per_s": round(n_tokens / max(seconds, 1e-9), 1),
+        "hypotheses": hyps,
+    }
+
+
+def score_exported(exported: Exported, decode: DecodeConfig, data: EvalData) -> dict:
+    """`score_checkpoint` for a CTranslate2 export: its decoding, its teacher-forced loss."""
+    from transformer_cli.decoding.ctranslate2 import decode_exported, score_exported
+
+    tokenizer = exported.tokenizer
+    src_ids = tokenizer.encode_src(data.sources)
+    cap = exported.cfg.model.max_positions
+    truncated = sum(len(s) > cap for s in src_ids)
+    started = time.perf_counter()
+    hyp_ids = cast("list[list[int]]", decode_exported(exported, src_ids, decode))  # nbest 1
+    seconds = time.perf_counter() - started
+    hyps = tokenizer.decode_tgt(hyp_ids)
+    targets = [t[: cap - 1] for t in tokenizer.encode_tgt(data.references)]
+    log_probs = score_exported(exported, src_ids, targets)
+    nll, tokens = -sum(sum(lp) for lp in log_probs), sum(len(lp) for lp in log_probs)
+    n_tokens = sum(len(h) for h in hyp_ids)
+    return {
+        **score_texts(hyps, data.references),
+        "loss": round(per_token(nll, tokens), 4),
+        "ppl": round(perplexity(nll, tokens), 3),
+        "sentences": len(hyps),
+        "truncated_sources": truncated,
+        "hyp_tokens": n_tokens,
+        "decode_seconds": round(seconds, 3),
+        "sentences_per_s": round(len(hyps) / max(seconds, 1e-9), 1),
+        "tokens_per_s": round(n_tokens / max(seconds, 1e-9), 1),
+        "hypotheses": hyps,
+    }
