@@ -128,9 +128,8 @@ def test_export_errors_are_one_line(tmp_path, tmp_path_factory, toy_pairs, monke
     checkpoint = trained(tmp_path_factory, toy_pairs, "post-norm")
     bad_to = cli("export", checkpoint, tmp_path / "x", "--to", "onnx")
     assert_one_line_error(bad_to, "--to must be ctranslate2")
-    bad_q = cli(
-        "export", checkpoint, tmp_path / "x", "--to", "ctranslate2", "--quantization", "int3"
-    )
+    args = ("export", checkpoint, tmp_path / "x", "--to", "ctranslate2")
+    bad_q = cli(*args, "--quantization", "int3")
     assert_one_line_error(bad_q, "--quantization must be one of")
     real_import = builtins.__import__
 

@@ -22,7 +22,7 @@ from transformer_cli.core.fileio import atomic_write_text
 from transformer_cli.core.table import aligned
 from transformer_cli.data import store as cache
 from transformer_cli.training import average as average_mod
-from transformer_cli.training.scores import score_checkpoint, score_exported
+from transformer_cli.training.scores import EvalData, score_checkpoint, score_exported
 
 if TYPE_CHECKING:
     import torch
@@ -31,16 +31,6 @@ if TYPE_CHECKING:
 # ----------------------------------------------------------------------------- tfx evaluate
 
 EVAL_SPLITS = ("valid", "test")  # the splits prepare keeps as raw text, for references
-
-
-@dataclass
-class EvalData:
-    """What every checkpoint is scored on: source lines and reference lines."""
-
-    label: str  # names the hypothesis and report files: a split name or the source file's name
-    sources: list[str]
-    references: list[str]
-    origin: str  # for the report: where the lines came from
 
 
 @dataclass

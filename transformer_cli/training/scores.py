@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 from transformer_cli.core.config import Config, DecodeConfig, ResolvedPrecision
@@ -18,7 +19,16 @@ if TYPE_CHECKING:
     from transformer_cli.data.tokenizer import Tokenizer
     from transformer_cli.decoding.ctranslate2 import Exported
     from transformer_cli.model.transformer import Transformer
-    from transformer_cli.training.evaluate import EvalData
+
+
+@dataclass
+class EvalData:
+    """What every checkpoint is scored on: source lines and reference lines."""
+
+    label: str  # names the hypothesis and report files: a split name or the source file's name
+    sources: list[str]
+    references: list[str]
+    origin: str  # for the report: where the lines came from
 
 
 def score_texts(hyps: list[str], refs: list[str]) -> dict:
