@@ -142,6 +142,41 @@ def make_tiny_run(root: Path, pairs: list[tuple[str, str]], steps: tuple[int, ..
 TINY_RUN_POSITIONS = 24  # small, so that an overlong line is easy to write
 
 
+# ----------------------------------------------------------------------------- trained models
+
+# the model layouts an export must carry over exactly
+SHAPES = {
+    "post-norm": {"norm": "post"},
+    "pre-norm": {"norm": "pre"},
+    "separate-learned": {
+        "norm": "pre",
+        "positional": "learned",
+        "share_embeddings": False,
+        "tie_output": False,
+    },
+}
+_TRAINED: dict[str, Path] = {}
+
+
+def trained_tiny(tmp_path_factory, pairs, shape: str) -> Path:
+    """The last checkpoint of a tiny model trained 150 updates (once per shape)."""
+    from transformer_cli.core.config_file import config_from_dict
+    from transformer_cli.data import prepare
+    from transformer_cli.training import loop as train
+
+    if shape not in _TRAINED:
+        root = tmp_path_factory.mktemp(shape)
+        write_splits(root / "data", toy_splits(pairs))
+        model = {**SHAPES[shape], "dropout": 0.0, "max_positions": 128}
+        raw = tiny_raw(root, model=model, train={"max_steps": 150, "eval_every": 150, "warmup": 30})
+        raw["decode"] = {"max_len_a": 1.5, "max_len_b": 5}
+        cfg = config_from_dict(raw)
+        prepare.run(cfg)
+        train.run(cfg)
+        _TRAINED[shape] = root / "run" / "checkpoints" / "last.pt"
+    return _TRAINED[shape]
+
+
 # ----------------------------------------------------------------------------- models and batches
 
 

@@ -10,46 +10,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_one_line_error, cli, tiny_raw, toy_splits, write_splits
+from helpers import SHAPES, assert_one_line_error, cli, trained_tiny
 
-from transformer_cli.core.config_file import config_from_dict
 from transformer_cli.core.specials import BOS_ID, EOS_ID
-from transformer_cli.data import prepare
 from transformer_cli.data import store as cache
 from transformer_cli.decoding import ctranslate2 as ct2
 from transformer_cli.decoding.loading import load_model
 from transformer_cli.decoding.stream import decode_all
-from transformer_cli.training import loop as train
 
 pytest.importorskip("ctranslate2")
 from transformer_cli.export import ctranslate2 as ct2_export
-
-SHAPES = {
-    "post-norm": {"norm": "post"},
-    "pre-norm": {"norm": "pre"},
-    "separate-learned": {
-        "norm": "pre",
-        "positional": "learned",
-        "share_embeddings": False,
-        "tie_output": False,
-    },
-}
-_TRAINED: dict[str, Path] = {}
-
-
-def trained(tmp_path_factory, pairs, shape: str) -> Path:
-    """The last checkpoint of a tiny model trained 40 updates (once per shape)."""
-    if shape not in _TRAINED:
-        root = tmp_path_factory.mktemp(shape)
-        write_splits(root / "data", toy_splits(pairs))
-        model = {**SHAPES[shape], "dropout": 0.0, "max_positions": 128}
-        raw = tiny_raw(root, model=model, train={"max_steps": 40, "eval_every": 40, "warmup": 10})
-        raw["decode"] = {"max_len_a": 1.5, "max_len_b": 5}
-        cfg = config_from_dict(raw)
-        prepare.run(cfg)
-        train.run(cfg)
-        _TRAINED[shape] = root / "run" / "checkpoints" / "last.pt"
-    return _TRAINED[shape]
 
 
 def sources_of(checkpoint: Path):
@@ -62,7 +32,7 @@ def sources_of(checkpoint: Path):
 
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_greedy_outputs_and_token_scores_are_tfxs(tmp_path, tmp_path_factory, toy_pairs, shape):
-    checkpoint = trained(tmp_path_factory, toy_pairs, shape)
+    checkpoint = trained_tiny(tmp_path_factory, toy_pairs, shape)
     out = ct2_export.export(checkpoint, tmp_path / "ct2")
     model, tokenizer, cfg, sources = sources_of(checkpoint)
     exported = ct2.load_export(out)
@@ -82,7 +52,7 @@ def test_beam_search_agrees_on_most_lines(tmp_path, tmp_path_factory, toy_pairs)
     """With alpha 0 both rank by the log-probability alone, and the two beam searches
     still differ in which candidates they keep (CTranslate2's finds a better one now and
     then); with alpha > 0 their length penalties differ too (see decoding/ctranslate2.py)."""
-    checkpoint = trained(tmp_path_factory, toy_pairs, "post-norm")
+    checkpoint = trained_tiny(tmp_path_factory, toy_pairs, "post-norm")
     exported = ct2.load_export(ct2_export.export(checkpoint, tmp_path / "ct2"))
     model, _, cfg, sources = sources_of(checkpoint)
     beam = dataclasses.replace(cfg.decode, beam=5, alpha=0.0)
@@ -93,7 +63,7 @@ def test_beam_search_agrees_on_most_lines(tmp_path, tmp_path_factory, toy_pairs)
 
 
 def test_an_int8_export_translates(tmp_path, tmp_path_factory, toy_pairs):
-    checkpoint = trained(tmp_path_factory, toy_pairs, "post-norm")
+    checkpoint = trained_tiny(tmp_path_factory, toy_pairs, "post-norm")
     out = ct2_export.export(checkpoint, tmp_path / "int8", quantization="int8")
     model, _, cfg, sources = sources_of(checkpoint)
     hyps = ct2.decode_exported(ct2.load_export(out), sources, cfg.decode)
@@ -104,7 +74,7 @@ def test_an_int8_export_translates(tmp_path, tmp_path_factory, toy_pairs):
 
 
 def test_translate_and_evaluate_take_the_export_directory(tmp_path, tmp_path_factory, toy_pairs):
-    checkpoint = trained(tmp_path_factory, toy_pairs, "pre-norm")
+    checkpoint = trained_tiny(tmp_path_factory, toy_pairs, "pre-norm")
     exported = cli("export", checkpoint, tmp_path / "ct2", "--to", "ctranslate2")
     assert exported.exit_code == 0, exported.output
     assert (tmp_path / "ct2" / "README.md").read_text().count("ctranslate2.Translator") == 1
@@ -125,9 +95,9 @@ def test_translate_and_evaluate_take_the_export_directory(tmp_path, tmp_path_fac
 
 
 def test_export_errors_are_one_line(tmp_path, tmp_path_factory, toy_pairs, monkeypatch):
-    checkpoint = trained(tmp_path_factory, toy_pairs, "post-norm")
+    checkpoint = trained_tiny(tmp_path_factory, toy_pairs, "post-norm")
     bad_to = cli("export", checkpoint, tmp_path / "x", "--to", "onnx")
-    assert_one_line_error(bad_to, "--to must be ctranslate2")
+    assert_one_line_error(bad_to, "--to must be ctranslate2 or huggingface")
     args = ("export", checkpoint, tmp_path / "x", "--to", "ctranslate2")
     bad_q = cli(*args, "--quantization", "int3")
     assert_one_line_error(bad_q, "--quantization must be one of")

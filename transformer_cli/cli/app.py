@@ -72,25 +72,31 @@ def export(
         str,
         typer.Option(
             "--to",
-            help="The target format: ctranslate2 (a directory for ctranslate2.Translator).",
+            help="ctranslate2: a directory for ctranslate2.Translator; huggingface: a "
+            "transformers model (MarianMT for post-norm, Pegasus for pre-norm) and tokenizer.",
         ),
     ],
     quantization: Annotated[
         str,
         typer.Option(
             "--quantization",
-            help="int8, int8_float32, int16, float16, bfloat16 or float32.",
+            help="ctranslate2: int8, int8_float32, int16, float16, bfloat16 or float32.",
         ),
     ] = "float32",
 ) -> None:
-    """Export a checkpoint for another inference engine (CTranslate2)."""
+    """Export a checkpoint for CTranslate2 or Hugging Face transformers."""
     from transformer_cli.core.errors import ConfigError
 
-    if to != "ctranslate2":
-        raise ConfigError(f"--to must be ctranslate2, got {to!r}")
-    from transformer_cli.export import ctranslate2 as ct2_export
+    if to == "ctranslate2":
+        from transformer_cli.export import ctranslate2 as ct2_export
 
-    out = ct2_export.export(checkpoint, out_dir, quantization)
+        out = ct2_export.export(checkpoint, out_dir, quantization)
+    elif to == "huggingface":
+        from transformer_cli.export import huggingface as hf_export
+
+        out = hf_export.export(checkpoint, out_dir)
+    else:
+        raise ConfigError(f"--to must be ctranslate2 or huggingface, got {to!r}")
     print(f"exported {checkpoint} to {out} ({to}); see {out / 'README.md'}", file=sys.stderr)
 
 

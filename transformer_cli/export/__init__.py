@@ -1,1 +1,1 @@
-"""Models out of tfx: the CTranslate2 export."""
+"""Models out of tfx: CTranslate2 and Hugging Face transformers exports."""

@@ -1,0 +1,109 @@
+"""The Hugging Face export computes tfx's function: logits within 1e-4 on a padded batch,
+greedy `generate` equal to tfx's greedy lines, for post-norm (MarianMT) and pre-norm
+(Pegasus) models; what cannot be exported exactly is refused in one line."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import assert_one_line_error, cli, trained_tiny
+
+from transformer_cli.core.specials import BOS_ID, EOS_ID, PAD_ID
+from transformer_cli.data import store as cache
+from transformer_cli.decoding.ctranslate2 import output_cap
+from transformer_cli.decoding.loading import load_model
+from transformer_cli.decoding.stream import decode_all
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("google.protobuf")
+from transformer_cli.export import huggingface as hf_export  # noqa: E402
+
+CLASSES = {"post-norm": "MarianMTModel", "pre-norm": "PegasusForConditionalGeneration"}
+
+
+def exported(tmp_path, tmp_path_factory, toy_pairs, shape):
+    checkpoint = trained_tiny(tmp_path_factory, toy_pairs, shape)
+    out = hf_export.export(checkpoint, tmp_path / "hf")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    model = transformers.AutoModelForSeq2SeqLM.from_pretrained(out).eval()
+    ours, our_tokenizer, cfg = load_model(checkpoint, torch.device("cpu"))
+    lines = cache.load_text(cfg.run_dir, "valid", "src")
+    return model, tokenizer, ours, our_tokenizer, cfg, lines
+
+
+def test_the_residual_permutation_maps_tfxs_positions_onto_theirs():
+    from transformer_cli.model.transformer import sinusoidal_table
+
+    d = 16
+    theirs = transformers.MarianMTModel(
+        transformers.MarianConfig(
+            d_model=d,
+            max_position_embeddings=12,
+            vocab_size=8,
+            pad_token_id=0,
+            decoder_start_token_id=0,
+            eos_token_id=1,
+            forced_eos_token_id=1,
+        )
+    ).model.encoder.embed_positions.create_weight()
+    ours = sinusoidal_table(12, d)[:, hf_export.residual_permutation(d)]
+    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("shape", list(CLASSES))
+def test_logits_and_greedy_lines_are_tfxs(tmp_path, tmp_path_factory, toy_pairs, shape):
+    model, tokenizer, ours, our_tokenizer, cfg, lines = exported(
+        tmp_path, tmp_path_factory, toy_pairs, shape
+    )
+    assert type(model).__name__ == CLASSES[shape]
+    batch = tokenizer(lines, return_tensors="pt", padding=True)
+    sources = our_tokenizer.encode_src(lines)
+    assert [
+        row[: len(s)].tolist() for row, s in zip(batch["input_ids"], sources, strict=True)
+    ] == sources
+    assert int(batch["attention_mask"].sum()) == sum(map(len, sources))  # no EOS added
+    hyps = decode_all(ours, sources, cfg.decode, "cpu")
+    decoder_in = torch.full((len(hyps), max(map(len, hyps)) + 1), PAD_ID)
+    decoder_in[:, 0] = BOS_ID
+    for row, h in enumerate(hyps):
+        decoder_in[row, 1 : 1 + len(h)] = torch.tensor(h, dtype=torch.long)
+    with torch.no_grad():
+        theirs = model(**batch, decoder_input_ids=decoder_in).logits
+        mine = ours(batch["input_ids"], decoder_in)
+    real = decoder_in != PAD_ID
+    torch.testing.assert_close(theirs[real], mine[real], atol=1e-4, rtol=0)
+    caps = [output_cap(len(s), cfg.decode, cfg.model.max_positions) for s in sources]
+    with torch.no_grad():
+        generated = model.generate(**batch, num_beams=1, max_new_tokens=max(caps))
+    # a greedy output cut to a sentence's own cap is the output under that cap
+    theirs_ids = [
+        _until_eos(row[1:].tolist())[:cap] for row, cap in zip(generated, caps, strict=True)
+    ]
+    assert theirs_ids == hyps
+    texts = tokenizer.batch_decode(theirs_ids, skip_special_tokens=True)
+    # as `tfx translate` prints a line; runs of "▁" decode to spaces here, to "" in SentencePiece
+    ours_texts = our_tokenizer.decode_tgt(hyps)
+    assert [" ".join(t.split()) for t in texts] == [" ".join(t.split()) for t in ours_texts]
+
+
+def _until_eos(ids: list[int]) -> list[int]:
+    return ids[: ids.index(EOS_ID)] if EOS_ID in ids else [i for i in ids if i != PAD_ID]
+
+
+def test_the_translation_pipeline_runs_where_transformers_has_it(
+    tmp_path, tmp_path_factory, toy_pairs
+):
+    from transformers.pipelines import SUPPORTED_TASKS
+
+    if "translation" not in SUPPORTED_TASKS:
+        pytest.skip(f"transformers {transformers.__version__} has no translation pipeline")
+    model, tokenizer, *_, lines = exported(tmp_path, tmp_path_factory, toy_pairs, "post-norm")
+    out = transformers.pipeline("translation", model=model, tokenizer=tokenizer)(lines[0])
+    assert isinstance(out[0]["translation_text"], str)
+
+
+def test_what_would_translate_differently_is_refused(tmp_path, tmp_path_factory, toy_pairs):
+    checkpoint = trained_tiny(tmp_path_factory, toy_pairs, "separate-learned")
+    refused = cli("export", checkpoint, tmp_path / "hf", "--to", "huggingface")
+    assert_one_line_error(refused, "cannot export to huggingface exactly: learned positions")
+    assert not (tmp_path / "hf").exists()  # nothing written
