@@ -186,6 +186,14 @@ CASES = [
          "no checkpoint to resume from"),
     Case("resume from an evil last.pt", train_resume_with_an_evil_last,
          "no checkpoint to resume from"),
+    # ------------------------------------------------------------------ fine-tuning
+    Case("--tokenizer-from a missing checkpoint", lambda w: ["prepare", "-c", w.config(),
+         "--tokenizer-from", str(w.root / "no.pt")], "no.pt: no such checkpoint"),
+    Case("--tokenizer-from runs code", lambda w: ["prepare", "-c", w.config(),
+         "--tokenizer-from", evil(w)], "refused to load"),
+    Case("--tokenizer-from another tokenizer section", lambda w: ["prepare", "-c", w.config(
+         tokenizer={"vocab_size": 90}), "--tokenizer-from", str(w.shared.ckpt)],
+         "tokenizer.vocab_size: 90 in the config, 100 in the checkpoint"),
     # ------------------------------------------------------------------ checkpoints
     Case("checkpoint is a directory", lambda w: ["translate", str(w.root), "x"],
          "is a directory, not a checkpoint file"),

@@ -26,11 +26,23 @@ app = typer.Typer(
 
 @app.command()
 @boundary
-def prepare(config: ConfigOpt, set_: SetOpt = None) -> None:
+def prepare(
+    config: ConfigOpt,
+    set_: SetOpt = None,
+    tokenizer_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--tokenizer-from",
+            help="Encode with this checkpoint's SentencePiece model(s) instead of training "
+            "new ones (to fine-tune it: tfx train --init-from). The config's tokenizer "
+            "section must be the checkpoint's.",
+        ),
+    ] = None,
+) -> None:
     """Read the corpus, train SentencePiece, and write the encoded cache into the run dir."""
     from transformer_cli.data import prepare as prepare_mod
 
-    prepare_mod.run(load(config, set_))
+    prepare_mod.run(load(config, set_), tokenizer_from=tokenizer_from)
 
 
 @app.command()
