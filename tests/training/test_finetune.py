@@ -4,16 +4,19 @@ step count, complete checkpoints, and refusals of a config or cache that does no
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import cli, error_of, tiny_raw, toy_splits, write_splits
+from helpers import assert_only_error, cli, error_of, tiny_raw, toy_splits, write_splits
 
 from transformer_cli.core import checkpoint
 from transformer_cli.core.config import Config
-from transformer_cli.core.config_file import config_from_dict
+from transformer_cli.core.config_file import config_from_dict, to_yaml
 from transformer_cli.core.errors import ConfigError, DataError
 from transformer_cli.data import prepare, toy
 from transformer_cli.data import store as cache
@@ -24,6 +27,7 @@ from transformer_cli.training.distributed import World
 from transformer_cli.training.finetune import Start
 from transformer_cli.training.records import Progress
 
+REPO = Path(__file__).resolve().parents[2]
 # A recipe under which the tiny model of helpers.BASE learns in a few seconds.
 RECIPE = {
     "model": {"dropout": 0.0},
@@ -190,3 +194,38 @@ def test_init_from_with_resume_is_refused(base):
     message = error_of(train.run, cfg, resume=True, init_from=base.ckpt, error=ConfigError)
     assert "--init-from and --resume do not go together" in message
     assert not Path(cfg.run_dir).exists()  # refused before anything was made
+
+
+# ----------------------------------------------------------------------------- --nproc
+
+
+def config_file(cfg: Config) -> Path:
+    path = Path(cfg.run_dir).parent / "c.yaml"
+    path.write_text(to_yaml(cfg), encoding="utf-8")
+    return path
+
+
+def test_the_launcher_refuses_a_misfit_before_any_rank_starts(base):
+    cfg = prepared(base.config("launch_shape", "model.d_model=64", "model.d_ff=128"), base)
+    result = cli("train", "-c", config_file(cfg), "--nproc", "2", "--init-from", base.ckpt)
+    assert_only_error(result, "model.d_model: 64 in the config, 32 in the checkpoint")
+    both = cli(
+        "train", "-c", config_file(cfg), "--nproc", "2", "--init-from", base.ckpt, "--resume"
+    )
+    assert_only_error(both, "--init-from and --resume do not go together")
+
+
+def test_every_rank_of_a_launched_job_starts_from_the_weights(base):
+    cfg = prepared(base.config("launched", "train.schedule=constant", "train.lr=1e-9"), base)
+    args = ["train", "-c", config_file(cfg), "--nproc", "2", "--init-from", base.ckpt]
+    done = subprocess.run(
+        [sys.executable, "-m", "transformer_cli", *map(str, args)],
+        capture_output=True, text=True, timeout=180, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count("starting from the weights of") == 1  # rank 0 says it
+    tuned = checkpoint.load_checkpoint(checkpoint.last_path(cfg.run_dir))
+    assert tuned["world_size"] == 2
+    weights = checkpoint.load_checkpoint(base.ckpt)["model"]
+    for name, tensor in tuned["model"].items():  # one update at lr 1e-9 moves nothing visible
+        torch.testing.assert_close(tensor, weights[name], rtol=0, atol=1e-6, msg=name)
