@@ -78,7 +78,7 @@ def train(
         from transformer_cli.training.finetune import Start
 
         start = Start(resume, init_from)
-        code = launch.run(cfg, nproc, launch.train_args(config, set_ or [], start), start)
+        code = launch.run(cfg, nproc, launch.rank_args(config, set_ or [], start), start)
         raise typer.Exit(code)
     from transformer_cli.training import loop as train_mod
 

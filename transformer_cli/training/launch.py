@@ -1,10 +1,11 @@
 """`tfx train --nproc N`: torchrun's standalone launcher for one machine, started from tfx.
 
 It is `torchrun --standalone --nproc-per-node N -m transformer_cli train ...` with three
-things added: what can be checked before any rank starts is checked here (so a bad flag or
-a busy run dir is one line, not N ranks failing), the launcher holds the run dir's lock for
-the whole job, and a failed rank ends the job with one line that names it. torchrun picks
-a free port itself; nothing here chooses a port or an address.
+things added: what can be checked before any rank starts is checked here (so a bad flag,
+a busy run dir or an --init-from checkpoint that does not fit is one line, not N ranks
+failing), the launcher holds the run dir's lock for the whole job, and a failed rank ends
+the job with one line that names it. torchrun picks a free port itself; nothing here
+chooses a port or an address.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def torchrun_args(nproc: int, train_args: list[str]) -> list[str]:
     ]
 
 
-def train_args(config: Path, overrides: list[str], start: Start) -> list[str]:
+def rank_args(config: Path, overrides: list[str], start: Start) -> list[str]:
     """The arguments of each rank's `tfx train`: this one's, without --nproc."""
     args = ["--config", str(config), *(f"--set={s}" for s in overrides)]
     if start.resume:
