@@ -23,6 +23,7 @@ from transformer_cli.cli.app import app
 from transformer_cli.core import checkpoint
 from transformer_cli.core.config_file import config_from_dict
 from transformer_cli.data import prepare
+from transformer_cli.data.toy import generate
 from transformer_cli.training import loop as train
 
 
@@ -115,6 +116,19 @@ def train_resume_with_an_evil_last(w: World) -> list[str]:
     return ["train", "--config", config, "--resume"]
 
 
+def init_from(w: World, *extra: str, **sections: dict) -> list[str]:
+    """train --init-from the shared checkpoint, on the shared cache, with `sections`."""
+    w.prepared()
+    return ["train", "-c", w.config(**sections), "--init-from", str(w.shared.ckpt), *extra]
+
+
+def init_from_onto_another_tokenizer(w: World) -> list[str]:
+    """A cache whose SentencePiece model, trained on other pairs, has the checkpoint's size."""
+    write_splits(w.root / "data", toy_splits(generate(300, seed=9)))
+    prepare.run(config_from_dict(tiny_raw(w.root)))
+    return ["train", "-c", w.config(), "--init-from", str(w.shared.ckpt)]
+
+
 def evaluate_src_ref(w: World, src: str, ref: str) -> list[str]:
     return ["evaluate", str(w.shared.ckpt), "--src", w.text("s.txt", src), "--ref",
             w.text("r.txt", ref), "--output-dir", str(w.root / "eval")]  # fmt: skip
@@ -186,6 +200,26 @@ CASES = [
          "no checkpoint to resume from"),
     Case("resume from an evil last.pt", train_resume_with_an_evil_last,
          "no checkpoint to resume from"),
+    # ------------------------------------------------------------------ fine-tuning
+    Case("--init-from with --resume", lambda w: init_from(w, "--resume"),
+         "--init-from and --resume do not go together"),
+    Case("--init-from a missing checkpoint", lambda w: ["train", "-c", w.prepared(),
+         "--init-from", str(w.root / "no.pt")], "no.pt: no such checkpoint"),
+    Case("--init-from runs code", lambda w: ["train", "-c", w.prepared(), "--init-from",
+         evil(w)], "refused to load"),
+    Case("--init-from another model shape", lambda w: init_from(w, model={"d_model": 64,
+         "d_ff": 128}), "model.d_model: 64 in the config, 32 in the checkpoint; model.d_ff"),
+    Case("--init-from another tokenizer section", lambda w: init_from(w, tokenizer={
+         "model_type": "bpe"}), "tokenizer.model_type: bpe in the config, unigram in the"),
+    Case("--init-from onto another tokenizer's cache", init_from_onto_another_tokenizer,
+         "was prepared with another tokenizer"),
+    Case("--tokenizer-from a missing checkpoint", lambda w: ["prepare", "-c", w.config(),
+         "--tokenizer-from", str(w.root / "no.pt")], "no.pt: no such checkpoint"),
+    Case("--tokenizer-from runs code", lambda w: ["prepare", "-c", w.config(),
+         "--tokenizer-from", evil(w)], "refused to load"),
+    Case("--tokenizer-from another tokenizer section", lambda w: ["prepare", "-c", w.config(
+         tokenizer={"vocab_size": 90}), "--tokenizer-from", str(w.shared.ckpt)],
+         "tokenizer.vocab_size: 90 in the config, 100 in the checkpoint"),
     # ------------------------------------------------------------------ checkpoints
     Case("checkpoint is a directory", lambda w: ["translate", str(w.root), "x"],
          "is a directory, not a checkpoint file"),

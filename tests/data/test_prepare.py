@@ -8,14 +8,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import cli, toy_splits
+from helpers import cli, error_of, make_tiny_run, toy_splits, write_splits
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from transformer_cli.core.checkpoint import load_state
 from transformer_cli.core.config import to_dict
 from transformer_cli.core.config_file import load_config
-from transformer_cli.core.errors import DataError
-from transformer_cli.data import prepare
+from transformer_cli.core.errors import ConfigError, DataError
+from transformer_cli.core.specials import UNK_ID
+from transformer_cli.data import prepare, toy
 from transformer_cli.data import store as cache
 from transformer_cli.data.store import SPLITS
 from transformer_cli.data.tokenizer import Tokenizer
@@ -250,6 +252,76 @@ def test_jsonl_with_nested_fields_and_a_missing_one(tmp_path, make_config, toy_p
         make_config(*fields, "data.src_field=translation.en", "data.tgt_field=translation.fr")
     )
     assert message.startswith(f"{directory / 'train.jsonl'}:1: no field 'translation.fr'")
+
+
+# ----------------------------------------------------------------------------- --tokenizer-from
+
+
+@pytest.fixture
+def base_ckpt(tmp_path, toy_pairs) -> Path:
+    """A checkpoint whose tokenizer was trained on the toy corpus (tokenizer.vocab_size 100)."""
+    cfg = make_tiny_run(tmp_path / "base", toy_pairs)
+    return Path(cfg.run_dir) / "checkpoints" / "ckpt_00000010.pt"
+
+
+def shift(corpus_dir: Path) -> None:
+    """Replace the corpus with the toy grammar's questions: a tokenizer trained on it differs."""
+    write_splits(corpus_dir, toy_splits(toy.generate(300, seed=8, variant="questions")))
+
+
+def test_tokenizer_from_encodes_with_the_checkpoints_model(make_config, corpus_dir, base_ckpt):
+    shift(corpus_dir)
+    cfg = make_config()
+    meta = prepare.run(cfg, tokenizer_from=base_ckpt)
+    theirs = Tokenizer.from_bytes(load_state(base_ckpt)["tokenizer"])
+    ours = Tokenizer.load(cfg.run_dir)
+    assert ours.to_bytes() == theirs.to_bytes()
+    assert meta["tokenizer"]["sha256"] == theirs.fingerprint()
+    assert meta["tokenizer"]["from"] == str(base_ckpt)
+    valid = cache.load_split(cfg.run_dir, "valid")
+    src = cache.load_text(cfg.run_dir, "valid", "src")
+    assert [valid.src_ids(i).tolist() for i in range(len(valid))] == theirs.encode_src(src)
+    trained = prepare.run(make_config(f"run_dir={cfg.run_dir}_trained"))
+    assert trained["tokenizer"]["sha256"] != theirs.fingerprint()  # the test can tell them apart
+    assert trained["tokenizer"]["from"] is None
+
+
+def test_tokenizer_from_joins_the_fingerprint(make_config, base_ckpt):
+    cfg = make_config()
+    borrowed = prepare.run(cfg, tokenizer_from=base_ckpt)
+    assert prepare.run(cfg, tokenizer_from=base_ckpt)["reused"] is True
+    trained = prepare.run(cfg)  # same inputs and config, the tokenizer trained here
+    assert trained["reused"] is False
+    assert trained["fingerprint"] != borrowed["fingerprint"]
+    assert prepare.run(cfg, tokenizer_from=base_ckpt)["reused"] is False
+
+
+def test_the_summary_reports_the_share_of_unknown_pieces(
+    make_config, corpus_dir, base_ckpt, capsys
+):
+    path = corpus_dir / "train.en"  # characters the checkpoint's tokenizer never saw
+    lines = path.read_text("utf-8").splitlines()
+    path.write_text("".join(f"{line} Ωμέγα\n" if i % 3 == 0 else f"{line}\n"
+                            for i, line in enumerate(lines)), "utf-8")  # fmt: skip
+    cfg = make_config()
+    capsys.readouterr()
+    stats = prepare.run(cfg, tokenizer_from=base_ckpt)["splits"]["train"]
+    split = cache.load_split(cfg.run_dir, "train")
+    unk = int((split.src == UNK_ID).sum())
+    assert stats["unk"] == {"src": unk, "tgt": int((split.tgt == UNK_ID).sum())}
+    assert unk > 0
+    assert stats["pieces"]["src"] == len(split.src)
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("train"))
+    assert row.split()[-1] == f"{100 * unk / len(split.src):.2f}%/0%"
+
+
+def test_tokenizer_from_refuses_another_tokenizer_section(make_config, base_ckpt):
+    cfg = make_config("tokenizer.vocab_size=90", "tokenizer.model_type=bpe")
+    message = error_of(prepare.run, cfg, tokenizer_from=base_ckpt, error=ConfigError)
+    assert message.startswith(f"--tokenizer-from {base_ckpt}: ")
+    assert "tokenizer.vocab_size: 90 in the config, 100 in the checkpoint" in message
+    assert "tokenizer.model_type: bpe in the config, unigram in the checkpoint" in message
+    assert not cache.cache_dir(cfg.run_dir).exists()
 
 
 # ----------------------------------------------------------------------------- the CLI

@@ -216,3 +216,23 @@ def test_masculine_objects_take_the_accusative(pairs):
             assert de.split()[3] == objects[gender[m.group(3)]], (en, de)
             checked += m.group(3) in masculine
     assert checked > 5
+
+
+def test_the_questions_variant_is_the_questions_of_the_full_corpus():
+    """The variant only skips sentences: its pairs are the full stream's questions, in order."""
+    questions = toy.generate(40, seed=5, variant="questions")
+    full = toy.generate(1000, seed=5)
+    assert questions == [(en, de) for en, de in full if en.endswith("?")][:40]
+    verbs = finite_verbs()
+    for en, de in questions:
+        assert en.split()[0] in ("Do", "Does")
+        assert de.endswith("?")
+        assert de.split()[0].lower() in verbs, de
+
+
+def test_the_variant_flag_writes_only_questions(tmp_path):
+    toy.main([str(tmp_path), "--variant", "questions", "--sizes", "30", "5", "5", "--seed", "3"])
+    for name, size in (("train", 30), ("valid", 5), ("test", 5)):
+        lines = (tmp_path / f"{name}.de").read_text("utf-8").splitlines()
+        assert len(lines) == size
+        assert all(line.endswith("?") for line in lines)

@@ -26,11 +26,23 @@ app = typer.Typer(
 
 @app.command()
 @boundary
-def prepare(config: ConfigOpt, set_: SetOpt = None) -> None:
+def prepare(
+    config: ConfigOpt,
+    set_: SetOpt = None,
+    tokenizer_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--tokenizer-from",
+            help="Encode with this checkpoint's SentencePiece model(s) instead of training "
+            "new ones (to fine-tune it: tfx train --init-from). The config's tokenizer "
+            "section must be the checkpoint's.",
+        ),
+    ] = None,
+) -> None:
     """Read the corpus, train SentencePiece, and write the encoded cache into the run dir."""
     from transformer_cli.data import prepare as prepare_mod
 
-    prepare_mod.run(load(config, set_))
+    prepare_mod.run(load(config, set_), tokenizer_from=tokenizer_from)
 
 
 @app.command()
@@ -41,6 +53,15 @@ def train(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue from the run dir's last checkpoint.")
     ] = False,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--init-from",
+            help="Start from this checkpoint's weights (fine-tuning), with a fresh optimizer, "
+            "schedule and step count. The model shape must be the checkpoint's, and the cache "
+            "prepared with --tokenizer-from it.",
+        ),
+    ] = None,
     nproc: Annotated[
         int | None,
         typer.Option(
@@ -54,13 +75,14 @@ def train(
     cfg = load(config, set_)
     if nproc is not None:
         from transformer_cli.training import launch
+        from transformer_cli.training.finetune import Start
 
-        args = ["--config", str(config), *(f"--set={s}" for s in set_ or [])]
-        code = launch.run(cfg, nproc, args + (["--resume"] if resume else []), resume)
+        start = Start(resume, init_from)
+        code = launch.run(cfg, nproc, launch.rank_args(config, set_ or [], start), start)
         raise typer.Exit(code)
     from transformer_cli.training import loop as train_mod
 
-    train_mod.run(cfg, resume=resume)
+    train_mod.run(cfg, resume=resume, init_from=init_from)
 
 
 @app.command()

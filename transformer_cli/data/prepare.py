@@ -1,10 +1,11 @@
-"""`tfx prepare`: read the corpus, train SentencePiece, and write the encoded cache.
+"""`tfx prepare`: read the corpus, train SentencePiece (or take a checkpoint's, with
+--tokenizer-from), and write the encoded cache.
 
-The cache (layout in cache.py) is keyed by a fingerprint of the input bytes and the
-data + tokenizer config, so running prepare again with the same inputs is free, and
-any change to them rebuilds it. Every file is written atomically and `meta.json` comes
-last: a cache that was interrupted halfway has no meta.json and is never mistaken for
-a complete one.
+The cache (layout in store.py) is keyed by a fingerprint of the input bytes, the data +
+tokenizer config and a borrowed tokenizer's bytes, so running prepare again with the
+same inputs is free, and any change to them rebuilds it. Every file is written
+atomically and `meta.json` comes last: a cache that was interrupted halfway has no
+meta.json and is never mistaken for a complete one.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ from transformer_cli.core.config import Config, to_dict
 from transformer_cli.core.config_file import write_resolved
 from transformer_cli.core.errors import DataError
 from transformer_cli.core.fileio import atomic_write_text
-from transformer_cli.core.specials import SPECIAL_IDS
+from transformer_cli.core.specials import SPECIAL_IDS, UNK_ID
 from transformer_cli.core.table import aligned
 from transformer_cli.data import corpus
 from transformer_cli.data import store as cache
+from transformer_cli.data.base_checkpoint import check_tokenizer_section, load_base
 from transformer_cli.data.store import SPLITS, EncodedSplit
 from transformer_cli.data.tokenizer import (
     JOINT_FILE,
@@ -44,12 +46,18 @@ _ENCODE_CHUNK = 20_000  # lines per encode call: big enough to batch, small enou
 DROP_REASONS = ("empty", "too_long", "ratio")
 
 
-def run(cfg: Config) -> dict:
-    """Prepare `cfg.run_dir/cache`, or reuse it if it is up to date; returns its meta."""
+def run(cfg: Config, tokenizer_from: str | Path | None = None) -> dict:
+    """Prepare `cfg.run_dir/cache`, or reuse it if it is up to date; returns its meta.
+
+    With `tokenizer_from` (a checkpoint) the corpus is encoded with that checkpoint's
+    SentencePiece model(s) instead of new ones, and the config's tokenizer section must
+    be the checkpoint's; the model's fingerprint joins the cache's.
+    """
     started = time.perf_counter()
     run_dir = Path(cfg.run_dir)
     directory = cache.cache_dir(run_dir)
-    fingerprint, inputs = fingerprint_of(cfg)
+    borrowed = _borrowed(cfg, tokenizer_from)
+    fingerprint, inputs = fingerprint_of(cfg, borrowed.fingerprint() if borrowed else None)
 
     meta = _up_to_date(directory, fingerprint)
     if meta is not None:
@@ -60,10 +68,7 @@ def run(cfg: Config) -> dict:
 
     _status(f"reading {_describe(cfg)}")
     pairs = {role: corpus.read_split(cfg.data, role) for role in SPLITS}
-    tok = cfg.tokenizer
-    kind = "joint" if tok.joint else "separate"
-    _status(f"training {kind} SentencePiece {tok.model_type} ({tok.vocab_size} pieces)")
-    tokenizer = train_tokenizer(tok, pairs["train"].src, pairs["train"].tgt)
+    tokenizer = borrowed or _train(cfg, pairs["train"])
     encoded = _encode_all(tokenizer, pairs)
     stats = {role: _keep(cfg, role, pairs[role], encoded) for role in SPLITS}
     if stats["train"]["kept"] == 0:
@@ -83,12 +88,7 @@ def run(cfg: Config) -> dict:
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(time.perf_counter() - started, 2),
         "inputs": inputs,
-        "tokenizer": {
-            "joint": tok.joint,
-            "model_type": tok.model_type,
-            "src_vocab_size": tokenizer.src_vocab_size,
-            "tgt_vocab_size": tokenizer.tgt_vocab_size,
-        },
+        "tokenizer": _tokenizer_meta(cfg, tokenizer, tokenizer_from),
         "special_ids": SPECIAL_IDS,
         "splits": stats,
         "files": files,
@@ -96,6 +96,34 @@ def run(cfg: Config) -> dict:
     cache.write_meta(run_dir, meta)  # last: only now is the cache complete
     print(summary(meta, directory))
     return {**meta, "reused": False}
+
+
+def _borrowed(cfg: Config, path: str | Path | None) -> Tokenizer | None:
+    """The tokenizer of checkpoint `path` (None: none), once the config fits it."""
+    if path is None:
+        return None
+    base = load_base(path, "--tokenizer-from")
+    check_tokenizer_section(cfg, base)
+    return base.tokenizer
+
+
+def _train(cfg: Config, train: corpus.Pairs) -> Tokenizer:
+    tok = cfg.tokenizer
+    kind = "joint" if tok.joint else "separate"
+    _status(f"training {kind} SentencePiece {tok.model_type} ({tok.vocab_size} pieces)")
+    return train_tokenizer(tok, train.src, train.tgt)
+
+
+def _tokenizer_meta(cfg: Config, tokenizer: Tokenizer, borrowed_from: str | Path | None) -> dict:
+    """What meta.json says of the tokenizer; `sha256` is what `train --init-from` checks."""
+    return {
+        "joint": tokenizer.joint,
+        "model_type": cfg.tokenizer.model_type,
+        "src_vocab_size": tokenizer.src_vocab_size,
+        "tgt_vocab_size": tokenizer.tgt_vocab_size,
+        "sha256": tokenizer.fingerprint(),
+        "from": None if borrowed_from is None else str(borrowed_from),
+    }
 
 
 def _clear_stale(directory: Path) -> None:
@@ -143,7 +171,14 @@ def _keep(cfg: Config, role: str, pairs: corpus.Pairs, encoded: dict) -> dict:
         "dropped": dropped,
         "src_len": percentiles([len(s) for s in src_ids]),
         "tgt_len": percentiles([len(t) for t in tgt_ids]),
+        "pieces": {"src": sum(map(len, src_ids)), "tgt": sum(map(len, tgt_ids))},
+        "unk": {"src": _unknown(src_ids), "tgt": _unknown(tgt_ids)},
     }
+
+
+def _unknown(seqs: list[list[int]]) -> int:
+    """How many of the pieces are <unk>: text the tokenizer has no piece for."""
+    return sum(ids.count(UNK_ID) for ids in seqs)
 
 
 def _write_cache(
@@ -171,8 +206,11 @@ def _write_cache(
 # ----------------------------------------------------------------------------- fingerprint
 
 
-def fingerprint_of(cfg: Config) -> tuple[str, dict[str, list[dict[str, str]]]]:
-    """sha256 over the input files' bytes and the data + tokenizer config; and the inputs."""
+def fingerprint_of(
+    cfg: Config, borrowed: str | None = None
+) -> tuple[str, dict[str, list[dict[str, str]]]]:
+    """sha256 over the input files' bytes, the data + tokenizer config and the borrowed
+    tokenizer's fingerprint (`borrowed`, None = trained here); and the inputs."""
     inputs = {
         role: [
             {"path": str(p), "sha256": _sha256_file(p)} for p in corpus.input_paths(cfg.data, role)
@@ -190,6 +228,8 @@ def fingerprint_of(cfg: Config) -> tuple[str, dict[str, list[dict[str, str]]]]:
         "tokenizer": to_dict(cfg.tokenizer),
         "inputs": {role: [f["sha256"] for f in files] for role, files in inputs.items()},
     }
+    if borrowed is not None:  # absent otherwise: caches made before --tokenizer-from stay valid
+        payload["tokenizer_from"] = borrowed
     blob = json.dumps(payload, sort_keys=True).encode("utf-8")
     return hashlib.sha256(blob).hexdigest(), inputs
 
@@ -290,7 +330,8 @@ def _status(message: str) -> None:
 
 
 def summary(meta: dict, directory: Path) -> str:
-    """A short table of what was read, kept and dropped, and the lengths in pieces."""
+    """A short table of what was read, kept and dropped, the lengths in pieces and the
+    share of <unk> pieces; then the tokenizer."""
     header = (
         "split",
         "read",
@@ -300,6 +341,7 @@ def summary(meta: dict, directory: Path) -> str:
         "ratio",
         "src p50/p90/p99/max",
         "tgt p50/p90/p99/max",
+        "unk src/tgt",
     )
     rows = [header]
     for role, s in meta["splits"].items():
@@ -314,6 +356,7 @@ def summary(meta: dict, directory: Path) -> str:
                 str(d["ratio"]),
                 "/".join(str(v) for v in s["src_len"].values()),
                 "/".join(str(v) for v in s["tgt_len"].values()),
+                "/".join(_share(s["unk"][side], s["pieces"][side]) for side in ("src", "tgt")),
             )
         )
     lines = aligned(rows)
@@ -323,6 +366,15 @@ def summary(meta: dict, directory: Path) -> str:
         if t["joint"]
         else f"vocabularies {t['src_vocab_size']} (src) / {t['tgt_vocab_size']} (tgt)"
     )
-    lines.append(f"SentencePiece {t['model_type']}, {vocab}; lengths in pieces")
+    origin = f" of {t['from']}" if t["from"] else ""
+    lines.append(f"SentencePiece {t['model_type']}{origin}, {vocab}; lengths in pieces")
     lines.append(f"cache: {directory} ({meta['seconds']:.1f} s)")
     return "\n".join(lines)
+
+
+def _share(part: int, whole: int) -> str:
+    """`part` of `whole` in percent; a share too small to show two decimals is <0.01%."""
+    if part == 0:
+        return "0%"
+    percent = 100 * part / whole
+    return "<0.01%" if percent < 0.01 else f"{percent:.2f}%"

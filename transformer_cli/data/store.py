@@ -1,7 +1,8 @@
 """The run dir's prepared cache: encoded splits as flat integer arrays.
 
 Layout under `RUN_DIR/cache/`:
-    meta.json            stats and the fingerprint of inputs + config (written last)
+    meta.json            stats, the fingerprint of inputs + config (+ a borrowed
+                         tokenizer) and the tokenizer's own (written last)
     spm.model            joint SentencePiece model (or spm.src.model + spm.tgt.model)
     {split}.pt           an EncodedSplit: token ids as one flat int32 array per side
                          plus offsets, never Python lists of lists

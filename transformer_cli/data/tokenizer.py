@@ -9,6 +9,7 @@ This module must not import torch: the data pipeline and `tfx --help` stay light
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import re
@@ -117,6 +118,15 @@ class Tokenizer:
             SRC_FILE: self._src.serialized_model_proto(),
             TGT_FILE: self._tgt.serialized_model_proto(),
         }
+
+    def fingerprint(self) -> str:
+        """sha256 over the model files' names and bytes: the same for the same model(s), and
+        another for any other, one with the same vocabulary size included."""
+        h = hashlib.sha256()
+        for name, data in sorted(self.to_bytes().items()):
+            h.update(f"{name}\n{len(data)}\n".encode())
+            h.update(data)
+        return h.hexdigest()
 
     @classmethod
     def from_bytes(cls, models: dict[str, bytes]) -> Tokenizer:

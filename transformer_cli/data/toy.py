@@ -12,7 +12,9 @@ makes translation need attention rather than word-by-word copying:
 - accusative marking of masculine objects (den, einen, meinen, diesen, ihn).
 
 Regenerate the shipped corpus with `python -m transformer_cli.data.toy data/toy`; the same
-seed gives byte-identical files.
+seed gives byte-identical files. `--variant questions` writes a shifted corpus of the same
+grammar instead (see VARIANTS), for fine-tuning a model of the full one
+(docs/fine-tuning.md).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import argparse
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 from transformer_cli.data.toy_lexicon import (
     _SLOT,
@@ -36,6 +39,12 @@ from transformer_cli.data.toy_lexicon import (
     TRANSITIVE,
     Verb,
 )
+
+# Which of the grammar's sentences a corpus keeps. all: every construction (the toy
+# corpus). questions: only the yes/no questions ("Sieht der Mann den Hund?"): the same
+# words in another mix of constructions, a shift a model of the full corpus half knows.
+Variant = Literal["all", "questions"]
+VARIANTS: tuple[str, ...] = get_args(Variant)
 
 
 def adjective_ending(declension: str, gender: str, plural: bool, accusative: bool) -> str:
@@ -199,9 +208,12 @@ def _capitalize(text: str) -> str:
 
 
 def generate(
-    n: int, seed: int = 1, min_words: int = 4, max_words: int = 20
+    n: int, seed: int = 1, min_words: int = 4, max_words: int = 20, variant: Variant = "all"
 ) -> list[tuple[str, str]]:
-    """`n` distinct pairs (distinct English sides), in generation order."""
+    """`n` distinct pairs (distinct English sides) of `variant`, in generation order.
+
+    A variant only skips sentences, so "all" gives the same pairs whatever variants exist.
+    """
     rng = random.Random(seed)
     pairs: dict[str, str] = {}  # insertion-ordered, so the output is deterministic
     attempts = 0
@@ -210,18 +222,23 @@ def generate(
         if attempts > 50 * n + 1000:
             raise RuntimeError(f"the toy grammar cannot produce {n} distinct sentences")
         en, de = sentence(rng)
+        if variant == "questions" and not en.endswith("?"):
+            continue
         if min_words <= len(en.split()) <= max_words and en not in pairs:
             pairs[en] = de
     return list(pairs.items())
 
 
 def write_corpus(
-    out_dir: str | Path, sizes: tuple[int, int, int] = (10_000, 500, 500), seed: int = 1
+    out_dir: str | Path,
+    sizes: tuple[int, int, int] = (10_000, 500, 500),
+    seed: int = 1,
+    variant: Variant = "all",
 ) -> None:
     """Write {train,valid,test}.{en,de}; splits are disjoint because all pairs are distinct."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    pairs = generate(sum(sizes), seed)
+    pairs = generate(sum(sizes), seed, variant=variant)
     start = 0
     for name, size in zip(("train", "valid", "test"), sizes, strict=True):
         chunk = pairs[start : start + size]
@@ -242,8 +259,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--sizes", type=int, nargs=3, default=(10_000, 500, 500), metavar=("TRAIN", "VALID", "TEST")
     )
+    parser.add_argument(
+        "--variant", choices=VARIANTS, default="all", help="which sentences (default: all)"
+    )
     args = parser.parse_args(argv)
-    write_corpus(args.out_dir, tuple(args.sizes), args.seed)
+    write_corpus(args.out_dir, tuple(args.sizes), args.seed, args.variant)
     print(f"wrote {sum(args.sizes)} pairs to {args.out_dir}")
 
 

@@ -1,10 +1,11 @@
 """`tfx train --nproc N`: torchrun's standalone launcher for one machine, started from tfx.
 
 It is `torchrun --standalone --nproc-per-node N -m transformer_cli train ...` with three
-things added: what can be checked before any rank starts is checked here (so a bad flag or
-a busy run dir is one line, not N ranks failing), the launcher holds the run dir's lock for
-the whole job, and a failed rank ends the job with one line that names it. torchrun picks
-a free port itself; nothing here chooses a port or an address.
+things added: what can be checked before any rank starts is checked here (so a bad flag,
+a busy run dir or an --init-from checkpoint that does not fit is one line, not N ranks
+failing), the launcher holds the run dir's lock for the whole job, and a failed rank ends
+the job with one line that names it. torchrun picks a free port itself; nothing here
+chooses a port or an address.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from transformer_cli.core import runtime
 from transformer_cli.core.config import Config
 from transformer_cli.core.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, ConfigError
 from transformer_cli.data import store as cache
-from transformer_cli.training import distributed, lock, saving
+from transformer_cli.training import distributed, finetune, lock, saving
+from transformer_cli.training.finetune import Start
 
 
 def check(cfg: Config, nproc: int) -> None:
@@ -58,13 +60,25 @@ def torchrun_args(nproc: int, train_args: list[str]) -> list[str]:
     ]
 
 
-def run(cfg: Config, nproc: int, train_args: list[str], resume: bool) -> int:
+def rank_args(config: Path, overrides: list[str], start: Start) -> list[str]:
+    """The arguments of each rank's `tfx train`: this one's, without --nproc."""
+    args = ["--config", str(config), *(f"--set={s}" for s in overrides)]
+    if start.resume:
+        args.append("--resume")
+    if start.init_from is not None:
+        args += ["--init-from", str(start.init_from)]
+    return args
+
+
+def run(cfg: Config, nproc: int, train_args: list[str], start: Start) -> int:
     """Launch `nproc` ranks of `tfx train train_args`; return the job's exit code."""
     check(cfg, nproc)
     run_dir = Path(cfg.run_dir)
     cache.load_meta(run_dir)  # a clear error if `tfx prepare` has not run
+    if start.init_from is not None:  # one line here, not one from every rank
+        finetune.base_for(cfg, run_dir, start.init_from)
     with lock.RunLock(run_dir) as held:
-        saving.refuse_a_second_run(run_dir, resume)
+        saving.refuse_a_second_run(run_dir, start.resume)
         os.environ[lock.JOB_LOCK_ENV] = held.owner
         world = distributed.World(local_size=nproc, launched=True)
         threads = distributed.rank_threads(world, cfg.train.threads)

@@ -30,8 +30,9 @@ from transformer_cli.data.tokenizer import Tokenizer
 from transformer_cli.decoding.stream import decode_all
 from transformer_cli.fast import allocator
 from transformer_cli.model.transformer import Transformer
-from transformer_cli.training import distributed, lock, saving, schedule
+from transformer_cli.training import distributed, finetune, lock, saving, schedule
 from transformer_cli.training.distributed import World
+from transformer_cli.training.finetune import Start
 from transformer_cli.training.loss import split_loss
 from transformer_cli.training.records import (
     MetricsLog,
@@ -54,28 +55,32 @@ from transformer_cli.training.step import (
 __all__ = ["Session", "StopSignals", "run", "stop_condition", "validation"]
 
 
-def run(cfg: Config, resume: bool = False) -> dict:
+def run(cfg: Config, resume: bool = False, init_from: str | Path | None = None) -> dict:
     """Train as configured; return a summary. Everything is written under cfg.run_dir.
+
+    `resume` continues the run dir's last checkpoint; `init_from` starts a new run from
+    another checkpoint's weights (training/finetune.py); not both.
 
     Under torchrun this is one rank of a data-parallel job (training/distributed.py):
     rank 0 holds the run dir's lock (unless `tfx train --nproc` holds it for the job),
     logs, validates and writes; the other ranks train and wait for it.
     """
+    start = Start(resume, None if init_from is None else Path(init_from))
     run_dir = Path(cfg.run_dir)
     world = distributed.from_env()
     device = distributed.rank_device(world, runtime.pick_device(cfg.train.device))
     with distributed.process_group(world, device, cfg.train.dist_timeout_minutes):
         if not world.is_main:
-            return _train(cfg, run_dir, resume, world, device)
+            return _train(cfg, run_dir, start, world, device)
         run_dir.mkdir(parents=True, exist_ok=True)
         held = lock.held_by_launcher(run_dir)
         with contextlib.nullcontext() if held else lock.RunLock(run_dir):
             checkpoint.remove_partial_writes(run_dir)  # litter of a save that was killed
-            return _train(cfg, run_dir, resume, world, device)
+            return _train(cfg, run_dir, start, world, device)
 
 
-def _train(cfg: Config, run_dir: Path, resume: bool, world: World, device: torch.device) -> dict:
-    session = setup(cfg, run_dir, resume, world, device)
+def _train(cfg: Config, run_dir: Path, start: Start, world: World, device: torch.device) -> dict:
+    session = setup(cfg, run_dir, start, world, device)
     with opened(session):
         train_loop(session)
         finish(session)
@@ -89,11 +94,13 @@ def _train(cfg: Config, run_dir: Path, resume: bool, world: World, device: torch
 # ---------------------------------------------------------------------- setup
 
 
-def setup(cfg: Config, run_dir: Path, resume: bool, world: World, device: torch.device) -> Session:
-    """Build the run: data, model, optimizer; restore a checkpoint when resuming."""
+def setup(cfg: Config, run_dir: Path, start: Start, world: World, device: torch.device) -> Session:
+    """Build the run: data, model, optimizer; restore a checkpoint when resuming, or load
+    another run's weights into the new model (--init-from)."""
     t = cfg.train
     cache.load_meta(run_dir)  # a clear error if `tfx prepare` has not run
     tokenizer = Tokenizer.load(run_dir)
+    base = finetune.base_for(cfg, run_dir, start.init_from) if start.init_from else None
     model_cfg = dataclasses.replace(
         cfg.model, src_vocab=tokenizer.src_vocab_size, tgt_vocab=tokenizer.tgt_vocab_size
     )
@@ -108,6 +115,10 @@ def setup(cfg: Config, run_dir: Path, resume: bool, world: World, device: torch.
     valid_split = cache.load_split(run_dir, "valid")
     valid_refs = cache.load_text(run_dir, "valid", "tgt")
     model = Transformer(cfg.model).to(device)
+    if base is not None:
+        note = finetune.load_weights(model, base)
+        if world.is_main:
+            print(note, file=sys.stderr)
     runtime.seed_everything(distributed.rank_seed(t.seed, world.rank))  # each its own dropout
     optimizer = make_optimizer(model, cfg, device)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
@@ -115,8 +126,8 @@ def setup(cfg: Config, run_dir: Path, resume: bool, world: World, device: torch.
     session = Session(run_dir, tokenizer, model, trainer, valid_split, valid_refs, Progress())
 
     if world.is_main:
-        saving.refuse_a_second_run(run_dir, resume)
-    if resume:
+        saving.refuse_a_second_run(run_dir, start.resume)
+    if start.resume:
         saving.restore(session)
     if world.is_main:
         write_resolved(cfg, run_dir)
