@@ -95,7 +95,9 @@ def test_a_killed_rank_ends_the_job_and_resume_on_two_ranks_is_exact(tmp_path, p
     finally:
         kill9(launcher)
     assert code != 0
-    assert time.monotonic() - started < 30  # bounded: well within the collective timeout
+    # bounded: a survivor blocked in a collective is freed by the collective timeout (30 s
+    # here) or by torchrun's SIGKILL after its 30 s shutdown timeout, whichever is first
+    assert time.monotonic() - started < 45
     last = log.read_text().strip().splitlines()[-1]
     assert last.startswith(f"error: rank 1 (pid {victim}) was killed by SIGKILL"), last
     assert not [pid for pid in ranks if alive(pid)]  # no orphans
