@@ -42,17 +42,23 @@ def load_base(path: str | Path, flag: str) -> BaseCheckpoint:
     """
     try:
         state = checkpoint.load_state(path)
+        cfg, tokenizer = config_and_tokenizer(state, path)
     except CheckpointError as e:  # its message starts with the path
         raise CheckpointError(f"{flag} {e}") from None
+    return BaseCheckpoint(Path(path), flag, cfg, tokenizer, state)
+
+
+def config_and_tokenizer(state: dict, path: str | Path) -> tuple[Config, Tokenizer]:
+    """A loaded checkpoint's config and tokenizer; CheckpointError naming `path` if unfit."""
     try:
         cfg = config_from_dict(state["config"], source=f"{path} (its config)")
     except ConfigError as e:
-        raise CheckpointError(f"{flag} {path}: its config does not fit this tfx: {e}") from None
+        raise CheckpointError(f"{path}: its config does not fit this tfx: {e}") from None
     try:
         tokenizer = Tokenizer.from_bytes(state["tokenizer"])
     except (DataError, TypeError, AttributeError) as e:
-        raise CheckpointError(f"{flag} {path}: its tokenizer does not load: {e}") from None
-    return BaseCheckpoint(Path(path), flag, cfg, tokenizer, state)
+        raise CheckpointError(f"{path}: its tokenizer does not load: {e}") from None
+    return cfg, tokenizer
 
 
 def differences(

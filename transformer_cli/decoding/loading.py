@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 from transformer_cli.core.checkpoint import load_state
 from transformer_cli.core.config import Config, ResolvedPrecision
-from transformer_cli.core.config_file import config_from_dict
-from transformer_cli.core.errors import CheckpointError, ConfigError, DataError
+from transformer_cli.core.errors import CheckpointError
+from transformer_cli.data.base_checkpoint import config_and_tokenizer
 from transformer_cli.data.tokenizer import Tokenizer
 from transformer_cli.fast.packing import pack_linears
 from transformer_cli.model.transformer import Transformer
@@ -21,14 +21,7 @@ def model_from_state(
     state: dict, path: str | Path, device: torch.device
 ) -> tuple[Transformer, Tokenizer, Config]:
     """(model in eval mode on `device`, tokenizer, config) from a loaded checkpoint state."""
-    try:
-        cfg = config_from_dict(state["config"], source=f"{path} (its config)")
-    except ConfigError as e:
-        raise CheckpointError(f"{path}: its config does not fit this tfx: {e}") from None
-    try:
-        tokenizer = Tokenizer.from_bytes(state["tokenizer"])
-    except (DataError, TypeError, AttributeError) as e:
-        raise CheckpointError(f"{path}: its tokenizer does not load: {e}") from None
+    cfg, tokenizer = config_and_tokenizer(state, path)
     try:
         model = Transformer(cfg.model)
         model.load_state_dict(state["model"])

@@ -63,34 +63,14 @@ def score_checkpoint(
     from transformer_cli.decoding.stream import decode_all, fit_sources, max_source_pieces
 
     src_ids = tokenizer.encode_src(data.sources)
-    cap = max_source_pieces(model)
     truncated = len(fit_sources(model, src_ids)[1])
-    if truncated:
-        print(
-            f"warning: {truncated} source lines are longer than the model's {cap} positions; "
-            "only their first pieces are translated",
-            file=sys.stderr,
-        )
+    warn_truncated(truncated, max_source_pieces(model))
     started = time.perf_counter()
     hyp_ids = decode_all(model, src_ids, decode, device, precision)
     seconds = time.perf_counter() - started
-    hyps = tokenizer.decode_tgt(hyp_ids)
-    scores = score_texts(hyps, data.references)
     encoded = EncodedSplit.from_lists(src_ids, tokenizer.encode_tgt(data.references))
     loss = split_loss(model, encoded, cfg, device, precision)
-    n_tokens = sum(len(h) for h in hyp_ids)
-    return {
-        **scores,
-        "loss": loss["nll"],
-        "ppl": loss["ppl"],
-        "sentences": len(hyps),
-        "truncated_sources": truncated,
-        "hyp_tokens": n_tokens,
-        "decode_seconds": round(seconds, 3),
-        "sentences_per_s": round(len(hyps) / max(seconds, 1e-9), 1),
-        "tokens_per_s": round(n_tokens / max(seconds, 1e-9), 1),
-        "hypotheses": hyps,
-    }
+    return result_row(tokenizer, hyp_ids, data, loss, truncated, seconds)
 
 
 def score_exported(exported: Exported, decode: DecodeConfig, data: EvalData) -> dict:
@@ -101,18 +81,41 @@ def score_exported(exported: Exported, decode: DecodeConfig, data: EvalData) -> 
     src_ids = tokenizer.encode_src(data.sources)
     cap = exported.cfg.model.max_positions
     truncated = sum(len(s) > cap for s in src_ids)
+    warn_truncated(truncated, cap)
     started = time.perf_counter()
     hyp_ids = cast("list[list[int]]", decode_exported(exported, src_ids, decode))  # nbest 1
     seconds = time.perf_counter() - started
-    hyps = tokenizer.decode_tgt(hyp_ids)
     targets = [t[: cap - 1] for t in tokenizer.encode_tgt(data.references)]
     log_probs = score_exported(exported, src_ids, targets)
     nll, tokens = -sum(sum(lp) for lp in log_probs), sum(len(lp) for lp in log_probs)
+    loss = {"nll": round(per_token(nll, tokens), 4), "ppl": round(perplexity(nll, tokens), 3)}
+    return result_row(tokenizer, hyp_ids, data, loss, truncated, seconds)
+
+
+def warn_truncated(truncated: int, cap: int) -> None:
+    if truncated:
+        print(
+            f"warning: {truncated} source lines are longer than the model's {cap} positions; "
+            "only their first pieces are translated",
+            file=sys.stderr,
+        )
+
+
+def result_row(
+    tokenizer: Tokenizer,
+    hyp_ids: list[list[int]],
+    data: EvalData,
+    loss: dict,
+    truncated: int,
+    seconds: float,
+) -> dict:
+    """One model's row of `tfx evaluate`: scores, loss, speed, and its hypotheses."""
+    hyps = tokenizer.decode_tgt(hyp_ids)
     n_tokens = sum(len(h) for h in hyp_ids)
     return {
         **score_texts(hyps, data.references),
-        "loss": round(per_token(nll, tokens), 4),
-        "ppl": round(perplexity(nll, tokens), 3),
+        "loss": loss["nll"],
+        "ppl": loss["ppl"],
         "sentences": len(hyps),
         "truncated_sources": truncated,
         "hyp_tokens": n_tokens,
