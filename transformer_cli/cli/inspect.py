@@ -23,7 +23,10 @@ from transformer_cli.inspect.views import (
 )
 
 inspect_app = typer.Typer(
-    help="Look inside: batches and masks, positions, attention scaling, the LR schedule.",
+    help=(
+        "Look inside: batches and masks, positions, attention scaling, the LR schedule, "
+        "norms, residuals, parallel decoding, the torch.nn reference."
+    ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -34,6 +37,33 @@ PlotOpt = Annotated[Path | None, typer.Option("--plot", help="Also draw it into 
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the numbers as JSON.")]
+
+
+CheckpointOpt = Annotated[
+    Path | None,
+    typer.Option("--checkpoint", help="A trained tfx checkpoint (.pt) instead of a fresh model."),
+]
+MaybeConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", help="YAML config: a fresh model and its prepared cache's batch."
+    ),
+]
+SplitOpt = Annotated[str, typer.Option("--split", help="train, valid or test.")]
+IndexOpt = Annotated[int, typer.Option("--index", help="Which batch (0-based).")]
+
+
+def _subject(config: Path | None, set_: list[str] | None, checkpoint: Path | None, split, index):
+    from transformer_cli.inspect.subject import subject
+
+    return subject(None if config is None else load(config, set_), checkpoint, split, index)
+
+
+def _show(view: dict, as_json: bool, text, plot: Path | None, draw) -> None:
+    """Print `view` as text or JSON; draw it into `plot` when given."""
+    emit(json.dumps(view) if as_json else text(view))
+    if plot is not None:
+        wrote(draw(view, plot))
 
 
 @inspect_app.command("batch")
@@ -65,10 +95,22 @@ def positions_command(
     k: Annotated[
         list[int] | None, typer.Option("--k", help="Offsets to check (repeatable).")
     ] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoint", help="Also: the trained first layer's W_q, W_k and embedding scale."
+        ),
+    ] = None,
     plot: PlotOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """The sinusoidal positional encoding, and a check that PE(pos+k) = M_k PE(pos)."""
+    """The sinusoidal positional encoding, and a check that PE(pos+k) = M_k PE(pos).
+
+    With --checkpoint: PE(pos).PE(pos+k) depends on k only, but after the trained W_q
+    and W_k it no longer does; and sqrt(d_model) * embedding against the encoding.
+    """
+    if checkpoint is not None:
+        return _trained_positions(checkpoint, length, tuple(k or ()), plot, json_)
     view = positions_view(d_model, length, tuple(k or ()))
     if json_:
         emit(json.dumps({key: v for key, v in view.items() if key != "table"}))
@@ -152,3 +194,102 @@ def attention_command(
             device=device,
         )
     )
+
+
+def _trained_positions(
+    checkpoint: Path, length: int, ks: tuple[int, ...], plot: Path | None, as_json: bool
+) -> None:
+    from transformer_cli.inspect.question_plots import plot_relative
+    from transformer_cli.inspect.relative import format_trained_positions, trained_positions_view
+    from transformer_cli.inspect.subject import load_trained
+
+    model, _, _, step = load_trained(checkpoint)
+    view = trained_positions_view(model, length, f"{checkpoint} (step {step})")
+    rotation = positions_view(view["d_model"], view["length"], ks)
+    if as_json:
+        summary = {key: v for key, v in view.items() if key not in ("raw", "heads")}
+        emit(json.dumps({**summary, "checks": rotation["checks"]}))
+    else:
+        emit(format_positions(rotation) + "\n\n" + format_trained_positions(view))
+    if plot is not None:
+        wrote(plot_relative(view, plot))
+
+
+@inspect_app.command("norm")
+@boundary
+def norm_command(
+    config: MaybeConfigOpt = None,
+    set_: SetOpt = None,
+    checkpoint: CheckpointOpt = None,
+    split: SplitOpt = "train",
+    index: IndexOpt = 0,
+    plot: PlotOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Why LayerNorm: BatchNorm's per-feature statistics include the padding, LayerNorm's not."""
+    from transformer_cli.inspect.norm import format_norm, norm_view
+    from transformer_cli.inspect.question_plots import plot_norm
+
+    s = _subject(config, set_, checkpoint, split, index)
+    _show(norm_view(s.model, s.cfg, s.batch, s.source), json_, format_norm, plot, plot_norm)
+
+
+@inspect_app.command("residual")
+@boundary
+def residual_command(
+    config: MaybeConfigOpt = None,
+    set_: SetOpt = None,
+    checkpoint: CheckpointOpt = None,
+    split: SplitOpt = "train",
+    index: IndexOpt = 0,
+    plot: PlotOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """The gradient reaching each layer, with and without the residual connections.
+
+    A config: fresh models of its shape, post-norm and pre-norm (deepen them with
+    --set model.enc_layers=12). A checkpoint: the trained model, in its own norm order.
+    """
+    from transformer_cli.inspect.question_plots import plot_residual
+    from transformer_cli.inspect.residual import format_residual, residual_view
+
+    s = _subject(config, set_, checkpoint, split, index)
+    trained = None if checkpoint is None else s.model
+    view = residual_view(s.cfg, s.batch, trained, s.source)
+    _show(view, json_, format_residual, plot, plot_residual)
+
+
+@inspect_app.command("decoding")
+@boundary
+def decoding_command(
+    checkpoint: Annotated[Path, typer.Argument(help="A tfx checkpoint (.pt).")],
+    text: Annotated[str, typer.Argument(help="One source sentence.")],
+    plot: PlotOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Teacher forcing's one parallel pass against greedy decoding's one pass per piece."""
+    from transformer_cli.inspect.parallel import decoding_view, format_decoding
+    from transformer_cli.inspect.question_plots import plot_decoding
+    from transformer_cli.inspect.subject import load_trained
+
+    model, tokenizer, cfg, step = load_trained(checkpoint)
+    view = decoding_view(model, tokenizer, cfg, text, f"{checkpoint} (step {step})")
+    _show(view, json_, format_decoding, plot, plot_decoding)
+
+
+@inspect_app.command("reference")
+@boundary
+def reference_command(
+    config: MaybeConfigOpt = None,
+    set_: SetOpt = None,
+    checkpoint: CheckpointOpt = None,
+    split: SplitOpt = "valid",
+    index: IndexOpt = 0,
+    json_: JsonOpt = False,
+) -> None:
+    """tfx's layers with their weights copied into torch.nn's, on one real padded batch."""
+    from transformer_cli.inspect.reference import format_reference, reference_view
+
+    s = _subject(config, set_, checkpoint, split, index)
+    view = reference_view(s.model, s.batch.src, s.batch.tgt_in, s.source)
+    emit(json.dumps(view) if json_ else format_reference(view))

@@ -16,7 +16,7 @@ def batch_view(cfg, split: str = "train", index: int = 0, rows: int = 4, epoch: 
     """One batch exactly as training (or evaluation) builds it, with its masks.
 
     `rows` rows are shown, spread from the batch's first to its last (a batch is
-    length-sorted, so shortest to longest); `_the_batch` says which batch it is.
+    length-sorted, so shortest to longest); `the_batch` says which batch it is.
     """
     import torch
 
@@ -25,7 +25,7 @@ def batch_view(cfg, split: str = "train", index: int = 0, rows: int = 4, epoch: 
 
     if rows < 1:
         raise ConfigError(f"--rows must be >= 1, got {rows}")
-    batch, n_batches = _the_batch(cfg, split, index, epoch)
+    batch, n_batches = the_batch(cfg, split, index, epoch)
     tokenizer = Tokenizer.load(cfg.run_dir)
     size = len(batch)
     shown = _spread(size, rows)
@@ -73,7 +73,7 @@ def batch_view(cfg, split: str = "train", index: int = 0, rows: int = 4, epoch: 
     }
 
 
-def _the_batch(cfg: Config, split: str, index: int, epoch: int):
+def the_batch(cfg: Config, split: str, index: int, epoch: int):
     """(batch `index` of the split, collated as training or evaluation does, batch count).
 
     `train` batches are `batching.epoch_batches(...)[index]` of `epoch`, collated as the
