@@ -1,8 +1,11 @@
 """Our layers and stacks, loaded with the weights of torch.nn's, compute the same thing.
 
-torch.nn's boolean masks mean the opposite of ours (True = may NOT attend), so the
-reference gets `ids == PAD_ID` and an upper-triangular look-ahead mask. Only real
-(non-pad) positions are compared: padded rows are allowed to be anything.
+The weights are copied by `inspect/reference.py: copy_layer`, the code `tfx inspect
+reference` copies them with the other way, so the CLI check and this test share one
+map of which tensor is which. torch.nn's boolean masks mean the opposite of ours (True
+= may NOT attend), so the reference gets `ids == PAD_ID` and an upper-triangular
+look-ahead mask. Only real (non-pad) positions are compared: padded rows are allowed to
+be anything.
 """
 
 import dataclasses
@@ -14,7 +17,7 @@ from helpers import tiny_model_config
 from torch import nn
 
 from transformer_cli.core.specials import PAD_ID
-from transformer_cli.model.attention import CrossAttention, SelfAttention
+from transformer_cli.inspect.reference import copy_layer, torch_look_ahead
 from transformer_cli.model.masks import decoder_mask, padding_mask
 from transformer_cli.model.transformer import (
     DecoderLayer,
@@ -43,44 +46,12 @@ def randomise(module: nn.Module, gen: torch.Generator) -> None:
             p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.3)
 
 
-@torch.no_grad()
-def load_self_attn(ours: SelfAttention, ref: nn.MultiheadAttention) -> None:
-    ours.in_proj.weight.copy_(ref.in_proj_weight)
-    ours.in_proj.bias.copy_(ref.in_proj_bias)
-    ours.out_proj.load_state_dict(ref.out_proj.state_dict())
-
-
-@torch.no_grad()
-def load_cross_attn(ours: CrossAttention, ref: nn.MultiheadAttention) -> None:
-    d = ours.q_proj.in_features
-    ours.q_proj.weight.copy_(ref.in_proj_weight[:d])
-    ours.q_proj.bias.copy_(ref.in_proj_bias[:d])
-    ours.kv_proj.weight.copy_(ref.in_proj_weight[d:])
-    ours.kv_proj.bias.copy_(ref.in_proj_bias[d:])
-    ours.out_proj.load_state_dict(ref.out_proj.state_dict())
-
-
-def load_ff_and_norms(ours: nn.Module, ref: nn.Module, norms: int) -> None:
-    ours.ff[0].load_state_dict(ref.linear1.state_dict())
-    ours.ff[3].load_state_dict(ref.linear2.state_dict())
-    for i in range(1, norms + 1):
-        getattr(ours, f"norm{i}").load_state_dict(getattr(ref, f"norm{i}").state_dict())
-
-
 def load_encoder_layer(ours: EncoderLayer, ref: nn.TransformerEncoderLayer) -> None:
-    load_self_attn(ours.self_attn, ref.self_attn)
-    load_ff_and_norms(ours, ref, norms=2)
+    copy_layer(ours, ref, into="tfx")
 
 
 def load_decoder_layer(ours: DecoderLayer, ref: nn.TransformerDecoderLayer) -> None:
-    load_self_attn(ours.self_attn, ref.self_attn)
-    load_cross_attn(ours.cross_attn, ref.multihead_attn)
-    load_ff_and_norms(ours, ref, norms=3)
-
-
-def torch_look_ahead(T: int) -> torch.Tensor:
-    """torch.nn's convention: True above the diagonal = the future, may not attend."""
-    return torch.ones(T, T, dtype=torch.bool).triu(1)
+    copy_layer(ours, ref, into="tfx")
 
 
 def assert_close_real(ours: torch.Tensor, ref: torch.Tensor, ids: torch.Tensor) -> None:

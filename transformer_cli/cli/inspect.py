@@ -98,9 +98,12 @@ def positions_command(
     checkpoint: Annotated[
         Path | None,
         typer.Option(
-            "--checkpoint", help="Also: the trained first layer's W_q, W_k and embedding scale."
+            "--checkpoint", help="Also: a trained layer's W_q, W_k and the embedding scale."
         ),
     ] = None,
+    layer: Annotated[
+        int, typer.Option("--layer", help="With --checkpoint: which encoder layer's W_q, W_k.")
+    ] = 0,
     plot: PlotOpt = None,
     json_: JsonOpt = False,
 ) -> None:
@@ -110,7 +113,7 @@ def positions_command(
     and W_k it no longer does; and sqrt(d_model) * embedding against the encoding.
     """
     if checkpoint is not None:
-        return _trained_positions(checkpoint, length, tuple(k or ()), plot, json_)
+        return _trained_positions(checkpoint, length, layer, tuple(k or ()), plot, json_)
     view = positions_view(d_model, length, tuple(k or ()))
     if json_:
         emit(json.dumps({key: v for key, v in view.items() if key != "table"}))
@@ -197,14 +200,19 @@ def attention_command(
 
 
 def _trained_positions(
-    checkpoint: Path, length: int, ks: tuple[int, ...], plot: Path | None, as_json: bool
+    checkpoint: Path,
+    length: int,
+    layer: int,
+    ks: tuple[int, ...],
+    plot: Path | None,
+    as_json: bool,
 ) -> None:
     from transformer_cli.inspect.question_plots import plot_relative
     from transformer_cli.inspect.relative import format_trained_positions, trained_positions_view
     from transformer_cli.inspect.subject import load_trained
 
     model, _, _, step = load_trained(checkpoint)
-    view = trained_positions_view(model, length, f"{checkpoint} (step {step})")
+    view = trained_positions_view(model, length, f"{checkpoint} (step {step})", layer)
     rotation = positions_view(view["d_model"], view["length"], ks)
     if as_json:
         summary = {key: v for key, v in view.items() if key not in ("raw", "heads")}

@@ -5,7 +5,7 @@ matrix of dot products of the raw encodings is Toeplitz (constant along each
 diagonal). Self-attention does not compare raw encodings but their projections,
 (PE(pos) W_q) . (PE(pos + k) W_k) = PE(pos) W_q W_k^T PE(pos + k)^T, and a general
 W_q W_k^T mixes the rotation pairs, so the scores now depend on pos too. The view
-measures that on the trained first encoder layer, head by head (weights only: the
+measures that on a trained encoder layer (the first by default), head by head (weights only: the
 biases add terms linear in one position, which are not Toeplitz either).
 """
 
@@ -53,8 +53,9 @@ def projected_dots(table, w_q, w_k, heads: int) -> list:
     return list(q @ k.transpose(1, 2) / math.sqrt(d_k))  # H x (L, L)
 
 
-def trained_positions_view(model, length: int, source: str) -> dict:
-    """The raw and the projected dot products, and the embeddings' scale, of a model."""
+def trained_positions_view(model, length: int, source: str, layer: int = 0) -> dict:
+    """The raw dot products, the ones projected by encoder layer `layer`'s W_q and W_k,
+    and the embeddings' scale, of a model."""
     import torch
 
     cfg = model.cfg
@@ -63,17 +64,23 @@ def trained_positions_view(model, length: int, source: str) -> dict:
             f"{source}: model.positional is {cfg.positional}; this view is about the "
             "sinusoidal encoding"
         )
+    layers = cfg.enc_layers
+    if not 0 <= layer < layers:
+        raise ConfigError(f"--layer {layer}: the encoder has {layers} layers (0..{layers - 1})")
+    if length < 2:
+        raise ConfigError(f"--length must be >= 2, got {length}")
     length = min(length, cfg.max_positions)
     d = cfg.d_model
     with torch.no_grad():
         pe = model.src_pos(length).double()  # (L, D), the table the model adds
         raw = pe @ pe.T  # (L, L)
-        w = model.encoder.layers[0].self_attn.in_proj.weight.double()  # (3D, D): q, k, v
+        w = model.encoder.layers[layer].self_attn.in_proj.weight.double()  # (3D, D): q, k, v
         heads = projected_dots(pe, w[:d], w[d : 2 * d], cfg.heads)
         scaled = model.src_embed.weight.double() * model.embed_scale  # (V, D)
     return {
         "source": source,
         "length": length,
+        "layer": layer,
         "d_model": d,
         "raw": raw.tolist(),
         "raw_spread": diagonal_spread(raw),
@@ -96,7 +103,10 @@ def format_trained_positions(view: dict) -> str:
         f"({'a function of k only' if raw < TOEPLITZ_TOLERANCE else 'NOT Toeplitz'})",
     ]
     for h, s in enumerate(view["head_spreads"]):
-        out.append(f"  (PE W_q)(PE W_k)^T / sqrt(d_k), encoder layer 0 head {h}: spread {s:.3f}")
+        out.append(
+            f"  (PE W_q)(PE W_k)^T / sqrt(d_k), encoder layer {view['layer']} head {h}: "
+            f"spread {s:.3f}"
+        )
     out += [
         "  after the projections the scores depend on where the pair is, not only on k: "
         "W_q W_k^T mixes the sin/cos pairs that made the raw product shift-invariant",
