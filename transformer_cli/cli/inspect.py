@@ -53,7 +53,10 @@ SplitOpt = Annotated[str, typer.Option("--split", help="train, valid or test.")]
 IndexOpt = Annotated[int, typer.Option("--index", help="Which batch (0-based).")]
 
 
-def _subject(config: Path | None, set_: list[str] | None, checkpoint: Path | None, split, index):
+def _subject(
+    config: Path | None, set_: list[str] | None, checkpoint: Path | None, split: str, index: int
+):
+    """The model and batch a model view looks at (inspect/subject.py)."""
     from transformer_cli.inspect.subject import subject
 
     return subject(None if config is None else load(config, set_), checkpoint, split, index)
