@@ -35,6 +35,7 @@ from transformer_cli.training.distributed import World
 from transformer_cli.training.finetune import Start
 from transformer_cli.training.loss import split_loss
 from transformer_cli.training.records import (
+    BadSteps,
     MetricsLog,
     Progress,
     Window,
@@ -124,6 +125,7 @@ def setup(cfg: Config, run_dir: Path, start: Start, world: World, device: torch.
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     trainer = Trainer(model, optimizer, scaler, train_split, cfg, device, precision, world)
     session = Session(run_dir, tokenizer, model, trainer, valid_split, valid_refs, Progress())
+    session.settle_every = settle_interval(cfg, device)
 
     if world.is_main:
         saving.refuse_a_second_run(run_dir, start.resume)
@@ -141,6 +143,12 @@ def setup(cfg: Config, run_dir: Path, start: Start, world: World, device: torch.
     if world.is_main:
         print(first_line(model, where, len(train_split), run_dir), file=sys.stderr)
     return session
+
+
+def settle_interval(cfg: Config, device: torch.device) -> int:
+    """Updates between host reads of the skipped-update counts (`settle`): every one on
+    the CPU, where a read costs nothing; on CUDA train.log_every, so no step syncs."""
+    return cfg.train.log_every if device.type == "cuda" else 1
 
 
 def first_line(model: Transformer, where: list[str], pairs: int, run_dir: Path) -> str:
@@ -190,6 +198,7 @@ def train_loop(session: Session) -> None:
     t, progress = session.cfg.train, session.progress
     session.started = time.monotonic() - progress.elapsed
     session.window = Window()
+    session.bad = BadSteps(run=progress.bad_in_a_row)
     session.stop_reason = shared_stop(session)
     session.last_eval_step = progress.step if session.stop_reason else -1
     split = session.trainer.split
@@ -234,9 +243,12 @@ def update(session: Session) -> None:
     progress.elapsed = time.monotonic() - session.started
     count(session, result)
     session.bar.update(1)
-    if progress.step % t.log_every == 0 and session.window.tokens:
+    at_log, at_eval = progress.step % t.log_every == 0, progress.step % t.eval_every == 0
+    if at_log or at_eval or progress.step % session.settle_every == 0:
+        settle(session)
+    if at_log and session.window.tokens:
         log_train(session, lr)
-    if progress.step % t.eval_every == 0:
+    if at_eval:
         paused = time.monotonic()
         validate(session)
         # the log's tokens/s is the training loop's own: validation is left out
@@ -249,21 +261,25 @@ def update(session: Session) -> None:
 
 
 def count(session: Session, result: StepResult) -> None:
-    """Add an applied update to the window; count a skipped one, aborting after too many."""
-    progress, window = session.progress, session.window
-    if result.applied:
-        progress.bad_in_a_row = 0
-        window.loss += result.loss
-        window.nll += result.nll
-        window.tokens += result.tokens
-        return
-    progress.skipped_steps += 1
-    progress.bad_in_a_row += 1
-    limit = session.cfg.train.max_bad_steps
-    if progress.bad_in_a_row >= limit:
+    """Add an applied update to the window, count a skipped one: on the device, no sync."""
+    session.window.add(result.loss, result.nll, result.tokens, result.finite)
+    session.bad.add(result.finite, session.progress.step, session.cfg.train.max_bad_steps)
+
+
+def settle(session: Session) -> None:
+    """Read the skipped-update counts to the host; abort if too many came in a row.
+
+    Every step on the CPU, where a read costs nothing; on CUDA at log, validation and
+    final steps only (`Session.settle_every`), so an abort comes at most that many
+    updates late. It names the step that reached the limit; the checkpoints are intact,
+    since a save settles first.
+    """
+    progress, limit = session.progress, session.cfg.train.max_bad_steps
+    hit_at = session.bad.settle(progress)
+    if hit_at:
         raise TrainingError(
-            f"{progress.bad_in_a_row} non-finite updates (loss or gradients) in a row at step "
-            f"{progress.step} (train.max_bad_steps={limit}); the last "
+            f"{limit} non-finite updates (loss or gradients) in a row at step "
+            f"{hit_at} (train.max_bad_steps={limit}); the last "
             f"good checkpoint in {session.run_dir / 'checkpoints'} is intact. Try a lower "
             "learning rate, train.clip_norm, or train.precision: fp32"
         )
@@ -332,6 +348,7 @@ def finish(session: Session) -> None:
     Then every rank's step is compared: a job whose ranks disagree is an error, not a
     checkpoint to trust.
     """
+    settle(session)  # the counts a checkpoint records; an abort still due comes now
     if session.stop_signal:
         saving.save(session, is_best=False)
     elif session.last_eval_step != session.progress.step:

@@ -38,12 +38,49 @@ class Progress:
 
 @dataclass
 class Window:
-    """The running sums of the train record being gathered since the last one was logged."""
+    """The running sums of the train record being gathered since the last one was logged.
+
+    The sums of applied updates only; kept where the updates ran (on the GPU, on it), and
+    read when the record is written.
+    """
 
     loss: torch.Tensor = dataclasses.field(default_factory=lambda: torch.zeros(()))
     nll: torch.Tensor = dataclasses.field(default_factory=lambda: torch.zeros(()))
-    tokens: int = 0
+    tokens: torch.Tensor | int = 0
     t0: float = dataclasses.field(default_factory=time.monotonic)  # its training time starts
+
+    def add(self, loss: torch.Tensor, nll: torch.Tensor, tokens: int, applied: torch.Tensor):
+        """Count one update's sums if it was applied (no host sync)."""
+        self.loss = self.loss + torch.where(applied, loss, 0.0)  # where: a NaN stays out
+        self.nll = self.nll + torch.where(applied, nll, 0.0)
+        self.tokens = self.tokens + applied.long() * tokens
+
+
+@dataclass
+class BadSteps:
+    """Non-finite updates, counted where the updates ran and read by the host in `settle`.
+
+    `run` is the number of non-finite updates in a row up to the latest one; `hit_at` the
+    step at which it first reached the limit (0: not yet), so a late read still names it.
+    """
+
+    run: torch.Tensor | int = 0
+    skipped: torch.Tensor | int = 0  # since the last settle
+    hit_at: torch.Tensor | int = 0
+
+    def add(self, applied: torch.Tensor, step: int, limit: int) -> None:
+        bad = (~applied).long()
+        self.run = (self.run + bad) * bad  # back to 0 after an applied update
+        self.skipped = self.skipped + bad
+        reached = (torch.as_tensor(self.hit_at) == 0) & (self.run >= limit)
+        self.hit_at = torch.where(reached, step, self.hit_at)
+
+    def settle(self, progress: Progress) -> int:
+        """Move the counts into `progress` (a host sync); the step the limit was hit, or 0."""
+        progress.skipped_steps += int(self.skipped)
+        progress.bad_in_a_row = int(self.run)
+        self.skipped = 0
+        return int(self.hit_at)
 
 
 @dataclass
@@ -93,16 +130,16 @@ def drop_partial_record(path: Path) -> None:
 
 
 def train_record(progress: Progress, window: Window, lr: float) -> dict:
-    nll_sum = float(window.nll)
+    nll_sum, tokens = float(window.nll), int(window.tokens)
     return {
         "kind": "train",
         "step": progress.step,
         "epoch": progress.epoch,
-        "loss": per_token(float(window.loss), window.tokens),
-        "nll": per_token(nll_sum, window.tokens),
-        "ppl": perplexity(nll_sum, window.tokens),  # inf for a diverged model
+        "loss": per_token(float(window.loss), tokens),
+        "nll": per_token(nll_sum, tokens),
+        "ppl": perplexity(nll_sum, tokens),  # inf for a diverged model
         "lr": lr,
-        "tokens_per_s": window.tokens / max(time.monotonic() - window.t0, 1e-9),
+        "tokens_per_s": tokens / max(time.monotonic() - window.t0, 1e-9),
         "elapsed": round(progress.elapsed, 2),
         "skipped_steps": progress.skipped_steps,
     }

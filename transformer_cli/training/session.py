@@ -20,7 +20,7 @@ from transformer_cli.data import store as cache
 from transformer_cli.data.tokenizer import Tokenizer
 from transformer_cli.model.transformer import Transformer
 from transformer_cli.training.distributed import World
-from transformer_cli.training.records import MetricsLog, Progress, Window
+from transformer_cli.training.records import BadSteps, MetricsLog, Progress, Window
 from transformer_cli.training.step import Trainer
 
 
@@ -63,6 +63,8 @@ class Session:
     metrics: MetricsLog = dataclasses.field(init=False)  # set by `opened`, for the loop
     bar: tqdm = dataclasses.field(init=False)  # set by `opened`, for the loop
     window: Window = dataclasses.field(default_factory=Window)
+    bad: BadSteps = dataclasses.field(default_factory=BadSteps)  # non-finite updates
+    settle_every: int = 1  # updates between host reads of `bad` (loop.settle)
     started: float = 0.0  # time.monotonic() at which training time would have been 0
     batches: list[torch.Tensor] = dataclasses.field(default_factory=list)  # this epoch's
     stop_reason: str = ""

@@ -71,12 +71,18 @@ class LossModule(torch.nn.Module):
 @dataclass
 class StepResult:
     """One update's sums over its real target tokens (of all ranks), and whether it was
-    applied."""
+    applied. The tensors stay on the training device: reading them is a host sync, which
+    the loop does at log steps only (`records.Window`, `records.BadSteps`)."""
 
-    loss: torch.Tensor  # () the label-smoothed objective, summed, on the host
-    nll: torch.Tensor  # () the unsmoothed NLL, summed, on the host
+    loss: torch.Tensor  # () the label-smoothed objective, summed
+    nll: torch.Tensor  # () the unsmoothed NLL, summed
     tokens: int  # real target tokens
-    applied: bool  # False: non-finite, the weights were left as they were
+    finite: torch.Tensor  # () bool: True = applied; False = non-finite, weights untouched
+
+    @property
+    def applied(self) -> bool:
+        """Whether the update was applied (reads `finite`: a host sync)."""
+        return bool(self.finite)
 
 
 class CompiledSteps:
@@ -128,7 +134,7 @@ def train_step(trainer: Trainer, group: list[torch.Tensor], lr: float) -> StepRe
     the last micro-batch's backward all-reduces. The loss sums are summed over ranks too,
     so every rank takes the same decision. An update whose loss or gradient norm is not
     finite (or, under fp16, whose gradients overflowed the scaler) is not applied: the
-    weights stay as they were.
+    weights stay as they were (`apply_if_finite`).
     """
     optimizer, scaler, t, world = (
         trainer.optimizer,
@@ -154,17 +160,44 @@ def train_step(trainer: Trainer, group: list[torch.Tensor], lr: float) -> StepRe
     if scaler is not None:
         scaler.unscale_(optimizer)  # clip the true gradients, never the scaled ones
     norm = grad_norm([p for p in trainer.model.parameters() if p.grad is not None], t.clip_norm)
-    # one host sync per update: the price of counting skipped steps exactly
-    finite = bool(torch.isfinite(loss_sum) & torch.isfinite(norm))
+    finite = torch.isfinite(loss_sum) & torch.isfinite(norm)  # () on the device: no sync
+    finite = apply_if_finite(optimizer, scaler, finite)
+    optimizer.zero_grad(set_to_none=True)
+    return StepResult(loss_sum.detach(), nll_sum.detach(), n_tokens, finite)
+
+
+def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether `optimizer` can skip an update on the device (`found_inf`): the fused
+    Adam and AdamW kernels can; the others need the host to decide."""
+    return bool(optimizer.defaults.get("fused"))
+
+
+def apply_if_finite(
+    optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, finite: torch.Tensor
+) -> torch.Tensor:
+    """Step the optimizer unless `finite` is False; return whether it stepped, as a
+    device tensor.
+
+    The fused optimizers take the decision on the device (GradScaler's own mechanism,
+    `found_inf`: where it is 1 they leave weights, moments and step count as they were),
+    so a step needs no host sync. Other optimizers, and fp16's GradScaler, whose scale
+    is read back to tell an overflow, decide on the host.
+    """
     if scaler is not None:
         scale_before = scaler.get_scale()
         scaler.step(optimizer)  # skips the update itself when gradients overflowed
         scaler.update()
-        finite = finite and scaler.get_scale() >= scale_before
-    elif finite:
+        return finite & (scaler.get_scale() >= scale_before)
+    if skips_on_device(optimizer):
+        optimizer.found_inf = (~finite).float()  # type: ignore[attr-defined]
+        try:
+            optimizer.step()
+        finally:
+            optimizer.found_inf = None  # type: ignore[attr-defined]
+        return finite
+    if bool(finite):  # a host sync
         optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return StepResult(loss_sum.cpu(), nll_sum.cpu(), n_tokens, finite)
+    return finite
 
 
 def grad_norm(params: list[torch.nn.Parameter], clip_norm: float) -> torch.Tensor:
