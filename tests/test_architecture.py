@@ -52,6 +52,11 @@ FAST_TWINS = {
         "training/test_loss.py",
         "test_fused_loss_equals_the_plain_one_for_any_chunking",
     ),
+    "prefetch": (
+        "collating each update's batches in train_step",
+        "training/test_prefetch.py",
+        "test_training_with_prefetch_gives_the_same_weights",
+    ),
     "packing": (
         "F.linear",
         "fast/test_packing.py",

@@ -94,6 +94,7 @@ def _train_rules(cfg: Config, check: Check) -> None:
     check(t.threads >= 0, "train.threads", f"must be >= 0, got {t.threads}")
     check(t.batch_tokens >= 1, "train.batch_tokens", f"must be >= 1, got {t.batch_tokens}")
     check(t.accum_steps >= 1, "train.accum_steps", f"must be >= 1, got {t.accum_steps}")
+    check(t.pad_multiple >= 0, "train.pad_multiple", f"must be >= 0, got {t.pad_multiple}")
     for name in ("max_steps", "max_epochs", "patience", "max_bad_steps"):
         value = getattr(t, name)
         check(value >= 0, f"train.{name}", f"must be >= 0, got {value}")

@@ -35,6 +35,11 @@ class Batch:
     def __len__(self) -> int:
         return self.src.shape[0]
 
+    def pinned(self) -> Batch:
+        """The token tensors in page-locked memory, so that a copy to CUDA runs async."""
+        src, tgt_in, tgt_out = (t.pin_memory() for t in (self.src, self.tgt_in, self.tgt_out))
+        return Batch(src, tgt_in, tgt_out, self.n_tokens, self.indices)
+
     def to(self, device: torch.device | str, non_blocking: bool = True) -> Batch:
         """The token tensors on `device`; `indices` stay on the host for bookkeeping."""
         return Batch(
@@ -143,14 +148,23 @@ def batches_from_lengths(
 
 
 def _gather(
-    flat: torch.Tensor, offsets: torch.Tensor, indices: torch.Tensor, truncate: int
+    flat: torch.Tensor,
+    offsets: torch.Tensor,
+    indices: torch.Tensor,
+    truncate: int,
+    multiple: int = 1,
+    extra: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows flat[offsets[i]:offsets[i+1]] as a (B, W) int64 matrix padded with PAD_ID."""
+    """Rows flat[offsets[i]:offsets[i+1]] as a (B, W) int64 matrix padded with PAD_ID.
+
+    W is the longest row, rounded up so that W + `extra` is a multiple of `multiple`.
+    """
     starts = offsets[indices]  # (B,)
     lengths = offsets[indices + 1] - starts  # (B,)
     if truncate:
         lengths = lengths.clamp(max=truncate)
     width = int(lengths.max()) if len(indices) else 0
+    width = -(-(width + extra) // multiple) * multiple - extra if len(indices) else 0
     cols = torch.arange(width)  # (W,)
     real = cols < lengths[:, None]  # (B, W)
     # Padded slots point at position 0 (any valid one) and are overwritten with PAD_ID.
@@ -158,14 +172,22 @@ def _gather(
     return flat[where].long().masked_fill_(~real, PAD_ID), lengths
 
 
-def collate(split: EncodedSplit, indices: torch.Tensor | Sequence[int], truncate: int = 0) -> Batch:
+def collate(
+    split: EncodedSplit,
+    indices: torch.Tensor | Sequence[int],
+    truncate: int = 0,
+    multiple: int = 1,
+) -> Batch:
     """Pad the chosen sentences to this batch's own longest, with BOS/EOS-shifted targets.
 
     `truncate` > 0 keeps at most that many pieces per side (for unfiltered eval data).
+    `multiple` > 1 pads S and T further, up to multiples of it (the shapes GPU kernels
+    like); the extra slots are padding like any other, so no real position changes.
     """
     indices = torch.as_tensor(indices, dtype=torch.int64)
-    src, _ = _gather(split.src, split.src_offsets, indices, truncate)  # (B, S)
-    y, tgt_len = _gather(split.tgt, split.tgt_offsets, indices, truncate)  # (B, T-1)
+    src, _ = _gather(split.src, split.src_offsets, indices, truncate, multiple)  # (B, S)
+    # (B, T-1): T = the target pieces + 1 (BOS or EOS) is what must be a multiple
+    y, tgt_len = _gather(split.tgt, split.tgt_offsets, indices, truncate, multiple, extra=1)
     b, t = y.shape[0], y.shape[1] + 1  # one column more than the longest target, for EOS
     tgt_out = torch.full((b, t), PAD_ID, dtype=torch.int64)
     tgt_out[:, :-1] = y

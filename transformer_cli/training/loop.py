@@ -43,11 +43,19 @@ from transformer_cli.training.records import (
     train_record,
 )
 from transformer_cli.training.scores import score_texts
-from transformer_cli.training.session import Session, StopSignals, shared_stop, stop_condition
+from transformer_cli.training.session import (
+    Session,
+    StopSignals,
+    count,
+    prefetcher,
+    settle,
+    settle_interval,
+    shared_stop,
+    stop_condition,
+)
 from transformer_cli.training.step import (
     CompiledSteps,
     LossModule,
-    StepResult,
     Trainer,
     make_optimizer,
     train_step,
@@ -126,6 +134,8 @@ def setup(cfg: Config, run_dir: Path, start: Start, world: World, device: torch.
     trainer = Trainer(model, optimizer, scaler, train_split, cfg, device, precision, world)
     session = Session(run_dir, tokenizer, model, trainer, valid_split, valid_refs, Progress())
     session.settle_every = settle_interval(cfg, device)
+    # fast path: the next update's batches collated on a thread while this one runs
+    session.prefetch = prefetcher(trainer, device)
 
     if world.is_main:
         saving.refuse_a_second_run(run_dir, start.resume)
@@ -143,12 +153,6 @@ def setup(cfg: Config, run_dir: Path, start: Start, world: World, device: torch.
     if world.is_main:
         print(first_line(model, where, len(train_split), run_dir), file=sys.stderr)
     return session
-
-
-def settle_interval(cfg: Config, device: torch.device) -> int:
-    """Updates between host reads of the skipped-update counts (`settle`): every one on
-    the CPU, where a read costs nothing; on CUDA train.log_every, so no step syncs."""
-    return cfg.train.log_every if device.type == "cuda" else 1
 
 
 def first_line(model: Transformer, where: list[str], pairs: int, run_dir: Path) -> str:
@@ -184,6 +188,8 @@ def opened(session: Session) -> Iterator[None]:
         session.bar.close()
         session.metrics.close()
         session.signals.restore()
+        if session.prefetch is not None:
+            session.prefetch.close()
 
 
 # ---------------------------------------------------------------------- the loop
@@ -235,8 +241,15 @@ def update(session: Session) -> None:
     t, progress = session.cfg.train, session.progress
     group = next_group(session)
     lr = schedule.learning_rate(progress.step + 1, t, session.cfg.model.d_model)
+    mine, batches = distributed.shard(group, session.world), None
+    if session.prefetch is not None:
+        batches = session.prefetch.take(mine)
+        upcoming = distributed.global_group(
+            session.batches, progress.batch_pos + len(group), t.accum_steps, session.world
+        )
+        session.prefetch.ahead(distributed.shard(upcoming, session.world))
     with distributed.world_guard(session.world, "training a step"):  # DDP all-reduces in it
-        result = train_step(session.trainer, distributed.shard(group, session.world), lr)
+        result = train_step(session.trainer, mine, lr, batches)
     progress.batch_pos += len(group)
     progress.step += 1
     progress.tokens += result.tokens
@@ -258,31 +271,6 @@ def update(session: Session) -> None:
             session.stop_reason = f"early stopping: no better BLEU in {t.patience} validations"
     reason = shared_stop(session)  # on every rank at every step: it is a collective
     session.stop_reason = session.stop_reason or reason
-
-
-def count(session: Session, result: StepResult) -> None:
-    """Add an applied update to the window, count a skipped one: on the device, no sync."""
-    session.window.add(result.loss, result.nll, result.tokens, result.finite)
-    session.bad.add(result.finite, session.progress.step, session.cfg.train.max_bad_steps)
-
-
-def settle(session: Session) -> None:
-    """Read the skipped-update counts to the host; abort if too many came in a row.
-
-    Every step on the CPU, where a read costs nothing; on CUDA at log, validation and
-    final steps only (`Session.settle_every`), so an abort comes at most that many
-    updates late. It names the step that reached the limit; the checkpoints are intact,
-    since a save settles first.
-    """
-    progress, limit = session.progress, session.cfg.train.max_bad_steps
-    hit_at = session.bad.settle(progress)
-    if hit_at:
-        raise TrainingError(
-            f"{limit} non-finite updates (loss or gradients) in a row at step "
-            f"{hit_at} (train.max_bad_steps={limit}); the last "
-            f"good checkpoint in {session.run_dir / 'checkpoints'} is intact. Try a lower "
-            "learning rate, train.clip_norm, or train.precision: fp32"
-        )
 
 
 def log_train(session: Session, lr: float) -> None:

@@ -16,12 +16,14 @@ import torch
 from tqdm import tqdm
 
 from transformer_cli.core.config import Config, TrainConfig
+from transformer_cli.core.errors import TrainingError
 from transformer_cli.data import store as cache
 from transformer_cli.data.tokenizer import Tokenizer
+from transformer_cli.fast.prefetch import Prefetcher
 from transformer_cli.model.transformer import Transformer
 from transformer_cli.training.distributed import World
 from transformer_cli.training.records import BadSteps, MetricsLog, Progress, Window
-from transformer_cli.training.step import Trainer
+from transformer_cli.training.step import StepResult, Trainer
 
 
 @dataclass
@@ -65,6 +67,7 @@ class Session:
     window: Window = dataclasses.field(default_factory=Window)
     bad: BadSteps = dataclasses.field(default_factory=BadSteps)  # non-finite updates
     settle_every: int = 1  # updates between host reads of `bad` (loop.settle)
+    prefetch: Prefetcher | None = None  # collates the next update's batches ahead
     started: float = 0.0  # time.monotonic() at which training time would have been 0
     batches: list[torch.Tensor] = dataclasses.field(default_factory=list)  # this epoch's
     stop_reason: str = ""
@@ -78,6 +81,47 @@ class Session:
     @property
     def world(self) -> World:
         return self.trainer.world
+
+
+def prefetcher(trainer: Trainer, device: torch.device) -> Prefetcher | None:
+    """`train.prefetch`'s collating thread (auto: on CUDA, into pinned memory), or None."""
+    wanted = trainer.cfg.train.prefetch
+    if wanted == "never" or (wanted == "auto" and device.type != "cuda"):
+        return None
+    if device.type == "cuda":
+        return Prefetcher(lambda group: [b.pinned() for b in trainer.collate(group)])
+    return Prefetcher(trainer.collate)
+
+
+def settle_interval(cfg: Config, device: torch.device) -> int:
+    """Updates between host reads of the skipped-update counts (`settle`): every one on
+    the CPU, where a read costs nothing; on CUDA train.log_every, so no step syncs."""
+    return cfg.train.log_every if device.type == "cuda" else 1
+
+
+def count(session: Session, result: StepResult) -> None:
+    """Add an applied update to the window, count a skipped one: on the device, no sync."""
+    session.window.add(result.loss, result.nll, result.tokens, result.finite)
+    session.bad.add(result.finite, session.progress.step, session.cfg.train.max_bad_steps)
+
+
+def settle(session: Session) -> None:
+    """Read the skipped-update counts to the host; abort if too many came in a row.
+
+    Every step on the CPU, where a read costs nothing; on CUDA at log, validation and
+    final steps only (`Session.settle_every`), so an abort comes at most that many
+    updates late. It names the step that reached the limit; the checkpoints are intact,
+    since a save settles first.
+    """
+    progress, limit = session.progress, session.cfg.train.max_bad_steps
+    hit_at = session.bad.settle(progress)
+    if hit_at:
+        raise TrainingError(
+            f"{limit} non-finite updates (loss or gradients) in a row at step "
+            f"{hit_at} (train.max_bad_steps={limit}); the last "
+            f"good checkpoint in {session.run_dir / 'checkpoints'} is intact. Try a lower "
+            "learning rate, train.clip_norm, or train.precision: fp32"
+        )
 
 
 def shared_stop(session: Session) -> str:

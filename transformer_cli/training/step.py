@@ -5,6 +5,7 @@ group, clipping, the non-finite check, and the step itself.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +32,15 @@ class Trainer:
     world: World = dataclasses.field(default_factory=World)
     # `LossModule` under DDP when launched by torchrun; None: the step calls batch_loss itself
     loss_module: torch.nn.Module | None = None
+
+    @property
+    def pad_multiple(self) -> int:
+        """`train.pad_multiple`, or where it is 0 (auto): 8 on CUDA, 1 elsewhere."""
+        return self.cfg.train.pad_multiple or (8 if self.device.type == "cuda" else 1)
+
+    def collate(self, group: Sequence[torch.Tensor]) -> list[batching.Batch]:
+        """An update's micro-batches (split indices each), padded as this device likes."""
+        return [batching.collate(self.split, g, multiple=self.pad_multiple) for g in group]
 
     def batch_sums(self, batch: batching.Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(label-smoothed loss, NLL) of `batch`, summed over its real target tokens."""
@@ -124,8 +134,15 @@ def make_optimizer(
         return build(fused=None, foreach=True)
 
 
-def train_step(trainer: Trainer, group: list[torch.Tensor], lr: float) -> StepResult:
+def train_step(
+    trainer: Trainer,
+    group: list[torch.Tensor],
+    lr: float,
+    batches: list[batching.Batch] | None = None,
+) -> StepResult:
     """One update from `group` (this rank's micro-batches of split indices) at rate `lr`.
+
+    `batches` is `trainer.collate(group)` when it was collated ahead (fast/prefetch.py).
 
     The loss of every micro-batch is a sum over its real tokens divided by the real tokens
     of the whole global batch (every micro-batch of every rank), so accumulation and data
@@ -144,7 +161,8 @@ def train_step(trainer: Trainer, group: list[torch.Tensor], lr: float) -> StepRe
     )
     for param_group in optimizer.param_groups:
         param_group["lr"] = lr
-    batches = [batching.collate(trainer.split, indices) for indices in group]
+    if batches is None:
+        batches = trainer.collate(group)
     n_tokens = sum(b.n_tokens for b in batches)
     if world.launched:
         n_tokens = int(world.sum_(torch.tensor([n_tokens]), "the batch's token count"))
