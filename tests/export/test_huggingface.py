@@ -4,6 +4,9 @@ greedy `generate` equal to tfx's greedy lines, for post-norm (MarianMT) and pre-
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from helpers import assert_one_line_error, cli, trained_tiny
@@ -31,23 +34,25 @@ def exported(tmp_path, tmp_path_factory, toy_pairs, shape):
     return model, tokenizer, ours, our_tokenizer, cfg, lines
 
 
-def test_the_residual_permutation_maps_tfxs_positions_onto_theirs():
+@pytest.mark.parametrize("name", list(CLASSES.values()))
+def test_the_residual_permutation_maps_tfxs_positions_onto_theirs(name):
     from transformer_cli.model.transformer import sinusoidal_table
 
     d = 16
-    theirs = transformers.MarianMTModel(
-        transformers.MarianConfig(
-            d_model=d,
-            max_position_embeddings=12,
-            vocab_size=8,
-            pad_token_id=0,
-            decoder_start_token_id=0,
-            eos_token_id=1,
-            forced_eos_token_id=1,
-        )
-    ).model.encoder.embed_positions.create_weight()
+    cls = getattr(transformers, name)
+    config = cls.config_class(
+        d_model=d,
+        max_position_embeddings=12,
+        vocab_size=8,
+        pad_token_id=0,
+        decoder_start_token_id=0,
+        eos_token_id=1,
+        forced_eos_token_id=1,
+    )
+    model = cls(config).model  # the table each stack computes when it is built
     ours = sinusoidal_table(12, d)[:, hf_export.residual_permutation(d)]
-    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
+    for stack in (model.encoder, model.decoder):
+        torch.testing.assert_close(ours, stack.embed_positions.weight, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("shape", list(CLASSES))
@@ -62,6 +67,9 @@ def test_logits_and_greedy_lines_are_tfxs(tmp_path, tmp_path_factory, toy_pairs,
         row[: len(s)].tolist() for row, s in zip(batch["input_ids"], sources, strict=True)
     ] == sources
     assert int(batch["attention_mask"].sum()) == sum(map(len, sources))  # no EOS added
+    assert set(batch) == {"input_ids", "attention_mask"}  # 4.x would add token_type_ids
+    saved = json.loads((Path(tokenizer.name_or_path) / "tokenizer_config.json").read_text())
+    assert saved["tokenizer_class"] == "PreTrainedTokenizerFast"  # 4.x has no TokenizersBackend
     hyps = decode_all(ours, sources, cfg.decode, "cpu")
     decoder_in = torch.full((len(hyps), max(map(len, hyps)) + 1), PAD_ID)
     decoder_in[:, 0] = BOS_ID

@@ -29,6 +29,7 @@ and target embeddings.
 from __future__ import annotations
 
 import importlib
+import json
 import shutil
 import types
 from pathlib import Path
@@ -92,6 +93,7 @@ def export(checkpoint: str | Path, out_dir: str | Path) -> Path:
     hf.save_pretrained(out)
     fast = build_tokenizer(transformers, tokenizer, model.cfg.max_positions)
     fast.save_pretrained(out)
+    portable_tokenizer_config(out / "tokenizer_config.json")
     tokenizer.save(out)  # spm.model too, for SentencePiece users
     name = "MarianMTModel" if model.cfg.norm == "post" else "PegasusForConditionalGeneration"
     atomic_write_text(out / "README.md", usage(out, name, state.get("tfx_version", "?")))
@@ -241,6 +243,19 @@ def build_tokenizer(transformers: Any, tokenizer: Tokenizer, max_positions: int)
         eos_token=EOS,
         model_max_length=max_positions,
     )
+
+
+def portable_tokenizer_config(path: Path) -> None:
+    """Make the saved tokenizer load under transformers 4 and 5 alike, with no token type ids.
+
+    transformers 5 names its fast tokenizer class TokenizersBackend, which 4.x does not know;
+    both read PreTrainedTokenizerFast (5's alias of it) from tokenizer.json. And 4.x's
+    tokenizer returns token_type_ids unless told otherwise, which MarianMT and Pegasus refuse.
+    """
+    config = json.loads(path.read_text("utf-8"))
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config["model_input_names"] = ["input_ids", "attention_mask"]
+    atomic_write_text(path, json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
 def usage(out: Path, name: str, version: str) -> str:
