@@ -265,14 +265,21 @@ def usage(out: Path, name: str, version: str) -> str:
 A `{name}` exported by tfx {__version__} from a checkpoint of tfx {version}.
 
 ```python
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, pipeline
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 tokenizer = AutoTokenizer.from_pretrained("{out}")
 model = AutoModelForSeq2SeqLM.from_pretrained("{out}")
 batch = tokenizer(["A sentence to translate."], return_tensors="pt", padding=True)
 print(tokenizer.batch_decode(model.generate(**batch, num_beams=1), skip_special_tokens=True))
+```
 
-print(pipeline("translation", model="{out}")("A sentence to translate."))
+With transformers 4.x (5.0 removed this pipeline task):
+
+```python
+from transformers import pipeline
+
+translate = pipeline("translation", model="{out}")
+print(translate("A sentence to translate.", num_beams=1))  # the pipeline's default is 4 beams
 ```
 
 The tokenizer adds no special tokens to the source, as tfx frames it; generation starts
