@@ -78,8 +78,11 @@ def refusal(model: Transformer, tokenizer: Tokenizer) -> str:
     return ""
 
 
-def export(checkpoint: str | Path, out_dir: str | Path) -> Path:
-    """Write `checkpoint` as a transformers model and tokenizer into `out_dir` (replaced)."""
+def export(checkpoint: str | Path, out_dir: str | Path, repo: str | None = None) -> Path:
+    """Write `checkpoint` as a transformers model and tokenizer into `out_dir` (replaced).
+
+    `repo`: the Hub repo it will be pushed to, which its README then loads it from.
+    """
     transformers = require_transformers()
     state = load_state(checkpoint)
     model, tokenizer, cfg = model_from_state(state, checkpoint, torch.device("cpu"))
@@ -96,7 +99,8 @@ def export(checkpoint: str | Path, out_dir: str | Path) -> Path:
     portable_tokenizer_config(out / "tokenizer_config.json")
     tokenizer.save(out)  # spm.model too, for SentencePiece users
     name = "MarianMTModel" if model.cfg.norm == "post" else "PegasusForConditionalGeneration"
-    atomic_write_text(out / "README.md", usage(out, name, state.get("tfx_version", "?")))
+    readme = usage(repo or str(out), name, state.get("tfx_version", "?"))
+    atomic_write_text(out / "README.md", readme)
     return out
 
 
@@ -258,9 +262,17 @@ def portable_tokenizer_config(path: Path) -> None:
     atomic_write_text(path, json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
-def usage(out: Path, name: str, version: str) -> str:
-    """OUT_DIR/README.md: how to translate with the export in a few lines of Python."""
-    return f"""# A tfx model for Hugging Face transformers
+def usage(out: str, name: str, version: str) -> str:
+    """OUT_DIR/README.md: how to translate with the export (loaded from `out`); its header
+    makes it a Hub model card that calls a Pegasus model a translator too."""
+    return f"""---
+library_name: transformers
+pipeline_tag: translation
+tags:
+- tfx
+---
+
+# A tfx model for Hugging Face transformers
 
 A `{name}` exported by tfx {__version__} from a checkpoint of tfx {version}.
 
