@@ -17,7 +17,7 @@ RUN_DIR ?= runs/toy
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 
-.PHONY: demo test lint format clean toy-data
+.PHONY: demo test test-transformers4 lint format clean toy-data
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,15 @@ demo: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
+
+# tests/export under transformers 4.x, which still has pipeline("translation") (docs/export.md)
+VENV4 := .venv-transformers4
+test-transformers4:
+	test -x $(VENV4)/bin/python || $(PYTHON) -m venv $(VENV4)
+	$(VENV4)/bin/python -c 'import torch' 2>/dev/null || \
+		$(VENV4)/bin/pip install -q '$(TORCH_SPEC)' $(if $(TORCH_INDEX),--index-url '$(TORCH_INDEX)')
+	$(VENV4)/bin/pip install -q -e '.[dev,export]' 'transformers>=4.40,<5'
+	$(VENV4)/bin/python -m pytest -q tests/export
 
 # ruff over the whole tree; mypy over the package (the files of [tool.mypy] in pyproject.toml)
 lint: $(BIN)/.installed

@@ -105,21 +105,39 @@ def export(
             help="ctranslate2: int8, int8_float32, int16, float16, bfloat16 or float32.",
         ),
     ] = "float32",
+    push_to_hub: Annotated[
+        str | None,
+        typer.Option(
+            "--push-to-hub",
+            metavar="REPO",
+            help="huggingface: then upload OUT_DIR to this Hugging Face Hub model repo "
+            "(user/name; created if missing, public unless its organization's default is "
+            "private), as the login of `hf auth login` or HF_TOKEN. Refused when "
+            "HF_HUB_OFFLINE is set; if the upload fails, OUT_DIR stays exported.",
+        ),
+    ] = None,
 ) -> None:
-    """Export a checkpoint for CTranslate2 or Hugging Face transformers."""
+    """Export a checkpoint for CTranslate2 or Hugging Face transformers (and the Hub)."""
     from transformer_cli.core.errors import ConfigError
 
+    if to not in ("ctranslate2", "huggingface"):
+        raise ConfigError(f"--to must be ctranslate2 or huggingface, got {to!r}")
+    if push_to_hub is not None:
+        from transformer_cli.export import hub
+
+        hub.check(to, push_to_hub)  # before anything is written
     if to == "ctranslate2":
         from transformer_cli.export import ctranslate2 as ct2_export
 
         out = ct2_export.export(checkpoint, out_dir, quantization)
-    elif to == "huggingface":
+    else:
         from transformer_cli.export import huggingface as hf_export
 
-        out = hf_export.export(checkpoint, out_dir)
-    else:
-        raise ConfigError(f"--to must be ctranslate2 or huggingface, got {to!r}")
+        out = hf_export.export(checkpoint, out_dir, repo=push_to_hub)
     print(f"exported {checkpoint} to {out} ({to}); see {out / 'README.md'}", file=sys.stderr)
+    if push_to_hub is not None:
+        url = hub.push(out, push_to_hub, checkpoint)
+        print(f"pushed {out} to {url}", file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------- decoding

@@ -42,6 +42,10 @@ class TrainingError(TfxError):
     """Training cannot go on (for example: too many non-finite updates in a row)."""
 
 
+class HubError(TfxError):
+    """The Hugging Face Hub cannot be reached, refuses the login, or refuses the upload."""
+
+
 def debug_enabled() -> bool:
     return os.environ.get("TFX_DEBUG", "") not in ("", "0")
 

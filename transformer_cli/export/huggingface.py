@@ -29,6 +29,7 @@ and target embeddings.
 from __future__ import annotations
 
 import importlib
+import json
 import shutil
 import types
 from pathlib import Path
@@ -77,8 +78,11 @@ def refusal(model: Transformer, tokenizer: Tokenizer) -> str:
     return ""
 
 
-def export(checkpoint: str | Path, out_dir: str | Path) -> Path:
-    """Write `checkpoint` as a transformers model and tokenizer into `out_dir` (replaced)."""
+def export(checkpoint: str | Path, out_dir: str | Path, repo: str | None = None) -> Path:
+    """Write `checkpoint` as a transformers model and tokenizer into `out_dir` (replaced).
+
+    `repo`: the Hub repo it will be pushed to, which its README then loads it from.
+    """
     transformers = require_transformers()
     state = load_state(checkpoint)
     model, tokenizer, cfg = model_from_state(state, checkpoint, torch.device("cpu"))
@@ -92,9 +96,11 @@ def export(checkpoint: str | Path, out_dir: str | Path) -> Path:
     hf.save_pretrained(out)
     fast = build_tokenizer(transformers, tokenizer, model.cfg.max_positions)
     fast.save_pretrained(out)
+    portable_tokenizer_config(out / "tokenizer_config.json")
     tokenizer.save(out)  # spm.model too, for SentencePiece users
     name = "MarianMTModel" if model.cfg.norm == "post" else "PegasusForConditionalGeneration"
-    atomic_write_text(out / "README.md", usage(out, name, state.get("tfx_version", "?")))
+    readme = usage(repo or str(out), name, state.get("tfx_version", "?"))
+    atomic_write_text(out / "README.md", readme)
     return out
 
 
@@ -243,21 +249,49 @@ def build_tokenizer(transformers: Any, tokenizer: Tokenizer, max_positions: int)
     )
 
 
-def usage(out: Path, name: str, version: str) -> str:
-    """OUT_DIR/README.md: how to translate with the export in a few lines of Python."""
-    return f"""# A tfx model for Hugging Face transformers
+def portable_tokenizer_config(path: Path) -> None:
+    """Make the saved tokenizer load under transformers 4 and 5 alike, with no token type ids.
+
+    transformers 5 names its fast tokenizer class TokenizersBackend, which 4.x does not know;
+    both read PreTrainedTokenizerFast (5's alias of it) from tokenizer.json. And 4.x's
+    tokenizer returns token_type_ids unless told otherwise, which MarianMT and Pegasus refuse.
+    """
+    config = json.loads(path.read_text("utf-8"))
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config["model_input_names"] = ["input_ids", "attention_mask"]
+    atomic_write_text(path, json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+
+
+def usage(out: str, name: str, version: str) -> str:
+    """OUT_DIR/README.md: how to translate with the export (loaded from `out`); its header
+    makes it a Hub model card that calls a Pegasus model a translator too."""
+    return f"""---
+library_name: transformers
+pipeline_tag: translation
+tags:
+- tfx
+---
+
+# A tfx model for Hugging Face transformers
 
 A `{name}` exported by tfx {__version__} from a checkpoint of tfx {version}.
 
 ```python
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, pipeline
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 tokenizer = AutoTokenizer.from_pretrained("{out}")
 model = AutoModelForSeq2SeqLM.from_pretrained("{out}")
 batch = tokenizer(["A sentence to translate."], return_tensors="pt", padding=True)
 print(tokenizer.batch_decode(model.generate(**batch, num_beams=1), skip_special_tokens=True))
+```
 
-print(pipeline("translation", model="{out}")("A sentence to translate."))
+With transformers 4.x (5.0 removed this pipeline task):
+
+```python
+from transformers import pipeline
+
+translate = pipeline("translation", model="{out}")
+print(translate("A sentence to translate.", num_beams=1))  # the pipeline's default is 4 beams
 ```
 
 The tokenizer adds no special tokens to the source, as tfx frames it; generation starts
