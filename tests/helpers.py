@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from transformer_cli.core.config import ModelConfig
 from transformer_cli.core.errors import TfxError
-from transformer_cli.core.specials import PAD_ID
+from transformer_cli.core.specials import BOS_ID, EOS_ID, PAD_ID
+from transformer_cli.model.transformer import Transformer
 
 
 def cli(*args, input: bytes | str | None = None):
@@ -204,6 +205,59 @@ def padded(lengths: list[int], vocab: int, width: int | None = None, seed: int =
     for row, n in enumerate(lengths):
         ids[row, n:] = PAD_ID
     return ids
+
+
+# the searches' models: a tiny vocabulary, sources of real pieces
+FIRST_REAL = EOS_ID + 1
+VOCAB = 14  # small: the tiny models train in a fraction of a second
+
+
+def tiny_model(seed: int = 0, train_steps: int = 40, **overrides) -> Transformer:
+    """A tiny model, half-trained to reverse its source.
+
+    A random model repeats one token and never says EOS; a few Adam steps on a toy
+    task give peaked distributions and sentences that end at varied lengths, so the
+    searches' stopping and batch-shrinking paths are all exercised.
+    """
+    torch.manual_seed(seed)
+    shape = dict(
+        d_model=32,
+        heads=4,
+        enc_layers=2,
+        dec_layers=2,
+        d_ff=64,
+        dropout=0.0,
+        max_positions=40,
+        src_vocab=VOCAB,
+        tgt_vocab=VOCAB,
+    )
+    cfg = ModelConfig(**{**shape, **overrides})
+    model = Transformer(cfg)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for step in range(train_steps):
+        sources = random_sources(32, seed=1000 + step)
+        targets = [s[::-1] for s in sources]
+        tgt_in = pad([[BOS_ID] + t for t in targets])
+        tgt_out = pad([t + [EOS_ID] for t in targets])
+        logits = model(pad(sources), tgt_in)  # (B, T, V)
+        loss = torch.nn.functional.cross_entropy(
+            logits.flatten(0, 1), tgt_out.flatten(), ignore_index=PAD_ID
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def random_sources(n: int, seed: int = 1, max_len: int = 9) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, max_len + 1, (n,), generator=g).tolist()
+    return [torch.randint(FIRST_REAL, VOCAB, (k,), generator=g).tolist() for k in lengths]
+
+
+def pad(sources: list[list[int]]) -> torch.Tensor:
+    width = max(len(s) for s in sources)
+    return torch.tensor([s + [PAD_ID] * (width - len(s)) for s in sources])
 
 
 class Trap:

@@ -34,11 +34,14 @@ GIVEN = {
     "max_len_b": 3,
     "batch_sentences": 7,
     "precision": "bf16",
+    "sync_every": 3,
 }
 FLAG_ARGS = ["--beam", "4", "--alpha", "0.5", "--early-stop", "--max-len-a", "2",
-             "--max-len-b", "3", "--batch-size", "7", "--precision", "bf16"]  # fmt: skip
+             "--max-len-b", "3", "--batch-size", "7", "--precision", "bf16",
+             "--sync-every", "3"]  # fmt: skip
 # an out-of-range value for each option that has a range rule
-BAD = [("beam", 0), ("alpha", -1.0), ("max_len_a", -1.0), ("max_len_b", -1), ("batch_sentences", 0)]
+BAD = [("beam", 0), ("alpha", -1.0), ("max_len_a", -1.0), ("max_len_b", -1), ("batch_sentences", 0),
+       ("sync_every", -1)]  # fmt: skip
 
 
 def names(cls) -> set[str]:

@@ -182,6 +182,15 @@ PrecisionOpt = Annotated[
     ),
 ]
 
+SyncEveryOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--sync-every",
+        help="Greedy: steps between checks for finished sentences; 0 = auto (1 on the CPU, "
+        "8 on CUDA or MPS). Same output for every value. (default: the checkpoint config)",
+    ),
+]
+
 
 @app.command()
 @boundary
@@ -208,6 +217,7 @@ def translate(
     batch_size: BatchOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = None,
+    sync_every: SyncEveryOpt = None,
     plot_attention: Annotated[
         Path | None,
         typer.Option("--plot-attention", help="Draw the first TEXT's attention into this PNG."),
@@ -235,15 +245,10 @@ def translate(
             self_attention=self_attention, device=device,
         )  # fmt: skip
     decode = DecodeOverrides(
-        beam=beam,
-        alpha=alpha,
-        early_stop=early_stop,
-        max_len_a=max_len_a,
-        max_len_b=max_len_b,
-        batch_sentences=batch_size,
-        precision=precision_flag(precision),
-        nbest=nbest,
-    )
+        beam=beam, alpha=alpha, early_stop=early_stop, max_len_a=max_len_a,
+        max_len_b=max_len_b, batch_sentences=batch_size, precision=precision_flag(precision),
+        sync_every=sync_every, nbest=nbest,
+    )  # fmt: skip
     translate_mod.run(checkpoint, text, input_, output, decode=decode, device=device)
 
 
@@ -270,6 +275,7 @@ def evaluate(
     batch_size: BatchOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = None,
+    sync_every: SyncEveryOpt = None,
     json_: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     average: Annotated[
         int, typer.Option("--average", help="Also score the average of the last N checkpoints.")
@@ -284,14 +290,10 @@ def evaluate(
     from transformer_cli.training import evaluate as evaluate_mod
 
     decode = DecodeOverrides(
-        beam=beam,
-        alpha=alpha,
-        early_stop=early_stop,
-        max_len_a=max_len_a,
-        max_len_b=max_len_b,
-        batch_sentences=batch_size,
-        precision=precision_flag(precision),
-    )
+        beam=beam, alpha=alpha, early_stop=early_stop, max_len_a=max_len_a,
+        max_len_b=max_len_b, batch_sentences=batch_size, precision=precision_flag(precision),
+        sync_every=sync_every,
+    )  # fmt: skip
     evaluate_mod.run(
         checkpoints,
         split,

@@ -153,6 +153,7 @@ def decode_problems(dec: DecodeConfig, nbest: int = 1, flags: bool = False) -> l
     if dec.max_len_a == 0 and dec.max_len_b == 0:
         problems.append(f"{name('max_len_a')} and {name('max_len_b')} cannot both be 0")
     check(dec.batch_sentences >= 1, "batch_sentences", f"must be >= 1, got {dec.batch_sentences}")
+    check(dec.sync_every >= 0, "sync_every", f"must be >= 0 (0 = auto), got {dec.sync_every}")
     return problems
 
 

@@ -13,7 +13,9 @@ Length conventions, shared by both searches:
 Both searches keep only unfinished sentences in the batch: a sentence that is done is
 dropped from the KV cache (`KVCache.select`), so one long straggler costs one row per
 step, not the whole batch. Greedy search over many batches goes further
-(`stream.greedy_stream`): the next sentence takes a finished one's place at once.
+(`stream.greedy_stream`): the next sentence takes a finished one's place at once. Greedy
+search finds its finished sentences every `sync_every` steps, a read of the device each
+time (`host_sync`); beam search reads its candidates at every step.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch
 from torch import Tensor
 
 from transformer_cli.core.specials import BOS_ID, EOS_ID, PAD_ID
-from transformer_cli.decoding import kv_cache
+from transformer_cli.decoding import host_sync, kv_cache
 from transformer_cli.decoding.kv_cache import KVCache
 from transformer_cli.decoding.protocol import SearchModel
 
@@ -92,7 +94,11 @@ def _step_hidden(
 
 @torch.no_grad()
 def greedy_search(
-    model: SearchModel, src: Tensor, max_len: int | Sequence[int] | Tensor, use_cache: bool = True
+    model: SearchModel,
+    src: Tensor,
+    max_len: int | Sequence[int] | Tensor,
+    use_cache: bool = True,
+    sync_every: int = 1,
 ) -> list[list[int]]:
     """The most probable next piece at every step, until EOS or `max_len` pieces.
 
@@ -103,9 +109,12 @@ def greedy_search(
         src: (B, S) source ids, right-padded with PAD_ID, on the model's device.
         max_len: the most pieces to emit, one int for all or one per sentence.
         use_cache: False re-runs the decoder over the whole prefix at every step.
+        sync_every: k >= 1: finished rows are found, and dropped, every k steps (a read
+            of the device each time); the outputs are the same for every k.
     Returns:
         B lists of piece ids, without BOS/EOS.
     """
+    sync_every = host_sync.checked(sync_every)
     batch, device = src.size(0), src.device
     limits_host = output_limits(model, max_len, batch)
     steps = int(limits_host.max()) if batch else 0
@@ -113,28 +122,33 @@ def greedy_search(
     out = torch.full((batch, steps), EOS_ID, dtype=torch.long, device=device)  # (B, steps)
     alive = torch.arange(batch, device=device)  # (R,) each live row's sentence
     limits = limits_host.to(device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)  # (R,) since the check
     tokens = torch.full((batch, 1), BOS_ID, dtype=torch.long, device=device)  # (R, 1)
     prefix = tokens  # (R, t + 1), read only without a cache
     cache = KVCache.for_model(model) if use_cache else None
     for t in range(steps):
         hidden = _step_hidden(model, tokens, prefix, memory, src, cache)  # (R, D)
         best = most_probable(model.logits(hidden))  # (R,)
+        # finished rows decode on until the check; no row reads another, cut_at_eos cuts
         out[alive, t] = best
-        done = (best == EOS_ID) | (limits <= t + 1)  # (R,)
-        done_host = done.cpu()  # the step's one host sync
-        n_done = int(done_host.sum())
-        if n_done == len(done_host):
+        finished |= (best == EOS_ID) | (limits <= t + 1)
+        tokens = best[:, None]  # (R,) -> (R, 1)
+        if cache is None:
+            prefix = torch.cat([prefix, tokens], dim=1)  # (R, t + 1) -> (R, t + 2)
+        if (t + 1) % sync_every or t + 1 == steps:  # after the last step all are done
+            continue
+        done = host_sync.to_host(finished)  # the check's one host read
+        n_done = int(done.sum())
+        if n_done == len(done):
             break
         if n_done:
-            keep = (~done_host).nonzero().squeeze(1).to(device, non_blocking=True)
-            alive, limits, best = alive[keep], limits[keep], best[keep]
+            keep = (~done).nonzero().squeeze(1).to(device, non_blocking=True)
+            alive, limits, tokens = alive[keep], limits[keep], tokens[keep]
+            finished = finished[keep]  # all False: the rows that finished are gone
             if cache is not None:
                 cache.select(keep)
             else:
                 prefix, memory, src = prefix[keep], memory[keep], src[keep]
-        tokens = best[:, None]  # (R,) -> (R, 1)
-        if cache is None:
-            prefix = torch.cat([prefix, tokens], dim=1)  # (R, t + 1) -> (R, t + 2)
     return [cut_at_eos(row, n) for row, n in zip(out.tolist(), limits_host.tolist(), strict=True)]
 
 

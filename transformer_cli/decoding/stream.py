@@ -6,8 +6,8 @@ N slots, S source len, D model dim
 length, cuts them into batches and runs the search the decode options ask for. Greedy
 search over several batches runs as one stream (`greedy_stream`): a sentence that
 finishes hands its slot to the next one at once (`slots.SlotCache`), so the decoder runs
-on full batches until the input runs out. The one host sync per step is the "who
-finished?" check.
+on full batches until the input runs out. The one host sync is the "who finished?"
+check, every `sync_every` steps (`host_sync`), and at once when a slot reaches its cap.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from torch import Tensor
 from transformer_cli.core import runtime
 from transformer_cli.core.config import DecodeConfig, ResolvedPrecision
 from transformer_cli.core.specials import BOS_ID, EOS_ID, PAD_ID
+from transformer_cli.decoding import host_sync
 from transformer_cli.decoding.protocol import SearchModel
 from transformer_cli.decoding.search import (
     Hypothesis,
@@ -76,34 +77,49 @@ class _Slots:
         self.sentence, self.limit = self.sentence[kept], self.limit[kept]
         self.tokens = self.tokens[kept.to(self.tokens.device)]
 
-    def step(self, model: Transformer) -> tuple[Tensor, Tensor]:
-        """Decode one piece for every slot: each slot's piece, and the finished slots (host)."""
-        hidden = decode_slots(model, self.tokens, self.cache)  # (N, D)
-        self.tokens = most_probable(model.logits(hidden))  # (N,)
-        best = self.tokens.cpu()  # the step's one host sync
-        done = (best == EOS_ID) | (self.cache.pos >= self.limit)  # pos: pieces emitted
-        return best, done.nonzero().squeeze(1)
+    def run(self, model: Transformer, sync_every: int) -> tuple[Tensor, Tensor]:
+        """Decode every slot up to the next check: its pieces (N, w) and the finished slots
+        (host).
+
+        The check comes after `sync_every` steps, or sooner when a slot reaches its cap,
+        which the host knows: no slot runs past its cap (or the model's positions). A
+        slot that says EOS before the check decodes on; its extra pieces are cut.
+        """
+        steps = min(sync_every, int((self.limit - self.cache.pos).min()))  # pos: emitted
+        pieces = []
+        for _ in range(steps):
+            hidden = decode_slots(model, self.tokens, self.cache)  # (N, D)
+            self.tokens = most_probable(model.logits(hidden))  # (N,)
+            pieces.append(self.tokens)
+        block = host_sync.to_host(torch.stack(pieces, dim=1))  # w x (N,) -> (N, w)
+        done = (block == EOS_ID).any(dim=1) | (self.cache.pos >= self.limit)
+        return block, done.nonzero().squeeze(1)
 
 
 @torch.no_grad()
 def greedy_stream(
-    model: Transformer, batches: Iterable[tuple[Tensor, Tensor]], slots: int
+    model: Transformer,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    slots: int,
+    sync_every: int = 1,
 ) -> list[list[int]]:
     """Greedy search over a stream of batches, keeping `slots` sentences in flight.
 
     A sentence that finishes hands its slot to the next sentence of the stream at once,
     so every step decodes a full batch until the input runs out; each batch is encoded
     when its first sentence is needed. Each sentence's output is the one
-    `greedy_search` gives it alone.
+    `greedy_search` gives it alone, for every `sync_every`.
 
     Args:
         model: a `Transformer` in eval mode.
         batches: (src, max_len) pairs: (b, S) right-padded source ids on the model's
             device and (b,) int64 output caps.
         slots: the most sentences decoded at once.
+        sync_every: k >= 1, the most steps between two reads of the device.
     Returns:
         one list of piece ids per sentence, in the order of the stream.
     """
+    sync_every = host_sync.checked(sync_every)
     stream = _Sources(model, iter(batches))
     outputs: list[list[int]] = []
     caps: list[int] = []
@@ -123,9 +139,9 @@ def greedy_stream(
         state.drop(free[filled:])  # the stream has run dry: drop the slots it left empty
         if not state.cache.slots:
             break
-        best, free = state.step(model)
-        for s, piece in zip(state.sentence.tolist(), best.tolist(), strict=True):
-            outputs[s].append(piece)
+        block, free = state.run(model, sync_every)
+        for s, pieces in zip(state.sentence.tolist(), block.tolist(), strict=True):
+            outputs[s].extend(pieces)
     return [cut_at_eos(row, n) for row, n in zip(outputs, caps, strict=True)]
 
 
@@ -190,6 +206,7 @@ class _Search:
     batch_sentences: int
     use_cache: bool
     refill: bool
+    sync_every: int  # decode.sync_every, 0 = by device
 
     @classmethod
     def of(
@@ -214,6 +231,7 @@ class _Search:
             batch_sentences=decode.batch_sentences,
             use_cache=use_cache,
             refill=refill,
+            sync_every=decode.sync_every,
         )
         if search.beam < 1 or not 1 <= nbest <= search.beam:
             raise ValueError(
@@ -294,7 +312,9 @@ def decode_all(
     them as one stream (`greedy_stream`): `batch_sentences` sentences in flight, a
     finished one replaced by the next at once. `refill=False` decodes each batch on its
     own until its last sentence finishes (`greedy_search`, as beam search and the
-    uncached search always do); the outputs are the same.
+    uncached search always do); the outputs are the same. Greedy search checks for
+    finished sentences every `decode_cfg.sync_every` steps (`host_sync.sync_every_for`
+    picks it by device when 0), with the same outputs for every value.
 
     Args:
         sources: piece ids per sentence, without BOS/EOS.
@@ -353,16 +373,17 @@ def _decode_plan(
     """(source number, output) for every non-empty source, by the search asked for."""
     chunks = plan.chunks
     size = search.batch_sentences
+    sync_every = host_sync.sync_every_for(search.sync_every, device)
     if search.greedy and search.use_cache and search.refill and size > 1 and len(chunks) > 1:
         batches = (_batch(model, plan, c, search, device) for c in chunks)
         order = (i for chunk in chunks for i in chunk)
-        yield from zip(order, greedy_stream(model, batches, size), strict=True)
+        yield from zip(order, greedy_stream(model, batches, size, sync_every), strict=True)
         return
     for chunk in chunks:
         src, limits = _batch(model, plan, chunk, search, device)
         outs: list[list[int]] | list[list[Hypothesis]]
         if search.greedy:
-            outs = greedy_search(model, src, limits, search.use_cache)
+            outs = greedy_search(model, src, limits, search.use_cache, sync_every)
         else:
             s = search
             hyps = beam_search(
