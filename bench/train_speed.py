@@ -251,10 +251,10 @@ def main() -> None:
             ]
             for s in args.set:
                 cmd += ["--set", s]
-            out = subprocess.run(
-                cmd, check=True, capture_output=True, text=True, env=worker_env(v)
-            ).stdout
-            runs[v].append(json.loads(out.strip().splitlines()[-1]))
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=worker_env(v))
+            if proc.returncode:  # the worker's own error, not only its exit status
+                sys.exit(f"{v}: exit status {proc.returncode}\n{proc.stderr[-4000:]}")
+            runs[v].append(json.loads(proc.stdout.strip().splitlines()[-1]))
             print(f"round {r + 1}: {v}: {runs[v][-1]['tokens_per_s']:.0f} tok/s", file=sys.stderr)
 
     first = runs[variants[0]][0]
