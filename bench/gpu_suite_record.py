@@ -111,6 +111,12 @@ def pending(out: Path) -> None:
         **stamp(),
         "script": "bench/gpu_suite.sh part1|part2|part3 (each under 10 minutes)",
         "will_measure": PLAN,
+        "goals_one_h200_bf16": {
+            "small config, real target tokens/s": ">= 400k",
+            "base config, real target tokens/s": ">= 600k (~18% MFU)",
+            "Multi30k de-en test_2016 sacreBLEU within 10 minutes of training": ">= 41",
+            "greedy decoding of >= 10k sentences, target tokens/s": ">= 50k",
+        },
         "dry_run": "bench/gpu_suite.sh all --dry-run ran the same commands on the CPU "
         "with tiny settings, writing to bench/out/gpu_suite/",
     }
