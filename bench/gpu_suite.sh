@@ -14,7 +14,7 @@
 #                                   # at most 8 where it must train a model first)
 #   bash bench/gpu_suite.sh all --dry-run   # (or TINY=1) the same commands on the CPU with
 #                                   # tiny settings: the toy corpus, a tiny model, a few steps
-#                                   # (~5 minutes on 2 cores, half of it torch.compile)
+#                                   # (2-5 minutes on 2 cores; torch.compile takes longest)
 #
 # Parts can be chained in one call (`part2 part3`, ~8 minutes at MINUTES=5). With ~15
 # minutes of GPU time, a machine start included: one call `part1`, one call `part2 part3`.
