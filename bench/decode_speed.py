@@ -19,7 +19,15 @@ same sentences. The check that matters: on the whole split, cached greedy search
 every step, and give the same output (exit status 1 if it is not as fast). Speed-ups are
 medians of round-by-round ratios (see `paired`); the tables show each config's fastest run.
 
-Writes bench/out/decode_speed.json.
+`--searches greedy,greedy_bf16` times only those searches, with the cache, at each of
+`--batches`, on the whole set, and skips the comparisons and checks above: the quick
+measurement for a GPU (`--device cuda`), where decoding batch 1 or without the cache would
+take the whole time slot. `--split train --limit N` decodes the first N training pairs
+of the run dir's prepared (encoded) training split, for a set larger than valid and test
+(their BLEU is then against references the model trained on: a check that decoding
+works, not a score).
+
+Writes bench/out/decode_speed.json (or --out).
 """
 
 from __future__ import annotations
@@ -44,10 +52,11 @@ from transformer_cli.core.config import DecodeOverrides
 from transformer_cli.core.config_file import load_config
 from transformer_cli.core.config_rules import apply_decode_overrides
 from transformer_cli.core.runtime import matmul_dtype
+from transformer_cli.data import store
 from transformer_cli.decoding.loading import load_model
 from transformer_cli.decoding.stream import decode_all
 from transformer_cli.fast.packing import PackedLinear, pack_linears
-from transformer_cli.training.evaluate import split_data
+from transformer_cli.training.evaluate import EvalData, split_data
 
 DEFAULT_CKPT = Path("runs/multi30k_de_en/checkpoints/best.pt")
 OUT = Path(__file__).parent / "out" / "decode_speed.json"
@@ -78,14 +87,20 @@ SUBSET_ONLY = ["greedy_unpacked", "greedy_packed_output", "greedy_unpacked_bf16"
 FULL_ONLY = [s for s in SEARCHES if s not in SUBSET_ONLY]
 
 
+DEVICE = torch.device("cpu")  # --device
+
+
 def timed(models, sources, decode, search: str, batch: int, use_cache: bool) -> dict:
-    """Decode `sources` once and measure it; `models[(precision, packing)]` is the model."""
+    """Decode `sources` once and measure it; `models[(precision, packing)]` is the model.
+
+    The outputs come back to the host as lists, so on CUDA the time includes the last step.
+    """
     beam, early_stop, precision, refill, packing = SEARCHES[search]
     model = models[(precision, packing)]
     cfg = dataclasses.replace(decode, batch_sentences=batch, early_stop=early_stop)
     started = time.perf_counter()
     outputs = decode_all(
-        model, sources, cfg, "cpu", precision, beam=beam, use_cache=use_cache, refill=refill
+        model, sources, cfg, DEVICE, precision, beam=beam, use_cache=use_cache, refill=refill
     )
     seconds = time.perf_counter() - started
     pieces = sum(len(o) for o in outputs)
@@ -145,6 +160,65 @@ def paired(slow: dict, fast: dict) -> float:
     )
 
 
+def packed_models(model, wanted: set[tuple]) -> dict[tuple, torch.nn.Module]:
+    """`model` as trained (for either precision), and packed as translate and evaluate pack
+    it, for each (precision, packing) in `wanted`; packing does nothing off the CPU."""
+    models = {("fp32", None): model, ("bf16", None): model}
+    for precision, packing in wanted - set(models):
+        models[(precision, packing)] = copy.deepcopy(model)  # without reading the file again
+        if packing == "all":
+            pack_linears(models[(precision, packing)], DEVICE, precision)
+        else:
+            packed = models[(precision, packing)]
+            packed.out_proj = PackedLinear(packed.out_proj, matmul_dtype(precision))
+    return models
+
+
+def sentences(cfg, args, tokenizer) -> tuple[EvalData, list[list[int]]]:
+    """The set to decode, and its sources' piece ids: a text split (valid, test) or the
+    encoded training split, cut to the first --limit sentences."""
+    n = args.limit or None
+    if args.split != "train":
+        data = split_data(cfg, args.split)
+        data = dataclasses.replace(data, sources=data.sources[:n], references=data.references[:n])
+        return data, tokenizer.encode_src(data.sources)
+    split = store.load_split(cfg.run_dir, "train")
+    count = min(n or len(split), len(split))
+    sources = [split.src_ids(i).tolist() for i in range(count)]
+    references = tokenizer.decode_tgt(split.tgt_ids(i).tolist() for i in range(count))
+    origin = f"{store.cache_dir(cfg.run_dir)} (train, first {count}; seen in training)"
+    return EvalData("train", [], references, origin), sources
+
+
+def scored(rows: list[dict], tokenizer, data: EvalData) -> list[dict]:
+    """Rows of the whole set, each with its sacreBLEU against the set's references."""
+    scored_rows = []
+    for row in rows:
+        hypotheses = tokenizer.decode_tgt(row["outputs"])
+        bleu = sacrebleu.corpus_bleu(hypotheses, [data.references]).score
+        scored_rows.append(
+            {
+                "set": "full",
+                **row,
+                "precision": SEARCHES[row["search"]][2],
+                "refill": SEARCHES[row["search"]][3],
+                "bleu": round(bleu, 2),
+            }
+        )
+    return scored_rows
+
+
+def show(rows: list[dict]) -> None:
+    for row in rows:
+        print(
+            f"{row['set']:<7} {row['search']:<21} batch {row['batch']:>3}  "
+            f"cache {'yes' if row['kv_cache'] else 'no ':<3}  {row['sentences']:>5} sents  "
+            f"{row['seconds']:>8.2f} s  {row['sentences_per_s']:>8.1f} sent/s  "
+            f"{row['pieces_per_s']:>9.1f} pieces/s  (mean {row['mean_output_pieces']} pieces)"
+            + (f"  BLEU {row['bleu']}" if "bleu" in row else "")
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", nargs="?", default=str(DEFAULT_CKPT))
@@ -156,24 +230,25 @@ def main() -> int:
     parser.add_argument("--alpha", type=float, help="beam length penalty (default: the config's)")
     parser.add_argument("--max-len-a", type=float)
     parser.add_argument("--max-len-b", type=int)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--searches", help="only these SEARCHES, cached, on the whole set")
+    parser.add_argument("--batches", default="64", help="with --searches: batch sizes")
+    parser.add_argument("--limit", type=int, default=0, help="the first N sentences (0 = all)")
+    parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args()
+    searches = args.searches.split(",") if args.searches else list(SEARCHES)
+    if unknown := [name for name in searches if name not in SEARCHES]:
+        parser.error(f"--searches: unknown {unknown}; known: {', '.join(SEARCHES)}")
 
     if not Path(args.checkpoint).is_file():
         print(f"no checkpoint at {args.checkpoint}: train one, or name one", file=sys.stderr)
         return 2
+    global DEVICE
+    DEVICE = torch.device(args.device)
     torch.set_num_threads(args.threads)
-    model, tokenizer, cfg = load_model(args.checkpoint, "cpu")
-    # as trained (for either precision), and packed as translate and evaluate pack them
-    models = {("fp32", None): model, ("bf16", None): model}
-    for precision, packing in {(s[2], s[4]) for s in SEARCHES.values() if s[4] is not None}:
-        models[(precision, packing)] = copy.deepcopy(model)  # without reading the file again
-        if packing == "all":
-            pack_linears(models[(precision, packing)], "cpu", precision)
-        else:
-            packed = models[(precision, packing)]
-            packed.out_proj = PackedLinear(packed.out_proj, matmul_dtype(precision))
-    data = split_data(load_config(args.config) if args.config else cfg, args.split)
-    sources = tokenizer.encode_src(data.sources)
+    model, tokenizer, cfg = load_model(args.checkpoint, DEVICE)
+    models = packed_models(model, {(SEARCHES[name][2], SEARCHES[name][4]) for name in searches})
+    data, sources = sentences(load_config(args.config) if args.config else cfg, args, tokenizer)
     lengths = {"max_len_a": args.max_len_a, "max_len_b": args.max_len_b}
     overrides = DecodeOverrides(alpha=args.alpha, **lengths)
     decode = apply_decode_overrides(cfg.decode, overrides)
@@ -181,36 +256,30 @@ def main() -> int:
 
     print(
         f"{args.checkpoint}: {sum(p.numel() for p in model.parameters()):,} parameters; "
-        f"{data.origin}, {len(sources)} sentences; {args.threads} threads; "
-        f"fastest of {args.reps}",
+        f"{data.origin}, {len(sources)} sentences; "
+        + (
+            torch.cuda.get_device_name(DEVICE)
+            if DEVICE.type == "cuda"
+            else f"{args.threads} threads"
+        )
+        + f"; fastest of {args.reps}",
         flush=True,
     )
+    if args.searches:
+        batches = [int(b) for b in args.batches.split(",")]
+        configs = [(name, batch, True) for name in searches for batch in batches]
+        rows = scored(fastest(models, sources, decode, configs, args.reps), tokenizer, data)
+        subset = []
+        show(rows)
+        return write_report(args, data, sources, subset, decode, model, rows, {}, ok=True)
     rows = []
     full = [(search, 64, True) for search in FULL_ONLY] + [("greedy", 64, False)]
-    for row in fastest(models, sources, decode, full, args.reps):
-        hypotheses = tokenizer.decode_tgt(row["outputs"])
-        bleu = sacrebleu.corpus_bleu(hypotheses, [data.references]).score
-        rows.append(
-            {
-                "set": "full",
-                **row,
-                "precision": SEARCHES[row["search"]][2],
-                "refill": SEARCHES[row["search"]][3],
-                "bleu": round(bleu, 2),
-            }
-        )
+    rows += scored(fastest(models, sources, decode, full, args.reps), tokenizer, data)
     every = [(s, b, c) for s in ("greedy", "beam5") for b in (64, 1) for c in (True, False)]
     every += [(search, b, True) for search in ["greedy_bf16", *SUBSET_ONLY] for b in (64, 1)]
     for row in fastest(models, subset, decode, every, args.reps):
         rows.append({"set": "subset", **row})
-    for row in rows:
-        print(
-            f"{row['set']:<7} {row['search']:<21} batch {row['batch']:>3}  "
-            f"cache {'yes' if row['kv_cache'] else 'no ':<3}  {row['sentences']:>5} sents  "
-            f"{row['seconds']:>8.2f} s  {row['sentences_per_s']:>8.1f} sent/s  "
-            f"{row['pieces_per_s']:>9.1f} pieces/s  (mean {row['mean_output_pieces']} pieces)"
-            + (f"  BLEU {row['bleu']}" if "bleu" in row else "")
-        )
+    show(rows)
 
     def find(search, batch, use_cache) -> dict:
         return next(
@@ -268,6 +337,11 @@ def main() -> int:
         print(f"{name}: {value}")
     print(f"cached greedy (batch 64) >= 3x uncached: {'yes' if ok else 'NO'}")
 
+    return write_report(args, data, sources, subset, decode, model, rows, checks, ok)
+
+
+def write_report(args, data, sources, subset, decode, model, rows, checks, ok: bool) -> int:
+    """Write the JSON report to --out; the exit status: 0, or 1 if the speed check failed."""
     report = {
         "checkpoint": str(args.checkpoint),
         "data": data.origin,
@@ -280,6 +354,8 @@ def main() -> int:
         "parameters": sum(p.numel() for p in model.parameters()),
         "model": dataclasses.asdict(model.cfg),
         "machine": {
+            "device": args.device,
+            "gpu": torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else None,
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
             "torch": torch.__version__,
@@ -292,9 +368,10 @@ def main() -> int:
         "results": [{k: v for k, v in r.items() if k != "outputs"} for r in rows],
         "checks": checks,
     }
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(report, indent=2) + "\n", "utf-8")
-    print(f"wrote {OUT}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n", "utf-8")
+    print(f"wrote {out}")
     return 0 if ok else 1
 
 

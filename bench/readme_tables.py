@@ -47,14 +47,23 @@ def train_speed(d: dict) -> list[str]:
         if peak
         else ""
     )
+    # runs since the datasheet peaks were added, on a GPU whose peaks are known
+    sheet = d.get("datasheet_peak_tflops")
+    if sheet:
+        mfu += (
+            " MFU (datasheet) = the same FLOP/s over the GPU's datasheet dense peak of that "
+            "precision (" + ", ".join(f"{k} {x:g}" for k, x in sheet.items()) + " TFLOP/s)."
+        )
     lines = [
         f"Training throughput (`bench/train_speed.py`, {d['date']}, commit {d['commit']}, "
         f"{d['machine']}; `{d['config']}`{settings(d['overrides'])}). Best of the "
         f"alternating rounds.{mfu}" + (f" {d['note']}" if "note" in d else ""),
         "",
         "| variant | malloc | real target tokens/s | all rounds | step (median) "
-        "| target tokens/step | peak RSS |" + (" MFU |" if peak else ""),
-        "|---|---|---|---|---|---|---|" + ("---|" if peak else ""),
+        "| target tokens/step | peak RSS |"
+        + (" MFU |" if peak else "")
+        + (" MFU (datasheet) |" if sheet else ""),
+        "|---|---|---|---|---|---|---|" + ("---|" if peak else "") + ("---|" if sheet else ""),
     ]
     for r in d["rows"]:
         lines.append(
@@ -63,6 +72,7 @@ def train_speed(d: dict) -> list[str]:
             f"| {r['step_ms_median']:.0f} ms | {r['target_tokens_per_step']:.0f} "
             f"| {r['peak_rss_gib']:.2f} GiB |"
             + (f" {100 * r['mfu_vs_own_peak']:.0f}% |" if peak else "")
+            + (f" {100 * r['mfu_vs_datasheet_peak']:.1f}% |" if sheet else "")
         )
     return lines
 

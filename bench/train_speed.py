@@ -9,7 +9,10 @@ The run dir must be prepared (`tfx prepare`). Each variant
 is its own, under the malloc `tfx train` would use (jemalloc where installed, see
 `transformer_cli/allocator.py`; +glibc keeps the system's); variants alternate over
 `--rounds`, because this kind of machine drifts by up to 10% between identical runs.
-Prints a table and writes JSON to bench/out/train_speed.json.
+MFU is reported twice: against the matmul peak measured here (`matmul_peak`) and, on a GPU
+of `DATASHEET_TFLOPS`, against its datasheet's dense peak for the precision that ran
+(bf16, fp16; fp32 with TF32 matmuls allowed: tf32; else fp32); elsewhere that is null,
+"not known". Prints a table and writes JSON to bench/out/train_speed.json (or --out).
 """
 
 from __future__ import annotations
@@ -28,6 +31,18 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# Dense (no sparsity) peak TFLOP/s from NVIDIA's datasheets, keyed by
+# torch.cuda.get_device_name(); the H200 has the H100 SXM's tensor cores and clocks.
+_H100_SXM = {"bf16": 989.0, "fp16": 989.0, "tf32": 494.0, "fp32": 67.0}
+_A100 = {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5}
+DATASHEET_TFLOPS = {
+    "NVIDIA H100 80GB HBM3": _H100_SXM,
+    "NVIDIA H200": _H100_SXM,
+    "NVIDIA A100-SXM4-80GB": _A100,
+    "NVIDIA A100-SXM4-40GB": _A100,
+    "NVIDIA A100-PCIE-40GB": _A100,
+    "NVIDIA A100 80GB PCIe": _A100,
+}
 
 
 def flops_per_target_token(m) -> float:
@@ -42,13 +57,14 @@ def flops_per_target_token(m) -> float:
     return 6.0 * (encoder + decoder + d * m.tgt_vocab)
 
 
-def matmul_peak(dtype_name: str, threads: int, device: str = "cpu") -> float:
-    """Measured GFLOP/s of a large square matmul on `device`: its practical peak."""
+def matmul_peak(dtype_name: str, threads: int, device: str = "cpu", n: int = 0) -> float:
+    """Measured GFLOP/s of a large (n x n, 0: 2048 on the CPU, 8192 on a GPU) square
+    matmul on `device`: its practical peak."""
     import torch
 
     torch.set_num_threads(threads)
     dtype = getattr(torch, {"fp32": "float32", "bf16": "bfloat16"}[dtype_name])
-    n = 2048 if device == "cpu" else 8192
+    n = n or (2048 if device == "cpu" else 8192)
     a = torch.randn(n, n, dtype=dtype, device=device)
     b = torch.randn(n, n, dtype=dtype, device=device)
 
@@ -67,6 +83,16 @@ def matmul_peak(dtype_name: str, threads: int, device: str = "cpu") -> float:
         sync()
         best = max(best, 5 * 2 * n**3 / (time.perf_counter() - t) / 1e9)
     return best
+
+
+def peak_precision(precision: str, tf32: bool) -> str:
+    """Which datasheet peak a variant's matmuls run at: fp32 ones on tensor cores are tf32."""
+    return "tf32" if precision == "fp32" and tf32 else precision
+
+
+def datasheet_peak(gpu: str | None, precision: str, tf32: bool) -> float | None:
+    """The datasheet's dense TFLOP/s for `precision` on `gpu`; None where not known."""
+    return DATASHEET_TFLOPS.get(gpu or "", {}).get(peak_precision(precision, tf32))
 
 
 def setup(config: str, overrides: list[str]):
@@ -120,8 +146,13 @@ def worker(args) -> dict:
     cfg, device, precision, threads, split, model, optimizer = setup(args.config, overrides)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     step_model = train.CompiledSteps(model) if cfg.train.compile else model
-    batches = batching.epoch_batches(split, cfg.train.batch_tokens, cfg.train.seed, 0)
     per_step = cfg.train.accum_steps
+    # as many epochs as the steps need, in training's order: at GPU batch sizes an epoch
+    # of Multi30k is only ~18 batches
+    batches, epoch = [], 0
+    while len(batches) < (args.warmup + args.steps) * per_step:
+        batches += batching.epoch_batches(split, cfg.train.batch_tokens, cfg.train.seed, epoch)
+        epoch += 1
     groups = [batches[i : i + per_step] for i in range(0, len(batches), per_step)]
 
     trainer = train.Trainer(step_model, optimizer, scaler, split, cfg, device, precision)
@@ -145,7 +176,14 @@ def worker(args) -> dict:
     return {
         "variant": args.variant,
         "device": device.type,
+        "precision": precision,  # as resolved on the device
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        # whether fp32 matmuls could run as TF32 on tensor cores (tfx leaves torch's default)
+        "tf32_matmuls": device.type == "cuda"
+        and (
+            torch.backends.cuda.matmul.allow_tf32
+            or torch.get_float32_matmul_precision() != "highest"
+        ),
         "malloc": allocator.active(),
         "threads": threads,
         "steps": len(times),
@@ -186,6 +224,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", default=str(HERE / "out" / "train_speed.json"))
+    # a dry run's: bf16 matmuls without bf16 units run at ~1 GFLOP/s, minutes at 2048
+    parser.add_argument("--peak-size", type=int, default=0, help="matmul peak's n (0: default)")
     parser.add_argument("--variant", help=argparse.SUPPRESS)  # worker mode
     args = parser.parse_args()
 
@@ -211,20 +251,22 @@ def main() -> None:
             ]
             for s in args.set:
                 cmd += ["--set", s]
-            out = subprocess.run(
-                cmd, check=True, capture_output=True, text=True, env=worker_env(v)
-            ).stdout
-            runs[v].append(json.loads(out.strip().splitlines()[-1]))
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=worker_env(v))
+            if proc.returncode:  # the worker's own error, not only its exit status
+                sys.exit(f"{v}: exit status {proc.returncode}\n{proc.stderr[-4000:]}")
+            runs[v].append(json.loads(proc.stdout.strip().splitlines()[-1]))
             print(f"round {r + 1}: {v}: {runs[v][-1]['tokens_per_s']:.0f} tok/s", file=sys.stderr)
 
     first = runs[variants[0]][0]
     threads, device = first["threads"], first["device"]
-    peaks = {p: matmul_peak(p, threads, device) for p in ("fp32", "bf16")}
+    peaks = {p: matmul_peak(p, threads, device, args.peak_size) for p in ("fp32", "bf16")}
     rows = []
     for v in variants:
         best = max(runs[v], key=lambda x: x["tokens_per_s"])
         precision = v.split("+")[0]
         achieved = best["tokens_per_s"] * best["flops_per_token"] / 1e9
+        tf32 = best["tf32_matmuls"]
+        sheet = datasheet_peak(best["gpu"], best["precision"], tf32)
         rows.append(
             {
                 **best,
@@ -232,6 +274,9 @@ def main() -> None:
                 "gflops": round(achieved, 1),
                 "mfu_vs_fp32_peak": round(achieved / peaks["fp32"], 3),
                 "mfu_vs_own_peak": round(achieved / peaks.get(precision, peaks["fp32"]), 3),
+                "datasheet_precision": peak_precision(best["precision"], tf32),
+                "datasheet_peak_tflops": sheet,
+                "mfu_vs_datasheet_peak": round(achieved / (1000 * sheet), 4) if sheet else None,
             }
         )
     result = {
@@ -244,22 +289,38 @@ def main() -> None:
         "config": args.config,
         "overrides": args.set,
         "matmul_peak_gflops": {k: round(x, 1) for k, x in peaks.items()},
+        "flops_per_target_token": first["flops_per_token"],
+        "datasheet_peak_tflops": DATASHEET_TFLOPS.get(first["gpu"] or ""),  # null: not known
         "rows": rows,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"matmul peak ({device}): fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f}")
+    sheet = result["datasheet_peak_tflops"]
+    print(
+        f"datasheet dense peak ({result['machine']}): "
+        + (", ".join(f"{k} {x:g}" for k, x in sheet.items()) + " TFLOP/s" if sheet else "not known")
+    )
+    print(f"training FLOPs per target token: {first['flops_per_token'] / 1e6:.1f} MFLOP")
     print(
         "| variant | malloc | tgt tokens/s (best of rounds) | all rounds | step ms | "
-        "tokens/step | peak RSS GiB | MFU vs fp32 peak |"
+        "tokens/step | peak RSS GiB | MFU vs fp32 peak | MFU vs own measured peak "
+        "| MFU vs datasheet peak |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        mfu = r["mfu_vs_datasheet_peak"]
         print(
             f"| {r['variant']} | {r['malloc']} | {r['tokens_per_s']:.0f} | "
             f"{r['tokens_per_s_all_rounds']} | "
             f"{r['step_ms_median']:.0f} | {r['target_tokens_per_step']:.0f} | "
-            f"{r['peak_rss_gib']:.2f} | {100 * r['mfu_vs_fp32_peak']:.0f}% |"
+            f"{r['peak_rss_gib']:.2f} | {100 * r['mfu_vs_fp32_peak']:.0f}% | "
+            f"{100 * r['mfu_vs_own_peak']:.0f}% | "
+            + (
+                f"{100 * mfu:.1f}% ({r['datasheet_precision']}) |"
+                if mfu is not None
+                else "not known |"
+            )
         )
 
 

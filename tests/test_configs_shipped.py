@@ -94,3 +94,25 @@ def test_the_multi30k_cpu_recipe_is_the_full_config_but_for_its_schedule():
     assert recipe.model.norm == cpu.model.norm
     fields = ("max_minutes", "warmup", "noam_factor", "eval_every")
     assert [getattr(recipe.train, f) for f in fields] == [getattr(cpu.train, f) for f in fields]
+
+
+@pytest.mark.parametrize("name", ["multi30k_de_en_gpu.yaml", "multi30k_de_en_base_gpu.yaml"])
+def test_the_gpu_configs_are_the_full_configs_data_with_gpu_sized_batches(name):
+    full = load_config(CONFIG_DIR / "multi30k_de_en.yaml")
+    gpu = load_config(CONFIG_DIR / name)
+    assert gpu.data == full.data
+    assert gpu.tokenizer == full.tokenizer
+    assert gpu.decode == full.decode
+    assert (gpu.train.device, gpu.train.precision) == ("cuda", "bf16")
+    assert gpu.train.batch_tokens * gpu.train.accum_steps >= 16_000  # tens of thousands
+    assert gpu.train.patience > 0  # ends on validation BLEU, not on a clock
+    assert gpu.train.warmup < full.train.warmup  # fewer, bigger steps
+
+
+def test_the_gpu_configs_sizes_are_the_small_model_and_the_papers_base():
+    full = load_config(CONFIG_DIR / "multi30k_de_en.yaml")
+    small = load_config(CONFIG_DIR / "multi30k_de_en_gpu.yaml")
+    base = load_config(CONFIG_DIR / "multi30k_de_en_base_gpu.yaml")
+    shape = ("d_model", "heads", "enc_layers", "dec_layers", "d_ff")
+    assert [getattr(small.model, f) for f in shape] == [getattr(full.model, f) for f in shape]
+    assert [getattr(base.model, f) for f in shape] == [512, 8, 6, 6, 2048]
