@@ -157,21 +157,35 @@ def worker(args) -> dict:
 
     trainer = train.Trainer(step_model, optimizer, scaler, split, cfg, device, precision)
 
-    def step(group) -> int:
-        return train.train_step(trainer, group, 1e-4).tokens
+    # as tfx train does: batches collated ahead where train.prefetch says so (auto: CUDA)
+    from transformer_cli.training.session import prefetcher
+
+    prefetch = prefetcher(trainer, device)
+    timed = groups[args.warmup : args.warmup + args.steps]
+
+    def step(i: int, group) -> int:
+        batches = None
+        if prefetch is not None:
+            batches = prefetch.take(group)
+            prefetch.ahead(timed[i + 1] if i + 1 < len(timed) else [])
+        return train.train_step(trainer, group, 1e-4, batches).tokens
 
     for group in groups[: args.warmup]:
-        step(group)
+        train.train_step(trainer, group, 1e-4)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     tokens, times = 0, []
-    for group in groups[args.warmup : args.warmup + args.steps]:
+    started = time.perf_counter()
+    for i, group in enumerate(timed):
         t = time.perf_counter()
-        tokens += step(group)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
+        tokens += step(i, group)
+        times.append(time.perf_counter() - t)  # on CUDA: the host's share (no sync per step)
+    if device.type == "cuda":
+        torch.cuda.synchronize()  # the steps run without a host sync: time them as a whole
+    total = time.perf_counter() - started
+    if prefetch is not None:
+        prefetch.close()
     rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return {
         "variant": args.variant,
@@ -188,8 +202,12 @@ def worker(args) -> dict:
         "threads": threads,
         "steps": len(times),
         "target_tokens_per_step": tokens / len(times),
-        "tokens_per_s": tokens / sum(times),
-        "step_ms_median": 1000 * statistics.median(times),
+        "tokens_per_s": tokens / total,
+        # on CUDA the mean: the steps are not synced one by one, only the whole loop
+        "step_ms_median": (
+            1000 * statistics.median(times) if device.type == "cpu" else 1000 * total / len(times)
+        ),
+        "prefetch": prefetch is not None,
         "peak_rss_gib": round(rss_gib, 3),
         "peak_cuda_gib": (
             round(torch.cuda.max_memory_allocated() / 2**30, 3) if device.type == "cuda" else None

@@ -142,11 +142,11 @@ RAISE_ON_RANK_1 = """
 import os, sys
 from transformer_cli.training import loop
 real = loop.train_step
-def failing(trainer, group, lr, calls=[0]):
+def failing(trainer, group, lr, batches=None, calls=[0]):
     calls[0] += 1
     if os.environ["RANK"] == "1" and calls[0] == 3:
         raise RuntimeError("injected failure on rank 1")
-    return real(trainer, group, lr)
+    return real(trainer, group, lr, batches)
 loop.train_step = failing
 from transformer_cli.cli.app import main
 sys.argv = ["tfx", *sys.argv[1:]]
