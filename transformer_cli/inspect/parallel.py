@@ -10,6 +10,8 @@ projection count the passes and record the distributions; nothing is re-implemen
 
 from __future__ import annotations
 
+import dataclasses
+
 from transformer_cli.core.errors import DataError
 
 PARALLEL_TOLERANCE = 1e-5  # fp32: the two orders of summation differ by ~1e-7
@@ -38,7 +40,9 @@ def decoding_view(model, tokenizer, cfg, text: str, source: str) -> dict:
         raise DataError("nothing to decode: the sentence is empty")
     passes, logits, hooks = _recording(model)
     try:
-        hyp = decode_all(model, [ids], cfg.decode, "cpu", beam=1)[0]
+        # one check per step: each decoder pass is then one output piece
+        one_by_one = dataclasses.replace(cfg.decode, sync_every=1)
+        hyp = decode_all(model, [ids], one_by_one, "cpu", beam=1)[0]
         serial_passes = len(passes)
         serial = torch.cat([lg.reshape(-1, lg.size(-1)) for lg in logits]).log_softmax(-1)
         passes.clear()
