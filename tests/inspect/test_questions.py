@@ -244,7 +244,6 @@ def test_parallel_and_serial_decoding_give_the_same_distributions(run, tmp_path)
     _, checkpoint = run
     view = ok_json("inspect", "decoding", checkpoint, "the old man sees a dog")
     assert view["max_gap"] < 1e-5
-
     assert view["parallel_passes"] == 1
     assert view["serial_passes"] == len(view["outputs"]) == len(view["p_serial"]) > 1
     assert view["p_serial"] == pytest.approx(view["p_parallel"], abs=1e-5)
