@@ -290,3 +290,23 @@ def assert_png(path: Path, min_side: int = 200, max_side: int = 4000) -> None:
 def assert_only_error(result, fragment: str) -> None:
     """`assert_one_line_error` with nothing else on stderr."""
     assert_one_line_error(result, fragment, alone=True)
+
+
+def nan_on(updates: set[int], monkeypatch) -> dict:
+    """Make the training loss non-finite on the given 1-based update numbers (one
+    micro-batch each); returns the counter of `batch_loss` calls."""
+    from transformer_cli.training import step
+    from transformer_cli.training.loss import LossParts
+
+    real = step.batch_loss
+    counter = {"n": 0}
+
+    def maybe_nan(*args, **kwargs):
+        counter["n"] += 1
+        parts = real(*args, **kwargs)
+        if counter["n"] in updates:
+            return LossParts(parts.loss * float("nan"), parts.nll * float("nan"), parts.n_tokens)
+        return parts
+
+    monkeypatch.setattr(step, "batch_loss", maybe_nan)
+    return counter

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import nan_on
 
 from transformer_cli.core import checkpoint
 from transformer_cli.core.errors import TrainingError
 from transformer_cli.data import prepare
 from transformer_cli.training import loop as train
 from transformer_cli.training import step
-from transformer_cli.training.loss import LossParts
 
 TINY = (
     "model.d_model=32",
@@ -35,22 +35,6 @@ TINY = (
     "decode.max_len_b=5",
     "decode.max_len_a=0",
 )
-
-
-def nan_on(updates: set[int], monkeypatch) -> dict:
-    """Make the loss non-finite on the given 1-based update numbers; count the updates."""
-    real = step.batch_loss
-    counter = {"n": 0}
-
-    def maybe_nan(*args, **kwargs):
-        counter["n"] += 1
-        parts = real(*args, **kwargs)
-        if counter["n"] in updates:
-            return LossParts(parts.loss * float("nan"), parts.nll * float("nan"), parts.n_tokens)
-        return parts
-
-    monkeypatch.setattr(step, "batch_loss", maybe_nan)
-    return counter
 
 
 def finished_run(cfg, monkeypatch, nan: set[int], every: int | None) -> tuple[dict, list, dict]:

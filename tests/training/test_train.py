@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import write_splits
+from helpers import nan_on, write_splits
 from typer.testing import CliRunner
 
 from transformer_cli.cli.app import app
@@ -126,21 +126,6 @@ def _plain(cfg):
     from transformer_cli.core.config import to_dict
 
     return to_dict(cfg)
-
-
-def nan_on(steps: set[int], monkeypatch):
-    """Make the loss non-finite on the given 1-based update numbers."""
-    real = step.batch_loss
-    counter = {"n": 0}
-
-    def maybe_nan(*args, **kwargs):
-        counter["n"] += 1
-        parts = real(*args, **kwargs)
-        if counter["n"] in steps:
-            return LossParts(parts.loss * float("nan"), parts.nll * float("nan"), parts.n_tokens)
-        return parts
-
-    monkeypatch.setattr(step, "batch_loss", maybe_nan)
 
 
 def test_non_finite_steps_are_skipped_and_counted(make_config, monkeypatch):
