@@ -1,8 +1,8 @@
 """The package's shape, held by tests so it cannot rot.
 
-- Dependencies point one way: core <- model <- data <- decoding <- training <- inspect
-  <- cli, and fast/ (speed only) imports core alone. Within that order there are no
-  cycles, between packages or between modules.
+- Dependencies point one way: core <- model <- data <- decoding <- training <- evaluation
+  <- inspect, export <- cli, and fast/ (speed only) imports core alone. Within that order
+  there are no cycles, between packages or between modules.
 - `import transformer_cli.model` loads none of the CLI's or data pipeline's libraries.
 - Every fast/ module names its plain twin and the test that proves them equal.
 - Modules stay under ~400 lines and functions under ~60.
@@ -30,9 +30,20 @@ LAYERS = {
     "data": {"core"},
     "decoding": {"core", "fast", "model", "data"},
     "training": {"core", "fast", "model", "data", "decoding"},
-    "inspect": {"core", "fast", "model", "data", "decoding", "training"},
-    "export": {"core", "fast", "model", "data", "decoding", "training"},
-    "cli": {"core", "fast", "model", "data", "decoding", "training", "inspect", "export"},
+    "evaluation": {"core", "fast", "model", "data", "decoding", "training"},
+    "inspect": {"core", "fast", "model", "data", "decoding", "training", "evaluation"},
+    "export": {"core", "fast", "model", "data", "decoding", "training", "evaluation"},
+    "cli": {
+        "core",
+        "fast",
+        "model",
+        "data",
+        "decoding",
+        "training",
+        "evaluation",
+        "inspect",
+        "export",
+    },
 }
 
 # fast/ module -> (its plain twin, the test file and test that prove them equal)

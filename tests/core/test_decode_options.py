@@ -10,6 +10,7 @@ import typer
 from helpers import cli, error_of
 
 from transformer_cli.cli.app import app
+from transformer_cli.core import runtime
 from transformer_cli.core.config import (
     DECODE_FLAGS,
     DEVICES,
@@ -21,7 +22,7 @@ from transformer_cli.core.config_file import config_from_dict
 from transformer_cli.core.config_rules import apply_decode_overrides
 from transformer_cli.core.errors import ConfigError
 from transformer_cli.decoding import translate
-from transformer_cli.training import evaluate
+from transformer_cli.evaluation import evaluate
 
 error_of = functools.partial(error_of, error=ConfigError)  # their one-line message
 
@@ -123,7 +124,7 @@ def test_the_device_flag_and_the_config_accept_the_same_devices():
     for name in DEVICES:
         assert config_from_dict({"run_dir": "r", "train": {"device": name}}).train.device == name
         try:
-            translate.pick_device(name)
+            runtime.device_option(name)
             message = ""
         except ConfigError as e:  # a device this machine lacks, but a known name
             message = str(e)

@@ -17,8 +17,7 @@ from transformer_cli.core.config import to_dict
 from transformer_cli.core.config_file import load_config
 from transformer_cli.core.errors import ConfigError, DataError
 from transformer_cli.core.specials import UNK_ID
-from transformer_cli.data import prepare, toy
-from transformer_cli.data import store as cache
+from transformer_cli.data import prepare, store, toy
 from transformer_cli.data.store import SPLITS
 from transformer_cli.data.tokenizer import Tokenizer
 
@@ -38,14 +37,14 @@ META_KEYS = {
 
 
 def stamps(run_dir) -> dict[str, int]:
-    return {p.name: p.stat().st_mtime_ns for p in cache.cache_dir(run_dir).iterdir()}
+    return {p.name: p.stat().st_mtime_ns for p in store.cache_dir(run_dir).iterdir()}
 
 
 def test_prepare_writes_a_complete_cache(make_config, toy_pairs):
     cfg = make_config()
     result = prepare.run(cfg)
     assert result["reused"] is False
-    meta = cache.load_meta(cfg.run_dir)
+    meta = store.load_meta(cfg.run_dir)
     assert set(meta) == META_KEYS
     assert meta["fingerprint"] == result["fingerprint"]
     assert set(stamps(cfg.run_dir)) == {"meta.json", *meta["files"]}
@@ -59,10 +58,10 @@ def test_prepare_writes_a_complete_cache(make_config, toy_pairs):
         )
         assert stats["src_len"]["p50"] <= stats["src_len"]["p99"] <= stats["src_len"]["max"]
     for role in ("valid", "test"):  # never filtered; ids decode back to the raw references
-        split = cache.load_split(cfg.run_dir, role)
+        split = store.load_split(cfg.run_dir, role)
         assert len(split) == len(expected[role])
-        assert cache.load_text(cfg.run_dir, role, "src") == [en for en, _ in expected[role]]
-        refs = cache.load_text(cfg.run_dir, role, "tgt")
+        assert store.load_text(cfg.run_dir, role, "src") == [en for en, _ in expected[role]]
+        refs = store.load_text(cfg.run_dir, role, "tgt")
         assert refs == [de for _, de in expected[role]]
         assert tokenizer.decode_tgt([split.tgt_ids(i) for i in range(len(split))]) == refs
     assert load_config(Path(cfg.run_dir) / "config.yaml") == cfg
@@ -73,7 +72,7 @@ def test_train_filter_applies_to_train_only(make_config):
     median = first["splits"]["train"]["src_len"]["p50"]
     cfg = make_config(f"data.max_len={median}", "data.max_ratio=1.25")
     meta = prepare.run(cfg)
-    train = cache.load_split(cfg.run_dir, "train")
+    train = store.load_split(cfg.run_dir, "train")
     src, tgt = train.src_lengths.tolist(), train.tgt_lengths.tolist()
     assert len(src) == meta["splits"]["train"]["kept"] > 0
     assert all(0 < s <= median and 0 < t <= median for s, t in zip(src, tgt, strict=True))
@@ -142,18 +141,18 @@ def test_changed_input_or_config_rebuilds(make_config, corpus_dir):
         assert result["reused"] is False
         fingerprints.add(result["fingerprint"])
     assert len(fingerprints) == 4
-    assert cache.load_meta(cfg.run_dir)["tokenizer"]["src_vocab_size"] == 100
+    assert store.load_meta(cfg.run_dir)["tokenizer"]["src_vocab_size"] == 100
     assert "Ein ganz neuer Satz." in Tokenizer.load(cfg.run_dir).decode_tgt(
-        [cache.load_split(cfg.run_dir, "train").tgt_ids(0)]
+        [store.load_split(cfg.run_dir, "train").tgt_ids(0)]
     )
 
 
 def test_a_missing_cache_file_forces_a_rebuild(make_config):
     cfg = make_config()
     prepare.run(cfg)
-    (cache.cache_dir(cfg.run_dir) / "valid.pt").unlink()
+    (store.cache_dir(cfg.run_dir) / "valid.pt").unlink()
     assert prepare.run(cfg)["reused"] is False
-    assert len(cache.load_split(cfg.run_dir, "valid")) == 30
+    assert len(store.load_split(cfg.run_dir, "valid")) == 30
 
 
 def test_switching_to_separate_vocabularies_leaves_no_joint_model(make_config):
@@ -169,7 +168,7 @@ def test_switching_to_separate_vocabularies_leaves_no_joint_model(make_config):
 def test_interrupted_write_leaves_no_meta(make_config, monkeypatch):
     cfg = make_config()
     prepare.run(cfg)  # a complete cache, then an interrupted rebuild over it
-    real = cache.save_split
+    real = store.save_split
     calls = []
 
     def fail_on_second(path, split):
@@ -178,15 +177,15 @@ def test_interrupted_write_leaves_no_meta(make_config, monkeypatch):
             raise OSError("No space left on device")
         real(path, split)
 
-    monkeypatch.setattr(cache, "save_split", fail_on_second)
+    monkeypatch.setattr(store, "save_split", fail_on_second)
     with pytest.raises(DataError, match="cannot write the cache .No space left on device"):
         prepare.run(make_config("tokenizer.vocab_size=90"))
     with pytest.raises(DataError, match="no prepared data"):
-        cache.load_meta(cfg.run_dir)
+        store.load_meta(cfg.run_dir)
     assert not [p for p in stamps(cfg.run_dir) if p.endswith(".tmp")]
     monkeypatch.undo()
     assert prepare.run(cfg)["reused"] is False  # not mistaken for the old, complete cache
-    assert cache.load_meta(cfg.run_dir)["tokenizer"]["src_vocab_size"] == 100
+    assert store.load_meta(cfg.run_dir)["tokenizer"]["src_vocab_size"] == 100
 
 
 # ----------------------------------------------------------------------------- errors
@@ -197,7 +196,7 @@ def data_error(cfg) -> str:
         prepare.run(cfg)
     message = str(e.value)
     assert "\n" not in message
-    assert not (cache.cache_dir(cfg.run_dir) / "meta.json").exists()
+    assert not (store.cache_dir(cfg.run_dir) / "meta.json").exists()
     return message
 
 
@@ -247,7 +246,7 @@ def test_jsonl_with_nested_fields_and_a_missing_one(tmp_path, make_config, toy_p
     cfg = make_config(*fields, "data.src_field=translation.en", "data.tgt_field=translation.de")
     meta = prepare.run(cfg)
     assert [meta["splits"][r]["kept"] for r in SPLITS] == [240, 30, 30]
-    assert cache.load_text(cfg.run_dir, "test", "tgt") == [de for _, de in toy_pairs[270:]]
+    assert store.load_text(cfg.run_dir, "test", "tgt") == [de for _, de in toy_pairs[270:]]
     message = data_error(
         make_config(*fields, "data.src_field=translation.en", "data.tgt_field=translation.fr")
     )
@@ -278,8 +277,8 @@ def test_tokenizer_from_encodes_with_the_checkpoints_model(make_config, corpus_d
     assert ours.to_bytes() == theirs.to_bytes()
     assert meta["tokenizer"]["sha256"] == theirs.fingerprint()
     assert meta["tokenizer"]["from"] == str(base_ckpt)
-    valid = cache.load_split(cfg.run_dir, "valid")
-    src = cache.load_text(cfg.run_dir, "valid", "src")
+    valid = store.load_split(cfg.run_dir, "valid")
+    src = store.load_text(cfg.run_dir, "valid", "src")
     assert [valid.src_ids(i).tolist() for i in range(len(valid))] == theirs.encode_src(src)
     trained = prepare.run(make_config(f"run_dir={cfg.run_dir}_trained"))
     assert trained["tokenizer"]["sha256"] != theirs.fingerprint()  # the test can tell them apart
@@ -306,7 +305,7 @@ def test_the_summary_reports_the_share_of_unknown_pieces(
     cfg = make_config()
     capsys.readouterr()
     stats = prepare.run(cfg, tokenizer_from=base_ckpt)["splits"]["train"]
-    split = cache.load_split(cfg.run_dir, "train")
+    split = store.load_split(cfg.run_dir, "train")
     unk = int((split.src == UNK_ID).sum())
     assert stats["unk"] == {"src": unk, "tgt": int((split.tgt == UNK_ID).sum())}
     assert unk > 0
@@ -321,7 +320,7 @@ def test_tokenizer_from_refuses_another_tokenizer_section(make_config, base_ckpt
     assert message.startswith(f"--tokenizer-from {base_ckpt}: ")
     assert "tokenizer.vocab_size: 90 in the config, 100 in the checkpoint" in message
     assert "tokenizer.model_type: bpe in the config, unigram in the checkpoint" in message
-    assert not cache.cache_dir(cfg.run_dir).exists()
+    assert not store.cache_dir(cfg.run_dir).exists()
 
 
 # ----------------------------------------------------------------------------- the CLI
@@ -381,8 +380,8 @@ def test_multi30k_prepares_in_under_a_minute(tmp_path):
     assert meta["splits"]["test"]["kept"] == 1_000
     assert meta["tokenizer"]["src_vocab_size"] == 8000
     assert elapsed < 60, f"prepare took {elapsed:.1f} s"
-    refs = cache.load_text(cfg.run_dir, "valid", "tgt")
-    valid = cache.load_split(cfg.run_dir, "valid")
+    refs = store.load_text(cfg.run_dir, "valid", "tgt")
+    valid = store.load_split(cfg.run_dir, "valid")
     decoded = Tokenizer.load(cfg.run_dir).decode_tgt([valid.tgt_ids(i) for i in range(len(valid))])
     same = sum(d == r for d, r in zip(decoded, refs, strict=True))
     assert same >= 0.95 * len(refs)  # SentencePiece's NFKC normalisation may change a few

@@ -13,8 +13,8 @@ import torch
 from helpers import SHAPES, assert_one_line_error, cli, trained_tiny
 
 from transformer_cli.core.specials import BOS_ID, EOS_ID
-from transformer_cli.data import store as cache
-from transformer_cli.decoding import ctranslate2 as ct2
+from transformer_cli.data import store
+from transformer_cli.decoding import ct2_backend as ct2
 from transformer_cli.decoding.loading import load_model
 from transformer_cli.decoding.stream import decode_all
 
@@ -24,7 +24,7 @@ from transformer_cli.export import ctranslate2 as ct2_export
 
 def sources_of(checkpoint: Path):
     model, tokenizer, cfg = load_model(checkpoint, torch.device("cpu"))
-    lines = cache.load_text(cfg.run_dir, "valid", "src") + cache.load_text(
+    lines = store.load_text(cfg.run_dir, "valid", "src") + store.load_text(
         cfg.run_dir, "test", "src"
     )
     return model, tokenizer, cfg, tokenizer.encode_src(lines)
@@ -39,7 +39,7 @@ def test_greedy_outputs_and_token_scores_are_tfxs(tmp_path, tmp_path_factory, to
     assert ct2.decode_exported(exported, sources, cfg.decode) == decode_all(
         model, sources, cfg.decode, "cpu"
     )
-    targets = tokenizer.encode_tgt(cache.load_text(cfg.run_dir, "valid", "tgt"))
+    targets = tokenizer.encode_tgt(store.load_text(cfg.run_dir, "valid", "tgt"))
     theirs = ct2.score_exported(exported, sources[: len(targets)], targets)
     with torch.no_grad():
         for src, tgt, log_probs in zip(sources, targets, theirs, strict=False):

@@ -13,8 +13,8 @@ import torch
 from helpers import assert_one_line_error, cli, trained_tiny
 
 from transformer_cli.core.specials import BOS_ID, EOS_ID, PAD_ID
-from transformer_cli.data import store as cache
-from transformer_cli.decoding.ctranslate2 import output_cap
+from transformer_cli.data import store
+from transformer_cli.decoding.ct2_backend import output_cap
 from transformer_cli.decoding.loading import load_model
 from transformer_cli.decoding.stream import decode_all
 
@@ -31,7 +31,7 @@ def exported(tmp_path, tmp_path_factory, toy_pairs, shape):
     tokenizer = transformers.AutoTokenizer.from_pretrained(out)
     model = transformers.AutoModelForSeq2SeqLM.from_pretrained(out).eval()
     ours, our_tokenizer, cfg = load_model(checkpoint, torch.device("cpu"))
-    lines = cache.load_text(cfg.run_dir, "valid", "src")
+    lines = store.load_text(cfg.run_dir, "valid", "src")
     return model, tokenizer, ours, our_tokenizer, cfg, lines
 
 
@@ -113,7 +113,7 @@ def test_the_translation_pipeline_prints_tfxs_greedy_lines(
     translate = transformers.pipeline("translation", model=str(out))
     assert type(translate.model).__name__ == CLASSES[shape]
     ours, our_tokenizer, cfg = load_model(checkpoint, torch.device("cpu"))
-    lines = cache.load_text(cfg.run_dir, "valid", "src")
+    lines = store.load_text(cfg.run_dir, "valid", "src")
     sources = our_tokenizer.encode_src(lines)
     expected = our_tokenizer.decode_tgt(decode_all(ours, sources, cfg.decode, "cpu"))
     for line, source, want in zip(lines, sources, expected, strict=True):

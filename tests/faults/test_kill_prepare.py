@@ -21,7 +21,7 @@ from faultlib import (
 from typer.testing import CliRunner
 
 from transformer_cli.cli.app import app
-from transformer_cli.data import store as cache
+from transformer_cli.data import store
 
 pytestmark = pytest.mark.faults
 
@@ -36,7 +36,7 @@ def clean(tmp_path_factory, toy_pairs) -> Path:
     config = write_config(root / "c.yaml", with_vocab(tiny_raw(root / "run", data)))
     result = CliRunner().invoke(app, ["prepare", "--config", str(config)])
     assert result.exit_code == 0, result.output
-    return cache.cache_dir(root / "run")
+    return store.cache_dir(root / "run")
 
 
 @pytest.fixture
@@ -76,7 +76,7 @@ def assert_repaired(config: Path, run_dir: Path, clean: Path, reused: bool) -> N
     result = CliRunner().invoke(app, ["prepare", "--config", str(config)])
     assert result.exit_code == 0, result.output
     assert ("cache up to date" in result.stdout) == reused
-    assert contents(cache.cache_dir(run_dir)) == contents(clean)
+    assert contents(store.cache_dir(run_dir)) == contents(clean)
 
 
 def test_kill_while_the_splits_are_written(stale, clean, tmp_path):
@@ -87,7 +87,7 @@ def test_kill_while_the_splits_are_written(stale, clean, tmp_path):
         "call|transformer_cli.data.store.save_split|2",
         tmp_path / "paused",
     )
-    assert not (cache.cache_dir(run_dir) / "meta.json").exists()
+    assert not (store.cache_dir(run_dir) / "meta.json").exists()
     assert_train_refuses(config, run_dir)
     assert_repaired(config, run_dir, clean, reused=False)
 
@@ -105,7 +105,7 @@ def test_kill_at_each_stage_of_the_cache_write(stale, clean, tmp_path, pause, re
     run_dir, config = stale
     kill_at(["prepare", "--config", str(config)], tmp_path / "log", pause, tmp_path / "paused")
     if reused:
-        assert contents(cache.cache_dir(run_dir)) == contents(clean)
+        assert contents(store.cache_dir(run_dir)) == contents(clean)
     else:
         assert_train_refuses(config, run_dir)
     assert_repaired(config, run_dir, clean, reused)
@@ -117,14 +117,14 @@ def test_kills_at_random_moments(stale, clean, tmp_path):
     rng = random.Random(20240609)
     run_dir, config = stale
     log = tmp_path / "log"
-    old = contents(cache.cache_dir(run_dir))
+    old = contents(store.cache_dir(run_dir))
     for _ in range(6):
         process = start_tfx(["prepare", "--config", str(config)], log)
         time.sleep(rng.uniform(1.0, 5.0))  # start-up (imports) takes most of the first seconds
         kill9(process)
-        if (cache.cache_dir(run_dir) / "meta.json").exists():
-            assert contents(cache.cache_dir(run_dir)) in (old, contents(clean))
+        if (store.cache_dir(run_dir) / "meta.json").exists():
+            assert contents(store.cache_dir(run_dir)) in (old, contents(clean))
         else:
             assert_train_refuses(config, run_dir)
-    complete = contents(cache.cache_dir(run_dir)) == contents(clean)  # a kill came too late
+    complete = contents(store.cache_dir(run_dir)) == contents(clean)  # a kill came too late
     assert_repaired(config, run_dir, clean, reused=complete)

@@ -13,8 +13,7 @@ from helpers import assert_only_error, assert_png, cli, toy_splits, write_splits
 
 from transformer_cli.core.config_file import load_config
 from transformer_cli.core.specials import BOS_ID, EOS_ID, PAD_ID
-from transformer_cli.data import batching, prepare
-from transformer_cli.data import store as cache
+from transformer_cli.data import batching, prepare, store
 from transformer_cli.decoding.loading import load_model
 from transformer_cli.inspect import attention_maps, batch, curves
 from transformer_cli.inspect import views as inspection
@@ -76,7 +75,7 @@ def test_batch_grids_are_the_masks_of_the_batch_training_builds(tiny, split, ind
     view = ok_json(
         "inspect", "batch", "--config", tiny, "--split", split, "--index", index, "--rows", 3
     )
-    data = cache.load_split(cfg.run_dir, split)
+    data = store.load_split(cfg.run_dir, split)
     if split == "train":
         groups = batching.epoch_batches(data, cfg.train.batch_tokens, cfg.train.seed, 0)
         batch = batching.collate(data, groups[index])

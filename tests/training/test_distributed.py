@@ -19,8 +19,7 @@ from helpers import assert_one_line_error, cli, tiny_raw, toy_splits, write_spli
 
 from transformer_cli.core import checkpoint
 from transformer_cli.core.config_file import config_from_dict
-from transformer_cli.data import prepare
-from transformer_cli.data import store as cache
+from transformer_cli.data import prepare, store
 from transformer_cli.training import distributed, launch, lock
 from transformer_cli.training import loop as train
 from transformer_cli.training.distributed import World
@@ -153,11 +152,11 @@ def test_cpu_ranks_share_the_cores_unless_threads_are_set():
 
 def test_the_cache_is_memory_mapped(tmp_path, toy_pairs):
     write_run(tmp_path, toy_pairs)
-    split = cache.load_split(tmp_path / "run", "train")
+    split = store.load_split(tmp_path / "run", "train")
     maps = Path("/proc/self/maps")
     if not maps.exists():
         pytest.skip("no /proc/self/maps here")
-    assert str(cache.cache_dir(tmp_path / "run") / "train.pt") in maps.read_text()
+    assert str(store.cache_dir(tmp_path / "run") / "train.pt") in maps.read_text()
     assert len(split) == 240
 
 
@@ -395,6 +394,6 @@ def _trainer(cfg):
     cfg = dataclasses.replace(cfg, model=model_cfg)
     model = Transformer(cfg.model)
     optimizer = step.make_optimizer(model, cfg, torch.device("cpu"))
-    split = cache.load_split(cfg.run_dir, "train")
+    split = store.load_split(cfg.run_dir, "train")
     trainer = step.Trainer(model, optimizer, None, split, cfg, torch.device("cpu"), "fp32")
     return trainer, model

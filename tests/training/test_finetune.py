@@ -18,8 +18,7 @@ from transformer_cli.core import checkpoint
 from transformer_cli.core.config import Config
 from transformer_cli.core.config_file import config_from_dict, to_yaml
 from transformer_cli.core.errors import ConfigError, DataError
-from transformer_cli.data import prepare, toy
-from transformer_cli.data import store as cache
+from transformer_cli.data import prepare, store, toy
 from transformer_cli.data.tokenizer import Tokenizer
 from transformer_cli.training import finetune, schedule
 from transformer_cli.training import loop as train
@@ -172,7 +171,7 @@ def test_dropout_and_the_attention_kernel_may_differ(base):
 def test_a_cache_of_another_tokenizer_of_the_same_size_is_refused(base):
     cfg = base.config("other_tokenizer")
     prepare.run(cfg)  # SentencePiece trained on the shifted corpus, with the same config
-    ours = cache.load_meta(cfg.run_dir)["tokenizer"]
+    ours = store.load_meta(cfg.run_dir)["tokenizer"]
     theirs = Tokenizer.from_bytes(checkpoint.load_state(base.ckpt)["tokenizer"])
     assert ours["src_vocab_size"] == theirs.src_vocab_size  # a size check would pass
     message = error_of(train.run, cfg, init_from=base.ckpt, error=DataError)

@@ -11,8 +11,7 @@ import torch
 
 from transformer_cli.core import checkpoint
 from transformer_cli.core.specials import PAD_ID
-from transformer_cli.data import batching, prepare
-from transformer_cli.data import store as cache
+from transformer_cli.data import batching, prepare, store
 from transformer_cli.fast.prefetch import Prefetcher
 from transformer_cli.model.transformer import Transformer
 from transformer_cli.training import loop as train
@@ -48,7 +47,7 @@ def same_batches(a: list[batching.Batch], b: list[batching.Batch]) -> bool:
 def test_prefetched_batches_are_the_ones_collated_in_place(make_config):
     cfg = make_config(*TINY)
     prepare.run(cfg)
-    split = cache.load_split(cfg.run_dir, "train")
+    split = store.load_split(cfg.run_dir, "train")
     groups = [g[None] if g.dim() == 0 else [g] for g in batching.epoch_batches(split, 400, 1, 0)]
 
     def collate(group):
@@ -100,7 +99,7 @@ def test_training_with_prefetch_gives_the_same_weights(make_config, tmp_path, mo
 def test_padding_to_a_multiple_changes_no_real_position(make_config, multiple):
     cfg = make_config(*TINY, "model.dropout=0")
     prepare.run(cfg)
-    split = cache.load_split(cfg.run_dir, "train")
+    split = store.load_split(cfg.run_dir, "train")
     group = batching.epoch_batches(split, 400, 1, 0)[0]
     plain, padded = (
         batching.collate(split, group),

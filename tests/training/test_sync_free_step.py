@@ -118,11 +118,10 @@ def test_the_fused_optimizers_skip_on_the_device():
 def test_a_cuda_step_makes_no_host_sync(make_config):
     cfg = make_config(*TINY, "train.device=cuda")
     prepare.run(cfg)
-    from transformer_cli.data import batching
-    from transformer_cli.data import store as cache
+    from transformer_cli.data import batching, store
     from transformer_cli.model.transformer import Transformer
 
-    split = cache.load_split(cfg.run_dir, "train")
+    split = store.load_split(cfg.run_dir, "train")
     groups = batching.epoch_batches(split, 600, seed=1, epoch=0)
     shape = {"src_vocab": 100, "tgt_vocab": 100}
     import dataclasses

@@ -16,8 +16,7 @@ from transformer_cli.cli.app import app
 from transformer_cli.core import checkpoint
 from transformer_cli.core.config_file import config_from_dict
 from transformer_cli.core.errors import TrainingError
-from transformer_cli.data import batching, prepare
-from transformer_cli.data import store as cache
+from transformer_cli.data import batching, prepare, store
 from transformer_cli.model.transformer import Transformer
 from transformer_cli.training import loop as train
 from transformer_cli.training import step
@@ -108,7 +107,7 @@ def test_accumulated_micro_batches_give_the_gradient_of_one_big_batch(make_confi
     cfg = config_from_dict(
         {**_plain(cfg), "model": {**_plain(cfg)["model"], "src_vocab": 100, "tgt_vocab": 100}}
     )
-    split = cache.load_split(cfg.run_dir, "train")
+    split = store.load_split(cfg.run_dir, "train")
     first, second = batching.epoch_batches(split, 600, seed=1, epoch=0)[:2]
     results = []
     for group in ([first, second], [torch.cat([first, second])]):
@@ -162,7 +161,7 @@ def nan_gradients_on(steps: set[int], monkeypatch):
 def test_a_non_finite_gradient_under_a_finite_loss_is_skipped(make_config, monkeypatch, clip_norm):
     cfg = make_config(*TINY, "model.dropout=0", f"train.clip_norm={clip_norm}")
     prepare.run(cfg)
-    split = cache.load_split(cfg.run_dir, "train")
+    split = store.load_split(cfg.run_dir, "train")
     group = batching.epoch_batches(split, 600, seed=1, epoch=0)[:1]
     cfg = config_from_dict(
         {**_plain(cfg), "model": {**_plain(cfg)["model"], "src_vocab": 100, "tgt_vocab": 100}}
@@ -336,7 +335,7 @@ def test_fused_and_plain_batch_loss_agree_on_a_model(precision, label_smoothing)
     lengths = [5, 2, 7, 3]
     src = [torch.randint(4, 40, (n + 1,)).tolist() for n in lengths]
     tgt = [torch.randint(4, 40, (n,)).tolist() for n in lengths]
-    split = cache.EncodedSplit.from_lists(src, tgt)
+    split = store.EncodedSplit.from_lists(src, tgt)
     batch = batching.collate(split, list(range(len(lengths))))
     results = []
     for fused in (False, True):

@@ -287,7 +287,7 @@ def evaluate(
     """Score checkpoints (BLEU, chrF, loss, speed), best first; write hypotheses and a report."""
     from transformer_cli.core.config import DecodeOverrides
     from transformer_cli.core.config_rules import precision_flag
-    from transformer_cli.training import evaluate as evaluate_mod
+    from transformer_cli.evaluation import evaluate as evaluate_mod
 
     decode = DecodeOverrides(
         beam=beam, alpha=alpha, early_stop=early_stop, max_len_a=max_len_a,
@@ -321,7 +321,7 @@ def average(
     ] = 0,
 ) -> None:
     """Average checkpoints' weights into one self-contained checkpoint."""
-    from transformer_cli.training import average as average_mod
+    from transformer_cli.evaluation import average as average_mod
 
     average_mod.run(checkpoints, output, last=last)
 

@@ -8,7 +8,13 @@ import random
 
 import torch
 
-from transformer_cli.core.config import Device, ResolvedPrecision
+from transformer_cli.core.config import (
+    DEVICES,
+    DecodeConfig,
+    Device,
+    ResolvedPrecision,
+    is_device,
+)
 from transformer_cli.core.config_rules import checked_precision
 from transformer_cli.core.errors import ConfigError
 
@@ -30,6 +36,16 @@ def pick_device(name: Device = "auto") -> torch.device:
     return torch.device(name)
 
 
+def device_option(name: str) -> torch.device:
+    """The torch device for --device; a one-line error naming the option if it cannot be used."""
+    if not is_device(name):
+        raise ConfigError(f"--device must be one of {', '.join(DEVICES)}, got {name!r}")
+    try:
+        return pick_device(name)
+    except ConfigError as e:  # its message names the config key train.device
+        raise ConfigError(f"--device {name}: not available here") from e
+
+
 def resolve_precision(
     precision: str, device: torch.device, key: str = "train.precision"
 ) -> ResolvedPrecision:
@@ -45,6 +61,11 @@ def resolve_precision(
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError(f"{key}: fp16 needs CUDA (device is {device.type}); use bf16")
     return precision
+
+
+def decode_precision(decode: DecodeConfig, device: torch.device) -> ResolvedPrecision:
+    """The resolved precision of `decode.precision` (or --precision) on `device`."""
+    return resolve_precision(decode.precision, device, "--precision")
 
 
 def matmul_dtype(precision: ResolvedPrecision) -> torch.dtype:

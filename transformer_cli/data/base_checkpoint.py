@@ -14,8 +14,8 @@ from pathlib import Path
 
 from transformer_cli.core import checkpoint
 from transformer_cli.core.config import Config
-from transformer_cli.core.config_file import config_from_dict
-from transformer_cli.core.errors import CheckpointError, ConfigError, DataError
+from transformer_cli.core.errors import CheckpointError, ConfigError
+from transformer_cli.data.checkpoint_parts import config_and_tokenizer
 from transformer_cli.data.tokenizer import Tokenizer
 
 
@@ -46,19 +46,6 @@ def load_base(path: str | Path, flag: str) -> BaseCheckpoint:
     except CheckpointError as e:  # its message starts with the path
         raise CheckpointError(f"{flag} {e}") from None
     return BaseCheckpoint(Path(path), flag, cfg, tokenizer, state)
-
-
-def config_and_tokenizer(state: dict, path: str | Path) -> tuple[Config, Tokenizer]:
-    """A loaded checkpoint's config and tokenizer; CheckpointError naming `path` if unfit."""
-    try:
-        cfg = config_from_dict(state["config"], source=f"{path} (its config)")
-    except ConfigError as e:
-        raise CheckpointError(f"{path}: its config does not fit this tfx: {e}") from None
-    try:
-        tokenizer = Tokenizer.from_bytes(state["tokenizer"])
-    except (DataError, TypeError, AttributeError) as e:
-        raise CheckpointError(f"{path}: its tokenizer does not load: {e}") from None
-    return cfg, tokenizer
 
 
 def differences(

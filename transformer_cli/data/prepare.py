@@ -28,8 +28,7 @@ from transformer_cli.core.errors import DataError
 from transformer_cli.core.fileio import atomic_write_text
 from transformer_cli.core.specials import SPECIAL_IDS, UNK_ID
 from transformer_cli.core.table import aligned
-from transformer_cli.data import corpus
-from transformer_cli.data import store as cache
+from transformer_cli.data import corpus, store
 from transformer_cli.data.base_checkpoint import check_tokenizer_section, load_base
 from transformer_cli.data.store import SPLITS, EncodedSplit
 from transformer_cli.data.tokenizer import (
@@ -55,7 +54,7 @@ def run(cfg: Config, tokenizer_from: str | Path | None = None) -> dict:
     """
     started = time.perf_counter()
     run_dir = Path(cfg.run_dir)
-    directory = cache.cache_dir(run_dir)
+    directory = store.cache_dir(run_dir)
     borrowed = _borrowed(cfg, tokenizer_from)
     fingerprint, inputs = fingerprint_of(cfg, borrowed.fingerprint() if borrowed else None)
 
@@ -93,7 +92,7 @@ def run(cfg: Config, tokenizer_from: str | Path | None = None) -> dict:
         "splits": stats,
         "files": files,
     }
-    cache.write_meta(run_dir, meta)  # last: only now is the cache complete
+    store.write_meta(run_dir, meta)  # last: only now is the cache complete
     print(summary(meta, directory))
     return {**meta, "reused": False}
 
@@ -193,7 +192,7 @@ def _write_cache(
         (directory / stale).unlink(missing_ok=True)
     files = [path.name for path in tokenizer.save(directory)]
     for role in SPLITS:
-        cache.save_split(directory / f"{role}.pt", EncodedSplit.from_lists(*encoded[role]))
+        store.save_split(directory / f"{role}.pt", EncodedSplit.from_lists(*encoded[role]))
         files.append(f"{role}.pt")
         if role != "train":  # raw text: the references BLEU is computed against
             for side, lines in (("src", pairs[role].src), ("tgt", pairs[role].tgt)):

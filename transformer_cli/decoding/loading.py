@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from transformer_cli.core.checkpoint import load_state
 from transformer_cli.core.config import Config, ResolvedPrecision
 from transformer_cli.core.errors import CheckpointError
-from transformer_cli.data.base_checkpoint import config_and_tokenizer
+from transformer_cli.data.checkpoint_parts import config_and_tokenizer
 from transformer_cli.data.tokenizer import Tokenizer
 from transformer_cli.fast.packing import pack_linears
 from transformer_cli.model.transformer import Transformer

@@ -22,28 +22,26 @@ log-probability of search.py). So that this always holds:
 from __future__ import annotations
 
 import contextlib
-import itertools
-import os
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Protocol, TextIO, cast
+from typing import TYPE_CHECKING, cast
 
-from transformer_cli.core.config import (
-    DEVICES,
-    NO_OVERRIDES,
-    DecodeConfig,
-    DecodeOverrides,
-    ResolvedPrecision,
-    is_device,
-)
+from transformer_cli.core import runtime
+from transformer_cli.core.config import NO_OVERRIDES, DecodeOverrides
 from transformer_cli.core.config_rules import apply_decode_overrides
-from transformer_cli.core.errors import ConfigError, DataError, TfxError
+from transformer_cli.core.errors import TfxError
+from transformer_cli.decoding.lines import (
+    chunks,
+    open_input,
+    open_output,
+    prompt_lines,
+    read_lines,
+    warn,
+)
 
 if TYPE_CHECKING:
-    import torch
-
     from transformer_cli.decoding.search import Hypothesis
 
 CHUNK_LINES = 1000
@@ -51,47 +49,6 @@ CHUNK_LINES = 1000
 # model is packed at its first chunk of at least this many (docs/performance.md,
 # "Weights packed once"); the outputs are the same either way, up to float rounding order.
 PACK_MIN_LINES = 128
-
-
-# ----------------------------------------------------------------------------- input
-
-
-def warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr, flush=True)
-
-
-def decode_line(raw: bytes, number: int, name: str = "") -> str:
-    """One input line as text: line ending removed, invalid UTF-8 replaced (and reported)."""
-    raw = raw.removesuffix(b"\n").removesuffix(b"\r")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        where = f"{name}:{number}" if name else f"line {number}"
-        warn(f"{where}: invalid UTF-8 at byte {e.start + 1}; replaced with U+FFFD")
-        text = raw.decode("utf-8", errors="replace")
-    return text.removeprefix("\ufeff") if number == 1 else text
-
-
-def read_lines(stream: BinaryIO, name: str = "") -> Iterator[str]:
-    """The text lines of a binary stream, split on b"\\n" only.
-
-    Splitting bytes on newline keeps the line count exact: str.splitlines() would also
-    split on U+2028, U+0085 and friends, and the output would have extra lines.
-    """
-    for number, raw in enumerate(stream, start=1):
-        yield decode_line(raw, number, name)
-
-
-def read_input_lines(path: str | Path) -> list[str]:
-    """All lines of a text file, as `read_lines` gives them; DataError if it cannot be read."""
-    with _open_input(path) as f:
-        return list(read_lines(f, str(path)))
-
-
-def chunks(lines: Iterable[str], size: int) -> Iterator[list[str]]:
-    iterator = iter(lines)
-    while chunk := list(itertools.islice(iterator, size)):
-        yield chunk
 
 
 # ----------------------------------------------------------------------------- translating
@@ -108,10 +65,10 @@ class Translator:
     ) -> None:
         """`decode`: the options that replace the checkpoint's decode section (ConfigError
         naming the flag if one is out of range)."""
-        from transformer_cli.decoding import ctranslate2 as ct2
+        from transformer_cli.decoding import ct2_backend as ct2
         from transformer_cli.decoding.loading import load_model
 
-        self.device = pick_device(device)
+        self.device = runtime.device_option(device)
         self.exported: ct2.Exported | None = None  # a CTranslate2 export decodes instead
         if ct2.is_export_dir(checkpoint_path):
             self.exported = ct2.load_export(checkpoint_path, self.device.type)
@@ -119,7 +76,7 @@ class Translator:
         else:
             self.model, self.tokenizer, cfg = load_model(checkpoint_path, self.device)
         self.decode_cfg = apply_decode_overrides(cfg.decode, decode)
-        self.precision = decode_precision(self.decode_cfg, self.device)
+        self.precision = runtime.decode_precision(self.decode_cfg, self.device)
         self.packed = False
         self.nbest = decode.nbest
         self.max_pieces = cfg.model.max_positions  # one position per source piece
@@ -154,7 +111,7 @@ class Translator:
 
     def _decode(self, sources: list[list[int]], n_lines: int) -> list:
         """Piece ids (nbest 1) or scored n-best lists, by tfx's search or CTranslate2's."""
-        from transformer_cli.decoding.ctranslate2 import decode_exported
+        from transformer_cli.decoding.ct2_backend import decode_exported
         from transformer_cli.decoding.loading import ready_to_decode
         from transformer_cli.decoding.stream import decode_all
 
@@ -171,25 +128,6 @@ class Translator:
 def _one_line(text: str) -> str:
     """Whitespace runs (line and paragraph separators, tabs) become single spaces."""
     return " ".join(text.split())
-
-
-def pick_device(name: str) -> torch.device:
-    """The torch device for --device; a one-line error naming the option if it cannot be used."""
-    from transformer_cli.core import runtime
-
-    if not is_device(name):
-        raise ConfigError(f"--device must be one of {', '.join(DEVICES)}, got {name!r}")
-    try:
-        return runtime.pick_device(name)
-    except ConfigError as e:  # its message names the config key train.device
-        raise ConfigError(f"--device {name}: not available here") from e
-
-
-def decode_precision(decode: DecodeConfig, device: torch.device) -> ResolvedPrecision:
-    """The resolved precision of `decode.precision` (or --precision) on `device`."""
-    from transformer_cli.core import runtime
-
-    return runtime.resolve_precision(decode.precision, device, "--precision")
 
 
 # ----------------------------------------------------------------------------- the command
@@ -219,12 +157,12 @@ def run(
         if texts:
             lines: Iterable[str] = texts
         elif input_path is not None:
-            lines = read_lines(stack.enter_context(_open_input(input_path)))
+            lines = read_lines(stack.enter_context(open_input(input_path)))
         elif interactive:
             lines = prompt_lines()
         else:
             lines = read_lines(sys.stdin.buffer)
-        out = stack.enter_context(_open_output(output_path))
+        out = stack.enter_context(open_output(output_path))
         count = 0
         started = time.monotonic()
         for chunk in chunks(lines, chunk_lines):
@@ -236,77 +174,6 @@ def run(
         seconds = time.monotonic() - started
         print(f"translated {count} lines into {output_path} in {seconds:.1f} s", file=sys.stderr)
     return count
-
-
-@contextlib.contextmanager
-def _open_input(path: str | Path) -> Iterator[BinaryIO]:
-    path = Path(path)
-    if path.is_dir():
-        raise DataError(f"{path}: is a directory, not a text file")
-    try:
-        # not `with open(...)`: only open's own errors are reported here, not the reader's
-        f = open(path, "rb")  # noqa: SIM115 (closed by the `with f` below)
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such input file") from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror})") from None
-    with f:
-        yield f
-
-
-class _ByteSink(Protocol):
-    """Where translations are written: a binary file, or stdout's buffer."""
-
-    def write(self, data: bytes, /) -> object: ...
-
-    def flush(self) -> None: ...
-
-
-@contextlib.contextmanager
-def _open_output(path: str | Path | None) -> Iterator[_ByteSink]:
-    """The output: a temp file renamed over `path` at the end (no half file), or stdout."""
-    if path is not None:
-        from transformer_cli.core.fileio import atomic_open
-
-        if Path(path).is_dir():
-            raise DataError(f"{path}: is a directory; --output needs a file name")
-        with atomic_open(path) as f:
-            yield f
-        return
-    sys.stdout.flush()
-    stdout = getattr(sys.stdout, "buffer", None)
-    try:
-        yield stdout if stdout is not None else _TextSink(sys.stdout)
-    except BrokenPipeError:
-        # the reader went away (`tfx translate ... | head`): stop quietly, as cat does;
-        # stdout now points at /dev/null so that the flush at exit cannot fail again
-        with contextlib.suppress(OSError, ValueError):
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-
-
-class _TextSink:
-    """A bytes-accepting wrapper for a text stream without `.buffer`."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
-
-    def write(self, data: bytes) -> None:
-        self.stream.write(data.decode("utf-8"))
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-
-def prompt_lines() -> Iterator[str]:
-    """Lines typed at a `> ` prompt (on stderr, so stdout holds translations only)."""
-    for number in itertools.count(1):
-        print("> ", end="", file=sys.stderr, flush=True)
-        raw = sys.stdin.buffer.readline()
-        if not raw:
-            print(file=sys.stderr)
-            return
-        yield decode_line(raw, number)
 
 
 def interact(translator: Translator) -> int:

@@ -31,7 +31,7 @@ from transformer_cli.core.checkpoint import load_state, state_step
 from transformer_cli.core.errors import ConfigError, TfxError
 from transformer_cli.core.fileio import atomic_write_text
 from transformer_cli.core.specials import BOS, EOS, UNK
-from transformer_cli.decoding.ctranslate2 import EXPORT_FILE, require_ctranslate2
+from transformer_cli.decoding.ct2_backend import EXPORT_FILE, require_ctranslate2
 from transformer_cli.decoding.loading import model_from_state
 from transformer_cli.model.transformer import DecoderLayer, EncoderLayer, Transformer
 

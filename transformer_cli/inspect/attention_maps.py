@@ -127,8 +127,8 @@ def plot_translation_attention(
 
     `head` is the CLI's spelling: a head number, or "mean" for the mean over heads.
     """
+    from transformer_cli.core.runtime import device_option
     from transformer_cli.decoding.loading import load_model
-    from transformer_cli.decoding.translate import pick_device
     from transformer_cli.inspect.plots import plot_attention
 
     if head == "mean":
@@ -138,7 +138,7 @@ def plot_translation_attention(
             head_index = int(head)
         except ValueError:
             raise ConfigError(f"--head {head}: give a head number or 'mean'") from None
-    model, tokenizer, cfg = load_model(checkpoint, pick_device(device))
+    model, tokenizer, cfg = load_model(checkpoint, device_option(device))
     view = attention_map(
         model,
         tokenizer,

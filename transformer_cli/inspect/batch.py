@@ -80,12 +80,11 @@ def the_batch(cfg: Config, split: str, index: int, epoch: int):
     training loop does; `valid`/`test` batches follow `batching.eval_order`, truncated
     as `loss.split_loss` truncates them.
     """
-    from transformer_cli.data import batching
-    from transformer_cli.data import store as cache
+    from transformer_cli.data import batching, store
 
-    if split not in cache.SPLITS:
-        raise ConfigError(f"--split {split}: choose one of {', '.join(cache.SPLITS)}")
-    data = cache.load_split(cfg.run_dir, split)
+    if split not in store.SPLITS:
+        raise ConfigError(f"--split {split}: choose one of {', '.join(store.SPLITS)}")
+    data = store.load_split(cfg.run_dir, split)
     if split == "train":
         groups = batching.epoch_batches(data, cfg.train.batch_tokens, cfg.train.seed, epoch)
         truncate = 0

@@ -22,7 +22,7 @@ import torch
 from transformer_cli.core import checkpoint
 from transformer_cli.core.config import Config
 from transformer_cli.core.errors import CheckpointError, ConfigError, DataError
-from transformer_cli.data import store as cache
+from transformer_cli.data import store
 from transformer_cli.data.base_checkpoint import (
     BaseCheckpoint,
     check_tokenizer_section,
@@ -67,13 +67,13 @@ def base_for(cfg: Config, run_dir: Path, path: str | Path) -> BaseCheckpoint:
 
 def check_cache_tokenizer(run_dir: Path, base: BaseCheckpoint) -> None:
     """The cache must hold ids of the checkpoint's tokenizer: equal fingerprints."""
-    meta = cache.load_meta(run_dir)
+    meta = store.load_meta(run_dir)
     # a cache prepared before meta.json held the fingerprint: its model files tell
     recorded = meta.get("tokenizer", {}).get("sha256") or Tokenizer.load(run_dir).fingerprint()
     wanted = base.tokenizer.fingerprint()
     if recorded != wanted:
         raise DataError(
-            f"{cache.cache_dir(run_dir)} was prepared with another tokenizer (sha256 "
+            f"{store.cache_dir(run_dir)} was prepared with another tokenizer (sha256 "
             f"{recorded[:12]}) than {base.where} (sha256 {wanted[:12]}): prepare it with "
             f"`tfx prepare --config ... --tokenizer-from {base.path}`"
         )

@@ -22,7 +22,7 @@ import torch
 from transformer_cli.core import runtime
 from transformer_cli.core.config import Config
 from transformer_cli.core.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, ConfigError
-from transformer_cli.data import store as cache
+from transformer_cli.data import store
 from transformer_cli.training import distributed, finetune, lock, saving
 from transformer_cli.training.finetune import Start
 
@@ -74,7 +74,7 @@ def run(cfg: Config, nproc: int, train_args: list[str], start: Start) -> int:
     """Launch `nproc` ranks of `tfx train train_args`; return the job's exit code."""
     check(cfg, nproc)
     run_dir = Path(cfg.run_dir)
-    cache.load_meta(run_dir)  # a clear error if `tfx prepare` has not run
+    store.load_meta(run_dir)  # a clear error if `tfx prepare` has not run
     if start.init_from is not None:  # one line here, not one from every rank
         finetune.base_for(cfg, run_dir, start.init_from)
     with lock.RunLock(run_dir) as held:

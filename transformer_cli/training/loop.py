@@ -24,8 +24,8 @@ from transformer_cli.core import checkpoint, runtime
 from transformer_cli.core.config import Config
 from transformer_cli.core.config_file import write_resolved
 from transformer_cli.core.errors import TrainingError
-from transformer_cli.data import batching
-from transformer_cli.data import store as cache
+from transformer_cli.core.metrics import score_texts
+from transformer_cli.data import batching, store
 from transformer_cli.data.tokenizer import Tokenizer
 from transformer_cli.decoding.stream import decode_all
 from transformer_cli.fast import allocator
@@ -42,7 +42,6 @@ from transformer_cli.training.records import (
     format_summary,
     train_record,
 )
-from transformer_cli.training.scores import score_texts
 from transformer_cli.training.session import (
     Session,
     StopSignals,
@@ -107,7 +106,7 @@ def setup(cfg: Config, run_dir: Path, start: Start, world: World, device: torch.
     """Build the run: data, model, optimizer; restore a checkpoint when resuming, or load
     another run's weights into the new model (--init-from)."""
     t = cfg.train
-    cache.load_meta(run_dir)  # a clear error if `tfx prepare` has not run
+    store.load_meta(run_dir)  # a clear error if `tfx prepare` has not run
     tokenizer = Tokenizer.load(run_dir)
     base = finetune.base_for(cfg, run_dir, start.init_from) if start.init_from else None
     model_cfg = dataclasses.replace(
@@ -120,9 +119,9 @@ def setup(cfg: Config, run_dir: Path, start: Start, world: World, device: torch.
         allocator.tune_cpu_memory()  # fast path: glibc kept from unmapping every step
     runtime.seed_everything(t.seed)
 
-    train_split = cache.load_split(run_dir, "train")
-    valid_split = cache.load_split(run_dir, "valid")
-    valid_refs = cache.load_text(run_dir, "valid", "tgt")
+    train_split = store.load_split(run_dir, "train")
+    valid_split = store.load_split(run_dir, "valid")
+    valid_refs = store.load_text(run_dir, "valid", "tgt")
     model = Transformer(cfg.model).to(device)
     if base is not None:
         note = finetune.load_weights(model, base)

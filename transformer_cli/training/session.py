@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from transformer_cli.core.config import Config, TrainConfig
 from transformer_cli.core.errors import TrainingError
-from transformer_cli.data import store as cache
+from transformer_cli.data import store
 from transformer_cli.data.tokenizer import Tokenizer
 from transformer_cli.fast.prefetch import Prefetcher
 from transformer_cli.model.transformer import Transformer
@@ -58,7 +58,7 @@ class Session:
     tokenizer: Tokenizer
     model: Transformer  # the weights saved and validated (the trainer may step a compiled view)
     trainer: Trainer
-    valid: cache.EncodedSplit
+    valid: store.EncodedSplit
     valid_refs: list[str]
     progress: Progress
     signals: StopSignals = dataclasses.field(default_factory=StopSignals)

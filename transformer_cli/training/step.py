@@ -11,8 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from transformer_cli.core.config import Config, ResolvedPrecision
-from transformer_cli.data import batching
-from transformer_cli.data import store as cache
+from transformer_cli.data import batching, store
 from transformer_cli.model.transformer import Transformer
 from transformer_cli.training.distributed import World
 from transformer_cli.training.loss import batch_loss
@@ -25,7 +24,7 @@ class Trainer:
     model: Transformer | CompiledSteps  # what the step calls: may be a compiled view
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler | None
-    split: cache.EncodedSplit
+    split: store.EncodedSplit
     cfg: Config
     device: torch.device
     precision: ResolvedPrecision

@@ -12,9 +12,9 @@ import torch
 from helpers import assert_only_error, cli, make_tiny_run
 
 from transformer_cli.core.checkpoint import load_checkpoint, save_checkpoint
-from transformer_cli.data import store as cache
+from transformer_cli.data import store
 from transformer_cli.decoding.loading import load_model
-from transformer_cli.training import average
+from transformer_cli.evaluation import average
 
 STEPS = (10, 20, 30)
 
@@ -41,7 +41,7 @@ def evaluate_json(*args: str) -> dict:
 
 def test_a_directory_is_scored_with_sane_fields_and_files(tiny, ckpt_dir, tmp_path):
     report = evaluate_json(str(ckpt_dir), "--output-dir", str(tmp_path))
-    references = cache.load_text(tiny.run_dir, "test", "tgt")
+    references = store.load_text(tiny.run_dir, "test", "tgt")
     results = report["results"]
     # last.pt is the same file as ckpt_00000030.pt: scored once
     assert sorted(Path(r["checkpoint"]).name for r in results) == [
@@ -72,7 +72,7 @@ def test_a_directory_is_scored_with_sane_fields_and_files(tiny, ckpt_dir, tmp_pa
 def test_hypotheses_are_what_translate_gives(tiny, ckpt_dir, tmp_path):
     ckpt = str(ckpt_dir / "ckpt_00000010.pt")
     report = evaluate_json(ckpt, "--split", "valid", "--output-dir", str(tmp_path))
-    sources = cache.load_text(tiny.run_dir, "valid", "src")
+    sources = store.load_text(tiny.run_dir, "valid", "src")
     translated = cli("translate", ckpt, input="".join(s + "\n" for s in sources).encode())
     assert Path(report["results"][0]["hyp"]).read_text("utf-8") == translated.stdout
 
@@ -135,11 +135,11 @@ def test_the_report_names_the_first_checkpoints_data(tiny, toy_pairs, tmp_path):
     sizes = {tiny.run_dir: 30, other.run_dir: 20}
     for order in ((tiny.run_dir, other.run_dir), (other.run_dir, tiny.run_dir)):
         report = evaluate_json(*(ckpt[r] for r in order), "--output-dir", str(tmp_path / "eval"))
-        assert report["data"] == f"{cache.cache_dir(order[0])} (test)"
+        assert report["data"] == f"{store.cache_dir(order[0])} (test)"
         assert report["sentences"] == sizes[order[0]]
         results = {r["checkpoint"]: r for r in report["results"]}
         for run_dir in order:  # each result names its own data
-            assert results[ckpt[run_dir]]["data"] == f"{cache.cache_dir(run_dir)} (test)"
+            assert results[ckpt[run_dir]]["data"] == f"{store.cache_dir(run_dir)} (test)"
             assert results[ckpt[run_dir]]["sentences"] == sizes[run_dir]
 
 

@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 from transformer_cli.core.config import Config, DecodeConfig, ResolvedPrecision
+from transformer_cli.core.metrics import score_texts
 from transformer_cli.training.loss import per_token, perplexity, split_loss
 
 if TYPE_CHECKING:
     import torch
 
     from transformer_cli.data.tokenizer import Tokenizer
-    from transformer_cli.decoding.ctranslate2 import Exported
+    from transformer_cli.decoding.ct2_backend import Exported
     from transformer_cli.model.transformer import Transformer
 
 
@@ -29,24 +30,6 @@ class EvalData:
     sources: list[str]
     references: list[str]
     origin: str  # for the report: where the lines came from
-
-
-def score_texts(hyps: list[str], refs: list[str]) -> dict:
-    """Corpus BLEU and chrF (sacreBLEU defaults: 13a tokenization, cased) with signatures."""
-    import sacrebleu
-
-    if len(hyps) != len(refs):
-        raise ValueError(f"{len(hyps)} hypotheses for {len(refs)} references")
-    bleu = sacrebleu.metrics.BLEU()
-    chrf = sacrebleu.metrics.CHRF()
-    b = bleu.corpus_score(hyps, [refs])
-    c = chrf.corpus_score(hyps, [refs])
-    return {
-        "bleu": round(b.score, 2),
-        "chrf": round(c.score, 2),
-        "bleu_signature": str(bleu.get_signature()),
-        "chrf_signature": str(chrf.get_signature()),
-    }
 
 
 def score_checkpoint(
@@ -75,7 +58,7 @@ def score_checkpoint(
 
 def score_exported(exported: Exported, decode: DecodeConfig, data: EvalData) -> dict:
     """`score_checkpoint` for a CTranslate2 export: its decoding, its teacher-forced loss."""
-    from transformer_cli.decoding.ctranslate2 import decode_exported, score_exported
+    from transformer_cli.decoding.ct2_backend import decode_exported, score_exported
 
     tokenizer = exported.tokenizer
     src_ids = tokenizer.encode_src(data.sources)

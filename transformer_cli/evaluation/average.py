@@ -18,7 +18,7 @@ from transformer_cli import __version__
 from transformer_cli.core import checkpoint
 from transformer_cli.core.checkpoint import load_state, state_step
 from transformer_cli.core.errors import CheckpointError
-from transformer_cli.decoding.ctranslate2 import is_export_dir
+from transformer_cli.decoding.ct2_backend import is_export_dir
 
 GLOB_CHARS = "*?["
 

@@ -20,9 +20,9 @@ from transformer_cli.core.config import (
 from transformer_cli.core.errors import CheckpointError, ConfigError, DataError
 from transformer_cli.core.fileio import atomic_write_text
 from transformer_cli.core.table import aligned
-from transformer_cli.data import store as cache
-from transformer_cli.training import average as average_mod
-from transformer_cli.training.scores import EvalData, score_checkpoint, score_exported
+from transformer_cli.data import store
+from transformer_cli.evaluation import average as average_mod
+from transformer_cli.evaluation.scores import EvalData, score_checkpoint, score_exported
 
 if TYPE_CHECKING:
     import torch
@@ -108,11 +108,11 @@ def setup(
     output_dir: str | Path | None,
 ) -> Evaluation:
     """The device, the checkpoints and the decoding of `run`: the same for every checkpoint."""
+    from transformer_cli.core import runtime
     from transformer_cli.core.config_file import load_config
     from transformer_cli.core.config_rules import apply_decode_overrides
-    from transformer_cli.decoding.translate import decode_precision, pick_device
 
-    dev = pick_device(device)
+    dev = runtime.device_option(device)
     cfg_override = load_config(config, list(overrides)) if config is not None else None
     paths = average_mod.expand(checkpoints)
     first_state = _state_of(paths[0])
@@ -122,7 +122,7 @@ def setup(
         paths=paths,
         device=dev,
         decode=decode_cfg,
-        precision=decode_precision(decode_cfg, dev),
+        precision=runtime.decode_precision(decode_cfg, dev),
         out_dir=Path(output_dir) if output_dir else default_output_dir(paths[0], cfg_override),
         split=split,
         cfg_override=cfg_override,
@@ -142,7 +142,7 @@ def add_average(ev: Evaluation, last: int) -> None:
 
 def _state_of(path: Path) -> dict:
     """A checkpoint's state; for a CTranslate2 export, what it records (config and step)."""
-    from transformer_cli.decoding.ctranslate2 import is_export_dir, read_export_info
+    from transformer_cli.decoding.ct2_backend import is_export_dir, read_export_info
 
     if is_export_dir(path):
         info = read_export_info(path)
@@ -152,7 +152,7 @@ def _state_of(path: Path) -> dict:
 
 def score_path(ev: Evaluation, number: int, path: Path) -> dict:
     """Load, decode and score checkpoint `number` of `ev.paths`, and write its hypotheses."""
-    from transformer_cli.decoding import ctranslate2 as ct2
+    from transformer_cli.decoding import ct2_backend as ct2
     from transformer_cli.decoding.loading import model_from_state, ready_to_decode
 
     print(f"[{number}/{len(ev.paths)}] {path}", file=sys.stderr, flush=True)
@@ -249,20 +249,20 @@ def split_data(cfg: Config, split: str) -> EvalData:
             f"--split {split}: evaluate scores 'valid' or 'test' (the splits prepare keeps "
             "as text), or give --src FILE --ref FILE"
         )
-    cache.load_meta(cfg.run_dir)  # one clear error if the run dir was never prepared
-    sources = cache.load_text(cfg.run_dir, name, "src")
-    references = cache.load_text(cfg.run_dir, name, "tgt")
+    store.load_meta(cfg.run_dir)  # one clear error if the run dir was never prepared
+    sources = store.load_text(cfg.run_dir, name, "src")
+    references = store.load_text(cfg.run_dir, name, "tgt")
     if len(sources) != len(references):
         raise DataError(
-            f"{cache.cache_dir(cfg.run_dir)}: {name} has {len(sources)} sources "
+            f"{store.cache_dir(cfg.run_dir)}: {name} has {len(sources)} sources "
             f"but {len(references)} references; run tfx prepare again"
         )
-    return EvalData(name, sources, references, f"{cache.cache_dir(cfg.run_dir)} ({name})")
+    return EvalData(name, sources, references, f"{store.cache_dir(cfg.run_dir)} ({name})")
 
 
 def raw_data(src_file: Path, ref_file: Path) -> EvalData:
     """Source and reference lines from two text files, which must have as many lines."""
-    from transformer_cli.decoding.translate import read_input_lines
+    from transformer_cli.decoding.lines import read_input_lines
 
     sources = read_input_lines(src_file)
     references = read_input_lines(ref_file)

@@ -1,0 +1,27 @@
+"""What every reader of a tfx checkpoint needs first: its config and its tokenizer.
+
+Translation, evaluation and fine-tuning all read them this way, so a checkpoint that does
+not fit this tfx is reported in the same words whoever reads it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformer_cli.core.config import Config
+from transformer_cli.core.config_file import config_from_dict
+from transformer_cli.core.errors import CheckpointError, ConfigError, DataError
+from transformer_cli.data.tokenizer import Tokenizer
+
+
+def config_and_tokenizer(state: dict, path: str | Path) -> tuple[Config, Tokenizer]:
+    """A loaded checkpoint's config and tokenizer; CheckpointError naming `path` if unfit."""
+    try:
+        cfg = config_from_dict(state["config"], source=f"{path} (its config)")
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: its config does not fit this tfx: {e}") from None
+    try:
+        tokenizer = Tokenizer.from_bytes(state["tokenizer"])
+    except (DataError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{path}: its tokenizer does not load: {e}") from None
+    return cfg, tokenizer

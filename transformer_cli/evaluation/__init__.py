@@ -1,0 +1,1 @@
+"""Scoring what decoding produces: `tfx evaluate`, its scores, and checkpoint averaging."""
