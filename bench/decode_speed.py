@@ -55,8 +55,8 @@ from transformer_cli.core.runtime import matmul_dtype
 from transformer_cli.data import store
 from transformer_cli.decoding.loading import load_model
 from transformer_cli.decoding.stream import decode_all
+from transformer_cli.evaluation.evaluate import EvalData, split_data
 from transformer_cli.fast.packing import PackedLinear, pack_linears
-from transformer_cli.training.evaluate import EvalData, split_data
 
 DEFAULT_CKPT = Path("runs/multi30k_de_en/checkpoints/best.pt")
 OUT = Path(__file__).parent / "out" / "decode_speed.json"

@@ -30,12 +30,12 @@ from ddp_scaling import machine  # noqa: E402
 def main() -> None:
     import torch
 
-    from transformer_cli.data import store as cache
-    from transformer_cli.decoding import ctranslate2 as ct2
+    from transformer_cli.core.metrics import score_texts
+    from transformer_cli.data import store
+    from transformer_cli.decoding import ct2_backend as ct2
     from transformer_cli.decoding.loading import load_model, ready_to_decode
     from transformer_cli.decoding.stream import decode_all
     from transformer_cli.export.ctranslate2 import export
-    from transformer_cli.training.scores import score_texts
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True)
@@ -48,8 +48,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model, tokenizer, cfg = load_model(args.checkpoint, torch.device("cpu"))
     ready_to_decode(model, torch.device("cpu"), "fp32")
-    sources = tokenizer.encode_src(cache.load_text(cfg.run_dir, args.split, "src"))
-    refs = cache.load_text(cfg.run_dir, args.split, "tgt")
+    sources = tokenizer.encode_src(store.load_text(cfg.run_dir, args.split, "src"))
+    refs = store.load_text(cfg.run_dir, args.split, "tgt")
     base = HERE / "out" / "export_speed"
     systems = {"tfx fp32": None}
     for q in ("float32", "int8"):

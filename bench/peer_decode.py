@@ -84,7 +84,7 @@ def tfx_child(checkpoint: str, batch: int) -> None:
     from transformer_cli.core.config import DecodeOverrides
     from transformer_cli.decoding.loading import load_model
     from transformer_cli.decoding.translate import Translator
-    from transformer_cli.training.evaluate import split_data
+    from transformer_cli.evaluation.evaluate import split_data
 
     torch.set_num_threads(2)
     sources = split_data(load_model(checkpoint, "cpu")[2], "test").sources

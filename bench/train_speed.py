@@ -102,7 +102,7 @@ def setup(config: str, overrides: list[str]):
     """
     from transformer_cli.core import runtime
     from transformer_cli.core.config_file import load_config
-    from transformer_cli.data import store as cache
+    from transformer_cli.data import store
     from transformer_cli.data.tokenizer import Tokenizer
     from transformer_cli.fast import allocator
     from transformer_cli.training import step as train
@@ -119,7 +119,7 @@ def setup(config: str, overrides: list[str]):
     if device.type == "cpu":
         allocator.tune_cpu_memory()  # as tfx train does
     runtime.seed_everything(cfg.train.seed)
-    split = cache.load_split(cfg.run_dir, "train")
+    split = store.load_split(cfg.run_dir, "train")
     model = train.Transformer(cfg.model).to(device)
     optimizer = train.make_optimizer(model, cfg, device)
     return cfg, device, precision, threads, split, model, optimizer

@@ -1,3 +1,1 @@
-"""`tfx train`: the loop, the masked loss, learning-rate schedules, the run lock,
-checkpoint averaging.
-"""
+"""`tfx train`: the loop, the masked loss, learning-rate schedules, the run lock."""
