@@ -54,7 +54,7 @@ from transformer_cli.core.config_rules import apply_decode_overrides
 from transformer_cli.core.runtime import matmul_dtype
 from transformer_cli.data import store
 from transformer_cli.decoding.loading import load_model
-from transformer_cli.decoding.stream import decode_all
+from transformer_cli.decoding.runner import Greedy, Plan, choose, run
 from transformer_cli.evaluation.evaluate import EvalData, split_data
 from transformer_cli.fast.packing import PackedLinear, pack_linears
 
@@ -63,7 +63,7 @@ OUT = Path(__file__).parent / "out" / "decode_speed.json"
 # name: (beam, early_stop, precision, refill, packing). beam5_early is OpenNMT-py's stopping
 # rule, for a like-for-like speed comparison with its figures; the bf16 rows are
 # `--precision bf16`; the _batchwise rows decode each batch of 64 to its end, without
-# handing finished sentences' slots to the next batch (`decode_all(refill=False)`), to show
+# handing finished sentences' slots to the next batch (`runner.Greedy(refill=False)`), to show
 # what that gains. `packing` "all": every linear layer is packed in the row's precision, as
 # `tfx translate` and `tfx evaluate` pack them (`packing.pack_linears`); greedy_unpacked
 # (and greedy_unpacked_bf16, under autocast) multiplies with `F.linear` on the weights as
@@ -97,11 +97,13 @@ def timed(models, sources, decode, search: str, batch: int, use_cache: bool) -> 
     """
     beam, early_stop, precision, refill, packing = SEARCHES[search]
     model = models[(precision, packing)]
-    cfg = dataclasses.replace(decode, batch_sentences=batch, early_stop=early_stop)
+    cfg = dataclasses.replace(decode, beam=beam, batch_sentences=batch, early_stop=early_stop)
+    plan = Plan.of(sources, cfg, model.cfg.max_positions, DEVICE)
+    strategy = dataclasses.replace(choose(cfg, 1, DEVICE), use_cache=use_cache)
+    if isinstance(strategy, Greedy):
+        strategy = dataclasses.replace(strategy, refill=refill)
     started = time.perf_counter()
-    outputs = decode_all(
-        model, sources, cfg, DEVICE, precision, beam=beam, use_cache=use_cache, refill=refill
-    )
+    outputs = run(model, plan, strategy, precision)
     seconds = time.perf_counter() - started
     pieces = sum(len(o) for o in outputs)
     return {"seconds": seconds, "pieces": pieces, "outputs": outputs}

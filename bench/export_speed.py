@@ -34,7 +34,7 @@ def main() -> None:
     from transformer_cli.data import store
     from transformer_cli.decoding import ct2_backend as ct2
     from transformer_cli.decoding.loading import load_model, ready_to_decode
-    from transformer_cli.decoding.stream import decode_all
+    from transformer_cli.decoding.runner import decode_all
     from transformer_cli.export.ctranslate2 import export
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

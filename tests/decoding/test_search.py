@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -12,8 +13,9 @@ from hypothesis import strategies as st
 
 from transformer_cli.core.config import DecodeConfig, ModelConfig
 from transformer_cli.core.specials import BOS_ID, EOS_ID
+from transformer_cli.decoding.runner import Greedy, Plan, choose, decode_all, run
 from transformer_cli.decoding.search import beam_search, greedy_search, length_penalty
-from transformer_cli.decoding.stream import decode_all, greedy_stream
+from transformer_cli.decoding.stream import greedy_stream
 from transformer_cli.model.transformer import Transformer
 
 
@@ -106,8 +108,12 @@ def test_greedy_stream_of_nothing_is_nothing(model):
 def test_decode_all_refill_changes_no_output(model64, sources, batch_sentences):
     cfg = DecodeConfig(beam=1, max_len_a=1.0, max_len_b=4, batch_sentences=batch_sentences)
     refilled = decode_all(model64, sources, cfg, "cpu")
-    assert refilled == decode_all(model64, sources, cfg, "cpu", refill=False)
-    assert refilled == decode_all(model64, sources, cfg, "cpu", use_cache=False)
+    cpu = torch.device("cpu")
+    plan = Plan.of(sources, cfg, model64.cfg.max_positions, cpu)
+    greedy = choose(cfg, 1, cpu)
+    assert isinstance(greedy, Greedy)
+    assert refilled == run(model64, plan, dataclasses.replace(greedy, refill=False))
+    assert refilled == run(model64, plan, dataclasses.replace(greedy, use_cache=False))
 
 
 def test_decoding_keeps_autocasts_weight_copies(model, sources, monkeypatch):

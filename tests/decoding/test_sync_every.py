@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 
 from transformer_cli.core.config import DecodeConfig
 from transformer_cli.decoding import host_sync
+from transformer_cli.decoding.runner import decode_all
 from transformer_cli.decoding.search import greedy_search
-from transformer_cli.decoding.stream import decode_all, greedy_stream
+from transformer_cli.decoding.stream import greedy_stream
 
 KS = [1, 3, 8]
 MAX_POSITIONS = 40

@@ -161,16 +161,16 @@ def test_nbest_gives_k_scored_lines_per_input_best_first(ckpt):
     ("flag", "expected"), [([], False), (["--early-stop"], True), (["--no-early-stop"], False)]
 )
 def test_early_stop_flag_reaches_the_beam_search(ckpt, monkeypatch, flag, expected):
-    from transformer_cli.decoding import stream
+    from transformer_cli.decoding import runner
 
     seen = []
-    real = stream.beam_search
+    real = runner.beam_search
 
     def spy(*args, **kwargs):
         seen.append(args[7] if len(args) > 7 else kwargs.get("early_stop", False))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(stream, "beam_search", spy)
+    monkeypatch.setattr(runner, "beam_search", spy)
     result = cli("translate", ckpt, "--beam", "3", *flag, "the dog .")
     assert result.exit_code == 0, result.output
     assert seen == [expected]
@@ -178,17 +178,17 @@ def test_early_stop_flag_reaches_the_beam_search(ckpt, monkeypatch, flag, expect
 
 @pytest.mark.parametrize(("flag", "expected"), [([], "fp32"), (["--precision", "bf16"], "bf16")])
 def test_precision_flag_reaches_the_decoder(ckpt, monkeypatch, flag, expected):
-    from transformer_cli.decoding import stream
+    from transformer_cli.decoding import runner
 
     seen = []
-    real = stream.decode_all
+    real = runner.decode_all
 
     def spy(model, sources, decode_cfg, device, precision="fp32", **kwargs):
         packed = getattr(model.out_proj, "packed_dtype", None)
         seen.append((precision, torch.is_autocast_enabled("cpu"), packed))
         return real(model, sources, decode_cfg, device, precision, **kwargs)
 
-    monkeypatch.setattr(stream, "decode_all", spy)
+    monkeypatch.setattr(runner, "decode_all", spy)
     lines = "".join(["the dog .\n", "a cat sleeps .\n"] * (translate.PACK_MIN_LINES // 2))
     result = cli("translate", ckpt, "--device", "cpu", *flag, input=lines.encode())
     assert result.exit_code == 0, result.output

@@ -16,7 +16,7 @@ from transformer_cli.core.specials import BOS_ID, EOS_ID
 from transformer_cli.data import store
 from transformer_cli.decoding import ct2_backend as ct2
 from transformer_cli.decoding.loading import load_model
-from transformer_cli.decoding.stream import decode_all
+from transformer_cli.decoding.runner import decode_all
 
 pytest.importorskip("ctranslate2")
 from transformer_cli.export import ctranslate2 as ct2_export
@@ -40,7 +40,7 @@ def test_greedy_outputs_and_token_scores_are_tfxs(tmp_path, tmp_path_factory, to
         model, sources, cfg.decode, "cpu"
     )
     targets = tokenizer.encode_tgt(store.load_text(cfg.run_dir, "valid", "tgt"))
-    theirs = ct2.score_exported(exported, sources[: len(targets)], targets)
+    theirs = ct2.target_log_probs(exported, sources[: len(targets)], targets)
     with torch.no_grad():
         for src, tgt, log_probs in zip(sources, targets, theirs, strict=False):
             logits = model(torch.tensor([src]), torch.tensor([[BOS_ID, *tgt]]))[0]

@@ -14,9 +14,9 @@ from helpers import assert_one_line_error, cli, trained_tiny
 
 from transformer_cli.core.specials import BOS_ID, EOS_ID, PAD_ID
 from transformer_cli.data import store
-from transformer_cli.decoding.ct2_backend import output_cap
+from transformer_cli.decoding.limits import output_cap
 from transformer_cli.decoding.loading import load_model
-from transformer_cli.decoding.stream import decode_all
+from transformer_cli.decoding.runner import decode_all
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("google.protobuf")

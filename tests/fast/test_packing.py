@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from transformer_cli.core.config import DecodeConfig
 from transformer_cli.core.specials import PAD_ID
-from transformer_cli.decoding.stream import decode_all
+from transformer_cli.decoding.runner import decode_all
 from transformer_cli.fast import packing
 from transformer_cli.fast.packing import PackedLinear, pack_linears
 from transformer_cli.model.transformer import Transformer

@@ -3,9 +3,8 @@
 An export directory holds CTranslate2's `model.bin` and vocabularies, the SentencePiece
 model(s) and `tfx_export.json` (the tfx version, the config, the step). `tfx translate`
 and `tfx evaluate` take such a directory wherever they take a checkpoint: the same
-source pieces go in (no BOS/EOS, cut to the model's positions), the same output caps
-apply (int(a * source pieces + b), at least 1, at most the positions), and PAD and BOS are
-never predicted, as in search.py. Greedy outputs are then tfx's own; beam search scores
+source pieces go in (no BOS/EOS), cut and capped by the same rules (`limits.py`), and PAD
+and BOS are never predicted, as in search.py. Greedy outputs are then tfx's own; beam search scores
 length as CTranslate2 does (the score divided by length ** alpha, where tfx divides by
 GNMT's ((5 + length) / 6) ** alpha), so a few beam outputs may differ.
 
@@ -18,17 +17,20 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from transformer_cli.core.config import Config, DecodeConfig
 from transformer_cli.core.config_file import config_from_dict
 from transformer_cli.core.errors import CheckpointError, ConfigError, TfxError
 from transformer_cli.core.specials import BOS, PAD
 from transformer_cli.data.tokenizer import JOINT_FILE, SRC_FILE, TGT_FILE, Tokenizer
+from transformer_cli.decoding import limits
+
+if TYPE_CHECKING:
+    from transformer_cli.decoding.search import Hypothesis
 
 EXPORT_FILE = "tfx_export.json"
 EXTRA = "pip install 'tfx[export]' (or: pip install ctranslate2)"
-Hypothesis = tuple[list[int], float]
 
 
 def is_export_dir(path: str | Path) -> bool:
@@ -82,18 +84,13 @@ def load_export(path: str | Path, device: str = "cpu", threads: int = 0) -> Expo
     return Exported(path, cfg, tokenizer, info.get("step"), translator)
 
 
-def output_cap(n_source: int, decode: DecodeConfig, positions: int) -> int:
-    """The most pieces a source of `n_source` pieces may emit (decoding/stream.py's rule)."""
-    return max(1, min(positions, int(decode.max_len_a * n_source + decode.max_len_b)))
-
-
 def decode_exported(
     exp: Exported, sources: list[list[int]], decode: DecodeConfig, nbest: int = 1
 ) -> list[list[int]] | list[list[Hypothesis]]:
-    """`stream.decode_all` by CTranslate2: piece ids (nbest 1) or scored n-best lists."""
+    """`runner.decode_all` by CTranslate2: piece ids (nbest 1) or scored n-best lists."""
     positions = exp.cfg.model.max_positions
-    sources = [s[:positions] for s in sources]
-    caps = [output_cap(len(s), decode, positions) for s in sources]
+    sources, _ = limits.fit_sources(sources, positions)
+    caps = [limits.output_cap(len(s), decode, positions) for s in sources]
     nothing: Hypothesis = ([], 0.0)
     empty: list[int] | list[Hypothesis] = [] if nbest == 1 else [nothing] * nbest
     results: list = [empty] * len(sources)
@@ -135,10 +132,11 @@ def _groups(order: list[int], caps: list[int], decode: DecodeConfig) -> list[lis
     return groups
 
 
-def score_exported(
+def target_log_probs(
     exp: Exported, sources: list[list[int]], targets: list[list[int]]
 ) -> list[list[float]]:
     """Per-token log-probabilities of each target (its pieces, then EOS), teacher-forced."""
-    src = [exp.tokenizer.src_id_pieces(s[: exp.cfg.model.max_positions]) for s in sources]
+    fitted, _ = limits.fit_sources(sources, exp.cfg.model.max_positions)
+    src = [exp.tokenizer.src_id_pieces(s) for s in fitted]
     tgt = [exp.tokenizer.tgt_pieces(t) for t in targets]
     return [list(r.log_probs) for r in exp.translator.score_batch(src, tgt, max_input_length=0)]

@@ -30,6 +30,7 @@ from torch import Tensor
 from transformer_cli.core.specials import BOS_ID, EOS_ID, PAD_ID
 from transformer_cli.decoding import host_sync, kv_cache
 from transformer_cli.decoding.kv_cache import KVCache
+from transformer_cli.decoding.limits import clamp_caps
 from transformer_cli.decoding.protocol import SearchModel
 
 Hypothesis = tuple[list[int], float]
@@ -38,20 +39,6 @@ Hypothesis = tuple[list[int], float]
 def length_penalty(length: int, alpha: float) -> float:
     """GNMT length penalty ((5 + length) / 6)^alpha (Wu et al. 2016, eq. 14)."""
     return ((5.0 + length) / 6.0) ** alpha
-
-
-def output_limits(model: SearchModel, max_len: int | Sequence[int] | Tensor, batch: int) -> Tensor:
-    """Per-sentence output caps as a (B,) CPU int64 tensor in [1, model.max_positions].
-
-    The decoder input of the step that emits piece n is BOS y_1 .. y_{n-1}, n positions,
-    so a model with P positions can emit at most P pieces.
-    """
-    limits = torch.as_tensor(max_len, dtype=torch.int64).cpu()
-    if limits.dim() == 0:
-        limits = limits.expand(batch)
-    if limits.shape != (batch,):
-        raise ValueError(f"max_len must be an int or have shape ({batch},), got {limits.shape}")
-    return limits.clamp(1, model.cfg.max_positions).clone()
 
 
 def _never_special(scores: Tensor) -> Tensor:
@@ -116,7 +103,7 @@ def greedy_search(
     """
     sync_every = host_sync.checked(sync_every)
     batch, device = src.size(0), src.device
-    limits_host = output_limits(model, max_len, batch)
+    limits_host = clamp_caps(max_len, batch, model.cfg.max_positions)
     steps = int(limits_host.max()) if batch else 0
     memory = model.encode(src)  # (B, S, D)
     out = torch.full((batch, steps), EOS_ID, dtype=torch.long, device=device)  # (B, steps)
@@ -194,7 +181,7 @@ def beam_search(
     """
     if beam < 1 or not 1 <= nbest <= beam:
         raise ValueError(f"need beam >= 1 and 1 <= nbest <= beam, got beam {beam}, nbest {nbest}")
-    limits = output_limits(model, max_len, src.size(0))
+    limits = clamp_caps(max_len, src.size(0), model.cfg.max_positions)
     state = _Beams.start(limits, src.device)
     memory = model.encode(src)  # (B, S, D)
     finished: list[list[Hypothesis]] = [[] for _ in range(src.size(0))]

@@ -32,6 +32,7 @@ from transformer_cli.core import runtime
 from transformer_cli.core.config import NO_OVERRIDES, DecodeOverrides
 from transformer_cli.core.config_rules import apply_decode_overrides
 from transformer_cli.core.errors import TfxError
+from transformer_cli.decoding.limits import fit_sources
 from transformer_cli.decoding.lines import (
     chunks,
     open_input,
@@ -79,7 +80,7 @@ class Translator:
         self.precision = runtime.decode_precision(self.decode_cfg, self.device)
         self.packed = False
         self.nbest = decode.nbest
-        self.max_pieces = cfg.model.max_positions  # one position per source piece
+        self.positions = cfg.model.max_positions
         self.lines_done = 0  # for warnings' line numbers across chunks
 
     def translate(self, lines: list[str]) -> list[str]:
@@ -90,12 +91,11 @@ class Translator:
         sources: list[list[int]] = [[] for _ in lines]
         for i, ids in zip(keep, self.tokenizer.encode_src([lines[i] for i in keep]), strict=True):
             sources[i] = ids
-        for i, ids in enumerate(sources):
-            if len(ids) > self.max_pieces:
-                warn(
-                    f"line {first + i}: {len(ids)} pieces, more than the model's maximum "
-                    f"of {self.max_pieces}; translating the first {self.max_pieces}"
-                )
+        for i in fit_sources(sources, self.positions)[1]:  # the backends cut them alike
+            warn(
+                f"line {first + i}: {len(sources[i])} pieces, more than the model's maximum "
+                f"of {self.positions}; translating the first {self.positions}"
+            )
         results = self._decode(sources, len(lines))
         if self.nbest == 1:
             return [
@@ -113,7 +113,7 @@ class Translator:
         """Piece ids (nbest 1) or scored n-best lists, by tfx's search or CTranslate2's."""
         from transformer_cli.decoding.ct2_backend import decode_exported
         from transformer_cli.decoding.loading import ready_to_decode
-        from transformer_cli.decoding.stream import decode_all
+        from transformer_cli.decoding.runner import decode_all
 
         if self.exported is not None:
             return decode_exported(self.exported, sources, self.decode_cfg, self.nbest)

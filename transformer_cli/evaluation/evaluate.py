@@ -22,7 +22,7 @@ from transformer_cli.core.fileio import atomic_write_text
 from transformer_cli.core.table import aligned
 from transformer_cli.data import store
 from transformer_cli.evaluation import average as average_mod
-from transformer_cli.evaluation.scores import EvalData, score_checkpoint, score_exported
+from transformer_cli.evaluation.scores import EvalData, score_checkpoint, score_export
 
 if TYPE_CHECKING:
     import torch
@@ -162,7 +162,7 @@ def score_path(ev: Evaluation, number: int, path: Path) -> dict:
         exported = ct2.load_export(path, ev.device.type)
         cfg = ev.cfg_override or exported.cfg
         data = ev.data_for(cfg)
-        row = score_exported(exported, ev.decode, data)
+        row = score_export(exported, ev.decode, data)
     else:
         model, tokenizer, ckpt_cfg = model_from_state(state, path, ev.device)
         ready_to_decode(model, ev.device, ev.precision)

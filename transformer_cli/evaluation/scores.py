@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, cast
 
 from transformer_cli.core.config import Config, DecodeConfig, ResolvedPrecision
 from transformer_cli.core.metrics import score_texts
+from transformer_cli.decoding.limits import fit_sources
 from transformer_cli.training.loss import per_token, perplexity, split_loss
 
 if TYPE_CHECKING:
@@ -43,11 +44,10 @@ def score_checkpoint(
 ) -> dict:
     """Decode, score and time one model; the returned dict holds its hypotheses too."""
     from transformer_cli.data.store import EncodedSplit
-    from transformer_cli.decoding.stream import decode_all, fit_sources, max_source_pieces
+    from transformer_cli.decoding.runner import decode_all
 
     src_ids = tokenizer.encode_src(data.sources)
-    truncated = len(fit_sources(model, src_ids)[1])
-    warn_truncated(truncated, max_source_pieces(model))
+    truncated = warn_truncated(src_ids, model.cfg.max_positions)
     started = time.perf_counter()
     hyp_ids = decode_all(model, src_ids, decode, device, precision)
     seconds = time.perf_counter() - started
@@ -56,32 +56,36 @@ def score_checkpoint(
     return result_row(tokenizer, hyp_ids, data, loss, truncated, seconds)
 
 
-def score_exported(exported: Exported, decode: DecodeConfig, data: EvalData) -> dict:
+def score_export(exported: Exported, decode: DecodeConfig, data: EvalData) -> dict:
     """`score_checkpoint` for a CTranslate2 export: its decoding, its teacher-forced loss."""
-    from transformer_cli.decoding.ct2_backend import decode_exported, score_exported
+    from transformer_cli.data.batching import eval_truncation
+    from transformer_cli.decoding.ct2_backend import decode_exported, target_log_probs
 
     tokenizer = exported.tokenizer
     src_ids = tokenizer.encode_src(data.sources)
-    cap = exported.cfg.model.max_positions
-    truncated = sum(len(s) > cap for s in src_ids)
-    warn_truncated(truncated, cap)
+    positions = exported.cfg.model.max_positions
+    truncated = warn_truncated(src_ids, positions)
     started = time.perf_counter()
     hyp_ids = cast("list[list[int]]", decode_exported(exported, src_ids, decode))  # nbest 1
     seconds = time.perf_counter() - started
-    targets = [t[: cap - 1] for t in tokenizer.encode_tgt(data.references)]
-    log_probs = score_exported(exported, src_ids, targets)
+    # the teacher-forced loss cuts targets as split_loss does (batching.eval_truncation)
+    targets = [t[: eval_truncation(positions)] for t in tokenizer.encode_tgt(data.references)]
+    log_probs = target_log_probs(exported, src_ids, targets)
     nll, tokens = -sum(sum(lp) for lp in log_probs), sum(len(lp) for lp in log_probs)
     loss = {"nll": round(per_token(nll, tokens), 4), "ppl": round(perplexity(nll, tokens), 3)}
     return result_row(tokenizer, hyp_ids, data, loss, truncated, seconds)
 
 
-def warn_truncated(truncated: int, cap: int) -> None:
+def warn_truncated(sources: list[list[int]], positions: int) -> int:
+    """Warn of the sources that decoding cuts to the model's positions; returns their count."""
+    truncated = len(fit_sources(sources, positions)[1])
     if truncated:
         print(
-            f"warning: {truncated} source lines are longer than the model's {cap} positions; "
-            "only their first pieces are translated",
+            f"warning: {truncated} source lines are longer than the model's {positions} "
+            "positions; only their first pieces are translated",
             file=sys.stderr,
         )
+    return truncated
 
 
 def result_row(

@@ -6,6 +6,7 @@ The weights are the model's own: greedy decoding, then one teacher-forced pass w
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,15 +52,17 @@ def attention_map(
     import torch
 
     from transformer_cli.core.specials import BOS_ID
-    from transformer_cli.decoding.stream import decode_all, fit_sources
+    from transformer_cli.decoding.limits import fit_sources
+    from transformer_cli.decoding.runner import decode_all
 
     layers, heads = len(model.decoder.layers), model.cfg.heads
     _check_choice(layer, head, layers, heads)
-    (ids,), _ = fit_sources(model, tokenizer.encode_src([text]))
+    (ids,), _ = fit_sources(tokenizer.encode_src([text]), model.cfg.max_positions)
     if not ids:
         raise DataError("nothing to show: the sentence is empty")
     device = next(model.parameters()).device
-    hyp = decode_all(model, [ids], decode_cfg or DecodeConfig(), device, beam=1)[0]
+    greedy = dataclasses.replace(decode_cfg or DecodeConfig(), beam=1)
+    hyp = decode_all(model, [ids], greedy, device)[0]
     tgt_in = torch.tensor([[BOS_ID, *hyp]], device=device)[:, : model.cfg.max_positions]
     src = torch.tensor([ids], device=device)
     weights, last = _recorded(model, src, tgt_in, layer, self_attention)

@@ -33,16 +33,17 @@ def decoding_view(model, tokenizer, cfg, text: str, source: str) -> dict:
     import torch
 
     from transformer_cli.core.specials import BOS_ID
-    from transformer_cli.decoding.stream import decode_all, fit_sources
+    from transformer_cli.decoding.limits import fit_sources
+    from transformer_cli.decoding.runner import decode_all
 
-    (ids,), _ = fit_sources(model, tokenizer.encode_src([text]))
+    (ids,), _ = fit_sources(tokenizer.encode_src([text]), model.cfg.max_positions)
     if not ids:
         raise DataError("nothing to decode: the sentence is empty")
     passes, logits, hooks = _recording(model)
     try:
         # one check per step: each decoder pass is then one output piece
-        one_by_one = dataclasses.replace(cfg.decode, sync_every=1)
-        hyp = decode_all(model, [ids], one_by_one, "cpu", beam=1)[0]
+        one_by_one = dataclasses.replace(cfg.decode, beam=1, sync_every=1)
+        hyp = decode_all(model, [ids], one_by_one, "cpu")[0]
         serial_passes = len(passes)
         serial = torch.cat([lg.reshape(-1, lg.size(-1)) for lg in logits]).log_softmax(-1)
         passes.clear()

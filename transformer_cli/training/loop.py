@@ -27,7 +27,7 @@ from transformer_cli.core.errors import TrainingError
 from transformer_cli.core.metrics import score_texts
 from transformer_cli.data import batching, store
 from transformer_cli.data.tokenizer import Tokenizer
-from transformer_cli.decoding.stream import decode_all
+from transformer_cli.decoding.runner import decode_all
 from transformer_cli.fast import allocator
 from transformer_cli.model.transformer import Transformer
 from transformer_cli.training import distributed, finetune, lock, saving, schedule
@@ -370,7 +370,8 @@ def validation(model, split, refs, tokenizer, cfg: Config, device, precision) ->
     try:
         loss = split_loss(model, split, cfg, device, precision)
         sources = [split.src_ids(i).tolist() for i in range(len(split))]
-        hyp_ids = decode_all(model, sources, cfg.decode, device, precision, beam=1)
+        greedy = dataclasses.replace(cfg.decode, beam=1)
+        hyp_ids = decode_all(model, sources, greedy, device, precision)
         hyps = tokenizer.decode_tgt(hyp_ids)
         scores = score_texts(hyps, refs)
     finally:
