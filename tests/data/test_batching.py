@@ -20,6 +20,10 @@ from transformer_cli.data.store import EncodedSplit
 FIRST_REAL = max(PAD_ID, UNK_ID, BOS_ID, EOS_ID) + 1
 
 lengths_st = st.lists(st.tuples(st.integers(1, 40), st.integers(0, 40)), min_size=1, max_size=200)
+# training pairs: prepare drops a pair with an empty side
+train_lengths_st = st.lists(
+    st.tuples(st.integers(1, 40), st.integers(1, 40)), min_size=1, max_size=200
+)
 
 
 def make_split(pairs: list[tuple[int, int]], seed: int = 0) -> EncodedSplit:
@@ -159,6 +163,38 @@ def test_collate_accepts_a_list_and_moves_to_a_device():
     moved = batch.to("cpu")
     assert torch.equal(moved.src, batch.src)
     assert moved.n_tokens == batch.n_tokens == 3 + 1 + 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    pairs=train_lengths_st,
+    multiple=st.integers(1, 16),
+    room=st.integers(0, 20),
+    seed=st.integers(0, 1000),
+)
+def test_padding_to_a_multiple_never_passes_the_positions(pairs, multiple, room, seed):
+    """Sentences within data.max_len, a model of max_positions >= data.max_len + 2 (the
+    config's rule): S and T stay within the positions, each a multiple wherever one fits,
+    and the real positions are those of the batch padded to its own longest."""
+    split = make_split(pairs, seed)
+    positions = max(max(s, t) for s, t in pairs) + 2 + room
+    for indices in epoch_batches(split, 50, seed, 0):
+        padded = collate(split, indices, multiple=multiple, positions=positions)
+        plain = collate(split, indices)
+        check_padding(padded, plain, multiple, positions)
+
+
+def check_padding(padded: Batch, plain: Batch, multiple: int, positions: int) -> None:
+    assert padded.n_tokens == plain.n_tokens
+    for name in ("src", "tgt_in", "tgt_out"):
+        wide, narrow = getattr(padded, name), getattr(plain, name)
+        natural, width = narrow.size(1), wide.size(1)
+        assert natural <= width <= positions, name
+        if -(-natural // multiple) * multiple <= positions:  # a multiple fits: the first
+            assert width % multiple == 0, name
+            assert width < natural + multiple, name
+        assert torch.equal(wide[:, :natural], narrow), name
+        assert (wide[:, natural:] == PAD_ID).all(), name
 
 
 def test_collate_truncates_long_sentences():

@@ -121,3 +121,26 @@ def test_padding_to_a_multiple_changes_no_real_position(make_config, multiple):
     cpu = torch.device("cpu")
     losses = [batch_loss(model, b, 0.1, cpu, "fp32").loss for b in (plain, padded)]
     torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-5)
+
+
+def test_padding_to_a_multiple_trains_a_model_with_just_the_positions_it_needs(
+    make_config, tmp_path
+):
+    """`model.max_positions = data.max_len + 2`, what the config's rule asks, trains with
+    `train.pad_multiple` 8, although a batch's width rounded up to 8 would pass it."""
+    from helpers import cli
+
+    from transformer_cli.core.config_file import to_yaml
+
+    sets = (*TINY, "data.max_len=28", "model.max_positions=30", "train.pad_multiple=8")
+    cfg = make_config(*sets, "train.max_steps=3")
+    config = tmp_path / "c.yaml"
+    config.write_text(to_yaml(cfg), encoding="utf-8")
+    prepared = cli("prepare", "--config", config)
+    assert prepared.exit_code == 0, prepared.output
+    split = store.load_split(cfg.run_dir, "train")
+    longest = int(max(split.src_lengths.max(), split.tgt_lengths.max() + 1))
+    assert -(-longest // 8) * 8 > 30  # without the cap, padding would pass the positions
+    result = cli("train", "--config", config)
+    assert result.exit_code == 0, result.output
+    assert "steps 3" in result.stdout

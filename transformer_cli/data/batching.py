@@ -5,9 +5,10 @@ epoch): no global RNG, no state. Exact resume therefore rebuilds the epoch's lis
 skips to batch k, and data-parallel training can shard it as `batches[rank::world]`.
 
 Length caps: training trusts prepare's `data.max_len` filter (config_rules.py requires
-`model.max_positions >= data.max_len + 2`, room for BOS/EOS). Valid/test pairs are not
-filtered, so `eval_batches` and `collate` take `truncate` to cut overlong sentences to
-what the model's positions can hold.
+`model.max_positions >= data.max_len + 2`, room for BOS/EOS), and `collate` given the
+model's `positions` pads a batch (`multiple`) no further than them. Valid/test pairs are
+not filtered, so `eval_batches` and `collate` take `truncate` to cut overlong sentences
+to what the model's positions can hold.
 """
 
 from __future__ import annotations
@@ -154,17 +155,19 @@ def _gather(
     truncate: int,
     multiple: int = 1,
     extra: int = 0,
+    positions: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows flat[offsets[i]:offsets[i+1]] as a (B, W) int64 matrix padded with PAD_ID.
 
-    W is the longest row, rounded up so that W + `extra` is a multiple of `multiple`.
+    W is the longest row, padded so that W + `extra` is `padded_width` of its own.
     """
     starts = offsets[indices]  # (B,)
     lengths = offsets[indices + 1] - starts  # (B,)
     if truncate:
         lengths = lengths.clamp(max=truncate)
-    width = int(lengths.max()) if len(indices) else 0
-    width = -(-(width + extra) // multiple) * multiple - extra if len(indices) else 0
+    width = 0
+    if len(indices):
+        width = padded_width(int(lengths.max()) + extra, multiple, positions) - extra
     cols = torch.arange(width)  # (W,)
     real = cols < lengths[:, None]  # (B, W)
     # Padded slots point at position 0 (any valid one) and are overwritten with PAD_ID.
@@ -172,22 +175,36 @@ def _gather(
     return flat[where].long().masked_fill_(~real, PAD_ID), lengths
 
 
+def padded_width(width: int, multiple: int, positions: int = 0) -> int:
+    """`width` rounded up to a multiple of `multiple`, capped at `positions` (> 0).
+
+    The cap never cuts: a `width` beyond `positions` is returned as it is.
+    """
+    rounded = -(-width // multiple) * multiple
+    return max(width, min(rounded, positions)) if positions > 0 else rounded
+
+
 def collate(
     split: EncodedSplit,
     indices: torch.Tensor | Sequence[int],
     truncate: int = 0,
     multiple: int = 1,
+    positions: int = 0,
 ) -> Batch:
     """Pad the chosen sentences to this batch's own longest, with BOS/EOS-shifted targets.
 
     `truncate` > 0 keeps at most that many pieces per side (for unfiltered eval data).
     `multiple` > 1 pads S and T further, up to multiples of it (the shapes GPU kernels
     like); the extra slots are padding like any other, so no real position changes.
+    `positions` > 0 (the model's max_positions) caps that padding: S and T are padded
+    no further than it, so padding never takes a batch past the model's positions.
     """
     indices = torch.as_tensor(indices, dtype=torch.int64)
-    src, _ = _gather(split.src, split.src_offsets, indices, truncate, multiple)  # (B, S)
+    src, _ = _gather(split.src, split.src_offsets, indices, truncate, multiple, 0, positions)
     # (B, T-1): T = the target pieces + 1 (BOS or EOS) is what must be a multiple
-    y, tgt_len = _gather(split.tgt, split.tgt_offsets, indices, truncate, multiple, extra=1)
+    y, tgt_len = _gather(
+        split.tgt, split.tgt_offsets, indices, truncate, multiple, 1, positions
+    )  # (B, T-1)
     b, t = y.shape[0], y.shape[1] + 1  # one column more than the longest target, for EOS
     tgt_out = torch.full((b, t), PAD_ID, dtype=torch.int64)
     tgt_out[:, :-1] = y

@@ -38,8 +38,13 @@ class Trainer:
         return self.cfg.train.pad_multiple or (8 if self.device.type == "cuda" else 1)
 
     def collate(self, group: Sequence[torch.Tensor]) -> list[batching.Batch]:
-        """An update's micro-batches (split indices each), padded as this device likes."""
-        return [batching.collate(self.split, g, multiple=self.pad_multiple) for g in group]
+        """An update's micro-batches (split indices each), padded as this device likes but
+        never past the model's positions."""
+        positions = self.cfg.model.max_positions
+        return [
+            batching.collate(self.split, g, multiple=self.pad_multiple, positions=positions)
+            for g in group
+        ]
 
     def batch_sums(self, batch: batching.Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(label-smoothed loss, NLL) of `batch`, summed over its real target tokens."""
