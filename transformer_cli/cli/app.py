@@ -89,7 +89,12 @@ def train(
 @boundary
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="A tfx checkpoint (.pt).")],
-    out_dir: Annotated[Path, typer.Argument(help="The directory to write (replaced).")],
+    out_dir: Annotated[
+        Path,
+        typer.Argument(
+            help="The directory to write: new, empty, or an earlier tfx export (replaced whole)."
+        ),
+    ],
     to: Annotated[
         str,
         typer.Option(
@@ -116,6 +121,14 @@ def export(
             "HF_HUB_OFFLINE is set; if the upload fails, OUT_DIR stays exported.",
         ),
     ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Write OUT_DIR even if it holds what tfx did not write: that directory is "
+            "moved aside to OUT_DIR.tfx-backup, never deleted.",
+        ),
+    ] = False,
 ) -> None:
     """Export a checkpoint for CTranslate2 or Hugging Face transformers (and the Hub)."""
     from transformer_cli.core.errors import ConfigError
@@ -129,11 +142,11 @@ def export(
     if to == "ctranslate2":
         from transformer_cli.export import ctranslate2 as ct2_export
 
-        out = ct2_export.export(checkpoint, out_dir, quantization)
+        out = ct2_export.export(checkpoint, out_dir, quantization, force=force)
     else:
         from transformer_cli.export import huggingface as hf_export
 
-        out = hf_export.export(checkpoint, out_dir, repo=push_to_hub)
+        out = hf_export.export(checkpoint, out_dir, repo=push_to_hub, force=force)
     print(f"exported {checkpoint} to {out} ({to}); see {out / 'README.md'}", file=sys.stderr)
     if push_to_hub is not None:
         url = hub.push(out, push_to_hub, checkpoint)

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
+
+_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")  # atomic_open's `.NAME.XXXXXXXX.tmp`
 
 
 @contextlib.contextmanager
@@ -22,7 +25,7 @@ def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         # mkstemp makes the file private (0600); give it the mode open() would have
-        os.fchmod(fd, 0o666 & ~_umask())
+        os.fchmod(fd, default_mode())
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
@@ -35,10 +38,19 @@ def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
         raise
 
 
-def _umask() -> int:
+def is_partial_write(name: str) -> bool:
+    """True for the name of a temp file that `atomic_open` makes (and a kill leaves behind).
+
+    What removes such litter removes these names only: `.notes.tmp` is not tfx's.
+    """
+    return _TEMP_NAME.fullmatch(name) is not None
+
+
+def default_mode(directory: bool = False) -> int:
+    """The mode open() or mkdir() would give a new file or directory (under the umask)."""
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    return (0o777 if directory else 0o666) & ~mask
 
 
 def fsync_dir(directory: Path) -> None:

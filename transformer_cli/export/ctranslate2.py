@@ -1,5 +1,8 @@
 """`tfx export CHECKPOINT --to ctranslate2 OUT_DIR`: the model in CTranslate2's format.
 
+OUT_DIR is written beside and swapped in whole (core/outdir.py); its `tfx_export.json`
+names the checkpoint, holds its config and lists every file of the export.
+
 Built with CTranslate2's own spec API (`ctranslate2.specs.TransformerSpec`, validated,
 optimised for the chosen quantization and saved by its `Converter`), so CTranslate2
 checks the layout itself. What has to match tfx exactly, and how:
@@ -20,7 +23,6 @@ checks the layout itself. What has to match tfx exactly, and how:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, cast
 
@@ -30,6 +32,7 @@ from transformer_cli import __version__
 from transformer_cli.core.checkpoint import load_state, state_step
 from transformer_cli.core.errors import ConfigError, TfxError
 from transformer_cli.core.fileio import atomic_write_text
+from transformer_cli.core.outdir import write_dir
 from transformer_cli.core.specials import BOS, EOS, UNK
 from transformer_cli.decoding.ct2_backend import EXPORT_FILE, require_ctranslate2
 from transformer_cli.decoding.loading import model_from_state
@@ -37,13 +40,49 @@ from transformer_cli.model.transformer import DecoderLayer, EncoderLayer, Transf
 
 QUANTIZATIONS = ("int8", "int8_float32", "int16", "float16", "bfloat16", "float32")
 LAYER_NORM_EPSILON = 1e-5  # nn.LayerNorm's default, which every tfx LayerNorm uses
+# what an export written before tfx_export.json listed its files holds (tfx 0.x)
+LEGACY_FILES = frozenset(
+    {
+        "model.bin",
+        "config.json",
+        "shared_vocabulary.json",
+        "source_vocabulary.json",
+        "target_vocabulary.json",
+        "spm.model",
+        "spm.src.model",
+        "spm.tgt.model",
+        "README.md",
+    }
+)
 
 
-def export(checkpoint: str | Path, out_dir: str | Path, quantization: str = "float32") -> Path:
-    """Write the CTranslate2 model of `checkpoint` into `out_dir` (replacing what is there)."""
+def export(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    quantization: str = "float32",
+    force: bool = False,
+) -> Path:
+    """Write the CTranslate2 model of `checkpoint` as the directory `out_dir`.
+
+    `out_dir` is replaced whole, and only if it is missing, empty or an earlier tfx export;
+    `force` moves any other directory aside first (core/outdir.py).
+    """
     if quantization not in QUANTIZATIONS:
         raise ConfigError(f"--quantization must be one of {', '.join(QUANTIZATIONS)}")
     ctranslate2 = require_ctranslate2()
+    out = Path(out_dir)
+
+    def build(tmp: Path) -> dict:
+        return write_model(ctranslate2, checkpoint, tmp, out, quantization)
+
+    write_dir(out, build, marker=EXPORT_FILE, force=force, legacy=LEGACY_FILES)
+    return out
+
+
+def write_model(
+    ctranslate2: Any, checkpoint: str | Path, tmp: Path, out: Path, quantization: str
+) -> dict:
+    """Write the export's files into `tmp` (to become `out`); the fields of its marker."""
     state = load_state(checkpoint)
     model, tokenizer, cfg = model_from_state(state, checkpoint, torch.device("cpu"))
     spec = build_spec(ctranslate2, model)
@@ -56,15 +95,16 @@ def export(checkpoint: str | Path, out_dir: str | Path, quantization: str = "flo
     spec.config.add_source_bos = spec.config.add_source_eos = False
     spec.config.layer_norm_epsilon = LAYER_NORM_EPSILON
 
-    # CTranslate2's Converter validates, quantizes and saves the spec its _load returns
+    # CTranslate2's Converter validates, quantizes and saves the spec its _load returns;
+    # it empties `tmp` (tfx's own temp directory) and writes into it
     converter = type("TfxConverter", (ctranslate2.converters.Converter,), {"_load": lambda _: spec})
-    out = Path(out_dir)
     try:
-        converter().convert(str(out), quantization=quantization, force=True)
+        converter().convert(str(tmp), quantization=quantization, force=True)
     except (ValueError, RuntimeError) as e:
         raise TfxError(f"CTranslate2 refused the model: {e}") from None
-    tokenizer.save(out)
-    info = {
+    tokenizer.save(tmp)
+    atomic_write_text(tmp / "README.md", usage(out, tokenizer.joint, cfg.decode.max_len_b))
+    return {
         "tfx_version": __version__,
         "format": "ctranslate2",
         "checkpoint": str(checkpoint),
@@ -72,9 +112,6 @@ def export(checkpoint: str | Path, out_dir: str | Path, quantization: str = "flo
         "quantization": quantization,
         "config": state["config"],
     }
-    atomic_write_text(out / EXPORT_FILE, json.dumps(info, indent=2) + "\n")
-    atomic_write_text(out / "README.md", usage(out, tokenizer.joint, cfg.decode.max_len_b))
-    return out
 
 
 def build_spec(ctranslate2: Any, model: Transformer) -> Any:

@@ -18,6 +18,9 @@ permuted:
   `decoder_start_token_id`, </s> 3), a zero `final_logits_bias`, no forced EOS; PAD and
   BOS are never generated (`bad_words_ids`), as in tfx's search.
 
+OUT_DIR is written beside and swapped in whole (core/outdir.py); its `tfx_export.json`
+gives the tfx version and the step and lists every file (no local path: it is uploaded too).
+
 The tokenizer is a `tokenizer.json` converted from the checkpoint's SentencePiece model by
 transformers' own converter, with no special tokens added: tfx's sources carry no EOS,
 where MarianTokenizer would append one. What cannot be exported exactly is refused with a
@@ -30,7 +33,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import shutil
 import types
 from pathlib import Path
 from typing import Any, cast
@@ -38,11 +40,13 @@ from typing import Any, cast
 import torch
 
 from transformer_cli import __version__
-from transformer_cli.core.checkpoint import load_state
+from transformer_cli.core.checkpoint import load_state, state_step
 from transformer_cli.core.errors import TfxError
 from transformer_cli.core.fileio import atomic_write_text
+from transformer_cli.core.outdir import write_dir
 from transformer_cli.core.specials import BOS, BOS_ID, EOS, EOS_ID, PAD, PAD_ID, UNK
 from transformer_cli.data.tokenizer import JOINT_FILE, Tokenizer
+from transformer_cli.decoding.ct2_backend import EXPORT_FILE
 from transformer_cli.decoding.loading import model_from_state
 from transformer_cli.model.transformer import DecoderLayer, EncoderLayer, Transformer
 
@@ -78,30 +82,48 @@ def refusal(model: Transformer, tokenizer: Tokenizer) -> str:
     return ""
 
 
-def export(checkpoint: str | Path, out_dir: str | Path, repo: str | None = None) -> Path:
-    """Write `checkpoint` as a transformers model and tokenizer into `out_dir` (replaced).
+def export(
+    checkpoint: str | Path, out_dir: str | Path, repo: str | None = None, force: bool = False
+) -> Path:
+    """Write `checkpoint` as a transformers model and tokenizer, the directory `out_dir`.
 
-    `repo`: the Hub repo it will be pushed to, which its README then loads it from.
+    `out_dir` is replaced whole, and only if it is missing, empty or an earlier tfx export;
+    `force` moves any other directory aside first (core/outdir.py). `repo`: the Hub repo
+    it will be pushed to, which its README then loads it from.
     """
     transformers = require_transformers()
+    out = Path(out_dir)
+
+    def build(tmp: Path) -> dict:
+        return write_model(transformers, checkpoint, tmp, repo or str(out))
+
+    write_dir(out, build, marker=EXPORT_FILE, force=force)
+    return out
+
+
+def write_model(transformers: Any, checkpoint: str | Path, tmp: Path, loaded_from: str) -> dict:
+    """Write the export's files into `tmp`; the fields of its marker (no local paths: it
+    is uploaded with the rest by --push-to-hub)."""
     state = load_state(checkpoint)
     model, tokenizer, cfg = model_from_state(state, checkpoint, torch.device("cpu"))
     why = refusal(model, tokenizer)
     if why:
         raise TfxError(f"{checkpoint}: cannot export to huggingface exactly: {why}")
     hf = build_model(transformers, model)
-    out = Path(out_dir)
-    if out.exists():
-        shutil.rmtree(out)
-    hf.save_pretrained(out)
+    hf.save_pretrained(tmp)
     fast = build_tokenizer(transformers, tokenizer, model.cfg.max_positions)
-    fast.save_pretrained(out)
-    portable_tokenizer_config(out / "tokenizer_config.json")
-    tokenizer.save(out)  # spm.model too, for SentencePiece users
+    fast.save_pretrained(tmp)
+    portable_tokenizer_config(tmp / "tokenizer_config.json")
+    tokenizer.save(tmp)  # spm.model too, for SentencePiece users
     name = "MarianMTModel" if model.cfg.norm == "post" else "PegasusForConditionalGeneration"
-    readme = usage(repo or str(out), name, state.get("tfx_version", "?"))
-    atomic_write_text(out / "README.md", readme)
-    return out
+    readme = usage(loaded_from, name, state.get("tfx_version", "?"))
+    atomic_write_text(tmp / "README.md", readme)
+    step = state_step(state)
+    return {
+        "tfx_version": __version__,
+        "format": "huggingface",
+        "step": step if step >= 0 else None,
+    }
 
 
 def hf_config(transformers: Any, model: Transformer) -> Any:
