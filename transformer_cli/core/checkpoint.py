@@ -49,12 +49,13 @@ import torch
 
 from transformer_cli import __version__
 from transformer_cli.core.errors import CheckpointError, os_problem
-from transformer_cli.core.fileio import atomic_open, fsync_dir
+from transformer_cli.core.fileio import atomic_open, fsync_dir, is_partial_write
 
 MAGIC = b"TFXCKPT\n"
 FORMAT_VERSION = 1
 _HEADER_LIMIT = 4096  # bytes; a longer "header line" means this is not our file
 _STEP_FILE = re.compile(r"ckpt_(\d+)\.pt")
+_LINK_TEMP = re.compile(r"\..+\.\d+\.link")  # publish's `.NAME.PID.link`
 # what a checkpoint must hold for inference; training state (optimizer, rng) is optional
 REQUIRED_KEYS = ("tfx_version", "config", "tokenizer", "model")
 
@@ -249,11 +250,14 @@ def save_step(
 
 
 def remove_partial_writes(run_dir: str | Path) -> list[Path]:
-    """Delete temp files a killed save left behind. Only the run-lock holder may call this."""
+    """Delete temp files a killed save or relink left behind (their names only).
+
+    Only the run-lock holder may call this.
+    """
     removed = []
     with contextlib.suppress(FileNotFoundError):
         for entry in os.scandir(checkpoints_dir(run_dir)):
-            if entry.name.startswith(".") and entry.name.endswith((".tmp", ".link")):
+            if is_partial_write(entry.name) or _LINK_TEMP.fullmatch(entry.name):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
                 removed.append(Path(entry.path))

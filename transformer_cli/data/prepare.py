@@ -25,7 +25,7 @@ from tqdm import tqdm
 from transformer_cli.core.config import Config, to_dict
 from transformer_cli.core.config_file import write_resolved
 from transformer_cli.core.errors import DataError
-from transformer_cli.core.fileio import atomic_write_text
+from transformer_cli.core.fileio import atomic_write_text, is_partial_write
 from transformer_cli.core.specials import SPECIAL_IDS, UNK_ID
 from transformer_cli.core.table import aligned
 from transformer_cli.data import corpus, store
@@ -133,7 +133,8 @@ def _clear_stale(directory: Path) -> None:
     # a prepare killed mid-write leaves its temp file (fileio's `.NAME.*.tmp`), which can
     # be as large as train.pt: nothing else would ever remove it
     for litter in directory.glob(".*.tmp"):
-        litter.unlink(missing_ok=True)
+        if is_partial_write(litter.name):
+            litter.unlink(missing_ok=True)
 
 
 def _encode_all(tokenizer: Tokenizer, pairs: dict) -> dict:
