@@ -42,9 +42,10 @@ class RunLock:
     """Exclusive use of a run dir for training: RUN_DIR/train.lock holds "PID HOST".
 
     A lock whose owner process is gone (same host, PID not alive) is stale and taken
-    over. Two trainers started at the same instant on a dir whose previous owner died
-    could both see it stale; tfx accepts that microsecond window rather than depend on
-    flock, which network filesystems do not all honour.
+    over, and so is an empty one older than 10 s; a file tfx did not write is refused.
+    Two trainers started at the same instant on a dir whose previous owner died could
+    both see it stale; tfx accepts that microsecond window rather than depend on flock,
+    which network filesystems do not all honour.
     """
 
     def __init__(self, run_dir: str | Path):
@@ -79,11 +80,16 @@ class RunLock:
             age = time.time() - self.path.stat().st_mtime
         except FileNotFoundError:
             return False
-        parts = text.split()
-        if len(parts) != 2 or not parts[0].isdigit():
-            if age < 10:  # an owner may be between creating the file and writing to it
+        parts = text.replace("\0", "").split()  # a crash before the fsync may leave NULs
+        if not parts:  # tfx's own: an owner killed between creating the file and writing it
+            if age < 10:  # or one that is between the two now
                 raise self._busy("a process that is starting")
             return True
+        if len(parts) != 2 or not parts[0].isdigit():  # tfx writes "PID HOST" and nothing else
+            raise TrainingError(
+                f"{self.path}: is not a tfx training lock; remove it if no trainer uses "
+                f"{self.run_dir}"
+            )
         pid, host = int(parts[0]), parts[1]
         if host != socket.gethostname():
             raise self._busy(f"PID {pid} on host {host} (delete the lock if that run is gone)")
