@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import sys
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -279,10 +280,41 @@ def to_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)
 
 
+RESOLVED_HEADER = "# The resolved config of this run, written by tfx prepare and tfx train.\n"
+
+
 def write_resolved(cfg: Config, run_dir: Path) -> Path:
-    """Write the fully resolved config into the run dir (atomically)."""
+    """Write the fully resolved config into RUN_DIR/config.yaml (atomically), unless a
+    file tfx did not write is there (a user's own config, say): that one is left as it is."""
     from transformer_cli.core.fileio import atomic_write_text
 
     path = Path(run_dir) / "config.yaml"
-    atomic_write_text(path, to_yaml(cfg))
+    if not _resolved_or_missing(path):
+        print(f"note: {path} is not a config tfx wrote; left as it is", file=sys.stderr)
+        return path
+    atomic_write_text(path, RESOLVED_HEADER + to_yaml(cfg))
     return path
+
+
+def _resolved_or_missing(path: Path) -> bool:
+    """True if nothing is at `path`, or a config that write_resolved wrote: one that starts
+    with its header, or (written before the header) every key of the schema and no other."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return True
+    except (OSError, UnicodeDecodeError):
+        return False
+    if text.startswith(RESOLVED_HEADER):
+        return True
+    try:
+        return _shape(yaml.safe_load(text)) == _shape(to_dict(Config(run_dir="")))
+    except yaml.YAMLError:
+        return False
+
+
+def _shape(value: object) -> object:
+    """The nested keys of a YAML mapping, without the values."""
+    if not isinstance(value, dict):
+        return None
+    return {key: _shape(item) for key, item in value.items()}
