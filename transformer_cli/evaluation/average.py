@@ -149,6 +149,8 @@ def last_steps(paths: list[Path], n: int) -> list[Path]:
 
 def run(checkpoints: list[str], output: str | Path, last: int = 0) -> Path:
     """`tfx average`: average the given checkpoints (or the `last` newest of them)."""
+    if Path(output).is_dir():
+        raise CheckpointError(f"{output}: is a directory; --output needs a file name")
     paths = expand(checkpoints)
     if last:
         paths = last_steps(paths, last)
