@@ -85,6 +85,16 @@ def train(
     train_mod.run(cfg, resume=resume, init_from=init_from)
 
 
+ForceOpt = Annotated[
+    bool,
+    typer.Option(
+        "--force",
+        help="Write OUT_DIR even if it holds what tfx did not write: that directory is "
+        "moved aside to OUT_DIR.tfx-backup, never deleted.",
+    ),
+]
+
+
 @app.command()
 @boundary
 def export(
@@ -121,14 +131,7 @@ def export(
             "HF_HUB_OFFLINE is set; if the upload fails, OUT_DIR stays exported.",
         ),
     ] = None,
-    force: Annotated[
-        bool,
-        typer.Option(
-            "--force",
-            help="Write OUT_DIR even if it holds what tfx did not write: that directory is "
-            "moved aside to OUT_DIR.tfx-backup, never deleted.",
-        ),
-    ] = False,
+    force: ForceOpt = False,
 ) -> None:
     """Export a checkpoint for CTranslate2 or Hugging Face transformers (and the Hub)."""
     from transformer_cli.core.errors import ConfigError

@@ -40,7 +40,8 @@ from transformer_cli.model.transformer import DecoderLayer, EncoderLayer, Transf
 
 QUANTIZATIONS = ("int8", "int8_float32", "int16", "float16", "bfloat16", "float32")
 LAYER_NORM_EPSILON = 1e-5  # nn.LayerNorm's default, which every tfx LayerNorm uses
-# what an export written before tfx_export.json listed its files holds (tfx 0.x)
+# what an export written before tfx_export.json listed its files holds (a CTranslate2
+# export: Hugging Face exports had no tfx_export.json then)
 LEGACY_FILES = frozenset(
     {
         "model.bin",

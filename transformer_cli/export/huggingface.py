@@ -48,6 +48,7 @@ from transformer_cli.core.specials import BOS, BOS_ID, EOS, EOS_ID, PAD, PAD_ID,
 from transformer_cli.data.tokenizer import JOINT_FILE, Tokenizer
 from transformer_cli.decoding.ct2_backend import EXPORT_FILE
 from transformer_cli.decoding.loading import model_from_state
+from transformer_cli.export.ctranslate2 import LEGACY_FILES
 from transformer_cli.model.transformer import DecoderLayer, EncoderLayer, Transformer
 
 EXTRA = "pip install 'tfx[export]' (or: pip install transformers protobuf)"
@@ -97,7 +98,7 @@ def export(
     def build(tmp: Path) -> dict:
         return write_model(transformers, checkpoint, tmp, repo or str(out))
 
-    write_dir(out, build, marker=EXPORT_FILE, force=force)
+    write_dir(out, build, marker=EXPORT_FILE, force=force, legacy=LEGACY_FILES)
     return out
 
 
