@@ -44,7 +44,7 @@ def worker(args) -> dict:
     cfg, device, precision, _, split, model, optimizer = setup(
         args.config, [*args.set, "train.device=cpu"]
     )
-    trainer = train.Trainer(model, optimizer, None, split, cfg, device, precision)
+    trainer = train.build_trainer(model, optimizer, None, split, cfg, device, precision)
     trace, step, epoch, tokens = [], 0, 0, 0
     started = time.perf_counter()
     while step < args.steps:

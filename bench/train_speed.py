@@ -146,7 +146,6 @@ def worker(args) -> dict:
         sdpa.CUDA_BACKENDS = None
     cfg, device, precision, threads, split, model, optimizer = setup(args.config, overrides)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
-    step_model = train.CompiledSteps(model) if cfg.train.compile else model
     per_step = cfg.train.accum_steps
     # as many epochs as the steps need, in training's order: at GPU batch sizes an epoch
     # of Multi30k is only ~18 batches
@@ -156,7 +155,8 @@ def worker(args) -> dict:
         epoch += 1
     groups = [batches[i : i + per_step] for i in range(0, len(batches), per_step)]
 
-    trainer = train.Trainer(step_model, optimizer, scaler, split, cfg, device, precision)
+    # compiled under train.compile, as tfx train does
+    trainer = train.build_trainer(model, optimizer, scaler, split, cfg, device, precision)
 
     # as tfx train does: batches collated ahead where train.prefetch says so (auto: CUDA)
     from transformer_cli.training.session import prefetcher

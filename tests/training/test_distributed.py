@@ -370,17 +370,16 @@ def test_a_non_finite_loss_on_another_rank_skips_the_update_here_too(make_config
 
     cfg = make_config("train.device=cpu", "model.d_model=16", "model.heads=2", "model.d_ff=32")
     prepare.run(cfg)
-    trainer, model = _trainer(cfg)
-    trainer.world = _NaNElsewhere()
+    trainer, model = _trainer(cfg, _NaNElsewhere())
     before = {k: v.clone() for k, v in model.state_dict().items()}
     group = batching.epoch_batches(trainer.split, 300, 0, 0)[:1]
     result = step.train_step(trainer, group, lr=1e-3)
-    assert not result.applied
+    assert not result.finite
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, before[name]), name
 
 
-def _trainer(cfg):
+def _trainer(cfg, world: World):
     import dataclasses
 
     from transformer_cli.data.tokenizer import Tokenizer
@@ -395,5 +394,45 @@ def _trainer(cfg):
     model = Transformer(cfg.model)
     optimizer = step.make_optimizer(model, cfg, torch.device("cpu"))
     split = store.load_split(cfg.run_dir, "train")
-    trainer = step.Trainer(model, optimizer, None, split, cfg, torch.device("cpu"), "fp32")
+    cpu = torch.device("cpu")
+    trainer = step.build_trainer(model, optimizer, None, split, cfg, cpu, "fp32", world)
     return trainer, model
+
+
+def test_ddp_is_freed_before_the_process_group_goes(tmp_path, toy_pairs, monkeypatch):
+    """A job of one rank in this process: the DistributedDataParallel around its loss is
+    gone by the time the process group is destroyed, with no collection left to chance."""
+    import gc
+    import weakref
+
+    from transformer_cli.training import step
+
+    config = write_run(tmp_path, toy_pairs, max_steps=2)
+    cfg = config_from_dict(yaml.safe_load(config.read_text("utf-8")))
+    torchruns = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"}
+    for name, value in {**torchruns, "MASTER_ADDR": "127.0.0.1"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    wrapped: list[weakref.ref] = []
+    alive_at_destroy: list[bool] = []
+    real_wrap, real_destroy = distributed.wrap, distributed.dist.destroy_process_group
+
+    def wrap(module, world):
+        assert isinstance(module, step.LossModule)
+        ddp = real_wrap(module, world)
+        wrapped.append(weakref.ref(ddp))
+        return ddp
+
+    def destroy(*args, **kwargs):
+        alive_at_destroy.extend(ref() is not None for ref in wrapped)
+        return real_destroy(*args, **kwargs)
+
+    monkeypatch.setattr(distributed, "wrap", wrap)
+    monkeypatch.setattr(distributed.dist, "destroy_process_group", destroy)
+    gc.disable()  # no automatic collection frees it by chance
+    try:
+        summary = train.run(cfg)
+    finally:
+        gc.enable()
+    assert summary["steps"] == 2
+    assert alive_at_destroy == [False]

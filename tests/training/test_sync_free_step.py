@@ -130,7 +130,7 @@ def test_a_cuda_step_makes_no_host_sync(make_config):
     device = torch.device("cuda")
     model = Transformer(cfg.model).to(device)
     optimizer = train.make_optimizer(model, cfg, device)
-    trainer = step.Trainer(model, optimizer, None, split, cfg, device, "fp32")
+    trainer = step.build_trainer(model, optimizer, None, split, cfg, device, "fp32")
     step.train_step(trainer, [groups[0]], 1e-4)  # warm-up: allocations, kernels
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")

@@ -114,7 +114,7 @@ def test_accumulated_micro_batches_give_the_gradient_of_one_big_batch(make_confi
         torch.manual_seed(0)
         model = Transformer(cfg.model)
         sgd = torch.optim.SGD(model.parameters(), lr=1.0)  # params move by exactly -grad
-        trainer = step.Trainer(model, sgd, None, split, cfg, torch.device("cpu"), "fp32")
+        trainer = step.build_trainer(model, sgd, None, split, cfg, torch.device("cpu"), "fp32")
         step.train_step(trainer, group, 1.0)
         results.append({k: v.detach().clone() for k, v in model.state_dict().items()})
     for name in results[0]:
@@ -169,14 +169,14 @@ def test_a_non_finite_gradient_under_a_finite_loss_is_skipped(make_config, monke
     model = Transformer(cfg.model)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     optimizer = train.make_optimizer(model, cfg, torch.device("cpu"))
-    trainer = step.Trainer(model, optimizer, None, split, cfg, torch.device("cpu"), "fp32")
+    trainer = step.build_trainer(model, optimizer, None, split, cfg, torch.device("cpu"), "fp32")
     nan_gradients_on({1}, monkeypatch)
     result = step.train_step(trainer, group, 1e-3)
     assert torch.isfinite(result.loss)
-    assert not result.applied
+    assert not result.finite
     assert_same_weights(before, model.state_dict())
     assert all(p.grad is None for p in model.parameters())  # nothing carried to the next step
-    assert step.train_step(trainer, group, 1e-3).applied  # the next update goes ahead
+    assert step.train_step(trainer, group, 1e-3).finite  # the next update goes ahead
 
 
 @pytest.mark.parametrize("clip_norm", [0.0, 1.0])

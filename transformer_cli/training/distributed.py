@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -86,12 +87,13 @@ class World:
         _collective(self, what, dist.all_gather_object, out, value)
         return out
 
-    def no_sync(
-        self, module: torch.nn.Module | None, last: bool
-    ) -> contextlib.AbstractContextManager:
-        """Skip DDP's gradient all-reduce for every micro-batch but the `last` of an update."""
-        if self.launched and not last and module is not None:
-            return module.no_sync()  # type: ignore[operator]
+    def no_sync(self, loss: Callable[..., Any], last: bool) -> contextlib.AbstractContextManager:
+        """Skip DDP's gradient all-reduce for every micro-batch but the `last` of an update.
+
+        `loss` is what the step calls; launched, it is DistributedDataParallel (`wrap`).
+        """
+        if self.launched and not last:
+            return loss.no_sync()  # type: ignore[attr-defined]
         return contextlib.nullcontext()
 
 
@@ -198,6 +200,10 @@ def process_group(world: World, device: torch.device, timeout_minutes: float) ->
         # every rank done with every collective before any tears its transport down
         _collective(world, "the end of the job", dist.barrier)
     finally:
+        # DDP goes before the group: a finished run that a reference cycle still holds
+        # (a frame kept by a module imported during setup) is freed now, not at some
+        # later collection
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -5,7 +5,7 @@ The run's state travels in one `Session`; what an update needs, in its `Trainer`
 The pieces it calls are small and testable alone: one update (step.py: batches, the
 masked loss of loss.py), the learning-rate schedule (schedule.py), what the run records
 (records.py), checkpoints (core/checkpoint.py) and greedy decoding for validation BLEU
-(decoding/stream.py).
+(decoding/runner.py).
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from transformer_cli.training.records import (
 from transformer_cli.training.session import (
     Session,
     StopSignals,
+    ValidSet,
     count,
     prefetcher,
     settle,
@@ -52,15 +53,9 @@ from transformer_cli.training.session import (
     shared_stop,
     stop_condition,
 )
-from transformer_cli.training.step import (
-    CompiledSteps,
-    LossModule,
-    Trainer,
-    make_optimizer,
-    train_step,
-)
+from transformer_cli.training.step import Trainer, build_trainer, make_optimizer, train_step
 
-__all__ = ["Session", "StopSignals", "run", "stop_condition", "validation"]
+__all__ = ["Session", "StopSignals", "ValidSet", "run", "stop_condition", "validation"]
 
 
 def run(cfg: Config, resume: bool = False, init_from: str | Path | None = None) -> dict:
@@ -88,6 +83,8 @@ def run(cfg: Config, resume: bool = False, init_from: str | Path | None = None) 
 
 
 def _train(cfg: Config, run_dir: Path, start: Start, world: World, device: torch.device) -> dict:
+    """One rank's run. Its session, with the DDP that the trainer's loss is when launched,
+    is dropped when this returns, before the process group goes (`process_group`)."""
     session = setup(cfg, run_dir, start, world, device)
     with opened(session):
         train_loop(session)
@@ -95,7 +92,6 @@ def _train(cfg: Config, run_dir: Path, start: Start, world: World, device: torch
     summary = summarize(session)
     if world.is_main:
         print(format_summary(summary))
-    session.trainer.loss_module = None  # DDP goes now, before the process group
     return summary
 
 
@@ -103,8 +99,9 @@ def _train(cfg: Config, run_dir: Path, start: Start, world: World, device: torch
 
 
 def setup(cfg: Config, run_dir: Path, start: Start, world: World, device: torch.device) -> Session:
-    """Build the run: data, model, optimizer; restore a checkpoint when resuming, or load
-    another run's weights into the new model (--init-from)."""
+    """Build the run, once: data, model, optimizer; restore a checkpoint when resuming, or
+    load another run's weights into the new model (--init-from); then the trainer, whole.
+    """
     t = cfg.train
     store.load_meta(run_dir)  # a clear error if `tfx prepare` has not run
     tokenizer = Tokenizer.load(run_dir)
@@ -120,8 +117,7 @@ def setup(cfg: Config, run_dir: Path, start: Start, world: World, device: torch.
     runtime.seed_everything(t.seed)
 
     train_split = store.load_split(run_dir, "train")
-    valid_split = store.load_split(run_dir, "valid")
-    valid_refs = store.load_text(run_dir, "valid", "tgt")
+    valid = ValidSet(store.load_split(run_dir, "valid"), store.load_text(run_dir, "valid", "tgt"))
     model = Transformer(cfg.model).to(device)
     if base is not None:
         note = finetune.load_weights(model, base)
@@ -130,22 +126,20 @@ def setup(cfg: Config, run_dir: Path, start: Start, world: World, device: torch.
     runtime.seed_everything(distributed.rank_seed(t.seed, world.rank))  # each its own dropout
     optimizer = make_optimizer(model, cfg, device)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
-    trainer = Trainer(model, optimizer, scaler, train_split, cfg, device, precision, world)
-    session = Session(run_dir, tokenizer, model, trainer, valid_split, valid_refs, Progress())
-    session.settle_every = settle_interval(cfg, device)
-    # fast path: the next update's batches collated on a thread while this one runs
-    session.prefetch = prefetcher(trainer, device)
 
     if world.is_main:
         saving.refuse_a_second_run(run_dir, start.resume)
+    progress = Progress()
     if start.resume:
-        saving.restore(session)
+        progress = saving.restore(run_dir, world, t.seed, model, optimizer, scaler)
     if world.is_main:
         write_resolved(cfg, run_dir)
-    calls = CompiledSteps(model) if t.compile else model
-    trainer.model = calls
-    if world.launched:  # DDP reduces the gradients of what LossModule's forward computed
-        trainer.loss_module = distributed.wrap(LossModule(model, calls, trainer), world)
+    # compiled under train.compile; launched, DDP wraps the loss (and broadcasts the weights)
+    trainer = build_trainer(model, optimizer, scaler, train_split, cfg, device, precision, world)
+    # fast path: the next update's batches collated on a thread while this one runs
+    prefetch = prefetcher(trainer, device)
+    settle_every = settle_interval(cfg, device)
+    session = Session(run_dir, tokenizer, trainer, valid, progress, settle_every, prefetch)
     where = world.gather(
         runtime.describe(device, precision, threads, allocator.active()), "devices"
     )
@@ -209,8 +203,9 @@ def train_loop(session: Session) -> None:
     split = session.trainer.split
     session.batches = batching.epoch_batches(split, t.batch_tokens, t.seed, progress.epoch)
     while not session.stop_reason:
-        if next_group(session):
-            update(session)
+        group = next_group(session)
+        if group:
+            update(session, group)
         else:
             next_epoch(session)
 
@@ -234,11 +229,10 @@ def next_epoch(session: Session) -> None:
         )
 
 
-def update(session: Session) -> None:
-    """One optimizer update from the next batches, its log record and validation; then
-    whether to stop. Each rank trains on its shard of the update's batches."""
+def update(session: Session, group: list[torch.Tensor]) -> None:
+    """One optimizer update from `group` (`next_group`), its log record and validation;
+    then whether to stop. Each rank trains on its shard of the update's batches."""
     t, progress = session.cfg.train, session.progress
-    group = next_group(session)
     lr = schedule.learning_rate(progress.step + 1, t, session.cfg.model.d_model)
     mine, batches = distributed.shard(group, session.world), None
     if session.prefetch is not None:
@@ -302,16 +296,8 @@ def validate(session: Session) -> None:
 
 def rank0_validation(session: Session) -> bool:
     """Validate, update the best BLEU, log and print; True if the BLEU improved."""
-    trainer, progress = session.trainer, session.progress
-    result = validation(
-        session.model,
-        session.valid,
-        session.valid_refs,
-        session.tokenizer,
-        trainer.cfg,
-        trainer.device,
-        trainer.precision,
-    )
+    progress = session.progress
+    result = validation(session.trainer, session.valid, session.tokenizer)
     improved = result["bleu"] > progress.best_bleu
     if improved:
         progress.best_bleu, progress.best_step = result["bleu"], progress.step
@@ -364,16 +350,18 @@ def summarize(session: Session) -> dict:
 
 
 @torch.no_grad()
-def validation(model, split, refs, tokenizer, cfg: Config, device, precision) -> dict:
-    """Validation loss, perplexity, and greedy-decoding BLEU against the raw references."""
+def validation(trainer: Trainer, valid: ValidSet, tokenizer: Tokenizer) -> dict:
+    """The trainer's model on `valid`: loss, perplexity, and the BLEU and chrF of greedy
+    decoding against the raw references."""
+    model, cfg, device, precision = trainer.model, trainer.cfg, trainer.device, trainer.precision
     model.eval()
     try:
-        loss = split_loss(model, split, cfg, device, precision)
-        sources = [split.src_ids(i).tolist() for i in range(len(split))]
+        loss = split_loss(model, valid.split, cfg, device, precision)
+        sources = [valid.split.src_ids(i).tolist() for i in range(len(valid.split))]
         greedy = dataclasses.replace(cfg.decode, beam=1)
         hyp_ids = decode_all(model, sources, greedy, device, precision)
         hyps = tokenizer.decode_tgt(hyp_ids)
-        scores = score_texts(hyps, refs)
+        scores = score_texts(hyps, valid.refs)
     finally:
         model.train()
     return {"loss": loss["nll"], "ppl": loss["ppl"], "bleu": scores["bleu"], "chrf": scores["chrf"]}

@@ -9,17 +9,19 @@ the target distribution is (1 - eps) on the reference token plus eps/V on every 
 the V columns, the PAD column included. fairseq spreads eps over the V - 1 wrong columns
 and OpenNMT/annotated-transformer over the V - 2 columns that are neither the reference
 nor PAD. tfx keeps PyTorch's definition so that `label_smoothing: 0.1` means what it
-means in PyTorch; the PAD column's share is eps/V (1.25e-5 at V = 8000 and eps = 0.1).
+means in PyTorch; the PAD column's share is eps/V, which shrinks as the vocabulary grows.
 Pad POSITIONS (target == PAD_ID) contribute nothing at all, smoothed or not.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from transformer_cli.core import runtime
 from transformer_cli.core.config import Config, ResolvedPrecision
@@ -27,6 +29,7 @@ from transformer_cli.core.specials import PAD_ID
 from transformer_cli.data import batching
 from transformer_cli.data.store import EncodedSplit
 from transformer_cli.fast.fused_loss import fused_cross_entropy
+from transformer_cli.model.transformer import Transformer
 
 
 @dataclass
@@ -107,8 +110,36 @@ def perplexity(nll_sum: float, n_tokens: int) -> float:
         return math.inf
 
 
+@dataclass(frozen=True)
+class ModelCalls:
+    """The calls `batch_loss` makes of a model: its own methods (`of`), or each of them
+    through torch.compile (`compiled`, train.compile).
+
+    `torch.compile(model)` would compile `forward` only, which the loss never calls: it
+    encodes, decodes to hidden states, and projects just the real positions.
+    """
+
+    encode: Callable[[Tensor], Tensor]  # (B, S) -> (B, S, D)
+    decode_hidden: Callable[[Tensor, Tensor, Tensor], Tensor]  # -> (B, T, D)
+    logits: Callable[[Tensor], Tensor]  # (N, D) -> (N, V)
+    out_proj: torch.nn.Linear  # the model's own: the fused loss projects in chunks itself
+
+    @classmethod
+    def of(cls, model: Transformer) -> ModelCalls:
+        return cls(model.encode, model.decode_hidden, model.logits, model.out_proj)
+
+    @classmethod
+    def compiled(cls, model: Transformer) -> ModelCalls:
+        """The same calls compiled for any batch shape; they compile at their first call."""
+        encode, decode_hidden, logits = (
+            torch.compile(call, dynamic=True)
+            for call in (model.encode, model.decode_hidden, model.logits)
+        )
+        return cls(encode, decode_hidden, logits, model.out_proj)
+
+
 def batch_loss(
-    model,  # a Transformer, or training's compiled view of one (step.CompiledSteps)
+    model: Transformer | ModelCalls,
     batch: batching.Batch,
     label_smoothing: float,
     device: torch.device,
@@ -120,27 +151,34 @@ def batch_loss(
     Only the real positions are projected onto the vocabulary, so padding never reaches
     the (expensive) full-vocabulary softmax. `fused` projects and scores them in chunks
     (`projected_cross_entropy`); otherwise the whole (N, V) logits are formed and passed to
-    `masked_cross_entropy`, the plain definition. Both compute the same numbers.
+    `masked_cross_entropy`, the plain definition. Both compute the same numbers. `model`
+    may be given as the `ModelCalls` to make of it (compiled ones, in training).
     """
+    calls = model if isinstance(model, ModelCalls) else ModelCalls.of(model)
     real = (batch.tgt_out != PAD_ID).view(-1).nonzero().squeeze(1)  # on the host: no sync
     batch = batch.to(device)
     real = real.to(device, non_blocking=True)
     target = batch.tgt_out.view(-1).index_select(0, real)  # (N,)
     with runtime.autocast(device, precision):
-        memory = model.encode(batch.src)
-        hidden = model.decode_hidden(batch.tgt_in, memory, batch.src)  # (B, T, D)
+        memory = calls.encode(batch.src)
+        hidden = calls.decode_hidden(batch.tgt_in, memory, batch.src)  # (B, T, D)
         hidden = hidden.flatten(0, 1).index_select(0, real)  # (N, D)
         if not fused:
-            logits = model.logits(hidden)  # (N, V)
+            logits = calls.logits(hidden)  # (N, V)
             return masked_cross_entropy(logits, target, label_smoothing)  # fp32 softmax inside
     # fast path (train.fused_loss): the same numbers, never all (N, V) logits at once
     dtype = runtime.matmul_dtype(precision)
-    return projected_cross_entropy(hidden, model.out_proj.weight, target, label_smoothing, dtype)
+    weight = calls.out_proj.weight
+    return projected_cross_entropy(hidden, weight, target, label_smoothing, dtype)
 
 
 @torch.no_grad()
 def split_loss(
-    model, split: EncodedSplit, cfg: Config, device: torch.device, precision: ResolvedPrecision
+    model: Transformer,
+    split: EncodedSplit,
+    cfg: Config,
+    device: torch.device,
+    precision: ResolvedPrecision,
 ) -> dict:
     """Per-token negative log-likelihood and `perplexity` of a split, without label smoothing.
 

@@ -14,7 +14,7 @@ from transformer_cli import __version__
 from transformer_cli.core import checkpoint
 from transformer_cli.core.config import to_dict
 from transformer_cli.core.errors import TrainingError
-from transformer_cli.training.distributed import rank_seed
+from transformer_cli.training.distributed import World, rank_seed
 from transformer_cli.training.records import Progress
 from transformer_cli.training.session import Session
 
@@ -41,7 +41,7 @@ def save(session: Session, is_best: bool) -> Path | None:
         "tfx_version": __version__,
         "config": to_dict(trainer.cfg),
         "tokenizer": session.tokenizer.to_bytes(),
-        "model": session.model.state_dict(),
+        "model": trainer.model.state_dict(),
         "optimizer": trainer.optimizer.state_dict(),
         "scaler": trainer.scaler.state_dict() if trainer.scaler is not None else None,
         "progress": dataclasses.asdict(session.progress),
@@ -54,24 +54,31 @@ def save(session: Session, is_best: bool) -> Path | None:
     return checkpoint.save_step(session.run_dir, state, session.progress.step, keep, best=is_best)
 
 
-def restore(session: Session) -> None:
-    """Load the latest good checkpoint: weights, optimizer, scaler, progress and RNG.
+def restore(
+    run_dir: Path,
+    world: World,
+    seed: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+) -> Progress:
+    """Load the latest good checkpoint into the model, optimizer and scaler, put back this
+    rank's RNG, and return the run's progress.
 
     Every rank reads the same file. With the world size it was written with, each rank
     gets its own RNG state back and the run continues exactly. With another size the run
     continues too: the data position counts batches of the epoch's global list, not per
     rank, so it carries over; ranks the checkpoint has no RNG state for start a stream of
-    their own, and a note says the run is no longer bitwise what the old size would give.
+    their own (from `seed`), and a note says the run is no longer bitwise what the old
+    size would give.
     """
-    world = session.world
     warn = _stderr if world.is_main else _quiet
-    path, state = checkpoint.find_resumable(session.run_dir, warn)
-    trainer = session.trainer
-    session.model.load_state_dict(state["model"])
-    trainer.optimizer.load_state_dict(state["optimizer"])
-    if trainer.scaler is not None and state.get("scaler"):
-        trainer.scaler.load_state_dict(state["scaler"])
-    session.progress = Progress(**state["progress"])
+    path, state = checkpoint.find_resumable(run_dir, warn)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    progress = Progress(**state["progress"])
     written = int(state.get("world_size", 1))
     ranks = state.get("rng_ranks") or [state["rng"]]
     if world.rank < len(ranks) and written == world.size:
@@ -79,8 +86,8 @@ def restore(session: Session) -> None:
     elif world.rank == 0:
         checkpoint.restore_rng(state["rng"])
     else:
-        torch.manual_seed(rank_seed(session.cfg.train.seed + session.progress.step, world.rank))
-    warn(f"resuming from {path} at step {session.progress.step}")
+        torch.manual_seed(rank_seed(seed + progress.step, world.rank))
+    warn(f"resuming from {path} at step {progress.step}")
     if written != world.size:
         warn(
             f"note: {path} was written by {written} rank(s) and resumes on {world.size}: the "
@@ -88,6 +95,7 @@ def restore(session: Session) -> None:
             f"update now takes {world.size} x train.accum_steps batches, and dropout draws "
             "differ from a continuation at the old size"
         )
+    return progress
 
 
 def _stderr(message: str) -> None:

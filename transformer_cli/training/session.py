@@ -50,29 +50,40 @@ class StopSignals:
             signal.signal(s, handler)
 
 
+@dataclass(frozen=True)
+class ValidSet:
+    """What validation scores: the valid split, encoded, and its raw reference lines."""
+
+    split: store.EncodedSplit
+    refs: list[str]
+
+
 @dataclass
 class Session:
     """One `tfx train` run: what setup built, and where the loop stands."""
 
     run_dir: Path
     tokenizer: Tokenizer
-    model: Transformer  # the weights saved and validated (the trainer may step a compiled view)
     trainer: Trainer
-    valid: store.EncodedSplit
-    valid_refs: list[str]
+    valid: ValidSet
     progress: Progress
+    settle_every: int = 1  # updates between host reads of `bad` (loop.settle)
+    prefetch: Prefetcher | None = None  # collates the next update's batches ahead
     signals: StopSignals = dataclasses.field(default_factory=StopSignals)
     metrics: MetricsLog = dataclasses.field(init=False)  # set by `opened`, for the loop
     bar: tqdm = dataclasses.field(init=False)  # set by `opened`, for the loop
     window: Window = dataclasses.field(default_factory=Window)
     bad: BadSteps = dataclasses.field(default_factory=BadSteps)  # non-finite updates
-    settle_every: int = 1  # updates between host reads of `bad` (loop.settle)
-    prefetch: Prefetcher | None = None  # collates the next update's batches ahead
     started: float = 0.0  # time.monotonic() at which training time would have been 0
     batches: list[torch.Tensor] = dataclasses.field(default_factory=list)  # this epoch's
     stop_reason: str = ""
     stop_signal: int = 0  # the signal that stopped the run (any rank's), 0 = none
     last_eval_step: int = -1
+
+    @property
+    def model(self) -> Transformer:
+        """The weights trained, saved and validated: the trainer's."""
+        return self.trainer.model
 
     @property
     def cfg(self) -> Config:

@@ -1,11 +1,15 @@
 """One optimizer update: the masked loss of every micro-batch, the gradient of the whole
 group, clipping, the non-finite check, and the step itself.
+
+Setup builds the `Trainer` once, whole (`build_trainer`): the model, the loss of one
+batch as the step runs it, the optimizer and what they need. Nothing changes its fields
+afterwards.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -13,15 +17,20 @@ import torch
 from transformer_cli.core.config import Config, ResolvedPrecision
 from transformer_cli.data import batching, store
 from transformer_cli.model.transformer import Transformer
+from transformer_cli.training import distributed
 from transformer_cli.training.distributed import World
-from transformer_cli.training.loss import batch_loss
+from transformer_cli.training.loss import ModelCalls, batch_loss
+
+# one batch -> its (label-smoothed loss, NLL), each summed over its real target tokens
+LossFn = Callable[[batching.Batch], tuple[torch.Tensor, torch.Tensor]]
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class Trainer:
     """What an update reads and changes; `scaler` is None unless precision is fp16."""
 
-    model: Transformer | CompiledSteps  # what the step calls: may be a compiled view
+    model: Transformer  # the weights: stepped, clipped, saved and validated
+    loss: LossFn  # what the step calls for a batch's loss (`loss_fn`)
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler | None
     split: store.EncodedSplit
@@ -29,8 +38,6 @@ class Trainer:
     device: torch.device
     precision: ResolvedPrecision
     world: World = dataclasses.field(default_factory=World)
-    # `LossModule` under DDP when launched by torchrun; None: the step calls batch_loss itself
-    loss_module: torch.nn.Module | None = None
 
     @property
     def pad_multiple(self) -> int:
@@ -46,43 +53,67 @@ class Trainer:
             for g in group
         ]
 
-    def batch_sums(self, batch: batching.Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(label-smoothed loss, NLL) of `batch`, summed over its real target tokens."""
-        if self.loss_module is not None:
-            return self.loss_module(batch)
-        t = self.cfg.train
-        parts = batch_loss(
-            self.model, batch, t.label_smoothing, self.device, self.precision, t.fused_loss
-        )
+
+def build_trainer(
+    model: Transformer,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    split: store.EncodedSplit,
+    cfg: Config,
+    device: torch.device,
+    precision: ResolvedPrecision,
+    world: World | None = None,
+) -> Trainer:
+    """The trainer of `model`, with its loss of one batch built here, once (`loss_fn`)."""
+    world = world or World()
+    loss = loss_fn(model, cfg, device, precision, world)
+    return Trainer(model, loss, optimizer, scaler, split, cfg, device, precision, world)
+
+
+def loss_fn(
+    model: Transformer,
+    cfg: Config,
+    device: torch.device,
+    precision: ResolvedPrecision,
+    world: World,
+) -> LossFn:
+    """`batch_loss` of one batch through `model`'s calls, compiled under train.compile.
+
+    Launched by torchrun, the function is DistributedDataParallel around it
+    (`LossModule`), which all-reduces the gradients of what it computed.
+    """
+    t = cfg.train
+    calls = ModelCalls.compiled(model) if t.compile else ModelCalls.of(model)
+
+    def sums(batch: batching.Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        parts = batch_loss(calls, batch, t.label_smoothing, device, precision, t.fused_loss)
         return parts.loss, parts.nll
+
+    if not world.launched:
+        return sums
+    return distributed.wrap(LossModule(model, sums), world)
 
 
 class LossModule(torch.nn.Module):
-    """`batch_loss` as a module, so that DistributedDataParallel can wrap it.
+    """A batch's loss as a module that holds `model`, so that DistributedDataParallel can
+    wrap it.
 
-    DDP reduces the gradients of what its wrapped module's forward computed, and the step
-    never calls `Transformer.forward` (see `CompiledSteps`). `calls` is what the loss runs:
-    the model itself or a compiled view of it. It holds no reference back to the Trainer
-    that holds it, so that dropping the trainer frees DDP (and its gloo or NCCL work) at
-    once, before the process group goes.
+    DDP reduces the gradients of what its wrapped module's forward computed (the step
+    never calls `Transformer.forward`), and broadcasts the parameters of the module it
+    wraps. Nothing here refers back to the trainer, so that the trainer's going frees DDP
+    (and its gloo or NCCL work) at once, before the process group goes.
     """
 
-    calls: Transformer | CompiledSteps
-
-    def __init__(self, model: Transformer, calls: Transformer | CompiledSteps, trainer: Trainer):
+    def __init__(self, model: Transformer, loss: LossFn) -> None:
         super().__init__()
         self.model = model  # registered, so DDP finds (and broadcasts) its parameters
-        object.__setattr__(self, "calls", calls)  # not a submodule: a compiled view is not one
-        t = trainer.cfg.train
-        self.settings = (t.label_smoothing, trainer.device, trainer.precision, t.fused_loss)
+        self.loss = loss
 
     def forward(self, batch: batching.Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        smoothing, device, precision, fused = self.settings
-        parts = batch_loss(self.calls, batch, smoothing, device, precision, fused)
-        return parts.loss, parts.nll
+        return self.loss(batch)
 
 
-@dataclass
+@dataclass(frozen=True)
 class StepResult:
     """One update's sums over its real target tokens (of all ranks), and whether it was
     applied. The tensors stay on the training device: reading them is a host sync, which
@@ -92,26 +123,6 @@ class StepResult:
     nll: torch.Tensor  # () the unsmoothed NLL, summed
     tokens: int  # real target tokens
     finite: torch.Tensor  # () bool: True = applied; False = non-finite, weights untouched
-
-    @property
-    def applied(self) -> bool:
-        """Whether the update was applied (reads `finite`: a host sync)."""
-        return bool(self.finite)
-
-
-class CompiledSteps:
-    """The three calls a training step makes, each through torch.compile.
-
-    `torch.compile(model)` would compile `forward` only, which the step never calls: it
-    encodes, decodes to hidden states, and projects just the real positions.
-    """
-
-    def __init__(self, model: Transformer) -> None:
-        self.encode = torch.compile(model.encode, dynamic=True)
-        self.decode_hidden = torch.compile(model.decode_hidden, dynamic=True)
-        self.logits = torch.compile(model.logits, dynamic=True)
-        self.out_proj = model.out_proj  # the fused loss projects in chunks itself
-        self.parameters = model.parameters
 
 
 def make_optimizer(
@@ -172,8 +183,8 @@ def train_step(
         n_tokens = int(world.sum_(torch.tensor([n_tokens]), "the batch's token count"))
     sums = torch.zeros(2, device=trainer.device)  # loss, nll
     for i, batch in enumerate(batches):
-        with world.no_sync(trainer.loss_module, last=i == len(batches) - 1):
-            loss_part, nll_part = trainer.batch_sums(batch)
+        with world.no_sync(trainer.loss, last=i == len(batches) - 1):
+            loss_part, nll_part = trainer.loss(batch)
             loss = loss_part * world.size / n_tokens
             (scaler.scale(loss) if scaler is not None else loss).backward()
         sums += torch.stack([loss_part.detach(), nll_part.detach()])
