@@ -30,6 +30,11 @@ def batch(lengths: list[int], width: int | None = None, seed: int = 0) -> torch.
     return padded(lengths, V, width, seed)
 
 
+def cached_logits(model, tgt_in: Tensor, memory: Tensor, src: Tensor, cache: KVCache) -> Tensor:
+    """(B, T, V) scores of the new tokens `tgt_in`, decoded with `cache`."""
+    return model.logits(kv_cache.cached_hidden(model, tgt_in, memory, src, cache))
+
+
 PATHS = ["math", "sdpa"]
 
 
@@ -210,7 +215,7 @@ def test_cached_decoding_equals_full_decoding(attention, norm):
     cache = KVCache.for_model(model)
     steps = []
     for t in range(tgt.size(1)):
-        step = kv_cache.decode(model, tgt[:, t : t + 1], memory, src, cache)
+        step = cached_logits(model, tgt[:, t : t + 1], memory, src, cache)
         assert step.shape == (3, 1, V)
         steps.append(step)
     assert cache.length == tgt.size(1)
@@ -226,17 +231,17 @@ def test_cached_decoding_after_select_equals_full_decoding_of_the_selected_rows(
     memory = model.encode(src)
     cache = KVCache.for_model(model)
     for t in range(3):
-        kv_cache.decode(model, tgt[:, t : t + 1], memory, src, cache)
+        cached_logits(model, tgt[:, t : t + 1], memory, src, cache)
     index = torch.tensor([2, 0, 2, 3])  # reorder, duplicate, drop row 1
     cache.select(index)
-    assert cache.batch_size == 4
+    assert cache.src_mask.size(0) == 4
     rows = tgt.index_select(0, index)
     # memory and src are owned by the cache now: passing the unselected ones is fine
-    steps = [kv_cache.decode(model, rows[:, t : t + 1], memory, src, cache) for t in range(3, 7)]
+    steps = [cached_logits(model, rows[:, t : t + 1], memory, src, cache) for t in range(3, 7)]
     full = model.decode(rows, memory.index_select(0, index), src.index_select(0, index))
     torch.testing.assert_close(torch.cat(steps, dim=1), full[:, 3:])
     cache.select(torch.tensor([1, 3]))  # shrink
-    last = kv_cache.decode(model, rows[[1, 3], 6:7], memory, src, cache)
+    last = cached_logits(model, rows[[1, 3], 6:7], memory, src, cache)
     assert last.shape == (2, 1, V)
 
 
@@ -250,14 +255,14 @@ def test_reordering_within_sentences_may_leave_the_source_state_alone():
     memory = model.encode(src)
     cache = KVCache.for_model(model)
     for t in range(3):
-        kv_cache.decode(model, tgt[:, t : t + 1], memory, src, cache)
+        cached_logits(model, tgt[:, t : t + 1], memory, src, cache)
     index = torch.tensor([2, 2, 0, 4, 3, 3])  # within sentence 0, within sentence 1
     cross_k, src_mask = cache.layers[0].cross_k, cache.src_mask
     cache.select(index, sources_too=False)
     assert cache.layers[0].cross_k is cross_k  # not copied
     assert cache.src_mask is src_mask
     rows = tgt.index_select(0, index)
-    steps = [kv_cache.decode(model, rows[:, t : t + 1], memory, src, cache) for t in range(3, 6)]
+    steps = [cached_logits(model, rows[:, t : t + 1], memory, src, cache) for t in range(3, 6)]
     full = model.decode(rows, memory, src)  # same sentences in the same rows as before
     torch.testing.assert_close(torch.cat(steps, dim=1), full[:, 3:])
 
@@ -268,8 +273,8 @@ def test_cached_decoding_accepts_several_tokens_at_once():
     src, tgt = batch([5, 3], seed=11), batch([6, 6], seed=12)
     memory = model.encode(src)
     cache = KVCache.for_model(model)
-    first = kv_cache.decode(model, tgt[:, :4], memory, src, cache)
-    rest = kv_cache.decode(model, tgt[:, 4:], memory, src, cache)
+    first = cached_logits(model, tgt[:, :4], memory, src, cache)
+    rest = cached_logits(model, tgt[:, 4:], memory, src, cache)
     torch.testing.assert_close(torch.cat([first, rest], 1), model.decode(tgt, memory, src))
 
 
@@ -278,9 +283,9 @@ def test_cache_rejects_a_batch_it_was_not_selected_to():
     model = model_for()
     src, tgt = batch([3, 3], seed=13), batch([2, 2], seed=14)
     cache = KVCache.for_model(model)
-    kv_cache.decode(model, tgt[:, :1], model.encode(src), src, cache)
+    cached_logits(model, tgt[:, :1], model.encode(src), src, cache)
     with pytest.raises(ValueError, match="select"):
-        kv_cache.decode(model, tgt[:1, 1:2], model.encode(src), src, cache)
+        cached_logits(model, tgt[:1, 1:2], model.encode(src), src, cache)
 
 
 # ----------------------------------------------------------------------------- slot cache
@@ -444,7 +449,7 @@ def test_shapes_and_dtypes_under_bf16_autocast(attention):
         logits = model.logits(hidden)
         logits.float().sum().backward()
         cache = KVCache.for_model(model)
-        step = kv_cache.decode(model, tgt[:, :1], memory, src, cache)
+        step = cached_logits(model, tgt[:, :1], memory, src, cache)
     assert memory.shape == (2, 5, CFG.d_model)
     assert hidden.shape == (2, 4, CFG.d_model)
     assert logits.shape == (2, 4, V)

@@ -53,11 +53,12 @@ class KVCache:
     """State for incremental decoding: feed one new target token per sentence per step.
 
     Make one per batch of sentences with `KVCache.for_model(model)` and pass it to every
-    `decode(model, tgt_in, memory, src, cache)` call of that batch:
+    `cached_hidden(model, tgt_in, memory, src, cache)` call of that batch:
 
     - `tgt_in` is (B, 1), the newest token of each sentence (BOS first); the call
-      returns (B, 1, V) logits for the token after it, equal to the last position of
-      a full `decode` over the whole prefix. Several tokens at once, (B, n), work too.
+      returns (B, 1, D) hidden states, whose logits score the token after it, equal to
+      the last position of a full `model.decode_hidden` over the whole prefix. Several
+      tokens at once, (B, n), work too.
     - `length` is the number of target positions already fed; the positional
       encoding of the new tokens starts there.
     - Everything derived from the source is computed at the first call and then
@@ -88,11 +89,6 @@ class KVCache:
         """An empty cache with one layer cache per decoder layer of `model`."""
         return cls(len(model.decoder.layers))
 
-    @property
-    def batch_size(self) -> int | None:
-        """Rows in the cache, or None before the first decode call."""
-        return None if self.src_mask is None else self.src_mask.size(0)
-
     def select(self, index: Tensor, sources_too: bool = True) -> KVCache:
         """Keep (and reorder to) the batch rows `index`, in place; returns self.
 
@@ -106,7 +102,7 @@ class KVCache:
         return self
 
 
-def decode_hidden(
+def cached_hidden(
     model: SearchModel, tgt_in: Tensor, memory: Tensor, src: Tensor, cache: KVCache
 ) -> Tensor:
     """The decoder's hidden states of the new tokens `tgt_in`, after those in `cache`.
@@ -132,10 +128,3 @@ def decode_hidden(
     hidden = model.decoder(x, memory, self_mask, cache.src_mask, cache.layers)
     cache.length += new
     return hidden
-
-
-def decode(
-    model: SearchModel, tgt_in: Tensor, memory: Tensor, src: Tensor, cache: KVCache
-) -> Tensor:
-    """`model.logits(decode_hidden(...))`: (B, T, V) next-token scores of the new tokens."""
-    return model.logits(decode_hidden(model, tgt_in, memory, src, cache))

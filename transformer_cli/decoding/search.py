@@ -75,7 +75,7 @@ def _step_hidden(
     which is what the cache must reproduce (and what the speed benchmark compares to).
     """
     if cache is not None:
-        return kv_cache.decode_hidden(model, tokens, memory, src, cache)[:, -1]
+        return kv_cache.cached_hidden(model, tokens, memory, src, cache)[:, -1]
     return model.decode_hidden(prefix, memory, src)[:, -1]
 
 
