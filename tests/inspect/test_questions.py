@@ -6,6 +6,7 @@ hand with an explicit mask, by autograd's backward(), by a constructed matrix.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -28,7 +29,11 @@ from transformer_cli.inspect.relative import (
     projected_dots,
     trained_positions_view,
 )
-from transformer_cli.inspect.residual import layer_input_gradients, with_and_without
+from transformer_cli.inspect.residual import (
+    layer_input_gradients,
+    residuals_removed,
+    with_and_without,
+)
 from transformer_cli.inspect.subject import fresh_model
 from transformer_cli.model.transformer import Transformer, sinusoidal_table
 from transformer_cli.training.loss import masked_cross_entropy
@@ -157,13 +162,14 @@ def test_without_residuals_the_deep_decoder_loses_its_gradient(norm):
     first_decoder = model.cfg.enc_layers
     assert run["without"][first_decoder] < 1e-3 * run["with"][first_decoder]
     assert run["spread_without"] < 0.1 * run["spread_with"]  # the tokens collapse
-    assert all(layer.residual for layer in model.modules() if hasattr(layer, "residual"))
+    assert not any("forward" in vars(m) for m in model.modules())  # the layers' own again
 
 
 @pytest.mark.parametrize("norm", ["post", "pre"])
-def test_the_residual_switch_removes_exactly_the_x_term(norm):
+def test_removing_the_residuals_removes_exactly_the_x_term(norm):
     torch.manual_seed(0)
-    layer = Transformer(tiny_model_config(norm=norm)).eval().encoder.layers[0]
+    model = Transformer(tiny_model_config(norm=norm)).eval()
+    layer = model.encoder.layers[0]
     x = torch.randn(2, 5, layer.norm1.normalized_shape[0])
     mask = torch.ones(2, 1, 1, 5, dtype=torch.bool)
     with torch.no_grad():
@@ -176,8 +182,37 @@ def test_the_residual_switch_removes_exactly_the_x_term(norm):
             expected_with = layer.norm2(h + layer.ff(h))
             expected_without = layer.norm2(layer.ff(layer.norm1(layer.self_attn(x, mask))))
         torch.testing.assert_close(layer(x, mask), expected_with)
-        layer.residual = False
-        torch.testing.assert_close(layer(x, mask), expected_without)
+        with residuals_removed(model):
+            torch.testing.assert_close(layer(x, mask), expected_without)
+        torch.testing.assert_close(layer(x, mask), expected_with)
+
+
+@pytest.mark.parametrize("norm", ["post", "pre"])
+def test_removing_the_residuals_removes_exactly_the_decoders_x_terms(norm):
+    torch.manual_seed(0)
+    model = Transformer(tiny_model_config(norm=norm)).eval()
+    layer = model.decoder.layers[0]
+    x, memory = torch.randn(2, 4, model.cfg.d_model), torch.randn(2, 5, model.cfg.d_model)
+    self_mask = torch.ones(4, 4, dtype=torch.bool).tril()
+    cross_mask = torch.ones(2, 1, 1, 5, dtype=torch.bool)
+
+    def written_out(x, r: float):
+        """The layer by hand, with r times the x of every x + Sublayer(x)."""
+        attend_self = functools.partial(layer.self_attn, mask=self_mask)
+        attend_source = functools.partial(layer.cross_attn, memory=memory, mask=cross_mask)
+        if norm == "pre":
+            x = r * x + attend_self(layer.norm1(x))
+            x = r * x + attend_source(layer.norm2(x))
+            return r * x + layer.ff(layer.norm3(x))
+        x = layer.norm1(r * x + attend_self(x))
+        x = layer.norm2(r * x + attend_source(x))
+        return layer.norm3(r * x + layer.ff(x))
+
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x, memory, self_mask, cross_mask), written_out(x, 1.0))
+        with residuals_removed(model):
+            got = layer(x, memory, self_mask, cross_mask)
+        torch.testing.assert_close(got, written_out(x, 0.0))
 
 
 def test_residual_command_on_a_config_shows_both_norm_orders(run, tmp_path):

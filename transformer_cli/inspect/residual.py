@@ -2,16 +2,21 @@
 
 A layer computes y = x + F(x), so dy/dx = 1 + F'(x): the gradient reaching a layer's
 input is the one reaching its output plus whatever flows back through F. Without the
-x term (`ResidualLayer.residual = False`, a switch of the model that exists for this
-view alone), every gradient must pass through every sublayer on its way down.
+x term, every gradient must pass through every sublayer on its way down.
 
 The view measures the gradient of the training loss (the model's own `batch_loss`,
 per target token) with respect to each layer's input, captured by hooks on the
 model's layers, on one real batch: as the model is, and with the same weights and
-the residual connections removed.
+the residual connections removed (`residuals_removed`: each layer's forward written
+here without the x term, which the model's own layers never carry).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import MethodType
+from typing import Any
 
 from transformer_cli.core.config import Config
 
@@ -59,22 +64,59 @@ def token_spread(model, src) -> float:
     return sum(spreads) / len(spreads) if spreads else 0.0
 
 
+def encoder_layer_without_residual(layer, x, mask):
+    """`EncoderLayer.forward` with the x of every x + Sublayer(x) removed: (B, S, D)."""
+    drop = layer.dropout
+    if layer.pre_norm:
+        x = drop(layer.self_attn(layer.norm1(x), mask))
+        return drop(layer.ff(layer.norm2(x)))
+    x = layer.norm1(drop(layer.self_attn(x, mask)))
+    return layer.norm2(drop(layer.ff(x)))
+
+
+def decoder_layer_without_residual(layer, x, memory, self_mask, cross_mask, cache=None):
+    """`DecoderLayer.forward` with the x of every x + Sublayer(x) removed: (B, T, D)."""
+    drop = layer.dropout
+    if layer.pre_norm:
+        x = drop(layer.self_attn(layer.norm1(x), self_mask, cache))
+        x = drop(layer.cross_attn(layer.norm2(x), memory, cross_mask, cache))
+        return drop(layer.ff(layer.norm3(x)))
+    x = layer.norm1(drop(layer.self_attn(x, self_mask, cache)))
+    x = layer.norm2(drop(layer.cross_attn(x, memory, cross_mask, cache)))
+    return layer.norm3(drop(layer.ff(x)))
+
+
+@contextmanager
+def residuals_removed(model) -> Iterator[None]:
+    """Within: every layer of `model` computes Sublayer(x) where it computed x + Sublayer(x).
+
+    Each layer's forward is shadowed, on that instance, by the function above for its
+    kind (its hooks still run); on leaving, even by an exception, the shadows are
+    removed and the layers are what they were.
+    """
+    shadowed: list[tuple[Any, Callable[..., Any]]] = [
+        *((layer, encoder_layer_without_residual) for layer in model.encoder.layers),
+        *((layer, decoder_layer_without_residual) for layer in model.decoder.layers),
+    ]
+    try:
+        for layer, forward in shadowed:
+            layer.forward = MethodType(forward, layer)
+        yield
+    finally:
+        for layer, _ in shadowed:
+            vars(layer).pop("forward", None)
+
+
 def with_and_without(model, batch, label_smoothing: float) -> dict:
     """Gradients and the encoder's token spread with the residual connections, and
     with them removed."""
-    layers = [*model.encoder.layers, *model.decoder.layers]
     result = {
         "with": layer_input_gradients(model, batch, label_smoothing),
         "spread_with": token_spread(model, batch.src),
     }
-    try:
-        for layer in layers:
-            layer.residual = False
+    with residuals_removed(model):
         result["without"] = layer_input_gradients(model, batch, label_smoothing)
         result["spread_without"] = token_spread(model, batch.src)
-    finally:
-        for layer in layers:
-            layer.residual = True
     return result
 
 

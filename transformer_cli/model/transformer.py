@@ -87,21 +87,7 @@ class FeedForward(nn.Sequential):
         )
 
 
-class ResidualLayer(nn.Module):
-    """A layer whose sublayers each sit on a residual connection, x + Sublayer(x).
-
-    `residual = False` drops the x of every x + Sublayer(x) in the layer. It exists only
-    for `tfx inspect residual`, which shows the gradients with and without the path.
-    """
-
-    residual = True
-
-    def skip(self, x: Tensor) -> Tensor:
-        """The residual term x, or zeros when the connection is switched off."""
-        return x if self.residual else torch.zeros_like(x)
-
-
-class EncoderLayer(ResidualLayer):
+class EncoderLayer(nn.Module):
     """Self-attention, then feed-forward; each wrapped in a residual and LayerNorm.
 
     Post-norm, LayerNorm(x + Dropout(Sublayer(x))), is the paper's (section 3.1 and
@@ -127,15 +113,15 @@ class EncoderLayer(ResidualLayer):
         Returns:
             (B, S, D).
         """
-        skip, drop = self.skip, self.dropout
+        drop = self.dropout
         if self.pre_norm:
-            x = skip(x) + drop(self.self_attn(self.norm1(x), mask))
-            return skip(x) + drop(self.ff(self.norm2(x)))
-        x = self.norm1(skip(x) + drop(self.self_attn(x, mask)))
-        return self.norm2(skip(x) + drop(self.ff(x)))
+            x = x + drop(self.self_attn(self.norm1(x), mask))
+            return x + drop(self.ff(self.norm2(x)))
+        x = self.norm1(x + drop(self.self_attn(x, mask)))
+        return self.norm2(x + drop(self.ff(x)))
 
 
-class DecoderLayer(ResidualLayer):
+class DecoderLayer(nn.Module):
     """Masked self-attention, cross-attention, feed-forward; each with residual and norm."""
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -169,14 +155,14 @@ class DecoderLayer(ResidualLayer):
         Returns:
             (B, T, D).
         """
-        skip, drop = self.skip, self.dropout
+        drop = self.dropout
         if self.pre_norm:
-            x = skip(x) + drop(self.self_attn(self.norm1(x), self_mask, cache))
-            x = skip(x) + drop(self.cross_attn(self.norm2(x), memory, cross_mask, cache))
-            return skip(x) + drop(self.ff(self.norm3(x)))
-        x = self.norm1(skip(x) + drop(self.self_attn(x, self_mask, cache)))
-        x = self.norm2(skip(x) + drop(self.cross_attn(x, memory, cross_mask, cache)))
-        return self.norm3(skip(x) + drop(self.ff(x)))
+            x = x + drop(self.self_attn(self.norm1(x), self_mask, cache))
+            x = x + drop(self.cross_attn(self.norm2(x), memory, cross_mask, cache))
+            return x + drop(self.ff(self.norm3(x)))
+        x = self.norm1(x + drop(self.self_attn(x, self_mask, cache)))
+        x = self.norm2(x + drop(self.cross_attn(x, memory, cross_mask, cache)))
+        return self.norm3(x + drop(self.ff(x)))
 
 
 class Encoder(nn.Module):
