@@ -201,8 +201,42 @@ def train_step(
 
 def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
     """Whether `optimizer` can skip an update on the device (`found_inf`): the fused
-    Adam and AdamW kernels can; the others need the host to decide."""
-    return bool(optimizer.defaults.get("fused"))
+    Adam and AdamW kernels can, where this torch's do (`honours_found_inf`); the others
+    need the host to decide."""
+    if not optimizer.defaults.get("fused"):
+        return False
+    key = (type(optimizer), optimizer.param_groups[0]["params"][0].device)
+    if key not in _HONOURS_FOUND_INF:
+        _HONOURS_FOUND_INF[key] = honours_found_inf(*key)
+    return _HONOURS_FOUND_INF[key]
+
+
+_HONOURS_FOUND_INF: dict[tuple[type[torch.optim.Optimizer], torch.device], bool] = {}
+
+
+def honours_found_inf(cls: type[torch.optim.Optimizer], device: torch.device) -> bool:
+    """Whether the fused step of `cls` on `device` leaves a weight, its moments and its
+    step count as they were where `found_inf` is 1.
+
+    `found_inf` is how GradScaler has the fused optimizers skip an update, and no torch
+    documentation promises it to anyone else; one update of a one-element weight tells,
+    once per optimizer class and device.
+    """
+    weight = torch.nn.Parameter(torch.ones(1, device=device))
+    weight.grad = torch.ones(1, device=device)
+    try:
+        probe = cls([weight], lr=1.0, fused=True)  # type: ignore[call-arg]
+        probe.found_inf = torch.ones((), device=device)  # type: ignore[attr-defined]
+        probe.step()
+    except (RuntimeError, TypeError):
+        return False
+    state = probe.state[weight]
+    moments = [v for k, v in state.items() if k != "step" and torch.is_tensor(v)]
+    return (
+        bool((weight == 1).all())
+        and float(state.get("step", 0)) == 0
+        and not any(bool(m.any()) for m in moments)
+    )
 
 
 def apply_if_finite(
@@ -241,4 +275,14 @@ def grad_norm(params: list[torch.nn.Parameter], clip_norm: float) -> torch.Tenso
     """
     if clip_norm > 0:
         return torch.nn.utils.clip_grad_norm_(params, clip_norm)
-    return torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    grads = [p.grad for p in params if p.grad is not None]
+    total_norm = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6
+    return total_norm(grads) if total_norm is not None else norm_of_norms(grads)
+
+
+def norm_of_norms(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The L2 norm of all of `grads` as one vector: `get_total_norm` for the torch
+    releases that lack it."""
+    if not grads:
+        return torch.tensor(0.0)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
