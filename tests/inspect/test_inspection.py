@@ -322,7 +322,7 @@ def test_cross_attention_rows_are_distributions_over_the_source(loaded, head):
     assert view.out_pieces[: len(hyp)] == tokenizer.tgt_pieces(hyp)
     assert len(view.out_pieces) == min(len(hyp) + 1, model.cfg.max_positions)
     assert view.translation == tokenizer.decode_tgt([hyp])[0]
-    assert not model.decoder.layers[0].cross_attn.need_weights  # recording switched off again
+    assert not any(m._forward_hooks for m in model.modules())  # the recording hooks removed
 
 
 def test_self_attention_is_causal_and_sums_to_one(loaded):
@@ -344,13 +344,9 @@ def test_attention_is_the_teacher_forced_models_own(loaded):
     )
     src = torch.tensor(tokenizer.encode_src([SENTENCE]))
     tgt_in = torch.tensor([[BOS_ID, *view.hypothesis]])[:, : model.cfg.max_positions]
-    model.record_attention(True)
-    try:
-        with torch.no_grad():
-            model(src, tgt_in)
-        expected = model.cross_attention_weights()[-1][0, 1]  # (T, S) of head 1
-    finally:
-        model.record_attention(False)
+    with torch.no_grad(), attention_maps.recorded_attention(model) as weights:
+        model(src, tgt_in)
+    expected = weights[model.decoder.layers[-1].cross_attn][0, 1]  # (T, S) of head 1
     assert torch.equal(view.weights, expected)
 
 

@@ -14,7 +14,6 @@ import torch
 from torch import Tensor
 
 from transformer_cli.decoding.protocol import SearchModel
-from transformer_cli.model.attention import Core
 from transformer_cli.model.masks import causal_mask, padding_mask
 
 
@@ -36,10 +35,6 @@ class LayerCache:
             v = torch.cat([self.self_v, v], dim=2)
         self.self_k, self.self_v = k, v
         return k, v
-
-    def attend(self, core: Core, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
-        """The attention core over these keys and values, unchanged: (B, H, T, K)."""
-        return core(q, k, v, mask)
 
     def select(self, index: Tensor, sources_too: bool = True) -> None:
         names = self.__slots__ if sources_too else ("self_k", "self_v")

@@ -33,7 +33,6 @@ import typing
 import torch
 from torch import Tensor
 
-from transformer_cli.model.attention import Core
 from transformer_cli.model.masks import padding_mask, prefix_mask
 from transformer_cli.model.transformer import DecoderLayer, Transformer
 
@@ -90,17 +89,6 @@ class SlotLayerCache:
         # (W,N,H,K) -> (N,H,W,K): a view, which matmul folds into (N*H, W, K) without a copy
         return self.self_k[:width].permute(1, 2, 0, 3), self.self_v[:width].permute(1, 2, 0, 3)
 
-    def attend(self, core: Core, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
-        """The attention core in the keys' and values' type (see `SlotCache.dtype`).
-
-        Autocast would cast fp32 keys and values back down to bf16, copying them at every
-        step: the queries are brought up to their type instead.
-        """
-        if q.dtype == k.dtype:
-            return core(q, k, v, mask)
-        with torch.autocast(q.device.type, enabled=False):
-            return core(q.to(k.dtype), k, v, mask)
-
 
 class SlotCache:
     """Per-slot positions, keys and values; see the module docstring.
@@ -129,7 +117,8 @@ class SlotCache:
 
         On the CPU, a bf16 matmul copies strided inputs (the filled prefix of a buffer
         is one) before it starts, and at one query per slot the copy costs more than
-        the product; fp32 keys and values are read in place.
+        the product; fp32 keys and values are read in place. Attention brings the
+        queries to the keys' type (`model.attention.Attention._attend`).
         """
         low = t.dtype in (torch.bfloat16, torch.float16)
         return torch.float32 if low and self.device.type == "cpu" else t.dtype

@@ -1,12 +1,14 @@
 """Attention maps of one translation: `tfx translate --plot-attention` and `tfx inspect attention`.
 
-The weights are the model's own: greedy decoding, then one teacher-forced pass with
-`Transformer.record_attention()` on, which stores every attention module's probabilities.
+The weights are the model's own: greedy decoding, then one teacher-forced pass inside
+`recorded_attention`, whose forward hooks keep every attention's probabilities.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,25 +97,64 @@ def _check_choice(layer: int, head: int | None, layers: int, heads: int) -> None
         raise ConfigError(f"--head {head}: each layer has {heads} heads (0..{heads - 1}, or mean)")
 
 
+@contextmanager
+def recorded_attention(model) -> Iterator[dict]:
+    """Within: each attention module of `model` computes eq. 1 written out (`attend_math`),
+    whatever its configured path (the fused kernel never forms the probabilities), and
+    its last probabilities (B, H, T, S), detached, are kept by module in the dict given.
+
+    Forward hooks on every `Attention.scaled_dot_product`; they are removed on leaving,
+    even by an exception, and nothing of the model is changed.
+    """
+    from transformer_cli.model.attention import Attention, attend_math
+
+    weights: dict = {}
+
+    def keep(attention):
+        def hook(core, args, _fused):
+            q, k, v, mask = args
+            out, probs = attend_math(q, k, v, mask, core.dropout if core.training else 0.0)
+            weights[attention] = probs.detach()
+            return out  # the math path's output replaces the configured path's
+
+        return hook
+
+    handles = [
+        module.scaled_dot_product.register_forward_hook(keep(module))
+        for module in model.modules()
+        if isinstance(module, Attention)
+    ]
+    try:
+        yield weights
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def evaluating(model) -> Iterator[None]:
+    """Within: `model` in eval mode; on leaving, every module in the mode it was in."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
 def _recorded(model, src, tgt_in, layer: int, self_attention: bool):
     """One teacher-forced pass with attention recorded: that layer's (H, T, S) weights,
     and the piece predicted after the last input."""
     import torch
 
-    was_training = model.training
-    model.eval()
-    model.record_attention(True)
-    try:
-        with torch.no_grad():
-            memory = model.encode(src)
-            hidden = model.decode_hidden(tgt_in, memory, src)  # (1, T, D)
-            last = model.logits(hidden[0, -1]).argmax().item()
-        block = model.decoder.layers[layer]
-        attn = block.self_attn if self_attention else block.cross_attn
-        return attn.last_weights[0].float().cpu(), last  # (H, T, S)
-    finally:
-        model.record_attention(False)
-        model.train(was_training)
+    with evaluating(model), recorded_attention(model) as weights, torch.no_grad():
+        memory = model.encode(src)
+        hidden = model.decode_hidden(tgt_in, memory, src)  # (1, T, D)
+        last = model.logits(hidden[0, -1]).argmax().item()
+    block = model.decoder.layers[layer]
+    attn = block.self_attn if self_attention else block.cross_attn
+    return weights[attn][0].float().cpu(), last  # (H, T, S)
 
 
 def plot_translation_attention(

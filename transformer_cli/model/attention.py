@@ -5,21 +5,23 @@ B batch, H heads, T query len, S key len, K head dim (D / H), D model dim
 Eq. 1, softmax(Q K^T / sqrt(d_k)) V, is written out in `attend_math`, which can also
 hand back the attention probabilities. The same weights can instead run through torch's
 fused kernel (`fast/sdpa.py`, chosen by `ModelConfig.attention`); tests prove the two
-paths equal. Masks come from `masks.py` (True = may attend).
+paths equal. Eq. 1 is a module of its own, `ScaledDotProduct` (the left of the paper's
+figure 2), inside each multi-head attention. Masks come from `masks.py` (True = may
+attend).
 
 The projections keep the weight layout of `torch.nn.MultiheadAttention`: the fused
 `in_proj` of self-attention is its `in_proj_weight` (rows: Q, then K, then V), and
 cross-attention's `q_proj` / `kv_proj` are that matrix's first third / last two thirds.
 
-Incremental decoding hands each layer a cache (`LayerState`): self-attention appends
-its new keys and values to it, cross-attention computes the source's keys and values
-once and keeps them there. The caches themselves live in `decoding/`.
+Incremental decoding hands each layer a cache (`LayerState`), which only stores tensors:
+self-attention appends its new keys and values to it, cross-attention computes the
+source's keys and values once and keeps them there. The caches themselves live in
+`decoding/`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -30,21 +32,19 @@ from transformer_cli.fast import sdpa
 
 PATHS = ("auto", "sdpa", "math")
 
-Core = Callable[[Tensor, Tensor, Tensor, "Tensor | None"], Tensor]
-
 
 class LayerState(Protocol):
-    """What a decoding cache holds for one decoder layer (see decoding/kv_cache.py)."""
+    """What a decoding cache stores for one decoder layer (see decoding/kv_cache.py).
+
+    It may keep keys and values in a wider type than the queries come in; attention then
+    runs in the keys' type (`Attention._attend`).
+    """
 
     cross_k: Tensor | None  # (B, H, S, K): the source's keys, once computed
     cross_v: Tensor | None
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Add the new positions' keys and values (B, H, T, K); return all of them."""
-        ...
-
-    def attend(self, core: Core, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
-        """Run the attention `core` over the cached keys and values: (B, H, T, K)."""
         ...
 
 
@@ -75,32 +75,47 @@ def attend_math(
     return probs @ v, probs  # (B,H,T,S) @ (B,H,S,K) -> (B,H,T,K)
 
 
-class Attention(nn.Module):
-    """What self- and cross-attention share: heads, the two paths, the output projection.
+class ScaledDotProduct(nn.Module):
+    """Eq. 1 for every head at once, by the configured path; no parameters of its own."""
 
-    To read the attention probabilities, set `need_weights = True` (or call
-    `Transformer.record_attention()`): every forward then takes the math path,
-    whatever the configured one (the fused kernel never forms the probabilities),
-    and stores them, detached, in `last_weights` with shape (B, H, T, S).
-    """
+    def __init__(self, dropout: float, path: str = "auto") -> None:
+        super().__init__()
+        if path not in PATHS:
+            raise ValueError(f"attention path must be one of {', '.join(PATHS)}, got {path!r}")
+        self.dropout = dropout
+        self.path = path
+
+    def uses_sdpa(self, device: torch.device) -> bool:
+        """Whether attention on `device` goes through the fused kernel (`path` resolved)."""
+        return sdpa.chosen(self.path, device)
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        """softmax(Q K^T / sqrt(d_k)) V, dropout on the probabilities while training.
+
+        Args:
+            q: (B, H, T, K); k, v: (B, H, S, K).
+            mask: bool, broadcastable to (B, H, T, S), True = may attend; or None.
+        Returns:
+            (B, H, T, K).
+        """
+        dropout_p = self.dropout if self.training else 0.0
+        # fast path: the fused kernel (fast/sdpa.py), equal to attend_math in tests
+        if self.uses_sdpa(q.device):
+            return sdpa.attend(q, k, v, mask, dropout_p)
+        return attend_math(q, k, v, mask, dropout_p)[0]
+
+
+class Attention(nn.Module):
+    """What self- and cross-attention share: heads, eq. 1, the output projection (eq. 4)."""
 
     def __init__(self, d_model: int, heads: int, dropout: float, path: str = "auto") -> None:
         super().__init__()
         if d_model % heads != 0:
             raise ValueError(f"heads ({heads}) must divide d_model ({d_model})")
-        if path not in PATHS:
-            raise ValueError(f"attention path must be one of {', '.join(PATHS)}, got {path!r}")
         self.heads = heads
         self.head_dim = d_model // heads
-        self.dropout = dropout
-        self.path = path
+        self.scaled_dot_product = ScaledDotProduct(dropout, path)
         self.out_proj = nn.Linear(d_model, d_model)
-        self.need_weights = False
-        self.last_weights: Tensor | None = None
-
-    def uses_sdpa(self, device: torch.device) -> bool:
-        """Whether attention on `device` goes through the fused kernel (`path` resolved)."""
-        return sdpa.chosen(self.path, device)
 
     def _heads(self, x: Tensor) -> tuple[Tensor, ...]:
         """Split a fused projection into tensors of heads.
@@ -119,30 +134,21 @@ class Attention(nn.Module):
             for t in x.split(d, dim=-1)  # (B,L,p*D) -> p x (B,L,D)
         )
 
-    def _attend(
-        self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, cache: LayerState | None
-    ) -> Tensor:
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
         """Attention over heads, heads concatenated, output projection: (B, T, D)."""
-        if cache is None:
-            out = self._heads_attend(q, k, v, mask)
+        if q.dtype == k.dtype:
+            out = self.scaled_dot_product(q, k, v, mask)
         else:
-            out = cache.attend(self._heads_attend, q, k, v, mask)
+            # keys and values kept in another type than the queries come in (a cache may
+            # keep them wider than autocast's): attend in the keys' type, with autocast
+            # off, which would otherwise cast every kept key again at every call
+            with torch.autocast(q.device.type, enabled=False):
+                out = self.scaled_dot_product(q.to(k.dtype), k, v, mask)
         B, H, T, K = out.shape
         # Concat(head_1, ..., head_h) of eq. 4; a view when the kernel already wrote
         # its output as (B, T, H, K), which the fused CPU kernel does
         out = out.transpose(1, 2).reshape(B, T, H * K)  # (B,H,T,K) -> (B,T,H,K) -> (B,T,D)
         return self.out_proj(out)
-
-    def _heads_attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
-        """Every head's attention output, by the configured path: (B, H, T, K)."""
-        dropout_p = self.dropout if self.training else 0.0
-        # fast path: the fused kernel (fast/sdpa.py), equal to attend_math in tests
-        if self.uses_sdpa(q.device) and not self.need_weights:
-            return sdpa.attend(q, k, v, mask, dropout_p)
-        out, probs = attend_math(q, k, v, mask, dropout_p)
-        if self.need_weights:
-            self.last_weights = probs.detach()
-        return out
 
 
 class SelfAttention(Attention):
@@ -165,7 +171,7 @@ class SelfAttention(Attention):
         q, k, v = self._heads(self.in_proj(x))  # (B,T,3D) -> 3 x (B,H,T,K)
         if cache is not None:
             k, v = cache.append(k, v)
-        return self._attend(q, k, v, mask, cache)
+        return self._attend(q, k, v, mask)
 
 
 class CrossAttention(Attention):
@@ -202,7 +208,7 @@ class CrossAttention(Attention):
                 assert memory is not None, "the first decoding step needs the memory"
                 cache.cross_k, cache.cross_v = self.keys_values(memory)
             k, v = cache.cross_k, cache.cross_v
-        return self._attend(q, k, v, mask, cache)
+        return self._attend(q, k, v, mask)
 
     def keys_values(self, memory: Tensor) -> tuple[Tensor, Tensor]:
         """The keys and values of `memory` (B, S, D), to cache: 2 x (B, H, S, K), contiguous.

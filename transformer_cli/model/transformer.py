@@ -19,7 +19,6 @@ keys and values (`attention.LayerState`); the caches, and decoding with them, li
 from __future__ import annotations
 
 import math
-import typing
 from collections.abc import Sequence
 
 import torch
@@ -29,7 +28,7 @@ from transformer_cli.core.config import ModelConfig
 
 # fast path: a cheaper dropout mask on the CPU, equal in distribution to nn.Dropout
 from transformer_cli.fast.dropout import Dropout
-from transformer_cli.model.attention import Attention, CrossAttention, LayerState, SelfAttention
+from transformer_cli.model.attention import CrossAttention, LayerState, SelfAttention
 from transformer_cli.model.masks import decoder_mask, padding_mask
 
 
@@ -322,23 +321,3 @@ class Transformer(nn.Module):
             (B, T, V) logits for the next token at each target position.
         """
         return self.decode(tgt_in, self.encode(src), src)
-
-    def record_attention(self, on: bool = True) -> None:
-        """Make every attention module keep its probabilities in `last_weights`.
-
-        While on, attention takes the math path (slower; for inspection and plots).
-        """
-        for module in self.modules():
-            if isinstance(module, Attention):
-                module.need_weights = on
-                module.last_weights = None
-
-    def cross_attention_weights(self) -> list[Tensor | None]:
-        """Each decoder layer's last cross-attention probabilities, (B, H, T, S).
-
-        Filled by forward/decode calls made after `record_attention()`; with a
-        cache, each call overwrites them with its own step's (B, H, 1, S).
-        """
-        # nn.ModuleList gives its items as nn.Module: name their class for the checker
-        layers = typing.cast("list[DecoderLayer]", list(self.decoder.layers))
-        return [layer.cross_attn.last_weights for layer in layers]
