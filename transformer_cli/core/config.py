@@ -107,7 +107,9 @@ class TrainConfig:
     compile: bool = False  # run the training step's encode, decode and logits through torch.compile
     threads: int = 0  # 0 = one per core
     batch_tokens: int = 4096  # real (non-pad) target tokens per batch
-    pad_multiple: int = 0  # pad batch lengths to a multiple of this; 0 = auto: 8 on CUDA, else 1
+    # pad batch lengths to a multiple of this, never past model.max_positions;
+    # 0 = auto: 8 on CUDA, else 1
+    pad_multiple: int = 0
     # collate the next update's batches on a background thread (auto: on CUDA, pinned)
     prefetch: Literal["auto", "always", "never"] = "auto"
     accum_steps: int = 1  # batches per optimiser update (gradient accumulation)
