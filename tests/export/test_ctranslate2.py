@@ -51,7 +51,7 @@ def test_greedy_outputs_and_token_scores_are_tfxs(tmp_path, tmp_path_factory, to
 def test_beam_search_agrees_on_most_lines(tmp_path, tmp_path_factory, toy_pairs):
     """With alpha 0 both rank by the log-probability alone, and the two beam searches
     still differ in which candidates they keep (CTranslate2's finds a better one now and
-    then); with alpha > 0 their length penalties differ too (see decoding/ctranslate2.py)."""
+    then); with alpha > 0 their length penalties differ too (see decoding/ct2_backend.py)."""
     checkpoint = trained_tiny(tmp_path_factory, toy_pairs, "post-norm")
     exported = ct2.load_export(ct2_export.export(checkpoint, tmp_path / "ct2"))
     model, _, cfg, sources = sources_of(checkpoint)

@@ -14,12 +14,19 @@ from transformer_cli.core.errors import CheckpointError, ConfigError, DataError
 from transformer_cli.data.tokenizer import Tokenizer
 
 
+def saved_config(holder: dict, path: str | Path, source: str | Path | None = None) -> Config:
+    """The config saved in `holder` (a checkpoint's state, an export's tfx_export.json);
+    CheckpointError naming `path` if this tfx cannot read it. `source`: the file it came
+    from, for the config error's own message (default: `path`)."""
+    try:
+        return config_from_dict(holder["config"], source=f"{source or path} (its config)")
+    except (ConfigError, KeyError) as e:
+        raise CheckpointError(f"{path}: its config does not fit this tfx: {e}") from None
+
+
 def config_and_tokenizer(state: dict, path: str | Path) -> tuple[Config, Tokenizer]:
     """A loaded checkpoint's config and tokenizer; CheckpointError naming `path` if unfit."""
-    try:
-        cfg = config_from_dict(state["config"], source=f"{path} (its config)")
-    except ConfigError as e:
-        raise CheckpointError(f"{path}: its config does not fit this tfx: {e}") from None
+    cfg = saved_config(state, path)
     try:
         tokenizer = Tokenizer.from_bytes(state["tokenizer"])
     except (DataError, TypeError, AttributeError) as e:

@@ -153,7 +153,7 @@ class Tokenizer:
     @classmethod
     def load(cls, run_dir: str | Path) -> Tokenizer:
         """The tokenizer of a prepared run dir (RUN_DIR/cache/spm*.model)."""
-        # the cache dir as cache.cache_dir() names it; that module imports torch, this one must not
+        # the cache dir as store.cache_dir() names it; that module imports torch, this one must not
         directory = Path(run_dir) / "cache"
         names = [JOINT_FILE] if (directory / JOINT_FILE).is_file() else [SRC_FILE, TGT_FILE]
         models = {}

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from transformer_cli.core.config import Config, DecodeConfig
-from transformer_cli.core.config_file import config_from_dict
 from transformer_cli.core.errors import CheckpointError, ConfigError, TfxError
 from transformer_cli.core.specials import BOS, PAD
+from transformer_cli.data.checkpoint_parts import saved_config
 from transformer_cli.data.tokenizer import JOINT_FILE, SRC_FILE, TGT_FILE, Tokenizer
 from transformer_cli.decoding import limits
 
@@ -72,10 +72,7 @@ def load_export(path: str | Path, device: str = "cpu", threads: int = 0) -> Expo
     path = Path(path)
     ctranslate2 = require_ctranslate2()
     info = read_export_info(path)
-    try:
-        cfg = config_from_dict(info["config"], source=f"{path / EXPORT_FILE} (its config)")
-    except (ConfigError, KeyError) as e:
-        raise CheckpointError(f"{path}: its config does not fit this tfx: {e}") from None
+    cfg = saved_config(info, path, source=path / EXPORT_FILE)
     names = [n for n in (JOINT_FILE, SRC_FILE, TGT_FILE) if (path / n).is_file()]
     tokenizer = Tokenizer.from_bytes({n: (path / n).read_bytes() for n in names})
     if device not in ("cpu", "cuda"):

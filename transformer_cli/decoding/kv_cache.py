@@ -1,6 +1,6 @@
 """The decoder's KV cache: incremental decoding, one new token per sentence per step.
 
-B batch, H heads, L cached length, T new positions, K head dim, V vocab
+B batch, H heads, L cached length, T new positions, K head dim, S source len, D model dim
 
 At step t the decoder needs the keys and values of positions 0 .. t of every layer's
 self-attention, and the source's keys and values in every cross-attention. Without a

@@ -1,4 +1,4 @@
-"""Scoring: sacreBLEU/chrF on detokenized text, teacher-forced loss, and `tfx evaluate`."""
+"""`tfx evaluate`: many checkpoints (or exports) scored alike, in one report."""
 
 from __future__ import annotations
 
@@ -17,10 +17,11 @@ from transformer_cli.core.config import (
     DecodeOverrides,
     ResolvedPrecision,
 )
-from transformer_cli.core.errors import CheckpointError, ConfigError, DataError
+from transformer_cli.core.errors import ConfigError, DataError
 from transformer_cli.core.fileio import atomic_write_text
 from transformer_cli.core.table import aligned
 from transformer_cli.data import store
+from transformer_cli.data.checkpoint_parts import saved_config
 from transformer_cli.evaluation import average as average_mod
 from transformer_cli.evaluation.scores import EvalData, score_checkpoint, score_export
 
@@ -116,7 +117,7 @@ def setup(
     cfg_override = load_config(config, list(overrides)) if config is not None else None
     paths = average_mod.expand(checkpoints)
     first_state = _state_of(paths[0])
-    first_cfg = cfg_override or _config_of(first_state, paths[0])
+    first_cfg = cfg_override or saved_config(first_state, paths[0])
     decode_cfg = apply_decode_overrides(first_cfg.decode, decode)
     return Evaluation(
         paths=paths,
@@ -219,15 +220,6 @@ def default_output_dir(first: Path, cfg_override: Config | None) -> Path:
         return Path(cfg_override.run_dir) / "eval"
     run_dir = first.parent.parent if first.parent.name == "checkpoints" else first.parent
     return run_dir / "eval"
-
-
-def _config_of(state: dict, path: Path) -> Config:
-    from transformer_cli.core.config_file import config_from_dict
-
-    try:
-        return config_from_dict(state["config"], source=f"{path} (its config)")
-    except ConfigError as e:
-        raise CheckpointError(f"{path}: its config does not fit this tfx: {e}") from None
 
 
 def _unique(name: str, taken: set[str]) -> str:

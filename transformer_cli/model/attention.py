@@ -139,9 +139,9 @@ class Attention(nn.Module):
         if q.dtype == k.dtype:
             out = self.scaled_dot_product(q, k, v, mask)
         else:
-            # keys and values kept in another type than the queries come in (a cache may
-            # keep them wider than autocast's): attend in the keys' type, with autocast
-            # off, which would otherwise cast every kept key again at every call
+            # fast path (decoding/slots.py: SlotCache.dtype keeps keys and values in fp32
+            # under bf16 on the CPU): attend in the keys' type, with autocast off, which
+            # would otherwise cast every kept key again at every call
             with torch.autocast(q.device.type, enabled=False):
                 out = self.scaled_dot_product(q.to(k.dtype), k, v, mask)
         B, H, T, K = out.shape
