@@ -310,3 +310,13 @@ def nan_on(updates: set[int], monkeypatch) -> dict:
 
     monkeypatch.setattr(step, "batch_loss", maybe_nan)
     return counter
+
+
+def a_users_directory(root: Path) -> Path:
+    """A directory of the user's own, as reported against `tfx export`: `myproject/`
+    holding thesis.tex and src/notes.txt."""
+    project = root / "myproject"
+    (project / "src").mkdir(parents=True)
+    (project / "thesis.tex").write_text("\\chapter{Results}\n")
+    (project / "src" / "notes.txt").write_text("remember the baseline\n")
+    return project

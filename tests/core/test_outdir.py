@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import error_of
+from helpers import a_users_directory, error_of
 
 from transformer_cli.core import outdir
 from transformer_cli.core.errors import TfxError
@@ -51,15 +51,6 @@ def snapshot(directory: Path) -> dict[str, bytes]:
 
 def siblings(out: Path) -> list[str]:
     return sorted(p.name for p in out.parent.iterdir() if p.name != out.name)
-
-
-def a_users_directory(root: Path) -> Path:
-    """The reported case: a project with a thesis and notes."""
-    project = root / "myproject"
-    (project / "src").mkdir(parents=True)
-    (project / "thesis.tex").write_text("\\chapter{Results}\n")
-    (project / "src" / "notes.txt").write_text("remember the baseline\n")
-    return project
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import assert_one_line_error, cli, make_tiny_run
+from helpers import a_users_directory, assert_one_line_error, cli, make_tiny_run
 
 from transformer_cli.core.errors import TfxError
 from transformer_cli.decoding import ct2_backend as ct2
@@ -36,15 +36,6 @@ def snapshot(directory: Path) -> dict[str, bytes]:
         for p in sorted(directory.rglob("*"))
         if p.is_file()
     }
-
-
-def a_users_directory(root: Path) -> Path:
-    """The reported case: `myproject/` holding thesis.tex and src/notes.txt."""
-    project = root / "myproject"
-    (project / "src").mkdir(parents=True)
-    (project / "thesis.tex").write_text("\\chapter{Results}\n")
-    (project / "src" / "notes.txt").write_text("remember the baseline\n")
-    return project
 
 
 def assert_an_export_of(out: Path, to: str) -> None:
