@@ -2,19 +2,62 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from transformer_cli.core import runtime
 from transformer_cli.core.errors import ConfigError
 
+AVX512_BF16 = runtime.CpuMath("avx512_bf16", "AVX512", onednn_bf16=True)
 
-def test_auto_precision_on_cpu_is_fp32_and_fp16_needs_cuda():
+
+def test_auto_on_the_cpu_is_bf16_only_where_bf16_units_may_run():
+    pick = runtime.cpu_auto_precision
+    assert pick(AVX512_BF16) == ("bf16", "auto: the CPU has avx512_bf16")
+    assert pick(runtime.CpuMath("amx_bf16", "AVX512", True))[0] == "bf16"
+    # AVX2-only, or AVX-512 without bf16 instructions: bf16 would be emulated
+    for no_units in ("AVX2", "AVX512"):
+        assert pick(runtime.CpuMath("", no_units, True)) == (
+            "fp32",
+            "auto: no bf16 units in this CPU",
+        )
+    # the units are there, but the environment keeps torch or oneDNN off them
+    capped = pick(runtime.CpuMath("avx512_bf16", "AVX2", True))
+    assert capped[0] == "fp32"
+    assert "ATEN_CPU_CAPABILITY" in capped[1]
+    capped = pick(runtime.CpuMath("avx512_bf16", "AVX512", False))
+    assert capped[0] == "fp32"
+    assert "ONEDNN_MAX_CPU_ISA" in capped[1]
+
+
+@pytest.mark.parametrize("units", ["avx512_bf16", ""])
+def test_an_explicit_precision_wins_and_fp16_needs_cuda(monkeypatch, units):
+    math = runtime.CpuMath(units, "AVX512", True)
+    monkeypatch.setattr(runtime, "cpu_math", lambda: math)
     cpu = torch.device("cpu")
-    assert runtime.resolve_precision("auto", cpu) == "fp32"
+    assert runtime.resolve_precision("auto", cpu) == ("bf16" if units else "fp32")
+    assert runtime.resolve_precision("fp32", cpu) == "fp32"
     assert runtime.resolve_precision("bf16", cpu) == "bf16"
+    assert runtime.precision_reason("fp32", cpu) == ""
+    assert runtime.precision_reason("auto", cpu).startswith("auto: ")
+    assert runtime.resolve_precision("auto", torch.device("mps")) == "fp32"
     with pytest.raises(ConfigError, match="fp16 needs CUDA"):
         runtime.resolve_precision("fp16", cpu)
+
+
+def test_the_emulated_avx2_cpu_reads_as_one():
+    """The variables that emulate an AVX2-only CPU turn `auto` to fp32 in a fresh process."""
+    env = dict(os.environ, ATEN_CPU_CAPABILITY="avx2", ONEDNN_MAX_CPU_ISA="AVX2")
+    code = (
+        "import torch; from transformer_cli.core import runtime as r;"
+        "print(r.resolve_precision('auto', torch.device('cpu')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "fp32", out.stderr
 
 
 def test_a_run_names_its_gpu_or_its_cpu_threads_and_malloc(monkeypatch):
@@ -23,6 +66,9 @@ def test_a_run_names_its_gpu_or_its_cpu_threads_and_malloc(monkeypatch):
     assert gpu == "cuda:3 (Some GPU 80GB, bf16)"  # the index tells the ranks' GPUs apart
     cpu = runtime.describe(torch.device("cpu"), "fp32", 2, "jemalloc")
     assert cpu == "cpu (fp32, 2 threads, jemalloc malloc)"
+    why = "auto: the CPU has avx512_bf16"
+    cpu = runtime.describe(torch.device("cpu"), "bf16", 2, "glibc", why)
+    assert cpu == "cpu (bf16, auto: the CPU has avx512_bf16; 2 threads, glibc malloc)"
     assert runtime.describe(torch.device("mps"), "fp32", 8, "system") == "mps (fp32)"
 
 

@@ -13,7 +13,7 @@ import torch
 from helpers import assert_only_error, cli, make_tiny_run
 
 from transformer_cli import __version__
-from transformer_cli.core import checkpoint
+from transformer_cli.core import checkpoint, runtime
 from transformer_cli.core.checkpoint import load_checkpoint, save_checkpoint
 from transformer_cli.core.config import DecodeOverrides
 from transformer_cli.decoding import loading, translate
@@ -176,9 +176,15 @@ def test_early_stop_flag_reaches_the_beam_search(ckpt, monkeypatch, flag, expect
     assert seen == [expected]
 
 
-@pytest.mark.parametrize(("flag", "expected"), [([], "fp32"), (["--precision", "bf16"], "bf16")])
+@pytest.mark.parametrize(
+    ("flag", "expected"),
+    [([], "auto"), (["--precision", "bf16"], "bf16"), (["--precision", "fp32"], "fp32")],
+)
 def test_precision_flag_reaches_the_decoder(ckpt, monkeypatch, flag, expected):
     from transformer_cli.decoding import runner
+
+    if expected == "auto":  # what the CPU's rule picks here: bf16 only with bf16 units
+        expected = runtime.cpu_auto_precision(runtime.cpu_math())[0]
 
     seen = []
     real = runner.decode_all
@@ -193,7 +199,7 @@ def test_precision_flag_reaches_the_decoder(ckpt, monkeypatch, flag, expected):
     result = cli("translate", ckpt, "--device", "cpu", *flag, input=lines.encode())
     assert result.exit_code == 0, result.output
     assert len(result.stdout.splitlines()) == translate.PACK_MIN_LINES
-    # on the CPU, auto is fp32; the linear layers are packed in the precision's type
+    # the linear layers are packed in the precision's type
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[expected]
     assert seen == [(expected, False, dtype if packing_available("cpu", expected) else None)]
 

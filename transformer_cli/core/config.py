@@ -11,7 +11,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeGuard
 
-# auto: bf16 (or fp16) on CUDA, fp32 elsewhere; resolved by `runtime.resolve_precision`
+# auto: bf16 (or fp16) on CUDA; on the CPU bf16 where it has bf16 matrix units
+# (avx512_bf16 or amx_bf16), else fp32; fp32 on MPS; resolved by `runtime.resolve_precision`
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 ResolvedPrecision = Literal["fp32", "bf16", "fp16"]  # what `auto` becomes on a device
 # auto: CUDA, else Apple's MPS, else the CPU; resolved by `runtime.pick_device`
