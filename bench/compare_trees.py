@@ -25,6 +25,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from machine import cpu_flags
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -55,19 +57,6 @@ def commit(tree: Path) -> str:
         ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     )
     return done.stdout.strip() or "unknown"
-
-
-def cpu_flags() -> list[str]:
-    """The CPU's vector and matrix extensions (lscpu's flags that decide kernel speed)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next(
-        (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")),
-        [],
-    )
-    return sorted(f for f in flags if f.startswith(("avx", "amx", "fma")))
 
 
 def main() -> None:

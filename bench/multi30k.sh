@@ -7,8 +7,11 @@
 #   bash bench/multi30k.sh de_en 12 [--set key=value ...]   # direction, budget in minutes
 #
 # The CPU protocol of ../shared/bench/peers (12 minutes, 2 threads, warmup 400 with the
-# peers' peak learning rate 1.98e-3, bf16 autocast) is:
-#   bash bench/multi30k.sh de_en 12 --set train.precision=bf16
+# peers' peak learning rate 1.98e-3, pre-norm, the precision `auto` picks) is:
+#   bash bench/multi30k.sh de_en 12 --set model.norm=pre
+# An AVX2-only CPU, emulated on a newer one (the JSON records the variables):
+#   ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
+#     bash bench/multi30k.sh de_en 12 --set model.norm=pre
 # Data: DATA=../shared/data/multi30k by default. Keep the machine otherwise idle.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,7 +34,8 @@ rm -rf "$RUN"
 commit=$(git rev-parse --short HEAD)
 "$TFX" prepare --config "$CONFIG" "${sets[@]}"
 /usr/bin/time -v -o "$OUT/multi30k_${DIR}.train.time" \
-  "$TFX" train --config "$CONFIG" "${sets[@]}" | tee "$OUT/multi30k_${DIR}.train.log"
+  "$TFX" train --config "$CONFIG" "${sets[@]}" 2> >(tee "$OUT/multi30k_${DIR}.train.err" >&2) \
+  | tee "$OUT/multi30k_${DIR}.train.log"
 for beam in 1 5; do
   "$TFX" evaluate "$RUN/checkpoints/" --average 3 \
     --config "$CONFIG" "${sets[@]}" --split test --beam "$beam" --max-len-a 1.5 --max-len-b 10 \

@@ -17,6 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from machine import cpu_record
+
 
 def main() -> None:
     direction, run, out, minutes, *overrides = sys.argv[1:]
@@ -38,13 +40,21 @@ def main() -> None:
         for prev, r in zip([0, *ends], steps, strict=False)
         if not any(prev <= v < r["step"] for v in eval_steps)
     ]
+    # the first line of `tfx train` (its stderr) names the precision that ran, and why
+    err = Path(f"{out}/multi30k_{direction}.train.err")
+    where = re.search(
+        r" on \w+ \((\w+)(?:, (auto: [^;]+);)?", err.read_text() if err.exists() else ""
+    )
     result = {
         "direction": direction,
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()}, {subprocess.getoutput('nproc')} cores",
+        **cpu_record(),
         # the commit that trained (multi30k.sh records it at the start), else HEAD
         "commit": os.environ.get("COMMIT") or subprocess.getoutput("git rev-parse --short HEAD"),
         "budget_minutes": float(minutes),
+        "precision": where.group(1) if where else None,
+        "precision_reason": where.group(2) if where else None,
         "steps": steps[-1]["step"] if steps else 0,
         "train_seconds": steps[-1]["elapsed"] if steps else 0,
         "tokens_per_s_mean": round(len(rates) / sum(1 / r for r in rates)) if rates else 0,

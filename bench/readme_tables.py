@@ -295,7 +295,7 @@ def side_by_side(tfx: dict, onmt: dict, speed: dict | None) -> list[str]:
     if speed:
         flops = speed["rows"][0]["flops_per_token"]
         peaks = speed["matmul_peak_gflops"]
-        ours = precision_of(tfx.get("overrides", ""))
+        ours = tfx.get("precision") or precision_of(tfx.get("overrides", ""))
 
         def mfu(rate: float, precision: str) -> str:
             return f"{rate * flops / 1e9 / peaks[precision]:.0%} ({precision})"
@@ -317,46 +317,75 @@ def precision_of(overrides: str) -> str:
     return match.group(1) if match and match.group(1) != "auto" else "fp32"
 
 
-def headline(tfx: dict, onmt: dict, race: dict | None, gpu: dict | None) -> list[str]:
-    """The README's table: tfx beside OpenNMT-py on the 12-minute CPU protocol."""
-    greedy = max(tfx["test"]["beam1"]["results"], key=lambda r: r["bleu"])
-    rows = [
-        ("training, real target tokens/s", tfx["tokens_per_s_mean"], onmt["tok_s"], "{:,.0f}"),
-        ("training, peak RSS (GiB)", tfx["peak_rss_gib"], onmt["time"]["rss_gib"], "{:.2f}"),
-        (
-            "test_2016 BLEU after 12 minutes, greedy",
-            greedy["bleu"],
-            onmt["beam1"]["bleu"],
-            "{:.2f}",
-        ),
-    ]
+# the 12-minute protocol on each CPU kind: (tfx's result, OpenNMT-py's, run right after it)
+PAIRS = [("multi30k_de_en", "peer_onmt"), ("multi30k_de_en_avx2", "peer_onmt_avx2")]
+
+
+def pairs() -> list[tuple[dict, dict]]:
+    """The protocol's pairs that have both results."""
+    loaded = [(load(t), load(o)) for t, o in PAIRS]
+    return [(t, o) for t, o in loaded if t and o]
+
+
+def tfx_precision(tfx: dict) -> str:
+    """The precision a protocol run trained in, and whether `auto` chose it."""
+    if tfx.get("precision"):
+        return tfx["precision"] + (" (auto)" if tfx.get("precision_reason") else "")
+    return precision_of(tfx.get("overrides", ""))
+
+
+def headline(
+    runs: list[tuple[dict, dict]], race: dict | None, gpu: dict | None, recipe: dict | None
+) -> list[str]:
+    """The README's table: tfx beside OpenNMT-py on the 12-minute CPU protocol, per CPU."""
+    tfx, onmt = runs[0]
     lines = [
-        f"Multi30k de->en on one CPU machine ({tfx['machine']}, {tfx['date']}), the model of "
-        "`configs/multi30k_de_en.yaml`, 12 minutes of training each, one tool after "
-        f"the other: tfx at commit {tfx['commit']} (`bash bench/multi30k.sh de_en "
-        f"{tfx['budget_minutes']:g} {tfx.get('overrides', '')}`) and OpenNMT-py {onmt['version']} "
-        f"in {ONMT_PRECISION} (`bash bench/peer_onmt.sh`), with the same data, model size, batch "
-        "and schedule."
+        f"Multi30k de->en, 12 minutes of training on 2 CPU cores ({tfx['date']}), one tool "
+        "right after the other on the same machine: tfx with its defaults (`bash "
+        f"bench/multi30k.sh de_en {tfx['budget_minutes']:g} {tfx.get('overrides', '')}`, "
+        f"commit {tfx['commit']}) and OpenNMT-py {onmt['version']} in {ONMT_PRECISION} "
+        "(`bash bench/peer_onmt.sh`), with the same data, model (that of "
+        "`configs/multi30k_de_en.yaml`), batch and schedule.",
+        "",
+        "| CPU | tfx precision | tfx tokens/s | OpenNMT-py tokens/s | tfx / OpenNMT-py "
+        "| test_2016 BLEU, tfx | OpenNMT-py |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for tfx, onmt in runs:
+        greedy = max(tfx["test"]["beam1"]["results"], key=lambda r: r["bleu"])
+        ours, theirs = tfx["tokens_per_s_mean"], onmt["tok_s"]
+        lines.append(
+            f"| {flags_of(tfx)} | {tfx_precision(tfx)} | {ours:,.0f} | {theirs:,.0f} | "
+            f"**{ours / theirs:.2f}x** | {greedy['bleu']:.2f} | {onmt['beam1']['bleu']:.2f} |"
+        )
+    tfx, onmt = runs[0]
+    lines += [
+        "",
+        "Tokens/s are real (non-pad) target tokens per second of training; BLEU is greedy, "
+        f"`best.pt`. Peak RSS of training: tfx {tfx['peak_rss_gib']:.2f} GiB, OpenNMT-py "
+        f"{onmt['time']['rss_gib']:.2f} GiB (first row)."
         + (
-            f" Greedy decoding of test_2016 by turns, batch {race['batch']}, each tool in a fresh "
-            f"process (`bench/peer_decode.py`, commit {race['commit']}, {race['date']})."
+            f" Greedy decoding of test_2016 by turns, batch {race['batch']}, each tool in a "
+            f"fresh process (`bench/peer_decode.py`, commit {race['commit']}, {race['date']}): "
+            f"tfx {race['tfx']['sentences_per_s_median']:,.0f} sentences/s, OpenNMT-py "
+            f"{race['onmt']['sentences_per_s_median']:,.0f} ({race['speedup_sentences']}x)."
             if race
             else ""
         ),
-        "",
-        f"| | tfx | OpenNMT-py {onmt['version']} | tfx / OpenNMT-py |",
-        "|---|---|---|---|",
     ]
-    for name, ours, theirs, spec in rows:
-        lines.append(
-            f"| {name} | {spec.format(ours)} | {spec.format(theirs)} | {ours / theirs:.2f}x |"
+    tested = [t for t in (recipe or {}).get("tries", []) if "test" in t]
+    if tested:
+        got = ", ".join(
+            f"{t['test']['beam1']:.2f} on the "
+            + ("emulated AVX2-only CPU" if t["avx2_emulated"] else "first row's CPU")
+            + f" ({t.get('precision', 'fp32')}, {t['updates']} updates)"
+            for t in tested
         )
-    if race:
-        t, o = race["tfx"], race["onmt"]
-        lines.append(
-            f"| greedy decoding, sentences/s | {t['sentences_per_s_median']:,.0f} "
-            f"| {o['sentences_per_s_median']:,.0f} | {race['speedup_sentences']}x |"
-        )
+        lines += [
+            "",
+            "The 12-minute recipe, `configs/multi30k_de_en_cpu12.yaml` (tuned on the validation "
+            f"set), reaches test_2016 greedy BLEU {got}.",
+        ]
     if gpu:
         best = max(gpu["rows"], key=lambda r: r["tokens_per_s"])
         lines += [
@@ -366,6 +395,80 @@ def headline(tfx: dict, onmt: dict, race: dict | None, gpu: dict | None) -> list
             f"{best['tokens_per_s']:,.0f} real target tokens/s ({best['variant']}, its fastest "
             "variant there); OpenNMT-py was not run on it.",
         ]
+    return lines
+
+
+def flags_of(d: dict) -> str:
+    """A run's CPU as the tables name it: model, bf16 flags, and any emulation."""
+    if "cpu_flags" not in d:  # recorded before runs named their CPU
+        return d["machine"]
+    flags = [f for f in d["cpu_flags"] if "bf16" in f or f.startswith("amx")]
+    cpu = d.get("cpu_model") or "CPU"
+    if d.get("cpu_emulation"):
+        caps = " ".join(f"{k}={v}" for k, v in d["cpu_emulation"].items())
+        return f"{cpu} emulating an AVX2-only CPU (`{caps}`)"
+    has = ", ".join(flags) if flags else "no bf16 units"
+    return f"{cpu}, {has}" if "avx512f" in d.get("cpu_flags", []) else f"{cpu}, AVX2, {has}"
+
+
+def cpu_precision(d: dict) -> list[str]:
+    """fp32 against bf16 on the 12-minute protocol, paired, two seeds each."""
+    lines = [
+        "`bash bench/multi30k.sh de_en 12 --set model.norm=pre --set train.precision=P --set "
+        "train.seed=S`: `configs/multi30k_de_en.yaml` pre-norm, warmup 400, peak learning rate "
+        "1.98e-3, 2 threads, `train.max_minutes=12`. One run at a time, alternating fp32 and "
+        f"bf16 ({d['date']}, {d['machine']}, CPU flags {' '.join(d['cpu_flags'])}, torch "
+        f"{d['torch']}); test_2016_flickr BLEU of `best.pt`. Validation loss is compared at "
+        "equal update counts.",
+        "",
+        "| precision | seed | updates | tokens/s | valid loss @200 | @400 | last valid BLEU "
+        "| test greedy (best.pt) | test beam 5 (best.pt) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in d["runs"]:
+        loss = r["valid_loss_by_step"]
+        lines.append(
+            f"| {r['precision']} | {r['seed']} | {r['updates']} | {r['tokens_per_s']:,} | "
+            f"{loss['200']} | {loss['400']} | {r['valid_bleu_last']} | "
+            f"{r['test_bleu_greedy']['best.pt']} | {r['test_bleu_beam5']['best.pt']} |"
+        )
+    return lines
+
+
+def cpu12_recipe(d: dict) -> list[str]:
+    """The tries of the 12-minute recipe by validation BLEU, then the chosen one's test."""
+    lines = [
+        "`bash bench/cpu12_try.sh NAME --set ...` (`AVX2=1` for the emulated AVX2-only CPU): "
+        "`configs/multi30k_de_en_cpu12.yaml` with the settings shown, 12 minutes of "
+        f"`train.max_minutes` on 2 threads, judged on the validation set only ({d['date']}, "
+        f"{d['machine']}, CPU flags {' '.join(d['cpu_flags'])}, torch {d['torch']}). "
+        f"Chosen: **{d['chosen']}**.",
+        "",
+        "| try | CPU | precision | settings | updates | tokens/s | valid loss | valid BLEU |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for t in sorted(d["tries"], key=lambda t: -t["valid_bleu"]):
+        cpu = "AVX2 (emulated)" if t["avx2_emulated"] else "native"
+        sets = t["sets"].replace("--set ", "") or "(the config as it was)"
+        lines.append(
+            f"| {t['name']} | {cpu} | {t.get('precision', 'fp32')} | `{sets}` | {t['updates']} "
+            f"| {t['tokens_per_s']:,.0f} | {t['valid_loss']:.3f} | {t['valid_bleu']:.2f} |"
+        )
+    tested = [t for t in d["tries"] if "test" in t]
+    if tested:
+        lines += [
+            "",
+            "test_2016_flickr, scored once, for the chosen recipe on each CPU kind (`best.pt`):",
+            "",
+            "| try | CPU | precision | updates | test BLEU greedy | test BLEU beam 5 |",
+            "|---|---|---|---|---|---|",
+        ]
+        for t in tested:
+            cpu = "AVX2 (emulated)" if t["avx2_emulated"] else "native"
+            lines.append(
+                f"| {t['name']} | {cpu} | {t.get('precision', 'fp32')} | {t['updates']} | "
+                f"**{t['test']['beam1']:.2f}** | {t['test']['beam5']:.2f} |"
+            )
     return lines
 
 
@@ -384,15 +487,17 @@ PAGE = [
     ("The model step alone on the GPU, bf16", "model_step_bf16_cuda", model_step),
     ("Decoding speed on the CPU", "decode_speed", decode_speed),
     ("Packed linear layers", "linear_packing", linear_packing),
+    ("The CPU's precision in the 12-minute protocol", "cpu_precision_12min", cpu_precision),
+    ("The 12-minute CPU recipe", "cpu12_recipe", cpu12_recipe),
 ]
 
 
 def results_page() -> str:
     blocks = []
-    tfx, onmt = load("multi30k_de_en"), load("peer_onmt")
-    if tfx and onmt:
+    for tfx, onmt in pairs():
         blocks.append(
-            "## tfx beside OpenNMT-py\n\n" + "\n".join(side_by_side(tfx, onmt, load("train_speed")))
+            f"## tfx beside OpenNMT-py: {flags_of(tfx)}\n\n"
+            + "\n".join(side_by_side(tfx, onmt, load("train_speed")))
         )
     for heading, name, render in PAGE:
         d = load(name)
@@ -402,10 +507,10 @@ def results_page() -> str:
 
 
 def readme_table() -> str:
-    tfx, onmt = load("multi30k_de_en"), load("peer_onmt")
-    if not (tfx and onmt):
+    runs = pairs()
+    if not runs:
         return "No results in bench/results/ yet."
-    lines = headline(tfx, onmt, load("peer_decode"), load("train_speed_cuda"))
+    lines = headline(runs, load("peer_decode"), load("train_speed_cuda"), load("cpu12_recipe"))
     return "\n".join(
         lines + ["", "Every table, with how each was measured: [docs/results.md](docs/results.md)."]
     )

@@ -30,6 +30,8 @@ import sys
 import time
 from pathlib import Path
 
+from machine import cpu_record
+
 HERE = Path(__file__).resolve().parent
 # Dense (no sparsity) peak TFLOP/s from NVIDIA's datasheets, keyed by
 # torch.cuda.get_device_name(); the H200 has the H100 SXM's tensor cores and clocks.
@@ -308,6 +310,7 @@ def main() -> None:
         "commit": subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE
         ).stdout.strip(),
+        **cpu_record(),
         "config": args.config,
         "overrides": args.set,
         "matmul_peak_gflops": {k: round(x, 1) for k, x in peaks.items()},

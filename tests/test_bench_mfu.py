@@ -4,6 +4,7 @@ that ran, on the GPU that ran it, and is null (not known) anywhere else."""
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,11 @@ SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "train_speed.py"
 def train_speed():
     spec = importlib.util.spec_from_file_location("train_speed", SCRIPT)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(SCRIPT.parent))  # its sibling `machine`, as `python bench/...` has
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
     return module
 
 
