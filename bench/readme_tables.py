@@ -442,18 +442,22 @@ def cpu12_recipe(d: dict) -> list[str]:
         "`configs/multi30k_de_en_cpu12.yaml` with the settings shown, 12 minutes of "
         f"`train.max_minutes` on 2 threads, judged on the validation set only ({d['date']}, "
         f"{d['machine']}, CPU flags {' '.join(d['cpu_flags'])}, torch {d['torch']}). "
-        f"Chosen: **{d['chosen']}**.",
+        f"Chosen: **{d['chosen']}**. The AVX2 rows are an emulation, not an AVX2-only CPU: "
+        "this CPU with `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 "
+        "MKL_ENABLE_INSTRUCTIONS=AVX2`, under which `auto` picks fp32.",
         "",
         "| try | CPU | precision | settings | updates | tokens/s | valid loss | valid BLEU |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for t in sorted(d["tries"], key=lambda t: -t["valid_bleu"]):
         cpu = "AVX2 (emulated)" if t["avx2_emulated"] else "native"
-        sets = t["sets"].replace("--set ", "") or "(the config as it was)"
+        sets = f"`{t['sets'].replace('--set ', '')}`" if t["sets"] else "(see below)"
         lines.append(
-            f"| {t['name']} | {cpu} | {t.get('precision', 'fp32')} | `{sets}` | {t['updates']} "
+            f"| {t['name']} | {cpu} | {t.get('precision', 'fp32')} | {sets} | {t['updates']} "
             f"| {t['tokens_per_s']:,.0f} | {t['valid_loss']:.3f} | {t['valid_bleu']:.2f} |"
         )
+    notes = [f"- {t['name']}: {t['note']}" for t in d["tries"] if t.get("note")]
+    lines += ["", *notes] if notes else []
     tested = [t for t in d["tries"] if "test" in t]
     if tested:
         lines += [
