@@ -13,7 +13,7 @@ from helpers import nan_on, write_splits
 from typer.testing import CliRunner
 
 from transformer_cli.cli.app import app
-from transformer_cli.core import checkpoint
+from transformer_cli.core import checkpoint, runtime
 from transformer_cli.core.config_file import config_from_dict
 from transformer_cli.core.errors import TrainingError
 from transformer_cli.data import batching, prepare, store
@@ -263,6 +263,9 @@ def test_cli_prepare_and_train_a_few_steps(make_config, tmp_path):
     result = runner.invoke(app, ["train", "--config", str(config_path), *sets])
     assert result.exit_code == 0, result.output
     assert "steps 3" in result.output
+    if runtime.pick_device().type == "cpu":  # the first line says what `auto` chose, and why
+        chosen, why = runtime.cpu_auto_precision(runtime.cpu_math())
+        assert f"on cpu ({chosen}, {why}; " in result.output
     run_dir = tmp_path / "run"
     for name in ("config.yaml", "metrics.jsonl", "checkpoints/last.pt", "checkpoints/best.pt"):
         assert (run_dir / name).is_file(), name

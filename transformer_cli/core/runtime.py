@@ -77,8 +77,8 @@ def cpu_math() -> CpuMath:
 
 def cpu_auto_precision(math: CpuMath) -> tuple[ResolvedPrecision, str]:
     """What `auto` means on this CPU, and why: bf16 where it has bf16 matrix units that
-    torch and oneDNN may use (1.6x fp32's training speed on AVX-512 BF16, more with AMX);
-    fp32 elsewhere, where bf16 products are emulated and slower than fp32's."""
+    torch and oneDNN may use; fp32 elsewhere, where bf16 products are emulated and slower
+    than fp32's (docs/performance.md, "Precision on the CPU")."""
     if not math.bf16_units:
         return "fp32", "auto: no bf16 units in this CPU"
     if not math.kernels.startswith("AVX512"):
