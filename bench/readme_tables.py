@@ -476,6 +476,30 @@ def cpu12_recipe(d: dict) -> list[str]:
     return lines
 
 
+def decode_precision(d: dict) -> list[str]:
+    """bf16 against fp32 decoding: the BLEU difference `auto` is held to, and the speed."""
+    lines = [
+        f"{d['what']} ({d['date']}, commit {d['commit']}, {d['machine']['cpus']} cores, CPU "
+        f"flags {' '.join(d['cpu_flags'])}, torch {d['machine']['torch']}). `decode.precision: "
+        f"auto` takes bf16 where training's does only if bf16 stays within "
+        f"{d['threshold_bleu']} BLEU of fp32 here.",
+        "",
+        "| split | search | fp32 BLEU | bf16 BLEU | bf16 - fp32 | fp32 sentences/s "
+        "| bf16 sentences/s | bf16 / fp32 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for split, got in d["splits"].items():
+        rows = {r["search"]: r for r in got["results"]}
+        for search in ("greedy", "beam5"):
+            a, b = rows[search], rows[f"{search}_bf16"]
+            lines.append(
+                f"| {split} | {search} | {a['bleu']:.2f} | {b['bleu']:.2f} | "
+                f"{b['bleu'] - a['bleu']:+.2f} | {a['sentences_per_s']:.0f} | "
+                f"{b['sentences_per_s']:.0f} | {b['sentences_per_s'] / a['sentences_per_s']:.2f}x |"
+            )
+    return lines
+
+
 # docs/results.md: (heading, result file, renderer), in the page's order
 PAGE = [
     ("Multi30k, 12 minutes on the CPU: de->en", "multi30k_de_en", multi30k),
@@ -493,6 +517,7 @@ PAGE = [
     ("Packed linear layers", "linear_packing", linear_packing),
     ("The CPU's precision in the 12-minute protocol", "cpu_precision_12min", cpu_precision),
     ("The 12-minute CPU recipe", "cpu12_recipe", cpu12_recipe),
+    ("Decoding in bf16 against fp32", "decode_precision", decode_precision),
 ]
 
 
