@@ -27,8 +27,8 @@ sets=(--set "data.dir=$DATA" --set "run_dir=$RUN" "$@")
 mkdir -p bench/out
 rm -rf "$RUN"
 .venv/bin/tfx prepare --config "$CONFIG" "${sets[@]}" > /dev/null
-.venv/bin/tfx train --config "$CONFIG" "${sets[@]}" 2> >(tee "$LOG.train.err" >&2) \
-  | tee "$LOG.train.log"
+.venv/bin/tfx train --config "$CONFIG" "${sets[@]}" 2> "$LOG.train.err" | tee "$LOG.train.log"
+cat "$LOG.train.err" >&2  # the first line: where and in what precision it ran
 if [[ "${TEST:-0}" == 1 ]]; then
   for beam in 1 5; do
     .venv/bin/tfx evaluate "$RUN/checkpoints/best.pt" --config "$CONFIG" "${sets[@]}" \
@@ -37,19 +37,22 @@ if [[ "${TEST:-0}" == 1 ]]; then
 fi
 .venv/bin/python - "$NAME" "$RUN" "$LOG" "${AVX2:-0}" "$*" <<'PY'
 import json, os, re, subprocess, sys
+sys.path.insert(0, "bench")
+from machine import trained_precision
 name, run, log, avx2, sets = sys.argv[1:6]
 rows = [json.loads(line) for line in open(f"{run}/metrics.jsonl")]
 valid = [{k: r[k] for k in ("step", "loss", "bleu", "chrf")} for r in rows if r["kind"] == "valid"]
 tok_s = re.search(r"([0-9.]+) target tokens/s", open(f"{log}.train.log").read())
-where = re.search(r" on \w+ \((\w+)", open(f"{log}.train.err").read())
+precision, _ = trained_precision(open(f"{log}.train.err").read())
 try_ = dict(name=name, avx2_emulated=avx2 == "1", sets=sets,
             commit=subprocess.getoutput("git rev-parse --short HEAD"),
-            precision=where.group(1) if where else None, updates=valid[-1]["step"],
+            precision=precision, updates=valid[-1]["step"],
             tokens_per_s=float(tok_s.group(1)) if tok_s else None,
             valid_bleu=valid[-1]["bleu"], valid_loss=valid[-1]["loss"], valid=valid)
 if os.path.exists(f"{log}.test1.json"):
-    try_["test"] = {f"beam{b}": json.load(open(f"{log}.test{b}.json"))["results"][0]["bleu"]
-                    for b in (1, 5)}
+    reports = {f"beam{b}": json.load(open(f"{log}.test{b}.json")) for b in (1, 5)}
+    try_["test"] = {k: r["results"][0]["bleu"] for k, r in reports.items()}
+    try_["test_decode_precision"] = reports["beam1"]["precision"]
 open("bench/out/cpu12_tries.jsonl", "a").write(json.dumps(try_) + "\n")
 print(json.dumps({k: v for k, v in try_.items() if k != "valid"}))
 PY

@@ -6,6 +6,7 @@ The benchmarks import it as a sibling module (`python bench/x.py` puts bench/ on
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 # the variables that cap torch, oneDNN and MKL to a smaller instruction set: how an
@@ -36,3 +37,14 @@ def cpu_record() -> dict:
         "cpu_flags": cpu_flags(),
         "cpu_emulation": {k: os.environ[k] for k in EMULATION_VARS if k in os.environ},
     }
+
+
+# `tfx train`'s first line: "... rank 0 on cpu (bf16, auto: the CPU has avx512_bf16; 2
+# threads, ...)" or "... on cuda:0 (NVIDIA H100 80GB HBM3, bf16); ..."
+_WHERE = re.compile(r" on \S+ \((?:[^;()]*?, )??(fp32|bf16|fp16)\b(?:, (auto: [^;]+);)?")
+
+
+def trained_precision(first_line: str) -> tuple[str | None, str | None]:
+    """The precision a run trained in and, where `auto` chose it on the CPU, why."""
+    found = _WHERE.search(first_line)
+    return (found.group(1), found.group(2)) if found else (None, None)

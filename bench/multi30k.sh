@@ -34,8 +34,9 @@ rm -rf "$RUN"
 commit=$(git rev-parse --short HEAD)
 "$TFX" prepare --config "$CONFIG" "${sets[@]}"
 /usr/bin/time -v -o "$OUT/multi30k_${DIR}.train.time" \
-  "$TFX" train --config "$CONFIG" "${sets[@]}" 2> >(tee "$OUT/multi30k_${DIR}.train.err" >&2) \
+  "$TFX" train --config "$CONFIG" "${sets[@]}" 2> "$OUT/multi30k_${DIR}.train.err" \
   | tee "$OUT/multi30k_${DIR}.train.log"
+cat "$OUT/multi30k_${DIR}.train.err" >&2  # the first line: where and in what precision it ran
 for beam in 1 5; do
   "$TFX" evaluate "$RUN/checkpoints/" --average 3 \
     --config "$CONFIG" "${sets[@]}" --split test --beam "$beam" --max-len-a 1.5 --max-len-b 10 \

@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from machine import cpu_record
+from machine import cpu_record, trained_precision
 
 
 def main() -> None:
@@ -42,9 +42,7 @@ def main() -> None:
     ]
     # the first line of `tfx train` (its stderr) names the precision that ran, and why
     err = Path(f"{out}/multi30k_{direction}.train.err")
-    where = re.search(
-        r" on \w+ \((\w+)(?:, (auto: [^;]+);)?", err.read_text() if err.exists() else ""
-    )
+    precision, why = trained_precision(err.read_text() if err.exists() else "")
     result = {
         "direction": direction,
         "date": datetime.date.today().isoformat(),
@@ -53,8 +51,8 @@ def main() -> None:
         # the commit that trained (multi30k.sh records it at the start), else HEAD
         "commit": os.environ.get("COMMIT") or subprocess.getoutput("git rev-parse --short HEAD"),
         "budget_minutes": float(minutes),
-        "precision": where.group(1) if where else None,
-        "precision_reason": where.group(2) if where else None,
+        "precision": precision,
+        "precision_reason": why,
         "steps": steps[-1]["step"] if steps else 0,
         "train_seconds": steps[-1]["elapsed"] if steps else 0,
         "tokens_per_s_mean": round(len(rates) / sum(1 / r for r in rates)) if rates else 0,

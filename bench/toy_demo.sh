@@ -20,19 +20,21 @@ started=$(date +%s.%N)
 ended=$(date +%s.%N)
 .venv/bin/tfx evaluate "$RUN/checkpoints/best.pt" --split test --json > "bench/out/toy_demo_$NAME.json"
 .venv/bin/python - "$NAME" "$RUN" "$started" "$ended" "$*" <<'PY'
-import json, re, subprocess, sys
+import json, subprocess, sys
 sys.path.insert(0, "bench")
-from machine import cpu_record
+from machine import cpu_record, trained_precision
 name, run, started, ended, sets = sys.argv[1:6]
 rows = [json.loads(line) for line in open(f"{run}/metrics.jsonl")]
 train = [r for r in rows if r["kind"] == "train"]
 first = open(f"bench/out/toy_demo_{name}.err").read()
-where = re.search(r" on \w+ \((\w+)", first)
+precision, _ = trained_precision(first)
+report = json.load(open(f"bench/out/toy_demo_{name}.json"))  # evaluate's, with `auto` decoding
 line = dict(name=name, sets=sets, commit=subprocess.getoutput("git rev-parse --short HEAD"),
-            precision=where.group(1) if where else None, steps=train[-1]["step"],
+            precision=precision, steps=train[-1]["step"],
             train_seconds=round(float(ended) - float(started), 1),
-            tokens_per_s=round(sum(r["tokens_per_s"] for r in train) / len(train)),
-            test_bleu=json.load(open(f"bench/out/toy_demo_{name}.json"))["results"][0]["bleu"],
+            # every log window holds the same number of updates: the harmonic mean
+            tokens_per_s=round(len(train) / sum(1 / r["tokens_per_s"] for r in train)),
+            test_bleu=report["results"][0]["bleu"], decode_precision=report["precision"],
             **cpu_record())
 open("bench/out/toy_demo.jsonl", "a").write(json.dumps(line) + "\n")
 print(json.dumps({k: v for k, v in line.items() if k != "cpu_flags"}))

@@ -193,8 +193,9 @@ PrecisionOpt = Annotated[
     str | None,
     typer.Option(
         "--precision",
-        help="auto, fp32, bf16 or fp16 (CUDA only). auto: fp32 on the CPU, bf16/fp16 on "
-        "CUDA; bf16 decodes faster on CPUs with bf16 units. (default: the checkpoint config)",
+        help="auto, fp32, bf16 or fp16 (CUDA only). auto: bf16/fp16 on CUDA; on the CPU "
+        "bf16 where it has bf16 units (faster; a few outputs differ from fp32's), else "
+        "fp32. (default: the checkpoint config)",
     ),
 ]
 

@@ -150,8 +150,7 @@ class DecodeConfig:
     max_len_b: int = 10  # see max_len_a
     batch_sentences: int = 64  # sentences decoded together
     # auto is bf16 on a CPU with bf16 matrix units, where it decodes faster and its outputs
-    # differ from fp32's in a few sentences (BLEU within 0.3); fp32 for outputs that do
-    # not depend on the CPU
+    # differ from fp32's in a few sentences; fp32 for outputs that do not depend on the CPU
     precision: Precision = "auto"
     # greedy search: decoding steps between two checks for finished sentences, each a read
     # of the device (on a GPU, a wait for it); 0 = auto: 1 on the CPU, 8 on CUDA or MPS.

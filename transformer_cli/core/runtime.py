@@ -52,9 +52,17 @@ def device_option(name: str) -> torch.device:
 class CpuMath:
     """What this process's CPU offers bf16 matrix products, as torch sees it."""
 
-    bf16_units: str  # "amx_bf16", "avx512_bf16", or "" for none
+    bf16_units: str  # "AMX", "avx512_bf16", or "" for none (or none torch can tell of)
     kernels: str  # torch.backends.cpu.get_cpu_capability(): "AVX512", "AVX2", "DEFAULT", ...
     onednn_bf16: bool  # oneDNN may run bf16 here (ONEDNN_MAX_CPU_ISA can cap it off)
+
+
+def _probe(owner: object, name: str) -> bool:
+    """A private torch probe's answer; False where this torch lacks it or it fails."""
+    try:
+        return bool(getattr(owner, name)())
+    except Exception:  # a missing or failing probe means "cannot tell": fp32 is the safe side
+        return False
 
 
 @functools.cache
@@ -62,36 +70,32 @@ def cpu_math() -> CpuMath:
     """This CPU's bf16 units and the instruction sets torch and oneDNN are allowed to use.
 
     Capped by ATEN_CPU_CAPABILITY and ONEDNN_MAX_CPU_ISA, so an AVX2-only CPU emulated with
-    them reads as one. Private torch probes that are missing count as "no".
+    them reads as one.
     """
-    cpu = torch.cpu
-
-    def has(probe: str) -> bool:
-        return bool(getattr(cpu, probe, lambda: False)())
-
-    units = "amx_bf16" if has("_is_amx_tile_supported") else ""
-    units = units or ("avx512_bf16" if has("_is_avx512_bf16_supported") else "")
-    onednn = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
-    return CpuMath(units, torch.backends.cpu.get_cpu_capability(), bool(onednn()))
+    units = "AMX" if _probe(torch.cpu, "_is_amx_tile_supported") else ""
+    units = units or ("avx512_bf16" if _probe(torch.cpu, "_is_avx512_bf16_supported") else "")
+    onednn = _probe(torch.ops.mkldnn, "_is_mkldnn_bf16_supported")
+    return CpuMath(units, torch.backends.cpu.get_cpu_capability(), onednn)
 
 
 def cpu_auto_precision(math: CpuMath) -> tuple[ResolvedPrecision, str]:
     """What `auto` means on this CPU, and why: bf16 where it has bf16 matrix units that
     torch and oneDNN may use; fp32 elsewhere, where bf16 products are emulated and slower
-    than fp32's (docs/performance.md, "Precision on the CPU")."""
+    than fp32's, or where torch cannot tell (docs/performance.md, "Precision on the CPU")."""
     if not math.bf16_units:
-        return "fp32", "auto: no bf16 units in this CPU"
+        return "fp32", "auto: no bf16 units that torch knows of in this CPU"
     if not math.kernels.startswith("AVX512"):
-        return "fp32", f"auto: torch's kernels capped at {math.kernels} (ATEN_CPU_CAPABILITY)"
+        return "fp32", f"auto: torch's kernels run at {math.kernels} (ATEN_CPU_CAPABILITY?)"
     if not math.onednn_bf16:
-        return "fp32", "auto: oneDNN capped below bf16 (ONEDNN_MAX_CPU_ISA)"
+        return "fp32", "auto: oneDNN may not run bf16 (ONEDNN_MAX_CPU_ISA?)"
     return "bf16", f"auto: the CPU has {math.bf16_units}"
 
 
-def resolve_precision(
+def resolve_precision_why(
     precision: str, device: torch.device, key: str = "train.precision"
-) -> ResolvedPrecision:
-    """Turn `auto` into fp32/bf16/fp16 for this device, and reject combinations that can't run.
+) -> tuple[ResolvedPrecision, str]:
+    """Turn `auto` into fp32/bf16/fp16 for this device, and say why for a first line ("" when
+    there is nothing to say); reject combinations that can't run.
 
     `auto` is bf16 (else fp16) on CUDA, `cpu_auto_precision` on the CPU, fp32 elsewhere.
     An explicit fp32 or bf16 is kept. `key` names the setting in error messages.
@@ -99,20 +103,20 @@ def resolve_precision(
     precision = checked_precision(precision, key)
     if precision == "auto":
         if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            return ("bf16" if torch.cuda.is_bf16_supported() else "fp16"), ""
         if device.type == "cpu":
-            return cpu_auto_precision(cpu_math())[0]
-        return "fp32"
+            return cpu_auto_precision(cpu_math())
+        return "fp32", ""
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError(f"{key}: fp16 needs CUDA (device is {device.type}); use bf16")
-    return precision
+    return precision, ""
 
 
-def precision_reason(precision: str, device: torch.device) -> str:
-    """Why `auto` became what it did on the CPU, for a first line; "" for any other case."""
-    if precision != "auto" or device.type != "cpu":
-        return ""
-    return cpu_auto_precision(cpu_math())[1]
+def resolve_precision(
+    precision: str, device: torch.device, key: str = "train.precision"
+) -> ResolvedPrecision:
+    """`resolve_precision_why`'s precision alone."""
+    return resolve_precision_why(precision, device, key)[0]
 
 
 def decode_precision(decode: DecodeConfig, device: torch.device) -> ResolvedPrecision:
@@ -139,7 +143,7 @@ def describe(
 ) -> str:
     """Where a run computes, for its first line: a GPU by name; the CPU's threads and malloc.
 
-    `why` (from `precision_reason`) follows the precision."""
+    `why` (from `resolve_precision_why`) follows the precision."""
     if device.type == "cuda":
         index = torch.cuda.current_device() if device.index is None else device.index
         return f"cuda:{index} ({torch.cuda.get_device_name(device)}, {precision})"

@@ -110,7 +110,7 @@ def setup(cfg: Config, run_dir: Path, start: Start, world: World, device: torch.
         cfg.model, src_vocab=tokenizer.src_vocab_size, tgt_vocab=tokenizer.tgt_vocab_size
     )
     cfg = dataclasses.replace(cfg, model=model_cfg)
-    precision = runtime.resolve_precision(t.precision, device)
+    precision, why = runtime.resolve_precision_why(t.precision, device)
     threads = runtime.set_threads(distributed.rank_threads(world, t.threads))
     if device.type == "cpu":
         allocator.tune_cpu_memory()  # fast path: glibc kept from unmapping every step
@@ -146,7 +146,7 @@ def setup(cfg: Config, run_dir: Path, start: Start, world: World, device: torch.
             precision,
             threads,
             allocator.active(),
-            runtime.precision_reason(t.precision, device),
+            why,
         ),
         "devices",
     )
