@@ -48,3 +48,9 @@ def trained_precision(first_line: str) -> tuple[str | None, str | None]:
     """The precision a run trained in and, where `auto` chose it on the CPU, why."""
     found = _WHERE.search(first_line)
     return (found.group(1), found.group(2)) if found else (None, None)
+
+
+def malloc_of(first_line: str) -> str | None:
+    """The malloc a CPU run trained under, from `tfx train`'s first line."""
+    found = re.search(r"threads, (\w+) malloc\)", first_line)
+    return found.group(1) if found else None

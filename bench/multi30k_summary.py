@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from machine import cpu_record, trained_precision
+from machine import cpu_record, malloc_of, trained_precision
 
 
 def main() -> None:
@@ -42,7 +42,8 @@ def main() -> None:
     ]
     # the first line of `tfx train` (its stderr) names the precision that ran, and why
     err = Path(f"{out}/multi30k_{direction}.train.err")
-    precision, why = trained_precision(err.read_text() if err.exists() else "")
+    first_line = err.read_text() if err.exists() else ""
+    precision, why = trained_precision(first_line)
     result = {
         "direction": direction,
         "date": datetime.date.today().isoformat(),
@@ -53,6 +54,7 @@ def main() -> None:
         "budget_minutes": float(minutes),
         "precision": precision,
         "precision_reason": why,
+        "malloc": malloc_of(first_line),
         "steps": steps[-1]["step"] if steps else 0,
         "train_seconds": steps[-1]["elapsed"] if steps else 0,
         "tokens_per_s_mean": round(len(rates) / sum(1 / r for r in rates)) if rates else 0,

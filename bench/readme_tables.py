@@ -366,8 +366,15 @@ def headline(
     lines += [
         "",
         "Tokens/s are real (non-pad) target tokens per second of training; BLEU is greedy, "
-        f"`best.pt`. Peak RSS of training: tfx {tfx['peak_rss_gib']:.2f} GiB, OpenNMT-py "
-        f"{onmt['time']['rss_gib']:.2f} GiB (first row)."
+        f"`best.pt`. Peak RSS of training (first row): tfx {tfx['peak_rss_gib']:.2f} GiB"
+        + (f" under {tfx['malloc']} malloc" if tfx.get("malloc") else "")
+        + f", OpenNMT-py {onmt['time']['rss_gib']:.2f} GiB"
+        + (
+            "; where jemalloc is installed, tfx runs under it and peaks lower "
+            "([why](docs/performance.md#the-allocator-fastallocatorpy))."
+            if tfx.get("malloc") == "glibc"
+            else "."
+        )
         + (
             f" Greedy decoding of test_2016 by turns, batch {race['batch']}, each tool in a "
             f"fresh process (`bench/peer_decode.py`, commit {race['commit']}, {race['date']}): "
