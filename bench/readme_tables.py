@@ -60,7 +60,9 @@ def train_speed(d: dict) -> list[str]:
     lines = [
         f"Training throughput (`bench/train_speed.py`, {d['date']}, commit {d['commit']}, "
         f"{d['machine']}; `{d['config']}`{settings(d['overrides'])}). Best of the "
-        f"alternating rounds.{mfu}" + (f" {d['note']}" if "note" in d else ""),
+        f"alternating rounds.{mfu}"
+        + (f" CPU: {flags_of(d)}." if "cpu_flags" in d else "")
+        + (f" {d['note']}" if "note" in d else ""),
         "",
         "| variant | malloc | real target tokens/s | all rounds | step (median) "
         "| target tokens/step | peak RSS |"
@@ -424,6 +426,7 @@ PAGE = [
     ("The model step alone on the GPU, bf16", "model_step_bf16_cuda", model_step),
     ("Decoding speed on the CPU", "decode_speed", decode_speed),
     ("Packed linear layers", "linear_packing", linear_packing),
+    ("Training throughput on the CPU, by precision", "train_speed_precision", train_speed),
     ("The CPU's precision in the 12-minute protocol", "cpu_precision_12min", cpu_precision),
     ("The 12-minute CPU recipe", "cpu12_recipe", cpu12_recipe),
     ("Decoding in bf16 against fp32", "decode_precision", decode_precision),
