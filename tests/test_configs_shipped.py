@@ -78,21 +78,21 @@ def without(cfg: Config, section: str, *names: str) -> dict:
     return {k: v for k, v in vars(getattr(cfg, section)).items() if k not in names}
 
 
-def test_the_multi30k_cpu_recipe_is_the_full_config_but_for_its_schedule():
+def test_the_multi30k_cpu_recipe_is_the_full_config_but_for_its_recipe():
     full = load_config(CONFIG_DIR / "multi30k_de_en.yaml")
     cpu = load_config(CONFIG_DIR / "multi30k_de_en_cpu12.yaml")
     assert cpu.data == full.data
     assert cpu.tokenizer == full.tokenizer
     assert cpu.decode == full.decode
-    assert without(cpu, "model", "norm") == without(full, "model", "norm")
-    assert cpu.model.norm == "pre"
+    assert without(cpu, "model", "norm", "dropout") == without(full, "model", "norm", "dropout")
+    assert (cpu.model.norm, cpu.model.dropout) == ("pre", 0.0)
     assert cpu.train.max_minutes == 12
     # the recipe the other Multi30k configs' headers give as --set lines is this one
     en_de = CONFIG_DIR / "multi30k_en_de.yaml"
     (command,) = [c for c in header_commands(en_de) if c[1] == "train"]
     recipe = load_config(en_de, overrides(command))
-    assert recipe.model.norm == cpu.model.norm
-    fields = ("max_minutes", "warmup", "noam_factor", "eval_every")
+    assert (recipe.model.norm, recipe.model.dropout) == (cpu.model.norm, cpu.model.dropout)
+    fields = ("max_minutes", "warmup", "noam_factor", "eval_every", "batch_tokens")
     assert [getattr(recipe.train, f) for f in fields] == [getattr(cpu.train, f) for f in fields]
 
 

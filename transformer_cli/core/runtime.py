@@ -81,7 +81,11 @@ def cpu_math() -> CpuMath:
 def cpu_auto_precision(math: CpuMath) -> tuple[ResolvedPrecision, str]:
     """What `auto` means on this CPU, and why: bf16 where it has bf16 matrix units that
     torch and oneDNN may use; fp32 elsewhere, where bf16 products are emulated and slower
-    than fp32's, or where torch cannot tell (docs/performance.md, "Precision on the CPU")."""
+    than fp32's, or where torch cannot tell.
+
+    Why flags and not a timed probe, and the measurements: docs/performance.md,
+    "Precision on the CPU: what `auto` picks".
+    """
     if not math.bf16_units:
         return "fp32", "auto: no bf16 units that torch knows of in this CPU"
     if not math.kernels.startswith("AVX512"):
