@@ -262,6 +262,11 @@ def multi30k(d: dict) -> list[str]:
     return lines
 
 
+def emulated(d: dict) -> str:
+    """The emulation variables a run had, as a command's prefix ("" for none)."""
+    return "".join(f"{k}={v} " for k, v in d.get("cpu_emulation", {}).items())
+
+
 def side_by_side(tfx: dict, onmt: dict, speed: dict | None) -> list[str]:
     """tfx's 12-minute run next to OpenNMT-py's, run on the same machine the same day."""
     best = {b: max(tfx["test"][b]["results"], key=lambda r: r["bleu"]) for b in ("beam1", "beam5")}
@@ -287,8 +292,9 @@ def side_by_side(tfx: dict, onmt: dict, speed: dict | None) -> list[str]:
     ]
     lines = [
         f"tfx next to OpenNMT-py {onmt['version']} on the same machine, one after the other "
-        f"({onmt['date']}): `bash bench/multi30k.sh de_en 12 {tfx.get('overrides', '')}` and "
-        f"`bash bench/peer_onmt.sh` ({onmt['config']}). Same data, model size, batch and "
+        f"({onmt['date']}): `{emulated(tfx)}bash bench/multi30k.sh de_en 12 "
+        f"{tfx.get('overrides', '')}` and `{emulated(onmt)}bash bench/peer_onmt.sh` "
+        f"({onmt['config']}). Same data, model size, batch and "
         "schedule; decoding times are generation only, best checkpoint for tfx.",
         "",
         "| | tfx | OpenNMT-py | tfx / OpenNMT-py |",
