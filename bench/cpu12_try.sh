@@ -36,18 +36,17 @@ if [[ "${TEST:-0}" == 1 ]]; then
   done
 fi
 .venv/bin/python - "$NAME" "$RUN" "$LOG" "${AVX2:-0}" "$*" <<'PY'
-import json, os, re, subprocess, sys
+import json, os, subprocess, sys
 sys.path.insert(0, "bench")
-from machine import trained_precision
+from machine import trained_precision, trained_rate
 name, run, log, avx2, sets = sys.argv[1:6]
 rows = [json.loads(line) for line in open(f"{run}/metrics.jsonl")]
 valid = [{k: r[k] for k in ("step", "loss", "bleu", "chrf")} for r in rows if r["kind"] == "valid"]
-tok_s = re.search(r"([0-9.]+) target tokens/s", open(f"{log}.train.log").read())
 precision, _ = trained_precision(open(f"{log}.train.err").read())
 try_ = dict(name=name, avx2_emulated=avx2 == "1", sets=sets,
             commit=subprocess.getoutput("git rev-parse --short HEAD"),
             precision=precision, updates=valid[-1]["step"],
-            tokens_per_s=float(tok_s.group(1)) if tok_s else None,
+            tokens_per_s=trained_rate(open(f"{log}.train.log").read()),
             valid_bleu=valid[-1]["bleu"], valid_loss=valid[-1]["loss"], valid=valid)
 if os.path.exists(f"{log}.test1.json"):
     reports = {f"beam{b}": json.load(open(f"{log}.test{b}.json")) for b in (1, 5)}

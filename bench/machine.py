@@ -1,4 +1,5 @@
-"""What a benchmark ran on, for its JSON: the CPU's model, its flags and any emulation.
+"""What a benchmark ran on, for its JSON: the CPU's model, its flags and any emulation;
+and what `tfx train` says of a run: its precision, malloc and throughput.
 
 The benchmarks import it as a sibling module (`python bench/x.py` puts bench/ on the path).
 """
@@ -54,3 +55,9 @@ def malloc_of(first_line: str) -> str | None:
     """The malloc a CPU run trained under, from `tfx train`'s first line."""
     found = re.search(r"threads, (\w+) malloc\)", first_line)
     return found.group(1) if found else None
+
+
+def trained_rate(stdout: str) -> float | None:
+    """The real target tokens/s of `tfx train`'s closing summary (validation left out)."""
+    found = re.search(r"([0-9.]+) target tokens/s", stdout)
+    return float(found.group(1)) if found else None

@@ -41,6 +41,12 @@ def cpu_precision(d: dict) -> list[str]:
     return lines
 
 
+def ran_on(t: dict) -> str:
+    """A try's CPU and training precision, as the recipe's tables name them."""
+    cpu = "AVX2 (emulated)" if t["avx2_emulated"] else "native"
+    return f"{cpu} | {t.get('precision') or 'fp32'}"
+
+
 def cpu12_recipe(d: dict) -> list[str]:
     """The tries of the 12-minute recipe by validation BLEU, then the chosen one's test."""
     lines = [
@@ -56,11 +62,10 @@ def cpu12_recipe(d: dict) -> list[str]:
         "|---|---|---|---|---|---|---|---|",
     ]
     for t in sorted(d["tries"], key=lambda t: -t["valid_bleu"]):
-        cpu = "AVX2 (emulated)" if t["avx2_emulated"] else "native"
         sets = f"`{t['sets'].replace('--set ', '')}`" if t["sets"] else "(see below)"
         lines.append(
-            f"| {t['name']} | {cpu} | {t.get('precision') or 'fp32'} | {sets} | {t['updates']} "
-            f"| {t['tokens_per_s']:,.0f} | {t['valid_loss']:.3f} | {t['valid_bleu']:.2f} |"
+            f"| {t['name']} | {ran_on(t)} | {sets} | {t['updates']} | "
+            f"{t['tokens_per_s']:,.0f} | {t['valid_loss']:.3f} | {t['valid_bleu']:.2f} |"
         )
     notes = [f"- {t['name']}: {t['note']}" for t in d["tries"] if t.get("note")]
     lines += ["", *notes] if notes else []
@@ -75,9 +80,8 @@ def cpu12_recipe(d: dict) -> list[str]:
             "|---|---|---|---|---|---|---|",
         ]
         for t in tested:
-            cpu = "AVX2 (emulated)" if t["avx2_emulated"] else "native"
             lines.append(
-                f"| {t['name']} | {cpu} | {t.get('precision') or 'fp32'} | {t['updates']} | "
+                f"| {t['name']} | {ran_on(t)} | {t['updates']} | "
                 f"{t.get('test_decode_precision', 'fp32')} (auto) | "
                 f"**{t['test']['beam1']:.2f}** | {t['test']['beam5']:.2f} |"
             )

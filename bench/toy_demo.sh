@@ -22,7 +22,7 @@ ended=$(date +%s.%N)
 .venv/bin/python - "$NAME" "$RUN" "$started" "$ended" "$*" <<'PY'
 import json, subprocess, sys
 sys.path.insert(0, "bench")
-from machine import cpu_record, trained_precision
+from machine import cpu_record, trained_precision, trained_rate
 name, run, started, ended, sets = sys.argv[1:6]
 rows = [json.loads(line) for line in open(f"{run}/metrics.jsonl")]
 train = [r for r in rows if r["kind"] == "train"]
@@ -32,8 +32,7 @@ report = json.load(open(f"bench/out/toy_demo_{name}.json"))  # evaluate's, with 
 line = dict(name=name, sets=sets, commit=subprocess.getoutput("git rev-parse --short HEAD"),
             precision=precision, steps=train[-1]["step"],
             train_seconds=round(float(ended) - float(started), 1),
-            # every log window holds the same number of updates: the harmonic mean
-            tokens_per_s=round(len(train) / sum(1 / r["tokens_per_s"] for r in train)),
+            tokens_per_s=trained_rate(open(f"bench/out/toy_demo_{name}.log").read()),
             test_bleu=report["results"][0]["bleu"], decode_precision=report["precision"],
             **cpu_record())
 open("bench/out/toy_demo.jsonl", "a").write(json.dumps(line) + "\n")

@@ -141,14 +141,7 @@ def setup(cfg: Config, run_dir: Path, start: Start, world: World, device: torch.
     settle_every = settle_interval(cfg, device)
     session = Session(run_dir, tokenizer, trainer, valid, progress, settle_every, prefetch)
     where = world.gather(
-        runtime.describe(
-            device,
-            precision,
-            threads,
-            allocator.active(),
-            why,
-        ),
-        "devices",
+        runtime.describe(device, precision, threads, allocator.active(), why), "devices"
     )
     if world.is_main:
         print(first_line(model, where, len(train_split), run_dir), file=sys.stderr)
