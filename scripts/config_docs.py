@@ -19,6 +19,7 @@ import io
 import re
 import sys
 import tokenize
+import types
 import typing
 from pathlib import Path
 
@@ -134,8 +135,13 @@ def alias_names(node: ast.ClassDef) -> dict[str, str]:
 
 def type_name(tp: typing.Any) -> str:
     origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):  # data.train: a name or a list of corpora
+        return " or ".join(
+            "list of corpora" if typing.get_origin(a) is tuple else type_name(a)
+            for a in typing.get_args(tp)
+        )
     if origin is typing.Literal:
-        return "one of " + ", ".join(f"`{a}`" for a in typing.get_args(tp))
+        return "one of " + ", ".join(f"`{a}`" if a else "`\"\"`" for a in typing.get_args(tp))
     if origin is tuple:
         args = typing.get_args(tp)
         return f"list of {len(args)} " + ("numbers" if set(args) == {float} else "values")
@@ -180,9 +186,12 @@ def all_sections() -> list[tuple[str, str, list[Option]]]:
     classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
     hints = typing.get_type_hints(schema.Config)
     out = []
-    for heading, prefix, cls in [("Top level", "", schema.Config)] + [
+    sections = [("Top level", "", schema.Config)] + [
         (f"`{name}`", name + ".", hints[name]) for name in SECTIONS
-    ]:
+    ]
+    corpora = ("`data.train` as a list of corpora", "data.train[i].", schema.CorpusConfig)
+    sections.insert(2, corpora)  # right after `data`
+    for heading, prefix, cls in sections:
         aliases = alias_names(classes[cls.__name__])
         out.append((heading, _doc(cls), section_options(cls, prefix, comments, aliases)))
     return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from transformer_cli.core.config import to_dict
 from transformer_cli.core.config_file import load_config
 from transformer_cli.core.errors import ConfigError, DataError
 from transformer_cli.core.specials import UNK_ID
-from transformer_cli.data import prepare, store, toy
+from transformer_cli.data import clean, prepare, store, toy
 from transformer_cli.data.store import SPLITS
 from transformer_cli.data.tokenizer import Tokenizer
 
@@ -95,7 +96,7 @@ def test_train_filter_applies_to_train_only(make_config):
 def test_filter_pairs_keeps_exactly_the_pairs_within_limits(lengths, max_len, max_ratio):
     src = [[5] * s for s, _ in lengths]
     tgt = [[5] * t for _, t in lengths]
-    keep, dropped = prepare.filter_pairs(src, tgt, max_len, max_ratio)
+    keep, dropped = clean.filter_lengths(src, tgt, max_len, max_ratio)
 
     def ok(s: int, t: int) -> bool:
         ratio_ok = max_ratio == 0 or max(s, t) <= max_ratio * min(s, t)
@@ -108,7 +109,7 @@ def test_filter_pairs_keeps_exactly_the_pairs_within_limits(lengths, max_len, ma
 
 @given(st.lists(st.integers(0, 500), min_size=1, max_size=200))
 def test_percentiles_are_ordered_ranks(lengths):
-    p = prepare.percentiles(lengths)
+    p = clean.percentiles(Counter(lengths))
     assert p["p50"] <= p["p90"] <= p["p99"] <= p["max"] == max(lengths)
     assert sum(1 for n in lengths if n <= p["p50"]) >= len(lengths) / 2
     assert all(v in lengths for v in p.values())
@@ -150,7 +151,7 @@ def test_changed_input_or_config_rebuilds(make_config, corpus_dir):
 def test_a_missing_cache_file_forces_a_rebuild(make_config):
     cfg = make_config()
     prepare.run(cfg)
-    (store.cache_dir(cfg.run_dir) / "valid.pt").unlink()
+    (store.cache_dir(cfg.run_dir) / "valid.src.ids").unlink()
     assert prepare.run(cfg)["reused"] is False
     assert len(store.load_split(cfg.run_dir, "valid")) == 30
 
@@ -168,16 +169,16 @@ def test_switching_to_separate_vocabularies_leaves_no_joint_model(make_config):
 def test_interrupted_write_leaves_no_meta(make_config, monkeypatch):
     cfg = make_config()
     prepare.run(cfg)  # a complete cache, then an interrupted rebuild over it
-    real = store.save_split
+    real = store.SplitWriter.append
     calls = []
 
-    def fail_on_second(path, split):
-        calls.append(path)
+    def fail_on_second(self, src, tgt):
+        calls.append(self.files)
         if len(calls) == 2:
             raise OSError("No space left on device")
-        real(path, split)
+        return real(self, src, tgt)
 
-    monkeypatch.setattr(store, "save_split", fail_on_second)
+    monkeypatch.setattr(store.SplitWriter, "append", fail_on_second)
     with pytest.raises(DataError, match="cannot write the cache .No space left on device"):
         prepare.run(make_config("tokenizer.vocab_size=90"))
     with pytest.raises(DataError, match="no prepared data"):
@@ -392,7 +393,8 @@ def test_multi30k_gz_files_read_aligned():
     from transformer_cli.data import corpus
 
     data = load_config(REPO / "configs/multi30k_en_de.yaml", [f"data.dir={MULTI30K}"]).data
-    pairs = corpus.read_split(data, "valid")
-    assert pairs.read == 1_014
+    (source,) = corpus.corpora(data, "valid")
+    pairs = list(corpus.read_pairs(source))
     assert len(pairs) == 1_014
-    assert pairs.src[0].startswith("A group of men")  # en is the source in en_de
+    assert all(s and t for s, t in pairs)
+    assert pairs[0][0].startswith("A group of men")  # en is the source in en_de

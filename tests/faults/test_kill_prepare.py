@@ -84,7 +84,7 @@ def test_kill_while_the_splits_are_written(stale, clean, tmp_path):
     kill_at(
         ["prepare", "--config", str(config)],
         tmp_path / "log",
-        "call|transformer_cli.data.store.save_split|2",
+        "call|transformer_cli.data.stream.encode_corpus|3",
         tmp_path / "paused",
     )
     assert not (store.cache_dir(run_dir) / "meta.json").exists()
@@ -96,7 +96,7 @@ def test_kill_while_the_splits_are_written(stale, clean, tmp_path):
 @pytest.mark.parametrize(
     ("pause", "reused"),
     [
-        ("call|transformer_cli.data.store.save_split|1", False),  # tokenizer written, no split
+        ("call|transformer_cli.data.stream.encode_corpus|1", False),  # nothing written yet
         ("replace|meta.json|1", False),  # everything written, meta.json not yet renamed
         ("call|transformer_cli.data.prepare.summary|1", True),  # complete: meta.json is in place
     ],

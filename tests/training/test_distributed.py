@@ -42,10 +42,16 @@ MODEL = {"dropout": 0.0}
 # ----------------------------------------------------------------------------- helpers
 
 
-def write_run(root: Path, pairs, **train_cfg) -> Path:
+# the train split read 1.5 times an epoch, and a tagged half of the valid split
+TWO_CORPORA = [{"name": "train", "weight": 1.5}, {"name": "valid", "weight": 0.5, "tag": "<v>"}]
+
+
+def write_run(root: Path, pairs, corpora: list | None = None, **train_cfg) -> Path:
     """A prepared run dir under `root` and its config file (returned)."""
     raw = tiny_raw(root, train={**RECIPE, **train_cfg}, model=MODEL)
     raw["train"]["eval_every"] = train_cfg.get("eval_every", 1000)
+    if corpora:
+        raw["data"]["train"] = corpora
     write_splits(root / "data", toy_splits(pairs))
     prepare.run(config_from_dict(raw))
     path = root / "tiny.yaml"
@@ -163,7 +169,7 @@ def test_the_cache_is_memory_mapped(tmp_path, toy_pairs):
     maps = Path("/proc/self/maps")
     if not maps.exists():
         pytest.skip("no /proc/self/maps here")
-    assert str(store.cache_dir(tmp_path / "run") / "train.pt") in maps.read_text()
+    assert str(store.cache_dir(tmp_path / "run") / "train.src.ids") in maps.read_text()
     assert len(split) == 240
 
 
@@ -238,8 +244,11 @@ def test_a_launch_without_prepared_data_is_one_line_error(tmp_path):
 # ----------------------------------------------------------------------------- real jobs
 
 
-def test_two_ranks_make_the_update_of_one_process_on_both_their_batches(tmp_path, toy_pairs):
-    config = write_run(tmp_path / "ddp", toy_pairs)
+@pytest.mark.parametrize("corpora", [None, TWO_CORPORA], ids=["one corpus", "two corpora"])
+def test_two_ranks_make_the_update_of_one_process_on_both_their_batches(
+    tmp_path, toy_pairs, corpora
+):
+    config = write_run(tmp_path / "ddp", toy_pairs, corpora)
     job = torchrun(config)
     single = config_from_dict(
         yaml.safe_load(config.read_text()),

@@ -114,7 +114,7 @@ def test_padding_to_a_multiple_changes_no_real_position(make_config, multiple):
     assert (padded.src[:, s:] == PAD_ID).all()
     assert (padded.tgt_in[:, t:] == PAD_ID).all()
     torch.manual_seed(0)
-    vocab = int(split.src.max()) + 1
+    vocab = int(split.src.long().max()) + 1
     model = Transformer(
         type(cfg.model)(**{**cfg.model.__dict__, "src_vocab": vocab, "tgt_vocab": vocab})
     ).eval()

@@ -55,8 +55,13 @@ def assert_same_weights(a: dict, b: dict) -> None:
         assert torch.equal(a[name], b[name]), name
 
 
-def test_resume_is_exact_across_an_epoch_boundary(make_config, tmp_path):
-    overrides = (*TINY, "train.accum_steps=2")
+# two corpora: a new half of the train split each epoch, and the valid split 1.5 times, tagged
+TWO_CORPORA = "data.train=[{name: train, weight: 0.5}, {name: valid, weight: 1.5, tag: <v>}]"
+
+
+@pytest.mark.parametrize("corpora", [(), (TWO_CORPORA,)], ids=["one corpus", "two corpora"])
+def test_resume_is_exact_across_an_epoch_boundary(make_config, tmp_path, corpora):
+    overrides = (*TINY, "train.accum_steps=2", *corpora)
     straight = make_config(*overrides, "train.max_steps=12", f"run_dir={tmp_path / 'a'}")
     prepare.run(straight)
     summary = train.run(straight)

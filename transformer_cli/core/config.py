@@ -30,6 +30,29 @@ def is_device(name: str) -> TypeGuard[Device]:
 
 
 @dataclass(frozen=True)
+class CorpusConfig:
+    """One of several training corpora: `data.train: [{name: web}, {name: bt, weight: 0.5,
+    tag: <bt>}]`. An empty key takes its value from `data`. How weights and tags work, and
+    how to mix corpora: docs/corpora.md."""
+
+    name: str = "train"  # the file name's stem in dir, or the hub dataset's split
+    # where and how this corpus is read, as the data key of the same name; empty = data's
+    source: Literal["", "toy", "files", "hub"] = ""
+    dir: str = ""
+    format: Literal["", "text", "tsv", "jsonl"] = ""
+    src_field: str = ""
+    tgt_field: str = ""
+    hub_name: str = ""
+    hub_config: str = ""
+    # expected passes over this corpus per epoch: 0.5 = a new random half each epoch,
+    # 2 = every pair twice
+    weight: float = 1.0
+    # a reserved piece put before each source sentence (tagged back-translation, language
+    # tags); empty = none
+    tag: str = ""
+
+
+@dataclass(frozen=True)
 class DataConfig:
     """Where the parallel text comes from, and which pairs are kept for training."""
 
@@ -49,14 +72,22 @@ class DataConfig:
     tgt_field: str = ""
     hub_name: str = ""  # the dataset's name on the Hugging Face hub (source: hub)
     hub_config: str = ""  # the hub dataset's configuration, e.g. de-en; empty = none
-    # each split's name: the file name's stem in dir, or the hub dataset's split
-    train: str = "train"
+    # the training split's name (the file name's stem in dir, or the hub dataset's split),
+    # or a list of corpora, each with its own weight and tag (data.train[i] below)
+    train: str | tuple[CorpusConfig, ...] = "train"
+    # the validation and test splits' names, as for train
     valid: str = "valid"
     test: str = "test"
     # training pairs longer than this (in pieces, either side) are dropped
     max_len: int = 100
     # training pairs whose piece-length ratio exceeds this are dropped (0 = keep all)
     max_ratio: float = 3.0
+    # training pairs seen before (the same source and target, in any training corpus) are
+    # dropped: a repeat only weighs its pair more, which is what a corpus weight is for
+    dedup: bool = True
+    # training pairs whose source equals their target are dropped: untranslated copies
+    # teach a model to copy its input (Khayrallah and Koehn 2018)
+    drop_copies: bool = True
 
 
 @dataclass(frozen=True)
@@ -68,7 +99,8 @@ class TokenizerConfig:
     model_type: Literal["unigram", "bpe", "char", "word"] = "unigram"  # SentencePiece's algorithm
     # the share of characters the pieces must cover; below 1, rare ones become <unk>
     character_coverage: float = 1.0
-    # at most this many sentences are sampled to train SentencePiece
+    # at most this many sentences train each SentencePiece model, drawn uniformly from the
+    # training corpora as they stream (all of them, in order, when there are fewer)
     sample_size: int = 300_000
 
 

@@ -88,6 +88,9 @@ def _key_lines(node: Any, prefix: str, out: dict[str, int], repeated: list[str])
                 first[dotted] = line
             out[dotted] = line
             _key_lines(value_node, dotted + ".", out, repeated)
+    elif isinstance(node, yaml.SequenceNode):  # a list of mappings: data.train.0.weight
+        for index, item in enumerate(node.value):
+            _key_lines(item, f"{prefix}{index}.", out, repeated)
 
 
 def config_from_dict(
@@ -164,7 +167,8 @@ def _build(cls: type, raw: Any, prefix: str, errors: list[str], where: Callable[
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in fields:
-            errors.append(f"{where(prefix + str(key))}: unknown key{_suggest(str(key), prefix)}")
+            hint = _suggest(str(key), prefix, list(fields))
+            errors.append(f"{where(prefix + str(key))}: unknown key{hint}")
     values = {}
     for name, f in fields.items():
         dotted = prefix + name
@@ -173,7 +177,13 @@ def _build(cls: type, raw: Any, prefix: str, errors: list[str], where: Callable[
                 errors.append(f"{where(dotted)}: required key missing")
             continue
         tp = hints[name]
-        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        items = _listed_dataclass(tp)
+        if items is not None and isinstance(raw[name], list):
+            values[name] = tuple(
+                _build(items, item, f"{dotted}.{i}.", errors, where)
+                for i, item in enumerate(raw[name])
+            )
+        elif isinstance(tp, type) and dataclasses.is_dataclass(tp):
             values[name] = _build(
                 tp, raw[name] if raw[name] is not None else {}, dotted + ".", errors, where
             )
@@ -188,6 +198,18 @@ def _build(cls: type, raw: Any, prefix: str, errors: list[str], where: Callable[
     return cls(**values)
 
 
+def _listed_dataclass(tp: Any) -> type | None:
+    """The dataclass D of a field typed `X | tuple[D, ...]` (a list of mappings), else None."""
+    if typing.get_origin(tp) not in (typing.Union, types.UnionType):
+        return None
+    for option in typing.get_args(tp):
+        args = typing.get_args(option)
+        listed = typing.get_origin(option) is tuple and len(args) == 2 and args[1] is Ellipsis
+        if listed and isinstance(args[0], type) and dataclasses.is_dataclass(args[0]):
+            return args[0]
+    return None
+
+
 def _convert(value: Any, tp: Any) -> Any:
     """Convert a YAML value to the declared type, or return _MISSING."""
     origin = typing.get_origin(tp)
@@ -200,7 +222,12 @@ def _convert(value: Any, tp: Any) -> Any:
             return _MISSING
         out = tuple(_convert(v, a) for v, a in zip(value, args, strict=True))
         return _MISSING if any(v is _MISSING for v in out) else out
-    if origin in (typing.Union, types.UnionType):
+    if origin in (typing.Union, types.UnionType):  # the first plain option that fits
+        for option in typing.get_args(tp):
+            if option in (bool, int, float, str):
+                converted = _convert(value, option)
+                if converted is not _MISSING:
+                    return converted
         return _MISSING
     if tp is bool:
         return value if isinstance(value, bool) else _MISSING
@@ -240,6 +267,10 @@ def _type_name(tp: Any) -> str:
         return "one of " + "|".join(typing.get_args(tp))
     if origin is tuple:
         return "a list [" + ", ".join(_type_name(a) for a in typing.get_args(tp)) + "]"
+    if origin in (typing.Union, types.UnionType):
+        listed = _listed_dataclass(tp)
+        plain = [_type_name(a) for a in typing.get_args(tp) if typing.get_origin(a) is not tuple]
+        return " or ".join(plain + (["a list of mappings"] if listed else []))
     return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(
         tp, str(tp)
     )
@@ -261,11 +292,9 @@ def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
     return keys
 
 
-def _suggest(key: str, prefix: str) -> str:
-    """A did-you-mean hint: first among the same section's keys, then anywhere."""
+def _suggest(key: str, prefix: str, siblings: list[str]) -> str:
+    """A did-you-mean hint: first among the same mapping's keys, then anywhere."""
     keys = all_keys()
-    rest = [k[len(prefix) :] for k in keys if k.startswith(prefix)]
-    siblings = [k for k in rest if "." not in k]
     close = difflib.get_close_matches(key, siblings, n=1, cutoff=0.6)
     if close:
         return f" (did you mean {prefix}{close[0]}?)"

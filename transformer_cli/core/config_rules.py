@@ -20,6 +20,7 @@ from transformer_cli.core.config import (
     is_precision,
 )
 from transformer_cli.core.errors import ConfigError
+from transformer_cli.core.specials import BOS, EOS, PAD, UNK
 
 Check = Callable[[bool, str, str], None]
 
@@ -58,6 +59,48 @@ def _data_rules(cfg: Config, check: Check) -> None:
         f"must be in (0, 1], got {tok.character_coverage}",
     )
     check(tok.sample_size >= 1, "tokenizer.sample_size", f"must be >= 1, got {tok.sample_size}")
+    if isinstance(d.train, tuple):
+        _corpus_rules(cfg, check)
+
+
+def _corpus_rules(cfg: Config, check: Check) -> None:
+    """data.train as a list of corpora: weights, tags and where each one is."""
+    corpora = cfg.data.train
+    assert isinstance(corpora, tuple)
+    check(bool(corpora), "data.train", "an empty list names no corpus")
+    check(
+        not corpora or any(c.weight > 0 for c in corpora),
+        "data.train",
+        "every corpus has weight 0: nothing to train on",
+    )
+    seen: dict[str, int] = {}
+    for i, c in enumerate(corpora):
+        key = f"data.train.{i}"
+        check(c.weight >= 0, f"{key}.weight", f"must be >= 0, got {c.weight}")
+        source = c.source or cfg.data.source
+        check(
+            source != "hub" or bool(c.hub_name or cfg.data.hub_name),
+            f"{key}.hub_name",
+            "required when source is hub",
+        )
+        if not c.tag:
+            continue
+        check(
+            not any(ch.isspace() for ch in c.tag),
+            f"{key}.tag",
+            f"must be one piece without spaces, got {c.tag!r}",
+        )
+        check(
+            c.tag not in (PAD, UNK, BOS, EOS),
+            f"{key}.tag",
+            f"{c.tag} is a special piece of every tfx tokenizer; choose another, e.g. <bt>",
+        )
+        check(
+            c.tag not in seen,
+            f"{key}.tag",
+            f"{c.tag} is already data.train.{seen.get(c.tag)}.tag; each corpus's tag must differ",
+        )
+        seen.setdefault(c.tag, i)
 
 
 def _model_rules(cfg: Config, check: Check) -> None:

@@ -126,9 +126,38 @@ def epoch_batches(
 
     Each batch holds at most `batch_tokens` real target tokens (pieces + 1 for EOS, the
     positions the loss sees; padding is free), except a single longer sentence, which
-    forms a batch alone.
+    forms a batch alone. A split of weighted corpora first draws the epoch's pairs
+    (`epoch_pairs`); a pair drawn twice appears in two batches.
     """
-    return batches_from_lengths(split.src_lengths, split.tgt_lengths, batch_tokens, seed, epoch)
+    chosen = epoch_pairs(split.weights, seed, epoch)
+    if chosen is None:
+        return batches_from_lengths(split.src_lengths, split.tgt_lengths, batch_tokens, seed, epoch)
+    src, tgt = split.src_lengths[chosen], split.tgt_lengths[chosen]
+    return [chosen[b] for b in batches_from_lengths(src, tgt, batch_tokens, seed, epoch)]
+
+
+def epoch_pairs(weights: Sequence[tuple[int, float]], seed: int, epoch: int) -> torch.Tensor | None:
+    """The pairs of one epoch of weighted corpora (`(pairs, weight)` each, in the split's
+    order), as int64 indices; None when every corpus is read once (weights 1 or none).
+
+    A corpus of weight w gives floor(w) passes over all its pairs, plus a new random
+    round(frac(w) * pairs) of them each epoch, drawn without replacement: w passes in
+    expectation, e.g. 0.5 = half of it, 2 = every pair twice. A pure function of
+    (weights, seed, epoch), like the batches.
+    """
+    if all(w == 1 for _, w in weights):
+        return None
+    digest = hashlib.sha256(f"tfx-corpora:{seed}:{epoch}".encode()).digest()
+    generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+    parts, start = [], 0
+    for n, weight in weights:
+        whole, part = divmod(weight, 1.0)
+        parts += [torch.arange(start, start + n)] * int(whole)
+        drawn = round(part * n)
+        if drawn:
+            parts.append(start + torch.randperm(n, generator=generator)[:drawn])
+        start += n
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64)
 
 
 def batches_from_lengths(

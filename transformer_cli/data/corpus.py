@@ -1,81 +1,115 @@
-"""Reading parallel text: the toy corpus, local files (text, tsv, jsonl) and the HF hub.
+"""Reading parallel text as a stream: the toy corpus, local files (text, tsv, jsonl) and
+the HF hub.
 
-Every split comes back as a `Pairs`: aligned source/target lists with pairs that are
-empty on either side already dropped together, so the two sides can never drift apart.
-Every problem a user can cause is a `DataError` naming the file and, where there is
-one, the line.
+A split is one or more `Corpus`es. Each is read by `read_pairs`, which yields its
+(source, target) lines one pair at a time, stripped, empty sides included: the caller
+drops pairs, never one side, so the two sides can never drift apart. Nothing here holds
+more than one line of a file. Every problem a user can cause is a `DataError` naming the
+file and, where there is one, the line.
 
-Plain text is read directly (faster than `datasets`, and it can point at the byte
-that is not UTF-8); tsv, jsonl and hub datasets go through `datasets`, which is
-imported only here and only when needed, so a training machine may lack it.
+Text, tsv and jsonl are parsed here line by line, so an error can point at its line and
+byte; hub datasets go through `datasets`' streaming mode, imported only here and only
+when needed, so a training machine may lack it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import itertools
 import json
-import tempfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from transformer_cli.core.config import DataConfig
+from transformer_cli.core.config import CorpusConfig, DataConfig
 from transformer_cli.core.errors import DataError
 
 _BOM = b"\xef\xbb\xbf"
+Pair = tuple[str, str]
 
 
 @dataclass(frozen=True)
-class Pairs:
-    """One split's aligned sentence pairs, after dropping pairs with an empty side."""
+class Corpus:
+    """One corpus of a split, resolved from the config: where it is and how to read it."""
 
-    src: list[str]
-    tgt: list[str]
-    read: int  # pairs in the input, before dropping
-    dropped_empty: int
-    origin: str  # where the pairs came from, for messages
+    name: str  # the file name's stem in dir, or the hub dataset's split
+    source: str  # toy | files | hub
+    dir: str
+    format: str  # text | tsv | jsonl
+    src_lang: str
+    tgt_lang: str
+    src_field: str  # a tsv/jsonl/hub field; dotted = nested
+    tgt_field: str
+    hub_name: str = ""
+    hub_config: str = ""
+    weight: float = 1.0  # expected passes per epoch
+    tag: str = ""  # the piece put before each source sentence ("" = none)
 
-    def __len__(self) -> int:
-        return len(self.src)
+
+def corpora(data: DataConfig, role: str) -> tuple[Corpus, ...]:
+    """The corpora of one split ('train', 'valid' or 'test'), in the config's order."""
+    if role == "train" and isinstance(data.train, tuple):
+        return tuple(_resolve(data, c) for c in data.train)
+    return (_resolve(data, CorpusConfig(name=split_name(data, role))),)
+
+
+def _resolve(data: DataConfig, c: CorpusConfig) -> Corpus:
+    return Corpus(
+        name=c.name,
+        source=c.source or data.source,
+        dir=c.dir or data.dir,
+        format=c.format or data.format,
+        src_lang=data.src_lang,
+        tgt_lang=data.tgt_lang,
+        src_field=c.src_field or data.src_field or data.src_lang,
+        tgt_field=c.tgt_field or data.tgt_field or data.tgt_lang,
+        hub_name=c.hub_name or data.hub_name,
+        hub_config=c.hub_config or data.hub_config,
+        weight=c.weight,
+        tag=c.tag,
+    )
 
 
 def split_name(data: DataConfig, role: str) -> str:
-    """The configured split name for a role ('train', 'valid' or 'test')."""
-    return getattr(data, role)
+    """The configured name of a role's split; a list of training corpora joins theirs."""
+    name = getattr(data, role)
+    return "+".join(c.name for c in name) if isinstance(name, tuple) else name
 
 
-def input_paths(data: DataConfig, role: str) -> list[Path]:
-    """The local files one split is read from (none for the hub); DataError if missing."""
-    name = split_name(data, role)
-    if data.source == "hub":
+def input_paths(corpus: Corpus) -> list[Path]:
+    """The local files a corpus is read from (none for the hub); DataError if missing."""
+    if corpus.source == "hub":
         return []
-    directory = Path(data.dir)
+    directory = Path(corpus.dir)
     if not directory.is_dir():
-        hint = _toy_hint(data) or " (set data.dir in the config, or --set data.dir=PATH)"
+        hint = _toy_hint(corpus) or " (set data.dir in the config, or --set data.dir=PATH)"
         raise DataError(f"data directory not found: {directory}{hint}")
-    if data.source == "files" and data.format != "text":
-        path = directory / f"{name}.{data.format}"
+    if corpus.format != "text":
+        path = directory / f"{corpus.name}.{corpus.format}"
         if not path.is_file():
             raise DataError(f"{path}: file not found")
         return [path]
-    return [
-        _text_path(directory / f"{name}.{lang}", data) for lang in (data.src_lang, data.tgt_lang)
-    ]
+    return [_text_path(directory / f"{corpus.name}.{lang}", corpus) for lang in _langs(corpus)]
 
 
-def _text_path(path: Path, data: DataConfig) -> Path:
+def _langs(corpus: Corpus) -> tuple[str, str]:
+    return corpus.src_lang, corpus.tgt_lang
+
+
+def _text_path(path: Path, corpus: Corpus) -> Path:
     if path.is_file():
         return path
     gz = path.with_name(path.name + ".gz")
     if gz.is_file():
         return gz
-    raise DataError(f"{path}: file not found (nor {gz.name}){_toy_hint(data)}")
+    raise DataError(f"{path}: file not found (nor {gz.name}){_toy_hint(corpus)}")
 
 
-def _toy_hint(data: DataConfig) -> str:
-    if data.source != "toy":
+def _toy_hint(corpus: Corpus) -> str:
+    if corpus.source != "toy":
         return ""
     return (
         " (the toy corpus ships in data/toy of the tfx repository: run tfx from there, "
@@ -83,78 +117,102 @@ def _toy_hint(data: DataConfig) -> str:
     )
 
 
-def read_split(data: DataConfig, role: str) -> Pairs:
-    """Read one split ('train', 'valid' or 'test') as configured; DataError if no pairs."""
-    src_field = data.src_field or data.src_lang
-    tgt_field = data.tgt_field or data.tgt_lang
-    if data.source == "hub":
-        pairs = read_hub(
-            data.hub_name, data.hub_config, split_name(data, role), src_field, tgt_field
-        )
-    elif data.source == "files" and data.format != "text":
-        (path,) = input_paths(data, role)
-        pairs = read_table(path, data.format, src_field, tgt_field)
-    else:  # toy and text files: {dir}/{split}.{lang}[.gz]
-        src_path, tgt_path = input_paths(data, role)
-        pairs = read_text_files(src_path, tgt_path)
-    if not pairs.src:
-        why = f"all {pairs.read} pairs have an empty side" if pairs.read else "the input is empty"
-        raise DataError(f"{pairs.origin}: no sentence pairs ({why})")
-    return pairs
+def origin(corpus: Corpus) -> str:
+    """Where a corpus's pairs come from, for messages: data/x/train.{en,de}, a file, a hub split."""
+    if corpus.source == "hub":
+        config = f"/{corpus.hub_config}" if corpus.hub_config else ""
+        return f"{corpus.hub_name}{config}[{corpus.name}]"
+    paths = input_paths(corpus)
+    return _common_name(*paths) if len(paths) == 2 else str(paths[0])
+
+
+def read_pairs(corpus: Corpus) -> Iterator[Pair]:
+    """Every (source, target) pair of a corpus in order, stripped; empty sides included."""
+    if corpus.source == "hub":
+        return read_hub(corpus)
+    if corpus.format == "text":
+        return read_text_files(*input_paths(corpus))
+    (path,) = input_paths(corpus)
+    reader = read_tsv if corpus.format == "tsv" else read_jsonl
+    return reader(path, corpus.src_field, corpus.tgt_field)
 
 
 # ----------------------------------------------------------------------------- plain text
 
 
-def read_bytes(path: Path) -> bytes:
-    """A file's bytes, gunzipped if it ends in .gz; DataError if missing or corrupt."""
+@contextlib.contextmanager
+def _lines(path: Path) -> Iterator[Iterator[bytes]]:
+    """A file's raw lines (gunzipped if it ends in .gz); DataError if missing or corrupt."""
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
+        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
+            yield _checked(f, path)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
+
+
+def _checked(f: IO[bytes], path: Path) -> Iterator[bytes]:
+    try:
+        yield from f  # binary lines end at b"\n" only, as every other tool counts them
     except (gzip.BadGzipFile, EOFError, zlib.error) as e:
         raise DataError(f"{path}: not a valid gzip file ({e})") from None
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
-def decode_utf8(data: bytes, path: Path | str) -> str:
-    """Decode UTF-8 (a leading BOM is ignored); the error names file, line and column."""
-    skip = len(_BOM) if data.startswith(_BOM) else 0
+def decode_line(raw: bytes, path: Path | str, number: int) -> str:
+    """One line as text (a BOM on line 1 is ignored); the error names file, line and column."""
+    if number == 1 and raw.startswith(_BOM):
+        raw = raw[len(_BOM) :]
     try:
-        return data[skip:].decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        at = e.start + skip
-        line = data.count(b"\n", 0, at) + 1
-        column = at - (data.rfind(b"\n", 0, at) + 1) + 1  # 1-based, in bytes
         raise DataError(
-            f"{path}:{line}: invalid UTF-8 (byte 0x{data[at]:02x} at column {column})"
+            f"{path}:{number}: invalid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})"
         ) from None
 
 
-def text_lines(path: Path) -> list[str]:
+def text_lines(path: Path) -> Iterator[str]:
     """The lines of a UTF-8 text file (or .gz), stripped; a final newline is optional."""
-    text = decode_utf8(read_bytes(path), path)
-    # split("\n"), not splitlines(): the latter also breaks at \x0b, \x1c, \u2028 ...,
-    # which would make this count disagree with the line numbers every other tool shows.
-    lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()
-    return [line.strip() for line in lines]
+    number = 0
+    with _lines(path) as lines:
+        for block in _blocks(lines):
+            try:  # a block at a time: one decode call, not one a line
+                text = b"".join(block).decode("utf-8")
+            except UnicodeDecodeError:
+                for i, raw in enumerate(block, start=number + 1):
+                    decode_line(raw, path, i)  # raises, naming the line
+                raise
+            if number == 0 and text.startswith("\ufeff"):
+                text = text[1:]
+            number += len(block)
+            yield from [line.strip() for line in text.split("\n")[: len(block)]]
 
 
-def read_text_files(src_path: Path, tgt_path: Path) -> Pairs:
+def _blocks(lines: Iterator[bytes], size: int = 4096) -> Iterator[list[bytes]]:
+    while block := list(itertools.islice(lines, size)):
+        yield block
+
+
+def read_text_files(src_path: Path, tgt_path: Path) -> Iterator[Pair]:
     """Two line-aligned text files; their line counts must match exactly."""
     src, tgt = text_lines(src_path), text_lines(tgt_path)
-    if len(src) != len(tgt):
-        raise DataError(
-            f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}; "
-            "the two sides of a split must be line-aligned"
-        )
-    return drop_empty(src, tgt, origin=_common_name(src_path, tgt_path))
+    count = 0
+    for s in src:
+        t = next(tgt, None)
+        if t is None:
+            _mismatch(src_path, count + 1 + sum(1 for _ in src), tgt_path, count)
+        count += 1
+        yield s, t
+    rest = sum(1 for _ in tgt)
+    if rest:
+        _mismatch(src_path, count, tgt_path, count + rest)
+
+
+def _mismatch(src_path: Path, src_count: int, tgt_path: Path, tgt_count: int) -> None:
+    raise DataError(
+        f"{src_path} has {src_count} lines but {tgt_path} has {tgt_count}; "
+        "the two sides of a split must be line-aligned"
+    )
 
 
 def _common_name(a: Path, b: Path) -> str:
@@ -167,101 +225,131 @@ def _common_name(a: Path, b: Path) -> str:
     return f"{sa[:n]}{{{sa[n:]},{sb[n:]}}}" if n else f"{sa} + {sb}"
 
 
-def drop_empty(src: list[str], tgt: list[str], origin: str) -> Pairs:
-    """Drop every pair with an empty (or whitespace-only) side: pairs, never one side."""
-    if len(src) != len(tgt):
-        raise ValueError(f"{len(src)} source vs {len(tgt)} target lines")
-    keep_src, keep_tgt = [], []
-    for s, t in zip(src, tgt, strict=True):
-        s, t = s.strip(), t.strip()
-        if s and t:
-            keep_src.append(s)
-            keep_tgt.append(t)
-    return Pairs(keep_src, keep_tgt, len(src), len(src) - len(keep_src), origin)
-
-
 # ----------------------------------------------------------------------------- tsv / jsonl
 
 
-def read_table(path: Path, fmt: str, src_field: str, tgt_field: str) -> Pairs:
-    """A tsv (with a header row) or jsonl file, read with `datasets`' local loaders."""
-    raw = read_bytes(path)
-    text = decode_utf8(raw, path)  # checked here: datasets' own error has no line number
-    lines = text.split("\n")
-    header_lines = 1 if fmt == "tsv" else 0
-    if fmt == "tsv":
-        columns = _check_tsv_shape(lines, path)
-    datasets = _import_datasets()
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
-    # A throwaway cache: local files are re-read each time anyway, and this keeps
-    # the user's ~/.cache free of one arrow copy per prepared corpus.
-    with tempfile.TemporaryDirectory(prefix="tfx-datasets-") as cache:
-        try:
-            if fmt == "tsv":
-                features = datasets.Features({c: datasets.Value("string") for c in columns})
-                ds = datasets.load_dataset(
-                    "csv",
-                    data_files=str(path),
-                    split="train",
-                    cache_dir=cache,
-                    delimiter="\t",
-                    quoting=3,  # csv.QUOTE_NONE: a quote is text, not a field delimiter
-                    na_filter=False,  # "NA" and "null" are words, not missing values
-                    encoding="utf-8-sig",
-                    features=features,
+def read_tsv(path: Path, src_field: str, tgt_field: str) -> Iterator[Pair]:
+    """A tsv file: a header row of field names, then rows of as many tab-separated fields.
+
+    Quotes and words such as NA are text, never syntax or missing values; blank lines
+    are skipped.
+    """
+    header: list[str] = []
+    columns = (0, 0)
+    with _lines(path) as lines:
+        for number, raw in enumerate(lines, start=1):
+            line = decode_line(raw, path, number).rstrip("\r\n")
+            if number == 1:
+                header = line.lstrip("\ufeff").split("\t")
+                columns = _tsv_columns(header, (src_field, tgt_field), path)
+                continue
+            if not line.strip():
+                continue
+            fields = line.split("\t")
+            if len(fields) != len(header):
+                raise DataError(
+                    f"{path}:{number}: expected {len(header)} tab-separated fields "
+                    f"({', '.join(header)}), found {len(fields)}"
                 )
-            else:
-                ds = datasets.load_dataset(
-                    "json", data_files=str(path), split="train", cache_dir=cache
-                )
-        except Exception as e:  # whatever the loader says, it is the file
-            if fmt == "jsonl":
-                _find_bad_json(lines, path)
-            raise DataError(f"{path}: cannot read as {fmt} ({_first_line(e)})") from None
-
-        def where(row: int) -> str:
-            return f"{path}:{_row_line(lines, row, header_lines)}"
-
-        src, tgt = dataset_columns(ds, src_field, tgt_field, where)
-    return drop_empty(src, tgt, origin=str(path))
+            yield fields[columns[0]].strip(), fields[columns[1]].strip()
+    if not header:
+        raise DataError(f"{path}:1: empty header (a tsv file starts with a row of field names)")
 
 
-def _check_tsv_shape(lines: list[str], path: Path) -> list[str]:
-    """The header's column names; every row must have as many tab-separated fields."""
-    header = lines[0].lstrip("\ufeff").rstrip("\r").split("\t") if lines else [""]
+def _tsv_columns(header: list[str], fields: tuple[str, str], path: Path) -> tuple[int, int]:
     if header == [""]:
         raise DataError(f"{path}:1: empty header (a tsv file starts with a row of field names)")
-    for number, line in enumerate(lines[1:], start=2):
-        if line.strip() and line.count("\t") != len(header) - 1:
-            raise DataError(
-                f"{path}:{number}: expected {len(header)} tab-separated fields "
-                f"({', '.join(header)}), found {line.count(chr(9)) + 1}"
-            )
-    return header
+    for field in fields:
+        if field not in header:
+            raise DataError(f"{path}:1: no field '{field}' (fields: {', '.join(header)})")
+    return header.index(fields[0]), header.index(fields[1])
 
 
-def _find_bad_json(lines: list[str], path: Path) -> None:
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as e:
-            raise DataError(f"{path}:{number}: not valid JSON ({e.args[0]})") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+def read_jsonl(path: Path, src_field: str, tgt_field: str) -> Iterator[Pair]:
+    """A jsonl file: one JSON object a line; a dotted field names a nested one."""
+    with _lines(path) as lines:
+        first = True
+        for number, raw in enumerate(lines, start=1):
+            line = decode_line(raw, path, number)
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                raise DataError(f"{path}:{number}: not valid JSON ({e.args[0]})") from None
+            if not isinstance(row, dict):
+                kind = type(row).__name__
+                raise DataError(f"{path}:{number}: expected a JSON object, got {kind}")
+            yield row_pair(row, (src_field, tgt_field), f"{path}:{number}", first)
+            first = False
 
 
-def _row_line(lines: list[str], row: int, header_lines: int) -> int:
-    """The 1-based line of data row `row`: the loaders skip blank lines, so count them."""
-    seen = -1
-    for number, line in enumerate(lines[header_lines:], start=header_lines + 1):
-        if line.strip():
-            seen += 1
-            if seen == row:
-                return number
-    return header_lines + row + 1
+def row_pair(row: dict, fields: tuple[str, str], where: str, first: bool) -> Pair:
+    """The two text fields of one row; a field missing from the first row is a wrong name."""
+    out = []
+    for field in fields:
+        value = _field(row, field)
+        if value is _ABSENT and first:
+            shown = ", ".join(_flat_keys(row)) or "none"
+            raise DataError(f"{where}: no field '{field}' (fields: {shown})")
+        if value is _ABSENT or value is None:
+            raise DataError(f"{where}: field '{field}' is missing")
+        if not isinstance(value, str):
+            kind = "a mapping" if isinstance(value, dict) else type(value).__name__
+            raise DataError(f"{where}: field '{field}' is {kind}, expected text")
+        # a newline inside a field would split one sentence over two cache lines
+        out.append(" ".join(value.splitlines()).strip())
+    return out[0], out[1]
+
+
+_ABSENT = object()
+
+
+def _field(row: dict, field: str) -> Any:
+    if field in row:
+        return row[field]
+    node: Any = row
+    for part in field.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _ABSENT
+        node = node[part]
+    return node
+
+
+def _flat_keys(row: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in row.items():
+        if isinstance(value, dict) and value:
+            keys.extend(_flat_keys(value, f"{prefix}{key}."))
+        else:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+# ----------------------------------------------------------------------------- hub
+
+
+def read_hub(corpus: Corpus) -> Iterator[Pair]:
+    """A Hugging Face hub dataset split, streamed; rows are read exactly as jsonl rows."""
+    datasets = _import_datasets()
+    where = origin(corpus)
+    fields = (corpus.src_field, corpus.tgt_field)
+    rows = _hub_rows(datasets, corpus, where)
+    for number, row in enumerate(rows, start=1):
+        yield row_pair(row, fields, f"{where} row {number}", number == 1)
+
+
+def _hub_rows(datasets: Any, corpus: Corpus, where: str) -> Iterator[dict]:
+    """The rows as they stream in; a failure to load or to fetch more is a DataError."""
+    try:
+        stream = datasets.load_dataset(
+            corpus.hub_name, corpus.hub_config or None, split=corpus.name, streaming=True
+        )
+        yield from stream
+    except Exception as e:  # offline, unknown name, unknown split, a dropped connection ...
+        raise DataError(
+            f"cannot load {where} from the Hugging Face hub ({_first_line(e)})"
+        ) from None
 
 
 def _first_line(e: BaseException) -> str:
@@ -269,50 +357,11 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
-# ----------------------------------------------------------------------------- hub
-
-
-def read_hub(name: str, config: str, split: str, src_field: str, tgt_field: str) -> Pairs:
-    """A Hugging Face hub dataset split; rows are read exactly as for local jsonl."""
-    datasets = _import_datasets()
-    origin = f"{name}{'/' + config if config else ''}[{split}]"
-    try:
-        ds = datasets.load_dataset(name, config or None, split=split)
-    except Exception as e:  # offline, unknown name, unknown split, ...
-        raise DataError(
-            f"cannot load {origin} from the Hugging Face hub ({_first_line(e)})"
-        ) from None
-    src, tgt = dataset_columns(ds, src_field, tgt_field, lambda row: f"{origin} row {row + 1}")
-    return drop_empty(src, tgt, origin=origin)
-
-
-def dataset_columns(
-    ds: Any, src_field: str, tgt_field: str, where: Callable[[int], str]
-) -> tuple[list[str], list[str]]:
-    """The two text columns of a `datasets.Dataset`; a dotted field names a nested one."""
-    flat = ds.flatten()  # {"translation": {"de": ..}} -> a column "translation.de"
-    columns = []
-    for field in (src_field, tgt_field):
-        if field not in flat.column_names:
-            shown = ", ".join(flat.column_names) or "none"
-            raise DataError(f"{where(0)}: no field '{field}' (fields: {shown})")
-        values = flat.data.column(field).to_pylist()
-        for row, value in enumerate(values):
-            if not isinstance(value, str):
-                if value is None:
-                    raise DataError(f"{where(row)}: field '{field}' is missing")
-                kind = "a mapping" if isinstance(value, dict) else type(value).__name__
-                raise DataError(f"{where(row)}: field '{field}' is {kind}, expected text")
-        # a newline inside a field would split one sentence over two cache lines
-        columns.append([" ".join(v.splitlines()) for v in values])
-    return columns[0], columns[1]
-
-
-def _import_datasets():
+def _import_datasets() -> Any:
     try:
         import datasets
     except ImportError:
         raise DataError(
-            "reading tsv, jsonl or hub data needs the `datasets` package (pip install datasets)"
+            "reading a hub dataset needs the `datasets` package (pip install datasets)"
         ) from None
     return datasets

@@ -1,5 +1,9 @@
-"""`tfx prepare`: read the corpus, train SentencePiece (or take a checkpoint's, with
---tokenizer-from), and write the encoded cache.
+"""`tfx prepare`: stream the corpora, train SentencePiece on a sample of them (or take a
+checkpoint's, with --tokenizer-from), and write the encoded cache.
+
+Memory follows the chunk, not the corpus (stream.py): SentencePiece trains on a
+reservoir sample of `tokenizer.sample_size` sentences, and each split is encoded chunk
+by chunk straight into its on-disk arrays (store.py).
 
 The cache (layout in store.py) is keyed by a fingerprint of the input bytes, the data +
 tokenizer config and a borrowed tokenizer's bytes, so running prepare again with the
@@ -10,27 +14,26 @@ meta.json and is never mistaken for a complete one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-import math
 import sys
 import time
-from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
 import sentencepiece
-from tqdm import tqdm
 
 from transformer_cli.core.config import Config, to_dict
 from transformer_cli.core.config_file import write_resolved
 from transformer_cli.core.errors import DataError
-from transformer_cli.core.fileio import atomic_write_text, is_partial_write
-from transformer_cli.core.specials import SPECIAL_IDS, UNK_ID
-from transformer_cli.core.table import aligned
-from transformer_cli.data import corpus, store
+from transformer_cli.core.fileio import atomic_open, is_partial_write
+from transformer_cli.core.specials import SPECIAL_IDS
+from transformer_cli.data import corpus, report, store, stream
 from transformer_cli.data.base_checkpoint import check_tokenizer_section, load_base
-from transformer_cli.data.store import SPLITS, EncodedSplit
+from transformer_cli.data.clean import SeenPairs
+from transformer_cli.data.corpus import Corpus
+from transformer_cli.data.store import SPLITS
 from transformer_cli.data.tokenizer import (
     JOINT_FILE,
     SRC_FILE,
@@ -40,9 +43,8 @@ from transformer_cli.data.tokenizer import (
 )
 
 # Bump when the cache layout or the way text becomes ids changes: old caches rebuild.
-CACHE_FORMAT = 1
-_ENCODE_CHUNK = 20_000  # lines per encode call: big enough to batch, small enough to show progress
-DROP_REASONS = ("empty", "too_long", "ratio")
+CACHE_FORMAT = 2
+_SAMPLE_SEED = 1234  # the reservoir's: the same corpus gives the same sample, and model
 
 
 def run(cfg: Config, tokenizer_from: str | Path | None = None) -> dict:
@@ -56,7 +58,8 @@ def run(cfg: Config, tokenizer_from: str | Path | None = None) -> dict:
     run_dir = Path(cfg.run_dir)
     directory = store.cache_dir(run_dir)
     borrowed = _borrowed(cfg, tokenizer_from)
-    fingerprint, inputs = fingerprint_of(cfg, borrowed.fingerprint() if borrowed else None)
+    with report.stage("fingerprinting the inputs"):
+        fingerprint, inputs = fingerprint_of(cfg, borrowed.fingerprint() if borrowed else None)
 
     meta = _up_to_date(directory, fingerprint)
     if meta is not None:
@@ -65,17 +68,14 @@ def run(cfg: Config, tokenizer_from: str | Path | None = None) -> dict:
         return {**meta, "reused": True}
     _clear_stale(directory)
 
-    _status(f"reading {_describe(cfg)}")
-    pairs = {role: corpus.read_split(cfg.data, role) for role in SPLITS}
-    tokenizer = borrowed or _train(cfg, pairs["train"])
-    encoded = _encode_all(tokenizer, pairs)
-    stats = {role: _keep(cfg, role, pairs[role], encoded) for role in SPLITS}
-    if stats["train"]["kept"] == 0:
-        raise _nothing_left(cfg, stats["train"])
-
-    _status(f"writing {directory}")
+    sources = {role: corpus.corpora(cfg.data, role) for role in SPLITS}
+    print(f"reading {_describe(cfg)}", file=sys.stderr)
+    tokenizer = borrowed or _train(cfg, sources["train"])
+    _check_tags(sources["train"], tokenizer, tokenizer_from)
     try:
-        files = _write_cache(directory, tokenizer, encoded, pairs)
+        directory.mkdir(parents=True, exist_ok=True)
+        splits, files = _encode_splits(cfg, sources, tokenizer, directory)
+        files = _write_tokenizer(directory, tokenizer) + files
         write_resolved(cfg, run_dir)
     except OSError as e:  # a full disk or a read-only run dir is the user's to fix
         where = e.filename or directory
@@ -89,12 +89,79 @@ def run(cfg: Config, tokenizer_from: str | Path | None = None) -> dict:
         "inputs": inputs,
         "tokenizer": _tokenizer_meta(cfg, tokenizer, tokenizer_from),
         "special_ids": SPECIAL_IDS,
-        "splits": stats,
+        "splits": splits,
         "files": files,
     }
     store.write_meta(run_dir, meta)  # last: only now is the cache complete
     print(summary(meta, directory))
     return {**meta, "reused": False}
+
+
+def _encode_splits(
+    cfg: Config, sources: dict[str, tuple[Corpus, ...]], tokenizer: Tokenizer, directory: Path
+) -> tuple[dict, list[str]]:
+    """Every split's stats for meta.json, and the files written; valid and test first, as
+    they are short and a mistake in them shows at once.
+
+    Each file stays a temp file until every split is encoded: a corpus refused halfway
+    leaves nothing behind.
+    """
+    splits, files = {}, []
+    with contextlib.ExitStack() as stack:
+        for role in ("valid", "test", "train"):
+            with report.stage(f"encoding {role}"):
+                splits[role], written = _encode_split(
+                    cfg, role, sources[role], tokenizer, (directory, stack)
+                )
+            files += written
+    return {role: splits[role] for role in SPLITS}, files
+
+
+def _encode_split(
+    cfg: Config,
+    role: str,
+    sources: tuple[Corpus, ...],
+    tokenizer: Tokenizer,
+    into: tuple[Path, contextlib.ExitStack],
+) -> tuple[dict, list[str]]:
+    d = cfg.data
+    train = role == "train"
+    tags = tuple(c.tag for c in corpus.corpora(d, "train"))
+    rules = stream.Rules(train, d.max_len, d.max_ratio, d.dedup, d.drop_copies, tags)
+    ids = store.id_type(max(tokenizer.src_vocab_size, tokenizer.tgt_vocab_size))
+    lengths = store.length_type(d.max_len if train else None)
+    text = [] if train else [f"{role}.{side}.txt" for side in ("src", "tgt")]
+    seen = SeenPairs()
+    parts = []
+    directory, stack = into
+    arrays = stack.enter_context(store.SplitWriter(directory, role, ids, lengths))
+    sinks = stream.Sinks(arrays, _text_sinks(stack, directory, text))
+    for source in sources:
+        counts = stream.encode_corpus(source, tokenizer, rules, sinks, seen)
+        if counts.kept == 0:
+            raise _nothing_left(cfg, counts)
+        parts.append(counts)
+    total = stream.Counts(corpus.split_name(d, role), " + ".join(c.origin for c in parts))
+    for counts in parts:
+        total.add(counts)
+    stats = {**total.as_meta(), "arrays": arrays.types}
+    stats["corpora"] = [c.as_meta() for c in parts]
+    return stats, arrays.files + text
+
+
+def _text_sinks(stack: contextlib.ExitStack, directory: Path, names: list[str]):
+    """The raw text files of valid/test (the references BLEU is computed against)."""
+    if not names:
+        return None
+    src, tgt = (stack.enter_context(atomic_open(directory / name)) for name in names)
+    return src, tgt
+
+
+def _write_tokenizer(directory: Path, tokenizer: Tokenizer) -> list[str]:
+    """The model file(s), after the splits; and no file left of an older cache's layout."""
+    for stale in (JOINT_FILE, SRC_FILE, TGT_FILE, *(f"{role}.pt" for role in SPLITS)):
+        (directory / stale).unlink(missing_ok=True)  # a joint <-> separate switch leaves one
+    return [path.name for path in tokenizer.save(directory)]
 
 
 def _borrowed(cfg: Config, path: str | Path | None) -> Tokenizer | None:
@@ -106,11 +173,38 @@ def _borrowed(cfg: Config, path: str | Path | None) -> Tokenizer | None:
     return base.tokenizer
 
 
-def _train(cfg: Config, train: corpus.Pairs) -> Tokenizer:
+def _train(cfg: Config, sources: tuple[Corpus, ...]) -> Tokenizer:
+    """SentencePiece trained on a sample of the training corpora, knowing their tags."""
     tok = cfg.tokenizer
+    # a joint model sees both sides of each sampled pair
+    size = -(-tok.sample_size // 2) if tok.joint else tok.sample_size
+    with report.stage(f"sampling up to {size} training pairs for SentencePiece"):
+        pairs, read = stream.sample(sources, size, _SAMPLE_SEED)
+    if not pairs:
+        why = f"all {read} pairs have an empty side" if read else "the input is empty"
+        origins = " + ".join(corpus.origin(s) for s in sources)
+        raise DataError(f"{origins}: no sentence pairs ({why})")
     kind = "joint" if tok.joint else "separate"
-    _status(f"training {kind} SentencePiece {tok.model_type} ({tok.vocab_size} pieces)")
-    return train_tokenizer(tok, train.src, train.tgt)
+    tags = [s.tag for s in sources if s.tag]
+    with report.stage(f"training {kind} SentencePiece {tok.model_type} ({tok.vocab_size} pieces)"):
+        return train_tokenizer(tok, [s for s, _ in pairs], [t for _, t in pairs], tags)
+
+
+def _check_tags(
+    sources: tuple[Corpus, ...], tokenizer: Tokenizer, borrowed_from: str | Path | None
+) -> None:
+    """Each corpus tag must be one whole piece of the source model."""
+    for i, source in enumerate(sources):
+        if not source.tag:
+            continue
+        try:
+            tokenizer.src_piece_id(source.tag)
+        except DataError:
+            whose = f"the tokenizer of {borrowed_from}" if borrowed_from else "the tokenizer"
+            raise DataError(
+                f"data.train.{i}.tag: {source.tag} is not one piece of {whose} (a tag must "
+                "be a user-defined piece; prepare a tokenizer with the tag to use it)"
+            ) from None
 
 
 def _tokenizer_meta(cfg: Config, tokenizer: Tokenizer, borrowed_from: str | Path | None) -> dict:
@@ -137,72 +231,6 @@ def _clear_stale(directory: Path) -> None:
             litter.unlink(missing_ok=True)
 
 
-def _encode_all(tokenizer: Tokenizer, pairs: dict) -> dict:
-    """Every split's (source ids, target ids), with one progress bar over all lines."""
-    total = 2 * sum(len(p) for p in pairs.values())
-    with tqdm(total=total, desc="encoding", unit=" lines", file=sys.stderr, disable=None) as bar:
-        return {
-            role: (
-                _encode(tokenizer.encode_src, p.src, bar.update),
-                _encode(tokenizer.encode_tgt, p.tgt, bar.update),
-            )
-            for role, p in pairs.items()
-        }
-
-
-def _keep(cfg: Config, role: str, pairs: corpus.Pairs, encoded: dict) -> dict:
-    """Filter the training pairs (in `encoded`, in place); return the split's statistics.
-
-    valid/test are never filtered: their scores must stay comparable.
-    """
-    src_ids, tgt_ids = encoded[role]
-    if role == "train":
-        keep, dropped = filter_pairs(src_ids, tgt_ids, cfg.data.max_len, cfg.data.max_ratio)
-        src_ids, tgt_ids = [src_ids[i] for i in keep], [tgt_ids[i] for i in keep]
-        encoded[role] = src_ids, tgt_ids
-    else:
-        dropped = dict.fromkeys(DROP_REASONS, 0)
-    dropped["empty"] += pairs.dropped_empty
-    return {
-        "name": corpus.split_name(cfg.data, role),
-        "origin": pairs.origin,
-        "read": pairs.read,
-        "kept": len(src_ids),
-        "dropped": dropped,
-        "src_len": percentiles([len(s) for s in src_ids]),
-        "tgt_len": percentiles([len(t) for t in tgt_ids]),
-        "pieces": {"src": sum(map(len, src_ids)), "tgt": sum(map(len, tgt_ids))},
-        "unk": {"src": _unknown(src_ids), "tgt": _unknown(tgt_ids)},
-    }
-
-
-def _unknown(seqs: list[list[int]]) -> int:
-    """How many of the pieces are <unk>: text the tokenizer has no piece for."""
-    return sum(ids.count(UNK_ID) for ids in seqs)
-
-
-def _write_cache(
-    directory: Path,
-    tokenizer: Tokenizer,
-    encoded: dict[str, tuple[list[list[int]], list[list[int]]]],
-    pairs: dict[str, corpus.Pairs],
-) -> list[str]:
-    """Write everything but meta.json, each file atomically; return the file names."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for stale in (JOINT_FILE, SRC_FILE, TGT_FILE):  # a joint <-> separate switch leaves one
-        (directory / stale).unlink(missing_ok=True)
-    files = [path.name for path in tokenizer.save(directory)]
-    for role in SPLITS:
-        store.save_split(directory / f"{role}.pt", EncodedSplit.from_lists(*encoded[role]))
-        files.append(f"{role}.pt")
-        if role != "train":  # raw text: the references BLEU is computed against
-            for side, lines in (("src", pairs[role].src), ("tgt", pairs[role].tgt)):
-                text = "".join(line + "\n" for line in lines)
-                atomic_write_text(directory / f"{role}.{side}.txt", text)
-                files.append(f"{role}.{side}.txt")
-    return files
-
-
 # ----------------------------------------------------------------------------- fingerprint
 
 
@@ -213,7 +241,9 @@ def fingerprint_of(
     tokenizer's fingerprint (`borrowed`, None = trained here); and the inputs."""
     inputs = {
         role: [
-            {"path": str(p), "sha256": _sha256_file(p)} for p in corpus.input_paths(cfg.data, role)
+            {"path": str(p), "sha256": _sha256_file(p)}
+            for source in corpus.corpora(cfg.data, role)
+            for p in corpus.input_paths(source)
         ]
         for role in SPLITS
     }
@@ -221,6 +251,8 @@ def fingerprint_of(
     # The content hashes identify the files; the same files reached through another
     # path (another working directory, a symlink) are the same data.
     data.pop("dir")
+    for listed in data["train"] if isinstance(data["train"], list) else ():
+        listed.pop("dir")
     payload = {
         "format": CACHE_FORMAT,
         "sentencepiece": sentencepiece.__version__,
@@ -250,67 +282,27 @@ def _up_to_date(directory: Path, fingerprint: str) -> dict | None:
         return None
     if not isinstance(meta, dict) or meta.get("fingerprint") != fingerprint:
         return None
+    if meta.get("format") != CACHE_FORMAT:  # an older layout: still loads, but rebuild it
+        return None
     if not all((directory / name).is_file() for name in meta.get("files", [None])):
         return None
     return meta
 
 
-# ----------------------------------------------------------------------------- encode, filter
+# ----------------------------------------------------------------------------- messages
 
 
-def _encode(
-    encode: Callable, lines: list[str], advance: Callable[[int], object]
-) -> list[list[int]]:
-    out: list[list[int]] = []
-    for start in range(0, len(lines), _ENCODE_CHUNK):
-        chunk = lines[start : start + _ENCODE_CHUNK]
-        out.extend(encode(chunk))
-        advance(len(chunk))
-    return out
-
-
-def filter_pairs(
-    src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]], max_len: int, max_ratio: float
-) -> tuple[list[int], dict[str, int]]:
-    """Indices of the pairs to train on, and how many were dropped for each reason.
-
-    A pair is dropped for the first reason that applies: a side with no pieces (a line
-    that normalises to nothing), a side longer than `max_len` pieces, or a piece-length
-    ratio above `max_ratio` (0 = no ratio limit).
-    """
-    keep: list[int] = []
-    dropped = dict.fromkeys(DROP_REASONS, 0)
-    for i, (s, t) in enumerate(zip(src, tgt, strict=True)):
-        ls, lt = len(s), len(t)
-        if ls == 0 or lt == 0:
-            dropped["empty"] += 1
-        elif ls > max_len or lt > max_len:
-            dropped["too_long"] += 1
-        elif max_ratio > 0 and max(ls, lt) > max_ratio * min(ls, lt):
-            dropped["ratio"] += 1
-        else:
-            keep.append(i)
-    return keep, dropped
-
-
-def percentiles(lengths: Sequence[int]) -> dict[str, int]:
-    """Nearest-rank p50/p90/p99 and the max of a list of lengths (all 0 when empty)."""
-    if not lengths:
-        return {"p50": 0, "p90": 0, "p99": 0, "max": 0}
-    ordered = sorted(lengths)
-
-    def rank(p: float) -> int:
-        return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
-
-    return {"p50": rank(50), "p90": rank(90), "p99": rank(99), "max": ordered[-1]}
-
-
-def _nothing_left(cfg: Config, train: dict) -> DataError:
-    d = train["dropped"]
+def _nothing_left(cfg: Config, counts: stream.Counts) -> DataError:
+    """The error for a corpus that gave no pairs: empty, or everything dropped."""
+    d = counts.dropped
+    if counts.read == d["empty"]:
+        why = f"all {counts.read} pairs have an empty side" if counts.read else "the input is empty"
+        return DataError(f"{counts.origin}: no sentence pairs ({why})")
     return DataError(
-        f"{train['origin']}: no training pairs left after filtering ({d['empty']} empty, "
-        f"{d['too_long']} longer than data.max_len={cfg.data.max_len} pieces, {d['ratio']} "
-        f"with a length ratio above data.max_ratio={cfg.data.max_ratio})"
+        f"{counts.origin}: no training pairs left after filtering ({d['empty']} empty, "
+        f"{d['copy']} copies, {d['duplicate']} duplicates, {d['too_long']} longer than "
+        f"data.max_len={cfg.data.max_len} pieces, {d['ratio']} with a length ratio above "
+        f"data.max_ratio={cfg.data.max_ratio})"
     )
 
 
@@ -322,59 +314,10 @@ def _describe(cfg: Config) -> str:
     if d.source == "hub":
         return f"{d.hub_name}{'/' + d.hub_config if d.hub_config else ''} from the Hugging Face hub"
     kind = "toy corpus" if d.source == "toy" else f"{d.format} files"
-    return f"{kind} in {d.dir} ({d.train}/{d.valid}/{d.test}, {d.src_lang} -> {d.tgt_lang})"
-
-
-def _status(message: str) -> None:
-    print(f"{message} ...", file=sys.stderr, flush=True)
+    train = corpus.split_name(d, "train")
+    return f"{kind} in {d.dir} ({train}/{d.valid}/{d.test}, {d.src_lang} -> {d.tgt_lang})"
 
 
 def summary(meta: dict, directory: Path) -> str:
-    """A short table of what was read, kept and dropped, the lengths in pieces and the
-    share of <unk> pieces; then the tokenizer."""
-    header = (
-        "split",
-        "read",
-        "kept",
-        "empty",
-        "too long",
-        "ratio",
-        "src p50/p90/p99/max",
-        "tgt p50/p90/p99/max",
-        "unk src/tgt",
-    )
-    rows = [header]
-    for role, s in meta["splits"].items():
-        d = s["dropped"]
-        rows.append(
-            (
-                f"{role} ({s['name']})" if s["name"] != role else role,
-                str(s["read"]),
-                str(s["kept"]),
-                str(d["empty"]),
-                str(d["too_long"]),
-                str(d["ratio"]),
-                "/".join(str(v) for v in s["src_len"].values()),
-                "/".join(str(v) for v in s["tgt_len"].values()),
-                "/".join(_share(s["unk"][side], s["pieces"][side]) for side in ("src", "tgt")),
-            )
-        )
-    lines = aligned(rows)
-    t = meta["tokenizer"]
-    vocab = (
-        f"joint vocabulary {t['src_vocab_size']}"
-        if t["joint"]
-        else f"vocabularies {t['src_vocab_size']} (src) / {t['tgt_vocab_size']} (tgt)"
-    )
-    origin = f" of {t['from']}" if t["from"] else ""
-    lines.append(f"SentencePiece {t['model_type']}{origin}, {vocab}; lengths in pieces")
-    lines.append(f"cache: {directory} ({meta['seconds']:.1f} s)")
-    return "\n".join(lines)
-
-
-def _share(part: int, whole: int) -> str:
-    """`part` of `whole` in percent; a share too small to show two decimals is <0.01%."""
-    if part == 0:
-        return "0%"
-    percent = 100 * part / whole
-    return "<0.01%" if percent < 0.01 else f"{percent:.2f}%"
+    """The table `tfx prepare` prints (report.py)."""
+    return report.summary(meta, directory)

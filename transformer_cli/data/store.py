@@ -1,13 +1,19 @@
-"""The run dir's prepared cache: encoded splits as flat integer arrays.
+"""The run dir's prepared cache: encoded splits as flat integer arrays on disk.
 
 Layout under `RUN_DIR/cache/`:
-    meta.json            stats, the fingerprint of inputs + config (+ a borrowed
-                         tokenizer) and the tokenizer's own (written last)
+    meta.json            stats, the array types, the fingerprint of inputs + config (+ a
+                         borrowed tokenizer) and the tokenizer's own (written last)
     spm.model            joint SentencePiece model (or spm.src.model + spm.tgt.model)
-    {split}.pt           an EncodedSplit: token ids as one flat int32 array per side
-                         plus offsets, never Python lists of lists
+    {split}.{side}.ids   every sentence's piece ids, one after another: raw uint16 when
+                         the vocabulary fits, else int32, in the machine's byte order
+    {split}.{side}.len   each sentence's length in pieces (uint16 when it fits, else int32)
     {split}.src.txt      raw source and target text of valid/test (for BLEU references)
     {split}.tgt.txt
+
+prepare appends to the arrays chunk by chunk (`SplitWriter`), so no list of a corpus's
+sentences or ids is ever held; training maps them (`load_split`), so the ranks of a job
+share the page cache's one copy. A cache of format 1 (`{split}.pt`, torch.save of int32
+ids and int64 offsets) still loads.
 
 `meta.json` is written last and only after every other file is in place, so a cache
 without it is incomplete by definition and is rebuilt.
@@ -15,15 +21,17 @@ without it is incomplete by definition and is rebuilt.
 
 from __future__ import annotations
 
-import io
+import array
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
 from transformer_cli.core.errors import DataError
-from transformer_cli.core.fileio import atomic_write_bytes, atomic_write_text
+from transformer_cli.core.fileio import atomic_open, atomic_write_text
 
 SPLITS = ("train", "valid", "test")
 
@@ -36,10 +44,13 @@ def cache_dir(run_dir: str | Path) -> Path:
 class EncodedSplit:
     """Pairs of piece-id sequences (no BOS/EOS) stored as flat arrays plus offsets."""
 
-    src: torch.Tensor  # (total source pieces,) int32
+    src: torch.Tensor  # (total source pieces,) uint16 or int32
     src_offsets: torch.Tensor  # (N + 1,) int64; sentence i is src[off[i]:off[i+1]]
     tgt: torch.Tensor
     tgt_offsets: torch.Tensor
+    # (pairs, weight) of each corpus, in order, when the split holds several; () = one
+    # corpus, read once an epoch
+    weights: tuple[tuple[int, float], ...] = ()
 
     @classmethod
     def from_lists(cls, src: list[list[int]], tgt: list[list[int]]) -> EncodedSplit:
@@ -75,18 +86,57 @@ class EncodedSplit:
         return self.tgt[self.tgt_offsets[i] : self.tgt_offsets[i + 1]]
 
 
-def save_split(path: Path, split: EncodedSplit) -> None:
-    buffer = io.BytesIO()
-    torch.save(
-        {
-            "src": split.src,
-            "src_offsets": split.src_offsets,
-            "tgt": split.tgt,
-            "tgt_offsets": split.tgt_offsets,
-        },
-        buffer,
-    )
-    atomic_write_bytes(path, buffer.getvalue())
+# ----------------------------------------------------------------------------- writing
+
+_TYPECODES = {"uint16": "H", "int32": "i"}  # array module codes, 2 and 4 bytes
+_DTYPES = {"uint16": torch.uint16, "int32": torch.int32}
+
+
+def id_type(vocab_size: int) -> str:
+    """The narrowest array type that holds every id of a vocabulary."""
+    return "uint16" if vocab_size <= 1 << 16 else "int32"
+
+
+def length_type(longest: int | None) -> str:
+    """The narrowest array type for lengths up to `longest` (None: not bounded)."""
+    return "uint16" if longest is not None and longest < 1 << 16 else "int32"
+
+
+class SplitWriter:
+    """Appends encoded pairs to one split's four arrays; each file appears, whole, only
+    when the `with` block ends without an error (a temp file beside it until then)."""
+
+    def __init__(self, directory: Path, role: str, ids: str, lengths: str):
+        self.types = {"ids": ids, "lengths": lengths}
+        self.files = [f"{role}.{side}.{kind}" for side in ("src", "tgt") for kind in ("ids", "len")]
+        self._paths = [directory / name for name in self.files]
+        self._stack = contextlib.ExitStack()
+        self._out: list[BinaryIO] = []
+
+    def __enter__(self) -> SplitWriter:
+        self._out = [self._stack.enter_context(atomic_open(p)) for p in self._paths]
+        return self
+
+    def __exit__(self, *exc: object) -> bool | None:
+        return self._stack.__exit__(*exc)
+
+    def append(self, src: list[list[int]], tgt: list[list[int]]) -> tuple[array.array, ...]:
+        """Add pairs: ids without BOS/EOS, one list per sentence. Returns what was written:
+        (source ids, source lengths, target ids, target lengths), flat."""
+        ids, lengths = _TYPECODES[self.types["ids"]], _TYPECODES[self.types["lengths"]]
+        written = []
+        for i, seqs in enumerate((src, tgt)):
+            flat = array.array(ids)
+            for seq in seqs:  # array from each list, in C: faster than one chained iterator
+                flat.extend(array.array(ids, seq))
+            sizes = array.array(lengths, map(len, seqs))
+            flat.tofile(self._out[2 * i])
+            sizes.tofile(self._out[2 * i + 1])
+            written += [flat, sizes]
+        return tuple(written)
+
+
+# ----------------------------------------------------------------------------- reading
 
 
 def load_meta(run_dir: str | Path) -> dict:
@@ -109,11 +159,44 @@ def write_meta(run_dir: str | Path, meta: dict) -> None:
 def load_split(run_dir: str | Path, name: str) -> EncodedSplit:
     """Load one encoded split; requires a complete cache (meta.json present).
 
-    The arrays are memory-mapped from the file, not read into private memory: the ranks
-    of a distributed job on one machine share one copy, the page cache's.
+    The arrays are memory-mapped from the files, not read into private memory: the ranks
+    of a distributed job on one machine share one copy, the page cache's. Only the
+    offsets (8 bytes a sentence and side) are computed into memory.
     """
-    load_meta(run_dir)
-    path = cache_dir(run_dir) / f"{name}.pt"
+    meta = load_meta(run_dir)
+    directory = cache_dir(run_dir)
+    if meta.get("format", 1) < 2:
+        return _load_format_1(directory / f"{name}.pt")
+    stats = meta.get("splits", {}).get(name, {})
+    types = stats.get("arrays", {})
+    try:
+        sides = [_side(directory, f"{name}.{side}", types) for side in ("src", "tgt")]
+    except (OSError, KeyError, ValueError, RuntimeError) as e:
+        what = e.filename if isinstance(e, OSError) and e.filename else directory / name
+        raise DataError(f"{what}: unreadable ({type(e).__name__}); run tfx prepare again") from None
+    weights = tuple((c["kept"], c["weight"]) for c in stats.get("corpora", ()))
+    return EncodedSplit(*sides[0], *sides[1], weights=weights if len(weights) > 1 else ())
+
+
+def _side(directory: Path, stem: str, types: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = _mapped(directory / f"{stem}.ids", types["ids"])
+    lengths = _mapped(directory / f"{stem}.len", types["lengths"])
+    offsets = torch.zeros(len(lengths) + 1, dtype=torch.int64)
+    torch.cumsum(lengths.long(), 0, out=offsets[1:])
+    if int(offsets[-1]) != len(ids):
+        raise ValueError(f"{stem}: lengths sum to {int(offsets[-1])} but there are {len(ids)} ids")
+    return ids, offsets
+
+
+def _mapped(path: Path, kind: str) -> torch.Tensor:
+    dtype = _DTYPES[kind]
+    count = path.stat().st_size // dtype.itemsize
+    if count == 0:
+        return torch.empty(0, dtype=dtype)
+    return torch.from_file(str(path), shared=False, size=count, dtype=dtype)  # copy-on-write map
+
+
+def _load_format_1(path: Path) -> EncodedSplit:
     try:
         d = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         return EncodedSplit(d["src"], d["src_offsets"], d["tgt"], d["tgt_offsets"])

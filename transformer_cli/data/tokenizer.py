@@ -83,6 +83,14 @@ class Tokenizer:
             clean.append(out)
         return self._tgt.decode(clean) if clean else []
 
+    def src_piece_id(self, piece: str) -> int:
+        """The source id of `piece` as one whole piece (a corpus tag); DataError if the
+        model would not keep it whole."""
+        i = self._src.piece_to_id(piece)
+        if i == UNK_ID or piece not in self._src.encode(piece, out_type=str):
+            raise DataError(f"{piece} is not a piece of the source SentencePiece model")
+        return i
+
     def src_pieces(self, line: str) -> list[str]:
         """The piece strings of one source line, for display."""
         return self._src.encode(line, out_type=str)
@@ -180,18 +188,27 @@ def _processor(data: bytes, name: str) -> spm.SentencePieceProcessor:
 # ----------------------------------------------------------------------------- training
 
 
-def train_tokenizer(cfg: TokenizerConfig, src: Sequence[str], tgt: Sequence[str]) -> Tokenizer:
-    """Train one joint model on both sides, or one model per side; deterministic."""
+def train_tokenizer(
+    cfg: TokenizerConfig, src: Sequence[str], tgt: Sequence[str], tags: Sequence[str] = ()
+) -> Tokenizer:
+    """Train one joint model on both sides, or one model per side; deterministic.
+
+    `tags` become user-defined pieces of the source model: each is always one piece.
+    """
     if cfg.joint:
-        return Tokenizer(_train(cfg, [*src, *tgt], "joint"), None)
-    return Tokenizer(_train(cfg, src, "source"), _train(cfg, tgt, "target"))
+        return Tokenizer(_train(cfg, [*src, *tgt], "joint", tags), None)
+    return Tokenizer(_train(cfg, src, "source", tags), _train(cfg, tgt, "target"))
 
 
-def _train(cfg: TokenizerConfig, lines: Sequence[str], side: str) -> spm.SentencePieceProcessor:
+def _train(
+    cfg: TokenizerConfig, lines: Sequence[str], side: str, tags: Sequence[str] = ()
+) -> spm.SentencePieceProcessor:
     model = io.BytesIO()
     spm.set_random_generator_seed(_SEED)
+    extra = {"user_defined_symbols": list(tags)} if tags else {}
     try:
         spm.SentencePieceTrainer.train(
+            **extra,
             sentence_iterator=iter(lines),
             model_writer=model,
             vocab_size=cfg.vocab_size,

@@ -1,0 +1,254 @@
+"""A corpus streamed through cleaning, SentencePiece and the length filter into a split's
+arrays, chunk by chunk and counted on the way: what `tfx prepare` does to each corpus.
+
+Memory follows the chunk, not the corpus: a chunk of lines is read, encoded with
+SentencePiece's own threads, appended to the on-disk arrays (`store.SplitWriter`) and
+let go. What stays is counts: a histogram of lengths per side, the drop counts, and,
+with `data.dedup`, 8 bytes a kept pair (`clean.SeenPairs`).
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import itertools
+import random
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import IO
+
+import torch
+from tqdm import tqdm
+
+from transformer_cli.core.errors import DataError
+from transformer_cli.core.specials import UNK_ID
+from transformer_cli.data import clean, corpus
+from transformer_cli.data.corpus import Corpus, Pair
+from transformer_cli.data.store import SplitWriter
+from transformer_cli.data.tokenizer import Tokenizer
+
+CHUNK = 20_000  # pairs per encode call: big enough for SentencePiece's threads to share
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What a split's pairs must pass: training pairs are cleaned and filtered, others not."""
+
+    train: bool
+    max_len: int = 0
+    max_ratio: float = 0.0
+    dedup: bool = False
+    drop_copies: bool = False
+    tags: tuple[str, ...] = ()  # each training corpus's tag ("" = none): no text may hold one
+
+
+@dataclass
+class Counts:
+    """What one corpus (or a whole split) gave: read, kept, dropped by reason, lengths."""
+
+    name: str
+    origin: str
+    weight: float = 1.0
+    tag: str = ""
+    read: int = 0
+    kept: int = 0
+    dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(clean.DROP_REASONS, 0))
+    src_hist: Counter = field(default_factory=Counter)  # length in pieces -> sentences
+    tgt_hist: Counter = field(default_factory=Counter)
+    pieces: dict[str, int] = field(default_factory=lambda: {"src": 0, "tgt": 0})
+    unk: dict[str, int] = field(default_factory=lambda: {"src": 0, "tgt": 0})
+
+    def add(self, other: Counts) -> None:
+        """Fold another corpus's counts into these (a split's total)."""
+        self.read += other.read
+        self.kept += other.kept
+        for reason, n in other.dropped.items():
+            self.dropped[reason] += n
+        self.src_hist.update(other.src_hist)
+        self.tgt_hist.update(other.tgt_hist)
+        for side in ("src", "tgt"):
+            self.pieces[side] += other.pieces[side]
+            self.unk[side] += other.unk[side]
+
+    def as_meta(self) -> dict:
+        """The record meta.json keeps (and `summary` prints)."""
+        return {
+            "name": self.name,
+            "origin": self.origin,
+            "weight": self.weight,
+            "tag": self.tag,
+            "read": self.read,
+            "kept": self.kept,
+            "dropped": dict(self.dropped),
+            "src_len": clean.percentiles(self.src_hist),
+            "tgt_len": clean.percentiles(self.tgt_hist),
+            "pieces": dict(self.pieces),
+            "unk": dict(self.unk),
+        }
+
+
+@dataclass(frozen=True)
+class Sinks:
+    """Where a split's kept pairs go: the id arrays, and for valid/test the raw text too."""
+
+    arrays: SplitWriter
+    text: tuple[IO[bytes], IO[bytes]] | None = None
+
+
+def chunks(pairs: Iterator[Pair], size: int = CHUNK) -> Iterator[list[Pair]]:
+    while chunk := list(itertools.islice(pairs, size)):
+        yield chunk
+
+
+def encode_corpus(
+    source: Corpus, tokenizer: Tokenizer, rules: Rules, sinks: Sinks, seen: clean.SeenPairs
+) -> Counts:
+    """Stream one corpus into `sinks`; its counts. A tag is its piece id before each source.
+
+    SentencePiece encodes each chunk on a worker thread (it lets go of the GIL) while this
+    thread reads and cleans the next chunk and writes the one before: the output is in
+    input order, the same as encoding one chunk after another.
+    """
+    counts = Counts(source.name, corpus.origin(source), source.weight, source.tag)
+    tag = [tokenizer.src_piece_id(source.tag)] if source.tag else []
+
+    def encode(kept: list[Pair]) -> tuple[list[list[int]], list[list[int]]]:
+        src = tokenizer.encode_src([s for s, _ in kept])
+        tgt = tokenizer.encode_tgt([t for _, t in kept])
+        return ([tag + ids for ids in src] if tag else src), tgt
+
+    with _bar(source.name, "encoding") as bar, ThreadPoolExecutor(1) as pool, _one_thread():
+        pending: _Job | None = None
+        for chunk in chunks(corpus.read_pairs(source)):
+            _refuse_tags(chunk, rules.tags, counts)
+            counts.read += len(chunk)
+            kept = _clean(chunk, rules, seen, counts.dropped)
+            job = _Job(kept, pool.submit(encode, kept), len(chunk))
+            if pending is not None:
+                _finish(pending, rules, sinks, counts, bar)
+            pending = job
+        if pending is not None:
+            _finish(pending, rules, sinks, counts, bar)
+    return counts
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """torch's counting on this thread alone: SentencePiece's threads have the cores, and
+    torch's idle workers would spin beside them."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """A chunk's cleaned pairs, their encoding under way, and how many lines it read."""
+
+    kept: list[Pair]
+    encoded: Future
+    lines: int
+
+
+def _finish(job: _Job, rules: Rules, sinks: Sinks, counts: Counts, bar: tqdm) -> None:
+    """Filter a chunk's encoded pairs by length (training) and write the rest."""
+    src, tgt = job.encoded.result()
+    kept = job.kept
+    if rules.train:
+        keep, dropped = clean.filter_lengths(src, tgt, rules.max_len, rules.max_ratio)
+        for reason, n in dropped.items():
+            counts.dropped[reason] += n
+        if len(keep) < len(src):
+            src, tgt, kept = ([x[i] for i in keep] for x in (src, tgt, kept))
+    _emit(sinks, kept, src, tgt, counts)
+    bar.update(job.lines)
+
+
+def _refuse_tags(chunk: list[Pair], tags: tuple[str, ...], counts: Counts) -> None:
+    """A tag in the text would read as the tag: refuse the corpus (pairs count from 1)."""
+    for i, tag in enumerate(tags):
+        if not tag:
+            continue
+        for n, (s, t) in enumerate(chunk, start=counts.read + 1):
+            if tag in s or tag in t:
+                raise DataError(
+                    f"{counts.origin}: pair {n} contains {tag}, the tag of data.train.{i}.tag; "
+                    "a tag must never occur in the text (choose another, e.g. <bt>)"
+                )
+
+
+def _clean(
+    chunk: list[Pair], rules: Rules, seen: clean.SeenPairs, dropped: dict[str, int]
+) -> list[Pair]:
+    """The chunk's pairs that pass the text rules (empty sides; copies and duplicates when
+    training), in order; `dropped` counts the rest."""
+    kept = [pair for pair in chunk if pair[0] and pair[1]]
+    dropped["empty"] += len(chunk) - len(kept)
+    if rules.train and rules.drop_copies:
+        n = len(kept)
+        kept = [pair for pair in kept if pair[0] != pair[1]]
+        dropped["copy"] += n - len(kept)
+    if rules.train and rules.dedup:
+        first = seen.first_seen(list(map(clean.pair_key, kept)))
+        n = len(kept)
+        kept = [p for p, new in zip(kept, first, strict=True) if new]
+        dropped["duplicate"] += n - len(kept)
+    return kept
+
+
+def _emit(
+    sinks: Sinks, kept: list[Pair], src: list[list[int]], tgt: list[list[int]], counts: Counts
+) -> None:
+    src_ids, src_lengths, tgt_ids, tgt_lengths = sinks.arrays.append(src, tgt)
+    if sinks.text is not None:
+        for side, out in enumerate(sinks.text):
+            out.write("".join(pair[side] + "\n" for pair in kept).encode("utf-8"))
+    counts.kept += len(src)
+    for side, ids, lengths, hist in (
+        ("src", src_ids, src_lengths, counts.src_hist),
+        ("tgt", tgt_ids, tgt_lengths, counts.tgt_hist),
+    ):
+        counts.pieces[side] += len(ids)
+        counts.unk[side] += int((_tensor(ids) == UNK_ID).sum())
+        hist.update({n: c for n, c in enumerate(torch.bincount(_tensor(lengths)).tolist()) if c})
+
+
+def _tensor(values: array.array) -> torch.Tensor:
+    """A flat array's values as int64, counted in C rather than one Python object each."""
+    dtype = torch.uint16 if values.itemsize == 2 else torch.int32
+    return torch.frombuffer(values, dtype=dtype).long() if len(values) else torch.zeros(0).long()
+
+
+def sample(sources: tuple[Corpus, ...], size: int, seed: int) -> tuple[list[Pair], int]:
+    """A uniform sample of at most `size` non-empty pairs over the corpora, read as a
+    stream (reservoir sampling; every pair, in order, when there are no more than that);
+    and how many pairs were read."""
+    rng = random.Random(seed)
+    kept: list[Pair] = []
+    seen = read = 0
+    for source in sources:
+        with _bar(source.name, "sampling") as bar:
+            for chunk in chunks(corpus.read_pairs(source)):
+                for pair in chunk:
+                    if not (pair[0] and pair[1]):
+                        continue
+                    if seen < size:
+                        kept.append(pair)
+                    else:
+                        j = rng.randrange(seen + 1)
+                        if j < size:
+                            kept[j] = pair
+                    seen += 1
+                bar.update(len(chunk))
+                read += len(chunk)
+    return kept, read
+
+
+def _bar(name: str, stage: str) -> tqdm:
+    return tqdm(desc=f"{stage} {name}", unit=" lines", file=sys.stderr, disable=None)
