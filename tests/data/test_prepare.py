@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import cli, error_of, make_tiny_run, toy_splits, write_splits
+from helpers import cli, error_of, toy_splits, write_splits
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -255,13 +255,6 @@ def test_jsonl_with_nested_fields_and_a_missing_one(tmp_path, make_config, toy_p
 
 
 # ----------------------------------------------------------------------------- --tokenizer-from
-
-
-@pytest.fixture
-def base_ckpt(tmp_path, toy_pairs) -> Path:
-    """A checkpoint whose tokenizer was trained on the toy corpus (tokenizer.vocab_size 100)."""
-    cfg = make_tiny_run(tmp_path / "base", toy_pairs)
-    return Path(cfg.run_dir) / "checkpoints" / "ckpt_00000010.pt"
 
 
 def shift(corpus_dir: Path) -> None:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from transformer_cli.core.config_file import load_config
 from transformer_cli.core.errors import ConfigError, DataError
-from transformer_cli.data import batching, clean, corpus, prepare, store
+from transformer_cli.data import batching, clean, corpus, prepare, store, stream
 from transformer_cli.data.store import SPLITS
 from transformer_cli.data.tokenizer import Tokenizer, train_tokenizer
 
@@ -69,6 +69,13 @@ def assert_same_ids_as_in_memory(cfg) -> None:
 
 
 def test_streaming_gives_the_in_memory_ids_on_the_toy_corpus(make_config):
+    assert_same_ids_as_in_memory(make_config("data.dedup=false", "data.drop_copies=false"))
+
+
+def test_tiny_chunks_and_blocks_give_the_same_ids(make_config, monkeypatch):
+    """Chunks of 7 pairs and blocks of 3 lines: every boundary of the pipeline is crossed."""
+    monkeypatch.setattr(stream, "CHUNK", 7)
+    monkeypatch.setattr(corpus, "BLOCK", 3)
     assert_same_ids_as_in_memory(make_config("data.dedup=false", "data.drop_copies=false"))
 
 
@@ -217,30 +224,35 @@ def test_tags_reach_the_source_as_one_piece_each(make_config, corpus_dir):
     assert Counter(tokenizer.src_pieces("<bt> a"))["<bt>"] == 1
 
 
-@settings(max_examples=15, deadline=None)
-@given(
-    weights=st.lists(st.sampled_from([0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0]), min_size=1, max_size=3),
-    sizes=st.lists(st.integers(1, 40), min_size=3, max_size=3),
-    seed=st.integers(0, 5),
-)
-def test_each_corpus_is_drawn_as_often_as_its_weight(weights, sizes, seed):
-    spans = tuple(zip(sizes, weights))  # noqa: B905 (sizes has 3, weights 1 to 3)
-    epochs = 40
-    counts = Counter()
+@pytest.mark.parametrize("weight", [0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0])
+def test_each_pair_is_drawn_as_often_as_its_corpus_weight(weight):
+    spans = ((30, weight), (20, 1.0))
+    epochs = 300
+    counts, fractions = Counter(), set()
     for epoch in range(epochs):
-        chosen = batching.epoch_pairs(spans, seed, epoch)
-        again = batching.epoch_pairs(spans, seed, epoch)
+        chosen = batching.epoch_pairs(spans, seed=4, epoch=epoch)
         if chosen is None:
-            assert all(w == 1 for _, w in spans)
+            assert weight == 1.0
             return
-        assert torch.equal(chosen, again)  # a pure function of (seed, epoch)
+        torch.manual_seed(epoch)  # the global generator plays no part
+        assert torch.equal(chosen, batching.epoch_pairs(spans, seed=4, epoch=epoch))
         counts.update(chosen.tolist())
-    start = 0
-    for n, w in spans:
-        per_pair = [counts[i] / epochs for i in range(start, start + n)]
-        assert sum(per_pair) / n == pytest.approx(w, abs=0.5 / n + 1e-9)  # rounding of w * n
-        assert max(per_pair) <= int(w) + 1
-        start += n
+        extra = Counter(i for i in chosen.tolist() if i < 30)
+        fractions.add(frozenset(i for i in range(30) if extra[i] > int(weight)))
+    assert all(counts[i] == epochs for i in range(30, 50))  # the other corpus: once each
+    for i in range(30):  # each pair: int(weight) passes, plus the fraction drawn anew
+        assert counts[i] / epochs == pytest.approx(weight, abs=0.1)
+    if weight % 1:
+        assert len(fractions) > epochs // 2  # a new random part, not the same one each epoch
+
+
+def test_a_list_of_one_corpus_keeps_its_weight(make_config):
+    cfg = make_config("data.train=[{name: train, weight: 2}]")
+    prepare.run(cfg)
+    split = store.load_split(cfg.run_dir, "train")
+    drawn = Counter(torch.cat(batching.epoch_batches(split, 300, seed=1, epoch=0)).tolist())
+    assert set(drawn.values()) == {2}
+    assert len(drawn) == len(split)
 
 
 def test_a_weighted_epoch_batches_only_drawn_pairs(make_config, corpus_dir):
@@ -260,11 +272,17 @@ def test_a_weighted_epoch_batches_only_drawn_pairs(make_config, corpus_dir):
 
 
 def refused(cfg) -> str:
+    """The one-line error of a prepare that must fail; it leaves no cache that looks
+    complete, no temp file, and where there was no cache, nothing at all."""
+    directory = store.cache_dir(cfg.run_dir)
+    existed = directory.exists()
     with pytest.raises(DataError) as e:
         prepare.run(cfg)
-    directory = store.cache_dir(cfg.run_dir)
+    assert "\n" not in str(e.value)
     assert not (directory / "meta.json").exists()
     assert not [p for p in directory.glob("*") if p.name.endswith(".tmp")]
+    if not existed:
+        assert not directory.exists()
     return str(e.value)
 
 
@@ -287,31 +305,92 @@ def test_a_corpus_that_yields_no_pairs_is_refused(make_config, corpus_dir):
 
 def test_bad_weights_and_tags_are_config_errors(make_config):
     cases = {
-        "data.train=[{name: train, weight: -1}]": "data.train.0.weight: must be >= 0",
+        "data.train=[{name: train, weight: -1}]": "data.train.0.weight: must be a number >= 0",
+        "data.train=[{name: train, weight: .inf}]": "data.train.0.weight: must be a number >= 0",
+        "data.train=[{name: a}]\0data.train.4.weight=2": "data.train has no item 4",
         "data.train=[{name: a, tag: <x>}, {name: b, tag: <x>}]": "already data.train.0.tag",
         "data.train=[{name: a, tag: </s>}]": "special piece",
         "data.train=[{name: a, tag: 'a b'}]": "without spaces",
         "data.train=[]": "names no corpus",
         "data.train=[{name: a, weight: 0}]": "nothing to train on",
     }
-    for override, expected in cases.items():
-        assert expected in error_of(make_config, override, error=ConfigError), override
+    for overrides, expected in cases.items():
+        message = error_of(make_config, *overrides.split("\0"), error=ConfigError)
+        assert expected in message, overrides
 
 
-def test_a_tag_the_text_contains_is_refused(make_config, corpus_dir):
-    path = corpus_dir / "extra.en"
-    cfg = two_corpora(make_config, corpus_dir, tag="Hund")
+def test_a_tag_the_text_contains_is_refused_naming_its_line(make_config, corpus_dir):
+    cfg = two_corpora(make_config, corpus_dir, tag="<zz>")
+    path = corpus_dir / "extra.de"
     lines = path.read_text("utf-8").splitlines()
-    path.write_text("\n".join([*lines[:-1], "Der Hund"]) + "\n", "utf-8")
+    lines[41] = "ein <zz> im Text"
+    path.write_text("\n".join(lines) + "\n", "utf-8")
     message = refused(cfg)
-    assert "Hund" in message
-    assert "data.train.1.tag" in message
+    assert message.startswith(f"{path}:42: contains <zz>, the tag of data.train.1.tag")
 
 
-def test_a_borrowed_tokenizer_must_know_the_tag(make_config, corpus_dir):
-    plain = make_config()
-    prepare.run(plain)  # a tokenizer without the tag
-    tagged = two_corpora(make_config, corpus_dir)
-    sources = corpus.corpora(tagged.data, "train")
-    with pytest.raises(DataError, match="data.train.1.tag: <bt> is not one piece of the tok"):
-        prepare._check_tags(sources, Tokenizer.load(plain.run_dir), "base.pt")
+def test_a_borrowed_tokenizer_must_know_the_tag(make_config, corpus_dir, base_ckpt):
+    cfg = two_corpora(make_config, corpus_dir)
+    message = refused_with(cfg, base_ckpt)
+    assert message.startswith(
+        f"data.train.1.tag: <bt> is not one piece of the tokenizer of {base_ckpt}"
+    )
+
+
+def refused_with(cfg, tokenizer_from) -> str:
+    with pytest.raises(DataError) as e:
+        prepare.run(cfg, tokenizer_from=tokenizer_from)
+    return str(e.value)
+
+
+def test_a_refused_config_leaves_no_old_cache_that_passes_for_its(make_config, corpus_dir):
+    """train must not take the cache of the last config for this one, which was refused."""
+    cfg = make_config()
+    prepare.run(cfg)
+    write_pairs(corpus_dir, "extra", [("", "x")])
+    message = refused(make_config("data.train=[{name: extra}]"))
+    assert "extra.{en,de}: no sentence pairs" in message
+    with pytest.raises(DataError, match="no prepared data"):
+        store.load_split(cfg.run_dir, "train")
+
+
+def test_duplicates_are_looked_for_within_each_corpus(make_config, corpus_dir):
+    two_corpora(make_config, corpus_dir)  # writes extra: 60 of train's pairs, reversed
+    cfg = make_config("data.train=[{name: train}, {name: extra, weight: 0.5}]")
+    meta = prepare.run(cfg)
+    first, extra = meta["splits"]["train"]["corpora"]
+    assert extra["kept"] == 60  # its pairs are also in train, and stay: its weight is its own
+    assert first["dropped"]["duplicate"] == extra["dropped"]["duplicate"] == 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    lengths=st.lists(st.tuples(st.integers(0, 12), st.integers(0, 12)), max_size=30),
+    max_len=st.integers(1, 12),
+)
+def test_a_tag_counts_toward_max_len_but_not_toward_empty_or_ratio(lengths, max_len):
+    src = [[5] * a for a, _ in lengths]
+    tgt = [[5] * b for _, b in lengths]
+    keep, dropped = clean.filter_lengths(src, tgt, max_len, 0.0, src_extra=1)
+    assert dropped["empty"] == sum(1 for a, b in lengths if a == 0 or b == 0)
+    assert keep == [
+        i for i, (a, b) in enumerate(lengths) if a > 0 and 0 < b <= max_len and a + 1 <= max_len
+    ]
+
+
+def test_the_reservoir_keeps_every_item_with_the_same_chance():
+    """5 of 50 items offered in lists of 7, over 2,000 seeds: each item is kept
+    Binomial(2000, 0.1) times, mean 200 and sd 13.4; six sd either side is the bound."""
+    counts = Counter()
+    for seed in range(2000):
+        reservoir = stream.Reservoir(5, seed)
+        for start in range(0, 50, 7):
+            reservoir.offer(list(range(start, min(50, start + 7))))
+        assert len(set(reservoir.items)) == 5
+        counts.update(reservoir.items)
+    assert set(counts) == set(range(50))
+    assert all(120 <= n <= 280 for n in counts.values()), counts
+    few = stream.Reservoir(100, seed=1)
+    few.offer(list(range(30)))
+    few.offer(list(range(30, 60)))
+    assert few.items == list(range(60))  # no more than its size: all of them, in order

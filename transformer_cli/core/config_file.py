@@ -140,21 +140,47 @@ def _apply_overrides(raw: dict, overrides: Sequence[str], errors: list[str]) -> 
             parsed = yaml.safe_load(value) if value else ""
         except yaml.YAMLError:
             parsed = value
-        node = raw
+        node: Any = raw
         parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = {}
-                node[part] = child
-            node = child
-        node[parts[-1]] = parsed
+        try:
+            for part in parts[:-1]:
+                node = _child(node, part)
+            _put(node, parts[-1], parsed)
+        except LookupError as e:
+            prefix = key[: key.rindex(f".{e.args[0]}")] if f".{e.args[0]}" in key else key
+            errors.append(f"--set {key}: {prefix} has no item {e.args[0]}")
     return raw
+
+
+def _child(node: Any, part: str) -> Any:
+    """The mapping (or list) under `part` of `node`, made an empty mapping if it is not one;
+    a list is indexed by number (`data.train.1.weight`), and only within its items."""
+    if isinstance(node, list):
+        return node[_index(node, part)]
+    child = node.get(part)
+    if not isinstance(child, (dict, list)):
+        child = node[part] = {}
+    return child
+
+
+def _put(node: Any, part: str, value: Any) -> None:
+    if isinstance(node, list):
+        node[_index(node, part)] = value
+    else:
+        node[part] = value
+
+
+def _index(items: list, part: str) -> int:
+    if not part.isdigit() or int(part) >= len(items):
+        raise LookupError(part)
+    return int(part)
 
 
 def _deep_copy(d: Any) -> Any:
     if isinstance(d, dict):
         return {k: _deep_copy(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return [_deep_copy(v) for v in d]
     return d
 
 

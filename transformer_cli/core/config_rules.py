@@ -8,6 +8,7 @@ differ.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 
 from transformer_cli.core.config import (
@@ -76,7 +77,11 @@ def _corpus_rules(cfg: Config, check: Check) -> None:
     seen: dict[str, int] = {}
     for i, c in enumerate(corpora):
         key = f"data.train.{i}"
-        check(c.weight >= 0, f"{key}.weight", f"must be >= 0, got {c.weight}")
+        check(
+            math.isfinite(c.weight) and c.weight >= 0,
+            f"{key}.weight",
+            f"must be a number >= 0, got {c.weight}",
+        )
         source = c.source or cfg.data.source
         check(
             source != "hub" or bool(c.hub_name or cfg.data.hub_name),

@@ -4,7 +4,7 @@ A pair is dropped for the first reason that applies, in the order of `DROP_REASO
     empty      a side that is empty after stripping, or that SentencePiece's
                normalisation turns into no pieces at all
     copy       the source equals the target (an untranslated line; `data.drop_copies`)
-    duplicate  the same source and target were seen before (`data.dedup`)
+    duplicate  the same source and target came earlier in the same corpus (`data.dedup`)
     too_long   a side longer than `data.max_len` pieces
     ratio      a piece-length ratio above `data.max_ratio`
 Valid and test pairs lose only empty ones: their scores must stay comparable.
@@ -20,14 +20,26 @@ import torch
 DROP_REASONS = ("empty", "copy", "duplicate", "too_long", "ratio")
 
 
+def is_empty(pair: tuple[str, str]) -> bool:
+    """A side is empty (the lines come stripped)."""
+    return not (pair[0] and pair[1])
+
+
+def is_copy(pair: tuple[str, str]) -> bool:
+    """The source equals the target: an untranslated line."""
+    return pair[0] == pair[1]
+
+
 class SeenPairs:
-    """The pairs seen so far, as 64-bit hashes in a few sorted arrays: 8 bytes a pair
-    (16 while two arrays merge), never a Python set of strings.
+    """The pairs seen so far, as 64-bit hashes in a few sorted arrays: 8 bytes a distinct
+    pair, never a Python set of strings.
 
     The arrays grow like a binary counter (a new one is merged into the last while that
     one is no larger), so there are O(log n) of them and each hash is copied O(log n)
-    times. Two different pairs share a hash with probability about n^2 / 2^64 (1 in
-    70,000 at 16M pairs); such a pair would be counted as a duplicate.
+    times; a merge holds the two arrays, the merged one and the positions of the newer
+    (about 3x the merged size for a moment). Two different pairs share a hash with
+    probability about n^2 / 2^64 (1 in 70,000 at 16M pairs); such a pair would be counted
+    as a duplicate.
     """
 
     def __init__(self) -> None:
@@ -52,11 +64,22 @@ class SeenPairs:
             return
         self._runs.append(run)
         while len(self._runs) > 1 and len(self._runs[-2]) <= len(self._runs[-1]):
-            last = self._runs.pop()
-            self._runs[-1] = torch.sort(torch.cat([self._runs[-1], last])).values
+            newer = self._runs.pop()
+            self._runs[-1] = _merge(self._runs[-1], newer)
 
     def __len__(self) -> int:
         return sum(len(run) for run in self._runs)
+
+
+def _merge(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Two sorted arrays with no value in common, as one sorted array (linear, no sort)."""
+    at = torch.searchsorted(a, b) + torch.arange(len(b))  # b[i]'s place in the merged one
+    merged = torch.empty(len(a) + len(b), dtype=a.dtype)
+    merged[at] = b
+    rest = torch.ones(len(merged), dtype=torch.bool)
+    rest[at] = False
+    merged[rest] = a
+    return merged
 
 
 def pair_key(pair: tuple[str, str]) -> int:
@@ -66,20 +89,25 @@ def pair_key(pair: tuple[str, str]) -> int:
 
 
 def filter_lengths(
-    src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]], max_len: int, max_ratio: float
+    src: Sequence[Sequence[int]],
+    tgt: Sequence[Sequence[int]],
+    max_len: int,
+    max_ratio: float,
+    src_extra: int = 0,
 ) -> tuple[list[int], dict[str, int]]:
     """Indices of the encoded pairs to train on, and how many were dropped for each reason.
 
     A pair is dropped for the first reason that applies: a side with no pieces (a line
-    that normalises to nothing), a side longer than `max_len` pieces, or a piece-length
-    ratio above `max_ratio` (0 = no ratio limit).
+    that normalises to nothing), a side longer than `max_len` pieces (the source with
+    `src_extra` more, a tag to come, counted), or a piece-length ratio above `max_ratio`
+    (0 = no ratio limit).
     """
     if len(src) != len(tgt):
         raise ValueError(f"{len(src)} source vs {len(tgt)} target sentences")
     ls = torch.tensor(list(map(len, src)), dtype=torch.int64)
     lt = torch.tensor(list(map(len, tgt)), dtype=torch.int64)
     empty = (ls == 0) | (lt == 0)
-    too_long = ~empty & ((ls > max_len) | (lt > max_len))
+    too_long = ~empty & ((ls + src_extra > max_len) | (lt > max_len))
     longer, shorter = torch.maximum(ls, lt).double(), torch.minimum(ls, lt).double()
     ratio = ~empty & ~too_long & (longer > max_ratio * shorter) if max_ratio > 0 else empty & False
     dropped = dict.fromkeys(DROP_REASONS, 0)

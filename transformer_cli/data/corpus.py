@@ -4,7 +4,7 @@ the HF hub.
 A split is one or more `Corpus`es. Each is read by `read_pairs`, which yields its
 (source, target) lines one pair at a time, stripped, empty sides included: the caller
 drops pairs, never one side, so the two sides can never drift apart. Nothing here holds
-more than one line of a file. Every problem a user can cause is a `DataError` naming the
+more than a block of a file's lines. Every problem a user can cause is a `DataError` naming the
 file and, where there is one, the line.
 
 Text, tsv and jsonl are parsed here line by line, so an error can point at its line and
@@ -144,10 +144,13 @@ def read_pairs(corpus: Corpus) -> Iterator[Pair]:
 def _lines(path: Path) -> Iterator[Iterator[bytes]]:
     """A file's raw lines (gunzipped if it ends in .gz); DataError if missing or corrupt."""
     try:
-        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
-            yield _checked(f, path)
+        f = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # noqa: SIM115
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+    with f:
+        yield _checked(f, path)
 
 
 def _checked(f: IO[bytes], path: Path) -> Iterator[bytes]:
@@ -173,39 +176,62 @@ def decode_line(raw: bytes, path: Path | str, number: int) -> str:
 
 def text_lines(path: Path) -> Iterator[str]:
     """The lines of a UTF-8 text file (or .gz), stripped; a final newline is optional."""
-    number = 0
     with _lines(path) as lines:
-        for block in _blocks(lines):
-            try:  # a block at a time: one decode call, not one a line
-                text = b"".join(block).decode("utf-8")
-            except UnicodeDecodeError:
-                for i, raw in enumerate(block, start=number + 1):
-                    decode_line(raw, path, i)  # raises, naming the line
-                raise
-            if number == 0 and text.startswith("\ufeff"):
-                text = text[1:]
+        number = 0
+        while block := list(itertools.islice(lines, BLOCK)):
+            yield from _decoded(block, path, number)
             number += len(block)
-            yield from [line.strip() for line in text.split("\n")[: len(block)]]
 
 
-def _blocks(lines: Iterator[bytes], size: int = 4096) -> Iterator[list[bytes]]:
-    while block := list(itertools.islice(lines, size)):
-        yield block
+BLOCK = 4096  # lines decoded at a time (a text corpus's pairs: as many as the chunk asks)
+
+
+def _decoded(block: list[bytes], path: Path, before: int) -> list[str]:
+    """Raw lines `before + 1 ...` of a file, decoded in one call and stripped."""
+    try:
+        text = b"".join(block).decode("utf-8")
+    except UnicodeDecodeError:
+        for i, raw in enumerate(block, start=before + 1):
+            decode_line(raw, path, i)  # raises, naming the line
+        raise
+    if before == 0 and text.startswith("\ufeff"):
+        text = text[1:]
+    return [line.strip() for line in text.split("\n")[: len(block)]]
 
 
 def read_text_files(src_path: Path, tgt_path: Path) -> Iterator[Pair]:
     """Two line-aligned text files; their line counts must match exactly."""
-    src, tgt = text_lines(src_path), text_lines(tgt_path)
-    count = 0
-    for s in src:
-        t = next(tgt, None)
-        if t is None:
-            _mismatch(src_path, count + 1 + sum(1 for _ in src), tgt_path, count)
-        count += 1
-        yield s, t
-    rest = sum(1 for _ in tgt)
-    if rest:
-        _mismatch(src_path, count, tgt_path, count + rest)
+    for chunk in text_chunks(src_path, tgt_path, BLOCK):
+        yield from chunk
+
+
+def text_chunks(src_path: Path, tgt_path: Path, size: int) -> Iterator[list[Pair]]:
+    """The pairs of two line-aligned text files, `size` at a time: lists built in C, not a
+    pair at a time (what makes reading cheap beside SentencePiece)."""
+    with _lines(src_path) as src, _lines(tgt_path) as tgt:
+        count = 0
+        while True:
+            a, b = list(itertools.islice(src, size)), list(itertools.islice(tgt, size))
+            if len(a) != len(b):
+                rest = sum(1 for _ in src) if len(a) > len(b) else sum(1 for _ in tgt)
+                counts = (len(a) + rest, len(b)) if len(a) > len(b) else (len(a), len(b) + rest)
+                _mismatch(src_path, count + counts[0], tgt_path, count + counts[1])
+            if not a:
+                return
+            yield list(zip(_decoded(a, src_path, count), _decoded(b, tgt_path, count), strict=True))
+            count += len(a)
+
+
+def read_chunks(corpus: Corpus, size: int) -> Iterator[list[Pair]]:
+    """`read_pairs`, `size` pairs at a time (the last chunk shorter)."""
+    if corpus.source != "hub" and corpus.format == "text":
+        return text_chunks(*input_paths(corpus), size)
+    return _chunks(read_pairs(corpus), size)
+
+
+def _chunks(pairs: Iterator[Pair], size: int) -> Iterator[list[Pair]]:
+    while chunk := list(itertools.islice(pairs, size)):
+        yield chunk
 
 
 def _mismatch(src_path: Path, src_count: int, tgt_path: Path, tgt_count: int) -> None:
@@ -240,7 +266,7 @@ def read_tsv(path: Path, src_field: str, tgt_field: str) -> Iterator[Pair]:
         for number, raw in enumerate(lines, start=1):
             line = decode_line(raw, path, number).rstrip("\r\n")
             if number == 1:
-                header = line.lstrip("\ufeff").split("\t")
+                header = line.split("\t")
                 columns = _tsv_columns(header, (src_field, tgt_field), path)
                 continue
             if not line.strip():

@@ -21,6 +21,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import IO
 
 import sentencepiece
 
@@ -31,7 +32,6 @@ from transformer_cli.core.fileio import atomic_open, is_partial_write
 from transformer_cli.core.specials import SPECIAL_IDS
 from transformer_cli.data import corpus, report, store, stream
 from transformer_cli.data.base_checkpoint import check_tokenizer_section, load_base
-from transformer_cli.data.clean import SeenPairs
 from transformer_cli.data.corpus import Corpus
 from transformer_cli.data.store import SPLITS
 from transformer_cli.data.tokenizer import (
@@ -44,7 +44,7 @@ from transformer_cli.data.tokenizer import (
 
 # Bump when the cache layout or the way text becomes ids changes: old caches rebuild.
 CACHE_FORMAT = 2
-_SAMPLE_SEED = 1234  # the reservoir's: the same corpus gives the same sample, and model
+_SAMPLE_SEED = 1234  # the reservoir's: the same corpus gives the same sample, so the same model
 
 
 def run(cfg: Config, tokenizer_from: str | Path | None = None) -> dict:
@@ -66,13 +66,15 @@ def run(cfg: Config, tokenizer_from: str | Path | None = None) -> dict:
         write_resolved(cfg, run_dir)
         print(f"cache up to date: {directory} (fingerprint {fingerprint[:12]})")
         return {**meta, "reused": True}
-    _clear_stale(directory)
 
+    made = not directory.exists()
+    # first: whatever happens next, train must not take the old cache for this config's
+    _clear_stale(directory)
     sources = {role: corpus.corpora(cfg.data, role) for role in SPLITS}
     print(f"reading {_describe(cfg)}", file=sys.stderr)
-    tokenizer = borrowed or _train(cfg, sources["train"])
-    _check_tags(sources["train"], tokenizer, tokenizer_from)
     try:
+        tokenizer = borrowed or _train(cfg, sources["train"])
+        _check_tags(sources["train"], tokenizer, tokenizer_from)
         directory.mkdir(parents=True, exist_ok=True)
         splits, files = _encode_splits(cfg, sources, tokenizer, directory)
         files = _write_tokenizer(directory, tokenizer) + files
@@ -80,6 +82,11 @@ def run(cfg: Config, tokenizer_from: str | Path | None = None) -> dict:
     except OSError as e:  # a full disk or a read-only run dir is the user's to fix
         where = e.filename or directory
         raise DataError(f"{where}: cannot write the cache ({e.strerror or e})") from None
+    except DataError:
+        if made:  # the directory this prepare made, still empty: nothing of it stays
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        raise
 
     meta = {
         "format": CACHE_FORMAT,
@@ -111,7 +118,7 @@ def _encode_splits(
         for role in ("valid", "test", "train"):
             with report.stage(f"encoding {role}"):
                 splits[role], written = _encode_split(
-                    cfg, role, sources[role], tokenizer, (directory, stack)
+                    cfg, role, sources[role], tokenizer, directory=directory, stack=stack
                 )
             files += written
     return {role: splits[role] for role in SPLITS}, files
@@ -122,22 +129,20 @@ def _encode_split(
     role: str,
     sources: tuple[Corpus, ...],
     tokenizer: Tokenizer,
-    into: tuple[Path, contextlib.ExitStack],
+    directory: Path,
+    stack: contextlib.ExitStack,
 ) -> tuple[dict, list[str]]:
+    """One split's stats and files; its files stay temp files until `stack` closes."""
     d = cfg.data
     train = role == "train"
-    tags = tuple(c.tag for c in corpus.corpora(d, "train"))
-    rules = stream.Rules(train, d.max_len, d.max_ratio, d.dedup, d.drop_copies, tags)
     ids = store.id_type(max(tokenizer.src_vocab_size, tokenizer.tgt_vocab_size))
     lengths = store.length_type(d.max_len if train else None)
     text = [] if train else [f"{role}.{side}.txt" for side in ("src", "tgt")]
-    seen = SeenPairs()
-    parts = []
-    directory, stack = into
     arrays = stack.enter_context(store.SplitWriter(directory, role, ids, lengths))
     sinks = stream.Sinks(arrays, _text_sinks(stack, directory, text))
+    parts = []
     for source in sources:
-        counts = stream.encode_corpus(source, tokenizer, rules, sinks, seen)
+        counts = stream.encode_corpus(source, tokenizer, stream.Rules.for_role(d, role), sinks)
         if counts.kept == 0:
             raise _nothing_left(cfg, counts)
         parts.append(counts)
@@ -149,8 +154,11 @@ def _encode_split(
     return stats, arrays.files + text
 
 
-def _text_sinks(stack: contextlib.ExitStack, directory: Path, names: list[str]):
-    """The raw text files of valid/test (the references BLEU is computed against)."""
+def _text_sinks(
+    stack: contextlib.ExitStack, directory: Path, names: list[str]
+) -> tuple[IO[bytes], IO[bytes]] | None:
+    """The raw text files of valid/test (the references BLEU is computed against), open
+    until `stack` closes; None for train (no names)."""
     if not names:
         return None
     src, tgt = (stack.enter_context(atomic_open(directory / name)) for name in names)
@@ -177,13 +185,11 @@ def _train(cfg: Config, sources: tuple[Corpus, ...]) -> Tokenizer:
     """SentencePiece trained on a sample of the training corpora, knowing their tags."""
     tok = cfg.tokenizer
     # a joint model sees both sides of each sampled pair
-    size = -(-tok.sample_size // 2) if tok.joint else tok.sample_size
+    size = max(1, tok.sample_size // 2) if tok.joint else tok.sample_size
     with report.stage(f"sampling up to {size} training pairs for SentencePiece"):
         pairs, read = stream.sample(sources, size, _SAMPLE_SEED)
     if not pairs:
-        why = f"all {read} pairs have an empty side" if read else "the input is empty"
-        origins = " + ".join(corpus.origin(s) for s in sources)
-        raise DataError(f"{origins}: no sentence pairs ({why})")
+        raise _no_pairs(" + ".join(corpus.origin(s) for s in sources), read)
     kind = "joint" if tok.joint else "separate"
     tags = [s.tag for s in sources if s.tag]
     with report.stage(f"training {kind} SentencePiece {tok.model_type} ({tok.vocab_size} pieces)"):
@@ -292,12 +298,17 @@ def _up_to_date(directory: Path, fingerprint: str) -> dict | None:
 # ----------------------------------------------------------------------------- messages
 
 
+def _no_pairs(origin: str, read: int) -> DataError:
+    """The error for corpora of no pair with two sides: empty, or every pair half empty."""
+    why = f"all {read} pairs have an empty side" if read else "the input is empty"
+    return DataError(f"{origin}: no sentence pairs ({why})")
+
+
 def _nothing_left(cfg: Config, counts: stream.Counts) -> DataError:
     """The error for a corpus that gave no pairs: empty, or everything dropped."""
     d = counts.dropped
     if counts.read == d["empty"]:
-        why = f"all {counts.read} pairs have an empty side" if counts.read else "the input is empty"
-        return DataError(f"{counts.origin}: no sentence pairs ({why})")
+        return _no_pairs(counts.origin, counts.read)
     return DataError(
         f"{counts.origin}: no training pairs left after filtering ({d['empty']} empty, "
         f"{d['copy']} copies, {d['duplicate']} duplicates, {d['too_long']} longer than "

@@ -48,8 +48,7 @@ class EncodedSplit:
     src_offsets: torch.Tensor  # (N + 1,) int64; sentence i is src[off[i]:off[i+1]]
     tgt: torch.Tensor
     tgt_offsets: torch.Tensor
-    # (pairs, weight) of each corpus, in order, when the split holds several; () = one
-    # corpus, read once an epoch
+    # (pairs, weight) of each corpus, in order; () = one corpus, read once an epoch
     weights: tuple[tuple[int, float], ...] = ()
 
     @classmethod
@@ -88,8 +87,20 @@ class EncodedSplit:
 
 # ----------------------------------------------------------------------------- writing
 
-_TYPECODES = {"uint16": "H", "int32": "i"}  # array module codes, 2 and 4 bytes
-_DTYPES = {"uint16": torch.uint16, "int32": torch.int32}
+
+@dataclass(frozen=True)
+class ArrayType:
+    """How a cache array is stored: its name in meta.json, array-module code, torch dtype."""
+
+    name: str
+    typecode: str
+    dtype: torch.dtype
+
+
+ARRAY_TYPES = {
+    t.name: t
+    for t in (ArrayType("uint16", "H", torch.uint16), ArrayType("int32", "i", torch.int32))
+}
 
 
 def id_type(vocab_size: int) -> str:
@@ -107,33 +118,47 @@ class SplitWriter:
     when the `with` block ends without an error (a temp file beside it until then)."""
 
     def __init__(self, directory: Path, role: str, ids: str, lengths: str):
-        self.types = {"ids": ids, "lengths": lengths}
+        self.ids, self.lengths = ARRAY_TYPES[ids], ARRAY_TYPES[lengths]
         self.files = [f"{role}.{side}.{kind}" for side in ("src", "tgt") for kind in ("ids", "len")]
         self._paths = [directory / name for name in self.files]
         self._stack = contextlib.ExitStack()
         self._out: list[BinaryIO] = []
 
     def __enter__(self) -> SplitWriter:
-        self._out = [self._stack.enter_context(atomic_open(p)) for p in self._paths]
+        with contextlib.ExitStack() as stack:  # a failed open closes (and removes) the others
+            self._out = [stack.enter_context(atomic_open(p)) for p in self._paths]
+            self._stack = stack.pop_all()
         return self
 
     def __exit__(self, *exc: object) -> bool | None:
         return self._stack.__exit__(*exc)
 
+    @property
+    def types(self) -> dict[str, str]:
+        """What meta.json records of the arrays, for `load_split`."""
+        return {"ids": self.ids.name, "lengths": self.lengths.name}
+
     def append(self, src: list[list[int]], tgt: list[list[int]]) -> tuple[array.array, ...]:
         """Add pairs: ids without BOS/EOS, one list per sentence. Returns what was written:
         (source ids, source lengths, target ids, target lengths), flat."""
-        ids, lengths = _TYPECODES[self.types["ids"]], _TYPECODES[self.types["lengths"]]
         written = []
         for i, seqs in enumerate((src, tgt)):
-            flat = array.array(ids)
+            flat = array.array(self.ids.typecode)
             for seq in seqs:  # array from each list, in C: faster than one chained iterator
-                flat.extend(array.array(ids, seq))
-            sizes = array.array(lengths, map(len, seqs))
+                flat.extend(array.array(self.ids.typecode, seq))
+            sizes = array.array(self.lengths.typecode, map(len, seqs))
             flat.tofile(self._out[2 * i])
             sizes.tofile(self._out[2 * i + 1])
             written += [flat, sizes]
         return tuple(written)
+
+
+def as_tensor(values: array.array) -> torch.Tensor:
+    """A flat array written by `SplitWriter` as an int64 tensor (a copy)."""
+    kind = next(t for t in ARRAY_TYPES.values() if t.typecode == values.typecode)
+    if len(values) == 0:
+        return torch.zeros(0, dtype=torch.int64)
+    return torch.frombuffer(values, dtype=kind.dtype).long()
 
 
 # ----------------------------------------------------------------------------- reading
@@ -153,6 +178,7 @@ def load_meta(run_dir: str | Path) -> dict:
 
 
 def write_meta(run_dir: str | Path, meta: dict) -> None:
+    """Write meta.json, atomically: the last file of a prepare, which makes a cache whole."""
     atomic_write_text(cache_dir(run_dir) / "meta.json", json.dumps(meta, indent=2) + "\n")
 
 
@@ -175,7 +201,7 @@ def load_split(run_dir: str | Path, name: str) -> EncodedSplit:
         what = e.filename if isinstance(e, OSError) and e.filename else directory / name
         raise DataError(f"{what}: unreadable ({type(e).__name__}); run tfx prepare again") from None
     weights = tuple((c["kept"], c["weight"]) for c in stats.get("corpora", ()))
-    return EncodedSplit(*sides[0], *sides[1], weights=weights if len(weights) > 1 else ())
+    return EncodedSplit(*sides[0], *sides[1], weights=weights)
 
 
 def _side(directory: Path, stem: str, types: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -189,7 +215,7 @@ def _side(directory: Path, stem: str, types: dict) -> tuple[torch.Tensor, torch.
 
 
 def _mapped(path: Path, kind: str) -> torch.Tensor:
-    dtype = _DTYPES[kind]
+    dtype = ARRAY_TYPES[kind].dtype
     count = path.stat().st_size // dtype.itemsize
     if count == 0:
         return torch.empty(0, dtype=dtype)

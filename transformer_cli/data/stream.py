@@ -4,14 +4,13 @@ arrays, chunk by chunk and counted on the way: what `tfx prepare` does to each c
 Memory follows the chunk, not the corpus: a chunk of lines is read, encoded with
 SentencePiece's own threads, appended to the on-disk arrays (`store.SplitWriter`) and
 let go. What stays is counts: a histogram of lengths per side, the drop counts, and,
-with `data.dedup`, 8 bytes a kept pair (`clean.SeenPairs`).
+with `data.dedup`, 8 bytes a distinct pair of the corpus being read (`clean.SeenPairs`).
 """
 
 from __future__ import annotations
 
-import array
 import contextlib
-import itertools
+import math
 import random
 import sys
 from collections import Counter
@@ -23,9 +22,10 @@ from typing import IO
 import torch
 from tqdm import tqdm
 
+from transformer_cli.core.config import DataConfig
 from transformer_cli.core.errors import DataError
 from transformer_cli.core.specials import UNK_ID
-from transformer_cli.data import clean, corpus
+from transformer_cli.data import clean, corpus, store
 from transformer_cli.data.corpus import Corpus, Pair
 from transformer_cli.data.store import SplitWriter
 from transformer_cli.data.tokenizer import Tokenizer
@@ -43,6 +43,20 @@ class Rules:
     dedup: bool = False
     drop_copies: bool = False
     tags: tuple[str, ...] = ()  # each training corpus's tag ("" = none): no text may hold one
+
+    @classmethod
+    def for_role(cls, data: DataConfig, role: str) -> Rules:
+        tags = tuple(c.tag for c in corpus.corpora(data, "train"))
+        if role != "train":
+            return cls(train=False, tags=tags)
+        return cls(
+            train=True,
+            max_len=data.max_len,
+            max_ratio=data.max_ratio,
+            dedup=data.dedup,
+            drop_copies=data.drop_copies,
+            tags=tags,
+        )
 
 
 @dataclass
@@ -98,35 +112,30 @@ class Sinks:
     text: tuple[IO[bytes], IO[bytes]] | None = None
 
 
-def chunks(pairs: Iterator[Pair], size: int = CHUNK) -> Iterator[list[Pair]]:
-    while chunk := list(itertools.islice(pairs, size)):
-        yield chunk
-
-
-def encode_corpus(
-    source: Corpus, tokenizer: Tokenizer, rules: Rules, sinks: Sinks, seen: clean.SeenPairs
-) -> Counts:
+def encode_corpus(source: Corpus, tokenizer: Tokenizer, rules: Rules, sinks: Sinks) -> Counts:
     """Stream one corpus into `sinks`; its counts. A tag is its piece id before each source.
 
     SentencePiece encodes each chunk on a worker thread (it lets go of the GIL) while this
     thread reads and cleans the next chunk and writes the one before: the output is in
-    input order, the same as encoding one chunk after another.
+    input order, the same as encoding one chunk after another. Duplicates are looked for
+    within the corpus: each corpus keeps its own weight over its own pairs.
     """
     counts = Counts(source.name, corpus.origin(source), source.weight, source.tag)
     tag = [tokenizer.src_piece_id(source.tag)] if source.tag else []
+    seen = clean.SeenPairs()
 
     def encode(kept: list[Pair]) -> tuple[list[list[int]], list[list[int]]]:
-        src = tokenizer.encode_src([s for s, _ in kept])
-        tgt = tokenizer.encode_tgt([t for _, t in kept])
-        return ([tag + ids for ids in src] if tag else src), tgt
+        return tokenizer.encode_src([s for s, _ in kept]), tokenizer.encode_tgt(
+            [t for _, t in kept]
+        )
 
     with _bar(source.name, "encoding") as bar, ThreadPoolExecutor(1) as pool, _one_thread():
         pending: _Job | None = None
-        for chunk in chunks(corpus.read_pairs(source)):
-            _refuse_tags(chunk, rules.tags, counts)
+        for chunk in corpus.read_chunks(source, CHUNK):
+            _refuse_tags(chunk, rules.tags, source, counts.read)
             counts.read += len(chunk)
             kept = _clean(chunk, rules, seen, counts.dropped)
-            job = _Job(kept, pool.submit(encode, kept), len(chunk))
+            job = _Job(kept, pool.submit(encode, kept), len(chunk), tag)
             if pending is not None:
                 _finish(pending, rules, sinks, counts, bar)
             pending = job
@@ -149,38 +158,53 @@ def _one_thread() -> Iterator[None]:
 
 @dataclass(frozen=True)
 class _Job:
-    """A chunk's cleaned pairs, their encoding under way, and how many lines it read."""
+    """A chunk's cleaned pairs, their encoding under way, the lines it read, and the tag
+    (its id, or nothing) its sources get once filtered."""
 
     kept: list[Pair]
     encoded: Future
     lines: int
+    tag: list[int]
 
 
 def _finish(job: _Job, rules: Rules, sinks: Sinks, counts: Counts, bar: tqdm) -> None:
-    """Filter a chunk's encoded pairs by length (training) and write the rest."""
+    """Filter a chunk's encoded pairs by length (training), tag them, and write them."""
     src, tgt = job.encoded.result()
     kept = job.kept
     if rules.train:
-        keep, dropped = clean.filter_lengths(src, tgt, rules.max_len, rules.max_ratio)
+        keep, dropped = clean.filter_lengths(
+            src, tgt, rules.max_len, rules.max_ratio, src_extra=len(job.tag)
+        )
         for reason, n in dropped.items():
             counts.dropped[reason] += n
         if len(keep) < len(src):
             src, tgt, kept = ([x[i] for i in keep] for x in (src, tgt, kept))
+    if job.tag:
+        src = [job.tag + ids for ids in src]
     _emit(sinks, kept, src, tgt, counts)
     bar.update(job.lines)
 
 
-def _refuse_tags(chunk: list[Pair], tags: tuple[str, ...], counts: Counts) -> None:
-    """A tag in the text would read as the tag: refuse the corpus (pairs count from 1)."""
+def _refuse_tags(chunk: list[Pair], tags: tuple[str, ...], source: Corpus, before: int) -> None:
+    """A tag in the text would read as the tag: refuse the corpus, naming the line (for
+    text files; the pair's number, from 1, otherwise)."""
     for i, tag in enumerate(tags):
         if not tag:
             continue
-        for n, (s, t) in enumerate(chunk, start=counts.read + 1):
-            if tag in s or tag in t:
-                raise DataError(
-                    f"{counts.origin}: pair {n} contains {tag}, the tag of data.train.{i}.tag; "
-                    "a tag must never occur in the text (choose another, e.g. <bt>)"
-                )
+        for n, pair in enumerate(chunk, start=before + 1):
+            for side, text in enumerate(pair):
+                if tag in text:
+                    raise DataError(
+                        f"{_where(source, side, n)}: contains {tag}, the tag of "
+                        f"data.train.{i}.tag; a tag must never occur in the text (choose "
+                        "another, e.g. <bt>)"
+                    )
+
+
+def _where(source: Corpus, side: int, n: int) -> str:
+    if source.source != "hub" and source.format == "text":
+        return f"{corpus.input_paths(source)[side]}:{n}"
+    return f"{corpus.origin(source)}: pair {n}"
 
 
 def _clean(
@@ -188,11 +212,11 @@ def _clean(
 ) -> list[Pair]:
     """The chunk's pairs that pass the text rules (empty sides; copies and duplicates when
     training), in order; `dropped` counts the rest."""
-    kept = [pair for pair in chunk if pair[0] and pair[1]]
+    kept = [pair for pair in chunk if not clean.is_empty(pair)]
     dropped["empty"] += len(chunk) - len(kept)
     if rules.train and rules.drop_copies:
         n = len(kept)
-        kept = [pair for pair in kept if pair[0] != pair[1]]
+        kept = [pair for pair in kept if not clean.is_copy(pair)]
         dropped["copy"] += n - len(kept)
     if rules.train and rules.dedup:
         first = seen.first_seen(list(map(clean.pair_key, kept)))
@@ -205,6 +229,7 @@ def _clean(
 def _emit(
     sinks: Sinks, kept: list[Pair], src: list[list[int]], tgt: list[list[int]], counts: Counts
 ) -> None:
+    """Write a chunk's kept pairs (ids, and text for valid/test), and count them."""
     src_ids, src_lengths, tgt_ids, tgt_lengths = sinks.arrays.append(src, tgt)
     if sinks.text is not None:
         for side, out in enumerate(sinks.text):
@@ -215,39 +240,65 @@ def _emit(
         ("tgt", tgt_ids, tgt_lengths, counts.tgt_hist),
     ):
         counts.pieces[side] += len(ids)
-        counts.unk[side] += int((_tensor(ids) == UNK_ID).sum())
-        hist.update({n: c for n, c in enumerate(torch.bincount(_tensor(lengths)).tolist()) if c})
-
-
-def _tensor(values: array.array) -> torch.Tensor:
-    """A flat array's values as int64, counted in C rather than one Python object each."""
-    dtype = torch.uint16 if values.itemsize == 2 else torch.int32
-    return torch.frombuffer(values, dtype=dtype).long() if len(values) else torch.zeros(0).long()
+        counts.unk[side] += int((store.as_tensor(ids) == UNK_ID).sum())
+        lengths_seen = torch.bincount(store.as_tensor(lengths)).tolist()
+        hist.update({n: c for n, c in enumerate(lengths_seen) if c})
 
 
 def sample(sources: tuple[Corpus, ...], size: int, seed: int) -> tuple[list[Pair], int]:
     """A uniform sample of at most `size` non-empty pairs over the corpora, read as a
-    stream (reservoir sampling; every pair, in order, when there are no more than that);
-    and how many pairs were read."""
-    rng = random.Random(seed)
-    kept: list[Pair] = []
-    seen = read = 0
+    stream (every pair, in order, when there are no more than that); and how many pairs
+    were read."""
+    reservoir = Reservoir(size, seed)
+    read = 0
     for source in sources:
         with _bar(source.name, "sampling") as bar:
-            for chunk in chunks(corpus.read_pairs(source)):
-                for pair in chunk:
-                    if not (pair[0] and pair[1]):
-                        continue
-                    if seen < size:
-                        kept.append(pair)
-                    else:
-                        j = rng.randrange(seen + 1)
-                        if j < size:
-                            kept[j] = pair
-                    seen += 1
+            for chunk in corpus.read_chunks(source, CHUNK):
+                reservoir.offer([pair for pair in chunk if not clean.is_empty(pair)])
                 bar.update(len(chunk))
                 read += len(chunk)
-    return kept, read
+    return reservoir.items, read
+
+
+class Reservoir:
+    """A uniform random sample of at most `size` items of a stream offered in lists.
+
+    Li's algorithm L (1994): once the sample is full, it draws how many items to skip
+    before the next one it keeps, so a long stream costs a few draws a kept item, not
+    one an item. Until the sample is full, it is every item, in order.
+    """
+
+    def __init__(self, size: int, seed: int):
+        self.size = size
+        self.items: list = []
+        self._rng = random.Random(seed)
+        self._seen = 0  # items offered so far
+        self._log_w = 0.0  # log W: each kept item's chance shrinks as the stream grows
+        self._next = 0  # the index of the next item to keep, once full
+
+    def offer(self, items: list) -> None:
+        start, end = self._seen, self._seen + len(items)
+        if start < self.size:
+            self.items.extend(items[: self.size - start])
+            if len(self.items) == self.size:
+                self._log_w = self._draw()
+                self._next = self.size + self._skip()
+        while len(self.items) == self.size and self._next < end:
+            self.items[self._rng.randrange(self.size)] = items[self._next - start]
+            self._log_w += self._draw()
+            self._next += 1 + self._skip()
+        self._seen = end
+
+    def _draw(self) -> float:
+        """log(u) / size for u uniform in (0, 1)."""
+        u = self._rng.random()
+        while u == 0.0:
+            u = self._rng.random()
+        return math.log(u) / self.size
+
+    def _skip(self) -> int:
+        u = self._rng.random() or 0.5
+        return int(math.log(u) / math.log(-math.expm1(self._log_w)))
 
 
 def _bar(name: str, stage: str) -> tqdm:
