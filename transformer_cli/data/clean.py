@@ -20,14 +20,20 @@ import torch
 DROP_REASONS = ("empty", "copy", "duplicate", "too_long", "ratio")
 
 
-def is_empty(pair: tuple[str, str]) -> bool:
-    """A side is empty (the lines come stripped)."""
-    return not (pair[0] and pair[1])
+def non_empty(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The pairs with both sides non-empty (the lines come stripped)."""
+    return [pair for pair in pairs if pair[0] and pair[1]]
 
 
-def is_copy(pair: tuple[str, str]) -> bool:
-    """The source equals the target: an untranslated line."""
-    return pair[0] == pair[1]
+def not_copies(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The pairs whose source differs from their target (a copy is an untranslated line)."""
+    return [pair for pair in pairs if pair[0] != pair[1]]
+
+
+def pair_keys(pairs: list[tuple[str, str]]) -> list[int]:
+    """64-bit keys of (source, target) pairs, stable within one process (what duplicate
+    detection needs): Python's own hash of the tuple, computed in C."""
+    return list(map(hash, pairs))
 
 
 class SeenPairs:
@@ -82,20 +88,15 @@ def _merge(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return merged
 
 
-def pair_key(pair: tuple[str, str]) -> int:
-    """A 64-bit key of a (source, target) pair, stable within one process (what duplicate
-    detection needs)."""
-    return hash(pair)
-
-
 def filter_lengths(
     src: Sequence[Sequence[int]],
     tgt: Sequence[Sequence[int]],
     max_len: int,
     max_ratio: float,
     src_extra: int = 0,
-) -> tuple[list[int], dict[str, int]]:
-    """Indices of the encoded pairs to train on, and how many were dropped for each reason.
+) -> tuple[list[bool], dict[str, int]]:
+    """Which encoded pairs to train on (a flag each), and how many were dropped for each
+    reason.
 
     A pair is dropped for the first reason that applies: a side with no pieces (a line
     that normalises to nothing), a side longer than `max_len` pieces (the source with
@@ -113,8 +114,7 @@ def filter_lengths(
     dropped = dict.fromkeys(DROP_REASONS, 0)
     for reason, mask in (("empty", empty), ("too_long", too_long), ("ratio", ratio)):
         dropped[reason] = int(mask.sum())
-    keep = torch.nonzero(~(empty | too_long | ratio)).flatten().tolist()
-    return keep, dropped
+    return (~(empty | too_long | ratio)).tolist(), dropped
 
 
 def percentiles(histogram: Mapping[int, int]) -> dict[str, int]:

@@ -196,7 +196,7 @@ def _decoded(block: list[bytes], path: Path, before: int) -> list[str]:
         raise
     if before == 0 and text.startswith("\ufeff"):
         text = text[1:]
-    return [line.strip() for line in text.split("\n")[: len(block)]]
+    return list(map(str.strip, text.split("\n")[: len(block)]))
 
 
 def read_text_files(src_path: Path, tgt_path: Path) -> Iterator[Pair]:

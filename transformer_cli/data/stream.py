@@ -10,6 +10,7 @@ with `data.dedup`, 8 bytes a distinct pair of the corpus being read (`clean.Seen
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import random
 import sys
@@ -177,8 +178,8 @@ def _finish(job: _Job, rules: Rules, sinks: Sinks, counts: Counts, bar: tqdm) ->
         )
         for reason, n in dropped.items():
             counts.dropped[reason] += n
-        if len(keep) < len(src):
-            src, tgt, kept = ([x[i] for i in keep] for x in (src, tgt, kept))
+        if not all(keep):
+            src, tgt, kept = (list(itertools.compress(x, keep)) for x in (src, tgt, kept))
     if job.tag:
         src = [job.tag + ids for ids in src]
     _emit(sinks, kept, src, tgt, counts)
@@ -212,16 +213,15 @@ def _clean(
 ) -> list[Pair]:
     """The chunk's pairs that pass the text rules (empty sides; copies and duplicates when
     training), in order; `dropped` counts the rest."""
-    kept = [pair for pair in chunk if not clean.is_empty(pair)]
+    kept = clean.non_empty(chunk)
     dropped["empty"] += len(chunk) - len(kept)
     if rules.train and rules.drop_copies:
         n = len(kept)
-        kept = [pair for pair in kept if not clean.is_copy(pair)]
+        kept = clean.not_copies(kept)
         dropped["copy"] += n - len(kept)
     if rules.train and rules.dedup:
-        first = seen.first_seen(list(map(clean.pair_key, kept)))
         n = len(kept)
-        kept = [p for p, new in zip(kept, first, strict=True) if new]
+        kept = list(itertools.compress(kept, seen.first_seen(clean.pair_keys(kept))))
         dropped["duplicate"] += n - len(kept)
     return kept
 
@@ -254,7 +254,7 @@ def sample(sources: tuple[Corpus, ...], size: int, seed: int) -> tuple[list[Pair
     for source in sources:
         with _bar(source.name, "sampling") as bar:
             for chunk in corpus.read_chunks(source, CHUNK):
-                reservoir.offer([pair for pair in chunk if not clean.is_empty(pair)])
+                reservoir.offer(clean.non_empty(chunk))
                 bar.update(len(chunk))
                 read += len(chunk)
     return reservoir.items, read
