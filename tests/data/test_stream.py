@@ -43,7 +43,8 @@ def in_memory_ids(cfg, tokenizer: Tokenizer, role: str) -> tuple[list, list]:
     tgt_ids = tokenizer.encode_tgt([t for _, t in pairs])
     if role == "train":
         keep, _ = clean.filter_lengths(src_ids, tgt_ids, d.max_len, d.max_ratio)
-        src_ids, tgt_ids = [src_ids[i] for i in keep], [tgt_ids[i] for i in keep]
+        src_ids = [ids for ids, k in zip(src_ids, keep, strict=True) if k]
+        tgt_ids = [ids for ids, k in zip(tgt_ids, keep, strict=True) if k]
     return src_ids, tgt_ids
 
 
@@ -373,9 +374,8 @@ def test_a_tag_counts_toward_max_len_but_not_toward_empty_or_ratio(lengths, max_
     tgt = [[5] * b for _, b in lengths]
     keep, dropped = clean.filter_lengths(src, tgt, max_len, 0.0, src_extra=1)
     assert dropped["empty"] == sum(1 for a, b in lengths if a == 0 or b == 0)
-    assert keep == [
-        i for i, (a, b) in enumerate(lengths) if a > 0 and 0 < b <= max_len and a + 1 <= max_len
-    ]
+    fits = [0 < a <= max_len - 1 and 0 < b <= max_len for a, b in lengths]
+    assert keep == fits
 
 
 def test_the_reservoir_keeps_every_item_with_the_same_chance():
