@@ -57,12 +57,15 @@ class SeenPairs:
         if len(h) == 0:
             return []
         values, order = torch.sort(h, stable=True)
-        first = torch.ones(len(h), dtype=torch.bool)
-        first[order[1:][values[1:] == values[:-1]]] = False  # a repeat within the chunk
+        new = torch.ones(len(h), dtype=torch.bool)  # in sorted order
+        new[1:] = values[1:] != values[:-1]  # a repeat within the chunk
         for run in self._runs:
-            at = torch.searchsorted(run, h).clamp(max=len(run) - 1)
-            first &= run[at] != h
-        self._add(torch.unique(h[first]))  # sorted
+            # sorted queries: neighbours share their search paths, so they stay in cache
+            at = torch.searchsorted(run, values).clamp(max=len(run) - 1)
+            new &= run[at] != values
+        self._add(values[new])  # sorted, and unique
+        first = torch.zeros(len(h), dtype=torch.bool)
+        first[order] = new
         return first.tolist()
 
     def _add(self, run: torch.Tensor) -> None:

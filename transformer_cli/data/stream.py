@@ -10,6 +10,7 @@ with `data.dedup`, 8 bytes a distinct pair of the corpus being read (`clean.Seen
 from __future__ import annotations
 
 import contextlib
+import gc
 import itertools
 import math
 import random
@@ -130,7 +131,7 @@ def encode_corpus(source: Corpus, tokenizer: Tokenizer, rules: Rules, sinks: Sin
             [t for _, t in kept]
         )
 
-    with _bar(source.name, "encoding") as bar, ThreadPoolExecutor(1) as pool, _one_thread():
+    with _bar(source.name, "encoding") as bar, ThreadPoolExecutor(1) as pool, _streaming():
         pending: _Job | None = None
         for chunk in corpus.read_chunks(source, CHUNK):
             _refuse_tags(chunk, rules.tags, source, counts.read)
@@ -146,15 +147,21 @@ def encode_corpus(source: Corpus, tokenizer: Tokenizer, rules: Rules, sinks: Sin
 
 
 @contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """torch's counting on this thread alone: SentencePiece's threads have the cores, and
-    torch's idle workers would spin beside them."""
-    previous = torch.get_num_threads()
+def _streaming() -> Iterator[None]:
+    """The runtime a corpus streams in: torch's counting on this thread alone (SentencePiece's
+    threads have the cores, and torch's idle workers would spin beside them), and Python's
+    cycle collector off. Streaming makes millions of lists and tuples, none in a cycle, so
+    reference counting frees each of them; the collector would only walk them over and
+    over (docs/performance.md, "prepare")."""
+    threads, collecting = torch.get_num_threads(), gc.isenabled()
     torch.set_num_threads(1)
+    gc.disable()
     try:
         yield
     finally:
-        torch.set_num_threads(previous)
+        torch.set_num_threads(threads)
+        if collecting:
+            gc.enable()
 
 
 @dataclass(frozen=True)
@@ -252,7 +259,7 @@ def sample(sources: tuple[Corpus, ...], size: int, seed: int) -> tuple[list[Pair
     reservoir = Reservoir(size, seed)
     read = 0
     for source in sources:
-        with _bar(source.name, "sampling") as bar:
+        with _bar(source.name, "sampling") as bar, _streaming():
             for chunk in corpus.read_chunks(source, CHUNK):
                 reservoir.offer(clean.non_empty(chunk))
                 bar.update(len(chunk))
