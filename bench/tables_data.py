@@ -66,8 +66,25 @@ def corpus_scale(d: dict) -> list[str]:
             f"| {sample:.1f} / {spm:.1f} / {encode:.1f} s "
             f"| {_mib(p['peak_rss_mib'])} | **{_mib(p['peak_anon_mib'])}** "
             f"| {p['bytes_per_piece']:.2f} "
-            f"| {encode:.0f} / {alone:.0f} s = **{encode / alone:.2f}x** "
+            f"| {encode:.1f} / {alone:.1f} s = **{encode / alone:.2f}x** "
             f"| {ds['seconds']:.0f} s | {_mib(ds['peak_anon_mib'])} | {ds['bytes_per_piece']:.2f} "
             f"| {train['first_step_s']:.1f} s | {_mib(train['step10_anon_mib'])} |"
         )
+    return lines
+
+
+def prepare_encode(d: dict) -> list[str]:
+    """The encoding stage beside SentencePiece alone, by turns in one process."""
+    lines = [
+        f"`python bench/prepare_encode.py --pairs {d['pairs']}` ({d['date'][:10]}, commit "
+        f"{d['commit']}, {d['machine']}, {flags_of(d)}; CPU flags {' '.join(d['cpu_flags'])}). "
+        f"The training split of bench/corpus_scale.py's corpus, {d['threads']} threads for "
+        "SentencePiece; each round runs the three in turn. `encode_corpus` reads, cleans, "
+        "encodes, filters and writes; SentencePiece alone only reads and encodes.",
+        "",
+        "| round | " + " | ".join(d["rounds"][0]) + " |",
+        "|---|" + "---|" * len(d["rounds"][0]),
+    ]
+    for i, row in enumerate(d["rounds"], start=1):
+        lines.append(f"| {i} | " + " | ".join(f"{v:.1f} s" for v in row.values()) + " |")
     return lines
