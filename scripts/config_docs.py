@@ -141,7 +141,7 @@ def type_name(tp: typing.Any) -> str:
             for a in typing.get_args(tp)
         )
     if origin is typing.Literal:
-        return "one of " + ", ".join(f"`{a}`" if a else "`\"\"`" for a in typing.get_args(tp))
+        return "one of " + ", ".join(f"`{a}`" if a else '`""`' for a in typing.get_args(tp))
     if origin is tuple:
         args = typing.get_args(tp)
         return f"list of {len(args)} " + ("numbers" if set(args) == {float} else "values")

@@ -19,10 +19,10 @@ import gzip
 import itertools
 import json
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from transformer_cli.core.config import CorpusConfig, DataConfig
 from transformer_cli.core.errors import DataError
@@ -153,7 +153,7 @@ def _lines(path: Path) -> Iterator[Iterator[bytes]]:
         yield _checked(f, path)
 
 
-def _checked(f: IO[bytes], path: Path) -> Iterator[bytes]:
+def _checked(f: Iterable[bytes], path: Path) -> Iterator[bytes]:
     try:
         yield from f  # binary lines end at b"\n" only, as every other tool counts them
     except (gzip.BadGzipFile, EOFError, zlib.error) as e:
@@ -225,7 +225,8 @@ def text_chunks(src_path: Path, tgt_path: Path, size: int) -> Iterator[list[Pair
 def read_chunks(corpus: Corpus, size: int) -> Iterator[list[Pair]]:
     """`read_pairs`, `size` pairs at a time (the last chunk shorter)."""
     if corpus.source != "hub" and corpus.format == "text":
-        return text_chunks(*input_paths(corpus), size)
+        src_path, tgt_path = input_paths(corpus)
+        return text_chunks(src_path, tgt_path, size)
     return _chunks(read_pairs(corpus), size)
 
 

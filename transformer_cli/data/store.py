@@ -26,7 +26,7 @@ import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import torch
 
@@ -130,7 +130,7 @@ class SplitWriter:
             self._stack = stack.pop_all()
         return self
 
-    def __exit__(self, *exc: object) -> bool | None:
+    def __exit__(self, *exc: Any) -> bool | None:
         return self._stack.__exit__(*exc)
 
     @property

@@ -239,8 +239,8 @@ def _emit(
     """Write a chunk's kept pairs (ids, and text for valid/test), and count them."""
     src_ids, src_lengths, tgt_ids, tgt_lengths = sinks.arrays.append(src, tgt)
     if sinks.text is not None:
-        for side, out in enumerate(sinks.text):
-            out.write("".join(pair[side] + "\n" for pair in kept).encode("utf-8"))
+        for i, out in enumerate(sinks.text):
+            out.write("".join(pair[i] + "\n" for pair in kept).encode("utf-8"))
     counts.kept += len(src)
     for side, ids, lengths, hist in (
         ("src", src_ids, src_lengths, counts.src_hist),

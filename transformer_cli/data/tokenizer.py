@@ -15,6 +15,7 @@ import os
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import sentencepiece as spm
 
@@ -205,7 +206,7 @@ def _train(
 ) -> spm.SentencePieceProcessor:
     model = io.BytesIO()
     spm.set_random_generator_seed(_SEED)
-    extra = {"user_defined_symbols": list(tags)} if tags else {}
+    extra: dict[str, Any] = {"user_defined_symbols": list(tags)} if tags else {}
     try:
         spm.SentencePieceTrainer.train(
             **extra,
