@@ -3,6 +3,7 @@ right, weighted and tagged corpora, and bad input refused with nothing half-writ
 
 from __future__ import annotations
 
+import gc
 import gzip
 from collections import Counter
 from pathlib import Path
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 
 from transformer_cli.core.config_file import load_config
 from transformer_cli.core.errors import ConfigError, DataError
-from transformer_cli.data import batching, clean, corpus, prepare, store, stream
+from transformer_cli.data import batching, clean, prepare, store, stream
 from transformer_cli.data.store import SPLITS
 from transformer_cli.data.tokenizer import Tokenizer, train_tokenizer
 
@@ -74,9 +75,8 @@ def test_streaming_gives_the_in_memory_ids_on_the_toy_corpus(make_config):
 
 
 def test_tiny_chunks_and_blocks_give_the_same_ids(make_config, monkeypatch):
-    """Chunks of 7 pairs and blocks of 3 lines: every boundary of the pipeline is crossed."""
+    """Chunks of 7 pairs: every boundary of the pipeline is crossed."""
     monkeypatch.setattr(stream, "CHUNK", 7)
-    monkeypatch.setattr(corpus, "BLOCK", 3)
     assert_same_ids_as_in_memory(make_config("data.dedup=false", "data.drop_copies=false"))
 
 
@@ -282,6 +282,7 @@ def refused(cfg) -> str:
     assert "\n" not in str(e.value)
     assert not (directory / "meta.json").exists()
     assert not [p for p in directory.glob("*") if p.name.endswith(".tmp")]
+    assert gc.isenabled()  # streaming turned the collector off, and back on
     if not existed:
         assert not directory.exists()
     return str(e.value)
@@ -330,6 +331,18 @@ def test_a_tag_the_text_contains_is_refused_naming_its_line(make_config, corpus_
     assert message.startswith(f"{path}:42: contains <zz>, the tag of data.train.1.tag")
 
 
+def test_a_tag_that_normalisation_makes_is_refused(make_config, corpus_dir):
+    """Full-width brackets are not the tag's text, but NFKC makes them the tag's piece."""
+    cfg = two_corpora(make_config, corpus_dir)
+    path = corpus_dir / "train.en"
+    lines = path.read_text("utf-8").splitlines()
+    lines[100] = "a \uff1cbt\uff1e in the text"
+    path.write_text("\n".join(lines) + "\n", "utf-8")
+    message = refused(cfg)
+    assert "a \uff1cbt\uff1e in the text" in message
+    assert "reads as <bt>, the tag of data.train.1.tag" in message
+
+
 def test_a_borrowed_tokenizer_must_know_the_tag(make_config, corpus_dir, base_ckpt):
     cfg = two_corpora(make_config, corpus_dir)
     message = refused_with(cfg, base_ckpt)
@@ -368,13 +381,18 @@ def test_duplicates_are_looked_for_within_each_corpus(make_config, corpus_dir):
 @given(
     lengths=st.lists(st.tuples(st.integers(0, 12), st.integers(0, 12)), max_size=30),
     max_len=st.integers(1, 12),
+    max_ratio=st.sampled_from([0.0, 1.0, 1.5, 2.0]),
 )
-def test_a_tag_counts_toward_max_len_but_not_toward_empty_or_ratio(lengths, max_len):
+def test_a_tag_counts_toward_max_len_but_not_toward_empty_or_ratio(lengths, max_len, max_ratio):
     src = [[5] * a for a, _ in lengths]
     tgt = [[5] * b for _, b in lengths]
-    keep, dropped = clean.filter_lengths(src, tgt, max_len, 0.0, src_extra=1)
+    keep, dropped = clean.filter_lengths(src, tgt, max_len, max_ratio, src_extra=1)
     assert dropped["empty"] == sum(1 for a, b in lengths if a == 0 or b == 0)
-    fits = [0 < a <= max_len - 1 and 0 < b <= max_len for a, b in lengths]
+
+    def ratio_ok(a: int, b: int) -> bool:  # on the untagged lengths
+        return max_ratio == 0 or max(a, b) <= max_ratio * min(a, b)
+
+    fits = [0 < a <= max_len - 1 and 0 < b <= max_len and ratio_ok(a, b) for a, b in lengths]
     assert keep == fits
 
 

@@ -82,7 +82,7 @@ class DataConfig:
     max_len: int = 100
     # training pairs whose piece-length ratio exceeds this are dropped (0 = keep all)
     max_ratio: float = 3.0
-    # training pairs seen before (the same source and target, in any training corpus) are
+    # training pairs seen before in the same corpus (the same source and target) are
     # dropped: a repeat only weighs its pair more, which is what a corpus weight is for
     dedup: bool = True
     # training pairs whose source equals their target are dropped: untranslated copies

@@ -142,13 +142,15 @@ def _apply_overrides(raw: dict, overrides: Sequence[str], errors: list[str]) -> 
             parsed = value
         node: Any = raw
         parts = key.split(".")
+        done = 0  # the parts walked so far, for the message
         try:
             for part in parts[:-1]:
                 node = _child(node, part)
+                done += 1
             _put(node, parts[-1], parsed)
-        except LookupError as e:
-            prefix = key[: key.rindex(f".{e.args[0]}")] if f".{e.args[0]}" in key else key
-            errors.append(f"--set {key}: {prefix} has no item {e.args[0]}")
+        except LookupError:
+            where = ".".join(parts[:done])
+            errors.append(f"--set {key}: {where} has no item {parts[done]}")
     return raw
 
 
@@ -157,6 +159,8 @@ def _child(node: Any, part: str) -> Any:
     a list is indexed by number (`data.train.1.weight`), and only within its items."""
     if isinstance(node, list):
         return node[_index(node, part)]
+    if not isinstance(node, dict):
+        raise LookupError(part)
     child = node.get(part)
     if not isinstance(child, (dict, list)):
         child = node[part] = {}
@@ -166,12 +170,14 @@ def _child(node: Any, part: str) -> Any:
 def _put(node: Any, part: str, value: Any) -> None:
     if isinstance(node, list):
         node[_index(node, part)] = value
-    else:
+    elif isinstance(node, dict):
         node[part] = value
+    else:
+        raise LookupError(part)
 
 
 def _index(items: list, part: str) -> int:
-    if not part.isdigit() or int(part) >= len(items):
+    if not (part.isascii() and part.isdecimal()) or int(part) >= len(items):
         raise LookupError(part)
     return int(part)
 

@@ -1,11 +1,11 @@
 """Reading parallel text as a stream: the toy corpus, local files (text, tsv, jsonl) and
 the HF hub.
 
-A split is one or more `Corpus`es. Each is read by `read_pairs`, which yields its
-(source, target) lines one pair at a time, stripped, empty sides included: the caller
-drops pairs, never one side, so the two sides can never drift apart. Nothing here holds
-more than a block of a file's lines. Every problem a user can cause is a `DataError` naming the
-file and, where there is one, the line.
+A split is one or more `Corpus`es. Each is read by `read_pairs` (or `read_chunks`, a
+list of pairs at a time), which yields its (source, target) lines stripped, empty sides
+included: the caller drops pairs, never one side, so the two sides can never drift apart.
+Nothing here holds more than a block of a file's lines. Every problem a user can cause is
+a `DataError` naming the file and, where there is one, the line.
 
 Text, tsv and jsonl are parsed here line by line, so an error can point at its line and
 byte; hub datasets go through `datasets`' streaming mode, imported only here and only

@@ -43,7 +43,7 @@ from transformer_cli.data.tokenizer import (
 )
 
 # Bump when the cache layout or the way text becomes ids changes: old caches rebuild.
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 _SAMPLE_SEED = 1234  # the reservoir's: the same corpus gives the same sample, so the same model
 
 

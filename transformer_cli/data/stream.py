@@ -9,6 +9,7 @@ with `data.dedup`, 8 bytes a distinct pair of the corpus being read (`clean.Seen
 
 from __future__ import annotations
 
+import array
 import contextlib
 import gc
 import itertools
@@ -124,6 +125,7 @@ def encode_corpus(source: Corpus, tokenizer: Tokenizer, rules: Rules, sinks: Sin
     """
     counts = Counts(source.name, corpus.origin(source), source.weight, source.tag)
     tag = [tokenizer.src_piece_id(source.tag)] if source.tag else []
+    guard = Guard.of(rules.tags, tokenizer)
     seen = clean.SeenPairs()
 
     def encode(kept: list[Pair]) -> tuple[list[list[int]], list[list[int]]]:
@@ -131,13 +133,13 @@ def encode_corpus(source: Corpus, tokenizer: Tokenizer, rules: Rules, sinks: Sin
             [t for _, t in kept]
         )
 
-    with _bar(source.name, "encoding") as bar, ThreadPoolExecutor(1) as pool, _streaming():
+    with _bar(source.name, "encoding") as bar, ThreadPoolExecutor(1) as pool, _streaming(source):
         pending: _Job | None = None
         for chunk in corpus.read_chunks(source, CHUNK):
             _refuse_tags(chunk, rules.tags, source, counts.read)
             counts.read += len(chunk)
             kept = _clean(chunk, rules, seen, counts.dropped)
-            job = _Job(kept, pool.submit(encode, kept), len(chunk), tag)
+            job = _Job(kept, pool.submit(encode, kept), len(chunk), tag, guard)
             if pending is not None:
                 _finish(pending, rules, sinks, counts, bar)
             pending = job
@@ -147,15 +149,17 @@ def encode_corpus(source: Corpus, tokenizer: Tokenizer, rules: Rules, sinks: Sin
 
 
 @contextlib.contextmanager
-def _streaming() -> Iterator[None]:
+def _streaming(source: Corpus) -> Iterator[None]:
     """The runtime a corpus streams in: torch's counting on this thread alone (SentencePiece's
     threads have the cores, and torch's idle workers would spin beside them), and Python's
     cycle collector off. Streaming makes millions of lists and tuples, none in a cycle, so
     reference counting frees each of them; the collector would only walk them over and
-    over (docs/performance.md, "prepare")."""
+    over (docs/performance.md, "prepare"). A hub corpus keeps it: what `datasets` makes
+    while it streams is not ours to vouch for."""
     threads, collecting = torch.get_num_threads(), gc.isenabled()
     torch.set_num_threads(1)
-    gc.disable()
+    if source.source != "hub":
+        gc.disable()
     try:
         yield
     finally:
@@ -173,12 +177,52 @@ class _Job:
     encoded: Future
     lines: int
     tag: list[int]
+    guard: Guard | None
+
+
+@dataclass(frozen=True)
+class Guard:
+    """The tags' ids, to find text that SentencePiece normalises into a tag (full-width
+    brackets, say), which the plain-text check cannot see."""
+
+    ids: dict[int, tuple[int, str]]  # id -> (its corpus's index in data.train, the tag)
+    joint: bool  # the target shares the source's pieces, so it is checked too
+
+    @classmethod
+    def of(cls, tags: tuple[str, ...], tokenizer: Tokenizer) -> Guard | None:
+        ids = {tokenizer.src_piece_id(t): (i, t) for i, t in enumerate(tags) if t}
+        return cls(ids, tokenizer.joint) if ids else None
+
+    def check(
+        self, src: list[list[int]], tgt: list[list[int]], kept: list[Pair], where: str
+    ) -> None:
+        """DataError naming the first pair whose ids hold a tag (before its own is put in)."""
+        wanted = torch.tensor(list(self.ids))
+        for side, seqs in enumerate((src, tgt) if self.joint else (src,)):
+            flat = array.array("i")
+            for seq in seqs:
+                flat.fromlist(seq)
+            if not flat:
+                continue
+            hits = torch.isin(torch.frombuffer(flat, dtype=torch.int32), wanted).nonzero()
+            if len(hits):
+                at = int(hits[0])
+                ends = torch.tensor([len(seq) for seq in seqs]).cumsum(0)
+                pair = int(torch.searchsorted(ends, at, right=True))
+                i, tag = self.ids[flat[at]]
+                raise DataError(
+                    f"{where}: {kept[pair][side]!r} reads as {tag}, the tag of "
+                    f"data.train.{i}.tag, once SentencePiece normalises it; a tag must never "
+                    "occur in the text"
+                )
 
 
 def _finish(job: _Job, rules: Rules, sinks: Sinks, counts: Counts, bar: tqdm) -> None:
     """Filter a chunk's encoded pairs by length (training), tag them, and write them."""
     src, tgt = job.encoded.result()
     kept = job.kept
+    if job.guard is not None:
+        job.guard.check(src, tgt, kept, counts.origin)
     if rules.train:
         keep, dropped = clean.filter_lengths(
             src, tgt, rules.max_len, rules.max_ratio, src_extra=len(job.tag)
@@ -259,7 +303,7 @@ def sample(sources: tuple[Corpus, ...], size: int, seed: int) -> tuple[list[Pair
     reservoir = Reservoir(size, seed)
     read = 0
     for source in sources:
-        with _bar(source.name, "sampling") as bar, _streaming():
+        with _bar(source.name, "sampling") as bar, _streaming(source):
             for chunk in corpus.read_chunks(source, CHUNK):
                 reservoir.offer(clean.non_empty(chunk))
                 bar.update(len(chunk))
