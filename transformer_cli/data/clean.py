@@ -113,7 +113,11 @@ def filter_lengths(
     empty = (ls == 0) | (lt == 0)
     too_long = ~empty & ((ls + src_extra > max_len) | (lt > max_len))
     longer, shorter = torch.maximum(ls, lt).double(), torch.minimum(ls, lt).double()
-    ratio = ~empty & ~too_long & (longer > max_ratio * shorter) if max_ratio > 0 else empty & False
+    ratio = (
+        ~empty & ~too_long & (longer > max_ratio * shorter)
+        if max_ratio > 0
+        else torch.zeros_like(empty)
+    )
     dropped = dict.fromkeys(DROP_REASONS, 0)
     for reason, mask in (("empty", empty), ("too_long", too_long), ("ratio", ratio)):
         dropped[reason] = int(mask.sum())

@@ -194,22 +194,23 @@ class Guard:
         return cls(ids, tokenizer.joint) if ids else None
 
     def check(
-        self, src: list[list[int]], tgt: list[list[int]], kept: list[Pair], where: str
+        self, written: tuple[array.array, ...], kept: list[Pair], tagged: bool, where: str
     ) -> None:
-        """DataError naming the first pair whose ids hold a tag (before its own is put in)."""
+        """DataError naming the first written pair whose ids hold a tag, other than the one
+        put before each source of a tagged corpus. `written` is `SplitWriter.append`'s."""
         wanted = torch.tensor(list(self.ids))
-        for side, seqs in enumerate((src, tgt) if self.joint else (src,)):
-            flat = array.array("i")
-            for seq in seqs:
-                flat.fromlist(seq)
-            if not flat:
-                continue
-            hits = torch.isin(torch.frombuffer(flat, dtype=torch.int32), wanted).nonzero()
-            if len(hits):
-                at = int(hits[0])
-                ends = torch.tensor([len(seq) for seq in seqs]).cumsum(0)
+        sides = ((written[0], written[1]), (written[2], written[3]))
+        for side, (ids, lengths) in enumerate(sides if self.joint else sides[:1]):
+            flat, sizes = store.as_tensor(ids), store.as_tensor(lengths)
+            ends = sizes.cumsum(0)
+            hits = torch.isin(flat, wanted)
+            if side == 0 and tagged:
+                hits[ends - sizes] = False  # each source's own tag, its first piece
+            found = hits.nonzero()
+            if len(found):
+                at = int(found[0])
                 pair = int(torch.searchsorted(ends, at, right=True))
-                i, tag = self.ids[flat[at]]
+                i, tag = self.ids[int(flat[at])]
                 raise DataError(
                     f"{where}: {kept[pair][side]!r} reads as {tag}, the tag of "
                     f"data.train.{i}.tag, once SentencePiece normalises it; a tag must never "
@@ -221,8 +222,6 @@ def _finish(job: _Job, rules: Rules, sinks: Sinks, counts: Counts, bar: tqdm) ->
     """Filter a chunk's encoded pairs by length (training), tag them, and write them."""
     src, tgt = job.encoded.result()
     kept = job.kept
-    if job.guard is not None:
-        job.guard.check(src, tgt, kept, counts.origin)
     if rules.train:
         keep, dropped = clean.filter_lengths(
             src, tgt, rules.max_len, rules.max_ratio, src_extra=len(job.tag)
@@ -233,7 +232,9 @@ def _finish(job: _Job, rules: Rules, sinks: Sinks, counts: Counts, bar: tqdm) ->
             src, tgt, kept = (list(itertools.compress(x, keep)) for x in (src, tgt, kept))
     if job.tag:
         src = [job.tag + ids for ids in src]
-    _emit(sinks, kept, src, tgt, counts)
+    written = _emit(sinks, kept, src, tgt, counts)
+    if job.guard is not None:  # on the arrays just written: a refusal discards them all
+        job.guard.check(written, kept, bool(job.tag), counts.origin)
     bar.update(job.lines)
 
 
@@ -279,9 +280,11 @@ def _clean(
 
 def _emit(
     sinks: Sinks, kept: list[Pair], src: list[list[int]], tgt: list[list[int]], counts: Counts
-) -> None:
-    """Write a chunk's kept pairs (ids, and text for valid/test), and count them."""
-    src_ids, src_lengths, tgt_ids, tgt_lengths = sinks.arrays.append(src, tgt)
+) -> tuple[array.array, ...]:
+    """Write a chunk's kept pairs (ids, and text for valid/test), and count them; returns
+    the flat arrays written (`SplitWriter.append`'s)."""
+    written = sinks.arrays.append(src, tgt)
+    src_ids, src_lengths, tgt_ids, tgt_lengths = written
     if sinks.text is not None:
         for i, out in enumerate(sinks.text):
             out.write("".join(pair[i] + "\n" for pair in kept).encode("utf-8"))
@@ -294,6 +297,7 @@ def _emit(
         counts.unk[side] += int((store.as_tensor(ids) == UNK_ID).sum())
         lengths_seen = torch.bincount(store.as_tensor(lengths)).tolist()
         hist.update({n: c for n, c in enumerate(lengths_seen) if c})
+    return written
 
 
 def sample(sources: tuple[Corpus, ...], size: int, seed: int) -> tuple[list[Pair], int]:
