@@ -20,6 +20,11 @@ from transformer_cli.data import corpus
 error_of = functools.partial(error_of, error=DataError)  # their one-line message
 
 
+def lines_of(path: Path) -> list[str]:
+    """One file's stripped lines, read as both sides of a corpus."""
+    return [s for s, _ in corpus.read_text_files(path, path)]
+
+
 def write_lines(path: Path, lines: list[str]) -> Path:
     path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
     return path
@@ -74,7 +79,7 @@ def test_invalid_utf8_reports_file_line_and_column(lines, data):
     with tempfile.TemporaryDirectory() as d:
         path = Path(d, "train.de")
         path.write_bytes(b"\n".join(encoded) + b"\n")
-        message = error_of(lambda: list(corpus.text_lines(path)))
+        message = error_of(lambda: lines_of(path))
     assert message.startswith(f"{path}:{row + 1}: invalid UTF-8")
     assert f"column {column + 1})" in message
 
@@ -87,18 +92,13 @@ def test_gzip_plain_and_crlf_read_the_same(tmp_path):
     crlf = tmp_path / "c.de"
     crlf.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode())  # BOM, CRLF, no final newline
 
-    def read(path):
-        return list(corpus.text_lines(path))
-
-    assert read(plain) == read(packed) == read(crlf) == lines
+    assert lines_of(plain) == lines_of(packed) == lines_of(crlf) == lines
 
 
 def test_corrupt_gzip_is_a_data_error(tmp_path):
     path = tmp_path / "train.en.gz"
     path.write_bytes(b"not gzip at all")
-    assert error_of(lambda: list(corpus.text_lines(path))).startswith(
-        f"{path}: not a valid gzip file"
-    )
+    assert error_of(lambda: lines_of(path)).startswith(f"{path}: not a valid gzip file")
 
 
 def read(data: DataConfig, role: str = "train") -> list[tuple[str, str]]:

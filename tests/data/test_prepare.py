@@ -92,15 +92,18 @@ def test_train_filter_applies_to_train_only(make_config):
     lengths=st.lists(st.tuples(st.integers(0, 30), st.integers(0, 30)), max_size=40),
     max_len=st.integers(1, 30),
     max_ratio=st.sampled_from([0.0, 1.0, 1.5, 3.0]),
+    src_extra=st.sampled_from([0, 1]),
 )
-def test_filter_pairs_keeps_exactly_the_pairs_within_limits(lengths, max_len, max_ratio):
+def test_filter_pairs_keeps_exactly_the_pairs_within_limits(lengths, max_len, max_ratio, src_extra):
+    """`src_extra` 1 is a corpus tag to come: it counts toward max_len on the source side,
+    but not toward empty (a source of no pieces stays empty) or the ratio."""
     src = [[5] * s for s, _ in lengths]
     tgt = [[5] * t for _, t in lengths]
-    keep, dropped = clean.filter_lengths(src, tgt, max_len, max_ratio)
+    keep, dropped = clean.filter_lengths(src, tgt, max_len, max_ratio, src_extra=src_extra)
 
-    def ok(s: int, t: int) -> bool:
+    def ok(s: int, t: int) -> bool:  # the ratio on the untagged lengths
         ratio_ok = max_ratio == 0 or max(s, t) <= max_ratio * min(s, t)
-        return 0 < s <= max_len and 0 < t <= max_len and ratio_ok
+        return 0 < s <= max_len - src_extra and 0 < t <= max_len and ratio_ok
 
     assert keep == [ok(s, t) for s, t in lengths]
     assert sum(keep) + sum(dropped.values()) == len(lengths)

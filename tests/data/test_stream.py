@@ -377,25 +377,6 @@ def test_duplicates_are_looked_for_within_each_corpus(make_config, corpus_dir):
     assert first["dropped"]["duplicate"] == extra["dropped"]["duplicate"] == 0
 
 
-@settings(max_examples=40, deadline=None)
-@given(
-    lengths=st.lists(st.tuples(st.integers(0, 12), st.integers(0, 12)), max_size=30),
-    max_len=st.integers(1, 12),
-    max_ratio=st.sampled_from([0.0, 1.0, 1.5, 2.0]),
-)
-def test_a_tag_counts_toward_max_len_but_not_toward_empty_or_ratio(lengths, max_len, max_ratio):
-    src = [[5] * a for a, _ in lengths]
-    tgt = [[5] * b for _, b in lengths]
-    keep, dropped = clean.filter_lengths(src, tgt, max_len, max_ratio, src_extra=1)
-    assert dropped["empty"] == sum(1 for a, b in lengths if a == 0 or b == 0)
-
-    def ratio_ok(a: int, b: int) -> bool:  # on the untagged lengths
-        return max_ratio == 0 or max(a, b) <= max_ratio * min(a, b)
-
-    fits = [0 < a <= max_len - 1 and 0 < b <= max_len and ratio_ok(a, b) for a, b in lengths]
-    assert keep == fits
-
-
 def test_the_reservoir_keeps_every_item_with_the_same_chance():
     """5 of 50 items offered in lists of 7, over 2,000 seeds: each item is kept
     Binomial(2000, 0.1) times, mean 200 and sd 13.4; six sd either side is the bound."""

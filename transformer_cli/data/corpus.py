@@ -174,18 +174,6 @@ def decode_line(raw: bytes, path: Path | str, number: int) -> str:
         ) from None
 
 
-def text_lines(path: Path) -> Iterator[str]:
-    """The lines of a UTF-8 text file (or .gz), stripped; a final newline is optional."""
-    with _lines(path) as lines:
-        number = 0
-        while block := list(itertools.islice(lines, BLOCK)):
-            yield from _decoded(block, path, number)
-            number += len(block)
-
-
-BLOCK = 4096  # lines decoded at a time (a text corpus's pairs: as many as the chunk asks)
-
-
 def _decoded(block: list[bytes], path: Path, before: int) -> list[str]:
     """Raw lines `before + 1 ...` of a file, decoded in one call and stripped."""
     try:
@@ -200,8 +188,9 @@ def _decoded(block: list[bytes], path: Path, before: int) -> list[str]:
 
 
 def read_text_files(src_path: Path, tgt_path: Path) -> Iterator[Pair]:
-    """Two line-aligned text files; their line counts must match exactly."""
-    for chunk in text_chunks(src_path, tgt_path, BLOCK):
+    """Two line-aligned text files, stripped; their line counts must match exactly, and a
+    final newline is optional."""
+    for chunk in text_chunks(src_path, tgt_path, 4096):
         yield from chunk
 
 
