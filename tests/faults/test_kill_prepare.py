@@ -98,7 +98,7 @@ def test_kill_while_the_splits_are_written(stale, clean, tmp_path):
     [
         ("call|transformer_cli.data.stream.encode_corpus|1", False),  # nothing written yet
         ("replace|meta.json|1", False),  # everything written, meta.json not yet renamed
-        ("call|transformer_cli.data.prepare.summary|1", True),  # complete: meta.json is in place
+        ("call|transformer_cli.data.report.summary|1", True),  # complete: meta.json is in place
     ],
 )
 def test_kill_at_each_stage_of_the_cache_write(stale, clean, tmp_path, pause, reused):

@@ -93,9 +93,10 @@ def pack(costs: torch.Tensor, budget: int, max_sentences: int = 0) -> list[int]:
     return sizes
 
 
-def _generator(seed: int, epoch: int) -> torch.Generator:
-    """A generator seeded from (seed, epoch) through a hash, so nearby pairs look unrelated."""
-    digest = hashlib.sha256(f"tfx-batches:{seed}:{epoch}".encode()).digest()
+def _generator(seed: int, epoch: int, purpose: str = "batches") -> torch.Generator:
+    """A generator seeded from (seed, epoch) through a hash, so nearby pairs look unrelated;
+    each `purpose` draws its own stream."""
+    digest = hashlib.sha256(f"tfx-{purpose}:{seed}:{epoch}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
@@ -147,8 +148,7 @@ def epoch_pairs(weights: Sequence[tuple[int, float]], seed: int, epoch: int) -> 
     """
     if all(w == 1 for _, w in weights):
         return None
-    digest = hashlib.sha256(f"tfx-corpora:{seed}:{epoch}".encode()).digest()
-    generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+    generator = _generator(seed, epoch, "corpora")
     parts, start = [], 0
     for n, weight in weights:
         whole, part = divmod(weight, 1.0)

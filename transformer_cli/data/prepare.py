@@ -100,7 +100,7 @@ def run(cfg: Config, tokenizer_from: str | Path | None = None) -> dict:
         "files": files,
     }
     store.write_meta(run_dir, meta)  # last: only now is the cache complete
-    print(summary(meta, directory))
+    print(report.summary(meta, directory))
     return {**meta, "reused": False}
 
 
@@ -327,8 +327,3 @@ def _describe(cfg: Config) -> str:
     kind = "toy corpus" if d.source == "toy" else f"{d.format} files"
     train = corpus.split_name(d, "train")
     return f"{kind} in {d.dir} ({train}/{d.valid}/{d.test}, {d.src_lang} -> {d.tgt_lang})"
-
-
-def summary(meta: dict, directory: Path) -> str:
-    """The table `tfx prepare` prints (report.py)."""
-    return report.summary(meta, directory)
