@@ -11,6 +11,27 @@ from typing import Annotated
 
 import typer
 
+from transformer_cli.cli.decode_options import (
+    AlphaOpt,
+    BatchOpt,
+    BeamOpt,
+    DeviceOpt,
+    EarlyStopOpt,
+    HeadOpt,
+    LayerOpt,
+    MaxLenAOpt,
+    MaxLenBOpt,
+    PlotAttentionOpt,
+    PrecisionOpt,
+    SampleOpt,
+    SeedOpt,
+    SelfAttentionOpt,
+    SyncEveryOpt,
+    TagOpt,
+    TemperatureOpt,
+    TopkOpt,
+    ToppOpt,
+)
 from transformer_cli.cli.inspect import inspect_app
 from transformer_cli.cli.options import ConfigOpt, SetOpt, load
 from transformer_cli.core.errors import boundary
@@ -158,61 +179,13 @@ def export(
 
 # ----------------------------------------------------------------------------- decoding
 
-BeamOpt = Annotated[
-    int | None,
-    typer.Option("--beam", help="Beam size; 1 = greedy. (default: the checkpoint config)"),
-]
-AlphaOpt = Annotated[
-    float | None,
-    typer.Option("--alpha", help="GNMT length penalty exponent. (default: the checkpoint config)"),
-]
-EarlyStopOpt = Annotated[
-    bool | None,
-    typer.Option(
-        "--early-stop/--no-early-stop",
-        help="Beam: also stop a sentence once its best candidate ends (faster, favours "
-        "short outputs). (default: the checkpoint config)",
-    ),
-]
-MaxLenAOpt = Annotated[
-    float | None,
-    typer.Option(
-        "--max-len-a", help="Output cap = a * source pieces + b. (default: the checkpoint config)"
-    ),
-]
-MaxLenBOpt = Annotated[
-    int | None,
-    typer.Option("--max-len-b", help="See --max-len-a. (default: the checkpoint config)"),
-]
-BatchOpt = Annotated[
-    int | None,
-    typer.Option("--batch-size", help="Sentences per batch. (default: the checkpoint config)"),
-]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")]
-PrecisionOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--precision",
-        help="auto, fp32, bf16 or fp16 (CUDA only). auto: bf16/fp16 on CUDA; on the CPU "
-        "bf16 where it has bf16 units (faster; a few outputs differ from fp32's), else "
-        "fp32. (default: the checkpoint config)",
-    ),
-]
-
-SyncEveryOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--sync-every",
-        help="Greedy: steps between checks for finished sentences; 0 = auto (1 on the CPU, "
-        "8 on CUDA or MPS). Same output for every value. (default: the checkpoint config)",
-    ),
-]
-
 
 @app.command()
 @boundary
 def translate(
-    checkpoint: Annotated[Path, typer.Argument(help="A tfx checkpoint (.pt).")],
+    checkpoint: Annotated[
+        Path, typer.Argument(help="A tfx checkpoint (.pt) or a CTranslate2 export directory.")
+    ],
     text: Annotated[
         list[str] | None,
         typer.Argument(help="Sentences to translate. None: --input, piped stdin, or a prompt."),
@@ -235,19 +208,16 @@ def translate(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = None,
     sync_every: SyncEveryOpt = None,
-    plot_attention: Annotated[
-        Path | None,
-        typer.Option("--plot-attention", help="Draw the first TEXT's attention into this PNG."),
-    ] = None,
-    layer: Annotated[
-        int, typer.Option("--layer", help="--plot-attention: decoder layer, 0-based; -1 = last.")
-    ] = -1,
-    head: Annotated[
-        str, typer.Option("--head", help="--plot-attention: a head number, or mean.")
-    ] = "mean",
-    self_attention: Annotated[
-        bool, typer.Option("--self-attention", help="--plot-attention: decoder self-attention.")
-    ] = False,
+    sample: SampleOpt = None,
+    topk: TopkOpt = None,
+    topp: ToppOpt = None,
+    temperature: TemperatureOpt = None,
+    seed: SeedOpt = None,
+    tag: TagOpt = None,
+    plot_attention: PlotAttentionOpt = None,
+    layer: LayerOpt = -1,
+    head: HeadOpt = "mean",
+    self_attention: SelfAttentionOpt = False,
 ) -> None:
     """Translate with a checkpoint: one output line per input line."""
     from transformer_cli.core.config import DecodeOverrides
@@ -264,9 +234,10 @@ def translate(
     decode = DecodeOverrides(
         beam=beam, alpha=alpha, early_stop=early_stop, max_len_a=max_len_a,
         max_len_b=max_len_b, batch_sentences=batch_size, precision=precision_flag(precision),
-        sync_every=sync_every, nbest=nbest,
+        sync_every=sync_every, sample=sample, topk=topk, topp=topp, temperature=temperature,
+        seed=seed, nbest=nbest,
     )  # fmt: skip
-    translate_mod.run(checkpoint, text, input_, output, decode=decode, device=device)
+    translate_mod.run(checkpoint, text, input_, output, decode=decode, device=device, tag=tag)
 
 
 @app.command()
@@ -293,6 +264,11 @@ def evaluate(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = None,
     sync_every: SyncEveryOpt = None,
+    sample: SampleOpt = None,
+    topk: TopkOpt = None,
+    topp: ToppOpt = None,
+    temperature: TemperatureOpt = None,
+    seed: SeedOpt = None,
     json_: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     average: Annotated[
         int, typer.Option("--average", help="Also score the average of the last N checkpoints.")
@@ -309,7 +285,8 @@ def evaluate(
     decode = DecodeOverrides(
         beam=beam, alpha=alpha, early_stop=early_stop, max_len_a=max_len_a,
         max_len_b=max_len_b, batch_sentences=batch_size, precision=precision_flag(precision),
-        sync_every=sync_every,
+        sync_every=sync_every, sample=sample, topk=topk, topp=topp, temperature=temperature,
+        seed=seed,
     )  # fmt: skip
     evaluate_mod.run(
         checkpoints,
@@ -324,6 +301,45 @@ def evaluate(
         average=average,
         output_dir=output_dir,
     )
+
+
+@app.command()
+@boundary
+def score(
+    checkpoint: Annotated[
+        Path, typer.Argument(help="A tfx checkpoint (.pt) or a CTranslate2 export directory.")
+    ],
+    src: Annotated[Path, typer.Option("--src", help="Source sentences, one per line.")],
+    tgt: Annotated[Path, typer.Option("--tgt", help="Their translations, line by line.")],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to a file (atomically).")
+    ] = None,
+    json_: Annotated[bool, typer.Option("--json", help="JSON lines instead of TSV.")] = False,
+    filter_: Annotated[
+        float | None,
+        typer.Option(
+            "--filter",
+            metavar="MIN",
+            help="Write only the pairs whose mean log-probability per token is at least MIN, "
+            "as source<TAB>target lines (a tsv corpus; with --json, their scores too).",
+        ),
+    ] = None,
+    batch_tokens: Annotated[
+        int, typer.Option("--batch-tokens", help="Pieces per batch (the longer side + 1).")
+    ] = 4096,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = None,
+) -> None:
+    """Score given translations: log p(target | source) per pair, as training scores it."""
+    from transformer_cli.core.config_rules import precision_flag
+    from transformer_cli.evaluation import score as score_mod
+
+    score_mod.run(
+        score_mod.ScoreJob(
+            checkpoint, src, tgt, output, json_, filter_, batch_tokens, device,
+            precision_flag(precision),
+        )
+    )  # fmt: skip
 
 
 @app.command()

@@ -173,7 +173,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class DecodeConfig:
-    """Defaults for greedy/beam search in validation, translate and evaluate."""
+    """Defaults for greedy/beam search and sampling in translate and evaluate (validation
+    always searches: greedy, whatever these say)."""
 
     beam: int = 1  # 1 = greedy search
     alpha: float = 1.0  # GNMT length penalty exponent (beam search only)
@@ -188,6 +189,15 @@ class DecodeConfig:
     # of the device (on a GPU, a wait for it); 0 = auto: 1 on the CPU, 8 on CUDA or MPS.
     # Outputs are the same for every value; a sentence may decode sync_every - 1 extra steps
     sync_every: int = 0
+    # draw each piece from the model's distribution instead of searching (beam is not
+    # used): the top-k pieces (0 = all), then the fewest whose probability reaches topp,
+    # at this temperature. Each sentence draws from its own generator, seeded by (seed,
+    # its line): the same output whatever the batch (docs/decoding.md, "Sampling")
+    sample: bool = False
+    topk: int = 0
+    topp: float = 1.0
+    temperature: float = 1.0
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -202,7 +212,12 @@ class DecodeOverrides:
     batch_sentences: int | None = None
     precision: Precision | None = None
     sync_every: int | None = None
-    nbest: int = 1  # hypotheses per source (translate); not a decode setting
+    sample: bool | None = None
+    topk: int | None = None
+    topp: float | None = None
+    temperature: float | None = None
+    seed: int | None = None
+    nbest: int = 1  # hypotheses (or samples) per source (translate); not a decode setting
 
 
 NO_OVERRIDES = DecodeOverrides()  # decode as the checkpoint's (or --config's) config says
@@ -217,6 +232,11 @@ DECODE_FLAGS = {
     "batch_sentences": "--batch-size",
     "precision": "--precision",
     "sync_every": "--sync-every",
+    "sample": "--sample",
+    "topk": "--topk",
+    "topp": "--topp",
+    "temperature": "--temperature",
+    "seed": "--seed",
     "nbest": "--nbest",
 }
 

@@ -24,6 +24,7 @@ from transformer_cli.core.errors import ConfigError
 from transformer_cli.core.specials import BOS, EOS, PAD, UNK
 
 Check = Callable[[bool, str, str], None]
+SAMPLING_ONLY = ("topk", "topp", "temperature")  # flags that mean nothing to a search
 
 
 def validate(cfg: Config) -> list[str]:
@@ -189,12 +190,17 @@ def decode_problems(dec: DecodeConfig, nbest: int = 1, flags: bool = False) -> l
             problems.append(f"{name(option)}{sep}{message}")
 
     check(dec.beam >= 1, "beam", f"must be >= 1, got {dec.beam}")
-    if dec.beam >= 1:
+    if dec.sample:  # each sample is drawn alone: any number of them, whatever the beam
+        check(nbest >= 1, "nbest", f"must be >= 1, got {nbest}")
+    elif dec.beam >= 1:
         check(
             1 <= nbest <= dec.beam,
             "nbest",
             f"must be between 1 and {name('beam')} ({dec.beam}), got {nbest}",
         )
+    check(dec.topk >= 0, "topk", f"must be >= 0 (0 = all pieces), got {dec.topk}")
+    check(0 < dec.topp <= 1, "topp", f"must be in (0, 1], got {dec.topp}")
+    check(dec.temperature > 0, "temperature", f"must be > 0, got {dec.temperature}")
     check(dec.alpha >= 0, "alpha", f"must be >= 0, got {dec.alpha}")
     check(dec.max_len_a >= 0, "max_len_a", f"must be >= 0, got {dec.max_len_a}")
     check(dec.max_len_b >= 0, "max_len_b", f"must be >= 0, got {dec.max_len_b}")
@@ -233,6 +239,10 @@ def apply_decode_overrides(
     }
     merged = dataclasses.replace(decode, **given)
     problems = decode_problems(merged, overrides.nbest, flags)
+    if flags and not merged.sample:
+        problems += [f"{DECODE_FLAGS[k]} needs --sample" for k in SAMPLING_ONLY if k in given]
+    if flags and merged.sample and given.get("beam", 1) > 1:
+        problems.append("--sample draws one piece at a time: it takes no --beam")
     if problems:
         raise ConfigError("; ".join(problems))
     return merged

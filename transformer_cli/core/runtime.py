@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import os
 import random
 from dataclasses import dataclass
@@ -171,3 +172,10 @@ def set_threads(threads: int) -> int:
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
+
+
+def hashed_seed(purpose: str, *keys: int) -> int:
+    """A 63-bit seed from (purpose, keys) through a hash, so that nearby keys look unrelated
+    and each purpose draws its own streams."""
+    text = ":".join([f"tfx-{purpose}", *map(str, keys)])
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1

@@ -13,12 +13,12 @@ to what the model's positions can hold.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 
+from transformer_cli.core import runtime
 from transformer_cli.core.specials import BOS_ID, EOS_ID, PAD_ID
 from transformer_cli.data.store import EncodedSplit
 
@@ -94,10 +94,8 @@ def pack(costs: torch.Tensor, budget: int, max_sentences: int = 0) -> list[int]:
 
 
 def _generator(seed: int, epoch: int, purpose: str = "batches") -> torch.Generator:
-    """A generator seeded from (seed, epoch) through a hash, so nearby pairs look unrelated;
-    each `purpose` draws its own stream."""
-    digest = hashlib.sha256(f"tfx-{purpose}:{seed}:{epoch}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+    """A generator seeded from (seed, epoch) through a hash (`runtime.hashed_seed`)."""
+    return torch.Generator().manual_seed(runtime.hashed_seed(purpose, seed, epoch))
 
 
 def length_order(

@@ -82,9 +82,17 @@ def load_export(path: str | Path, device: str = "cpu", threads: int = 0) -> Expo
 
 
 def decode_exported(
-    exp: Exported, sources: list[list[int]], decode: DecodeConfig, nbest: int = 1
+    exp: Exported, sources: list[list[int]], decode: DecodeConfig, nbest: int = 1, first: int = 0
 ) -> list[list[int]] | list[list[Hypothesis]]:
-    """`runner.decode_all` by CTranslate2: piece ids (nbest 1) or scored n-best lists."""
+    """`runner.decode_all` by CTranslate2: piece ids (nbest 1) or scored n-best lists.
+
+    Sampling uses CTranslate2's own (`sampling_topk`, `_topp`, `_temperature`): the same
+    distribution as tfx's, but one random stream per call, seeded by (seed, `first`), so
+    its draws depend on how the sentences are batched. Samples are scored as tfx scores
+    them: their mean log-probability per piece, by `score_batch`.
+    """
+    if decode.sample:
+        return _sample_exported(exp, sources, decode, nbest, first)
     positions = exp.cfg.model.max_positions
     sources, _ = limits.fit_sources(sources, positions)
     caps = [limits.output_cap(len(s), decode, positions) for s in sources]
@@ -113,6 +121,53 @@ def decode_exported(
     return results
 
 
+def _sample_exported(
+    exp: Exported, sources: list[list[int]], decode: DecodeConfig, nbest: int, first: int
+) -> list[list[int]] | list[list[Hypothesis]]:
+    """`decode_exported` for `decode.sample`."""
+    from transformer_cli.core.runtime import hashed_seed
+
+    positions = exp.cfg.model.max_positions
+    sources, _ = limits.fit_sources(sources, positions)
+    caps = [limits.output_cap(len(s), decode, positions) for s in sources]
+    require_ctranslate2().set_random_seed(hashed_seed("sample-ct2", decode.seed, first) % 2**32)
+    results: list = [[] if nbest == 1 else [[]] * nbest for _ in sources]
+    todo = [i for i, s in enumerate(sources) if s]
+    for start in range(0, len(todo), decode.batch_sentences):
+        group = todo[start : start + decode.batch_sentences]
+        out = exp.translator.translate_batch(
+            [exp.tokenizer.src_id_pieces(sources[i]) for i in group],
+            beam_size=1,
+            num_hypotheses=nbest,
+            sampling_topk=decode.topk,
+            sampling_topp=decode.topp,
+            sampling_temperature=decode.temperature,
+            max_decoding_length=max(caps[i] for i in group),
+            max_input_length=0,
+            suppress_sequences=[[PAD], [BOS]],
+        )
+        for i, result in zip(group, out, strict=True):
+            hyps = [exp.tokenizer.tgt_piece_ids(h)[: caps[i]] for h in result.hypotheses]
+            results[i] = hyps[0] if nbest == 1 else hyps
+    if nbest == 1:
+        return results
+    return _scored_samples(exp, sources, results)
+
+
+def _scored_samples(
+    exp: Exported, sources: list[list[int]], samples: list[list[list[int]]]
+) -> list[list[Hypothesis]]:
+    """Each sentence's samples with their mean log-probability per piece (`score_batch`)."""
+    pairs = [(i, hyp) for i, hyps in enumerate(samples) if sources[i] for hyp in hyps]
+    log_probs = target_log_probs(exp, [sources[i] for i, _ in pairs], [h for _, h in pairs])
+    means = iter(sum(lp) / len(lp) for lp in log_probs)
+    nothing: Hypothesis = ([], 0.0)
+    return [
+        [(hyp, next(means)) for hyp in hyps] if sources[i] else [nothing] * len(hyps)
+        for i, hyps in enumerate(samples)
+    ]
+
+
 def _groups(order: list[int], caps: list[int], decode: DecodeConfig) -> list[list[int]]:
     """Batches of at most batch_sentences; under beam search, of one output cap each.
 
@@ -130,10 +185,13 @@ def _groups(order: list[int], caps: list[int], decode: DecodeConfig) -> list[lis
 
 
 def target_log_probs(
-    exp: Exported, sources: list[list[int]], targets: list[list[int]]
+    exp: Exported, sources: list[list[int]], targets: list[list[int]], batch_tokens: int = 0
 ) -> list[list[float]]:
-    """Per-token log-probabilities of each target (its pieces, then EOS), teacher-forced."""
+    """Per-token log-probabilities of each target (its pieces, then EOS), teacher-forced;
+    `batch_tokens` > 0 bounds CTranslate2's batches by tokens."""
     fitted, _ = limits.fit_sources(sources, exp.cfg.model.max_positions)
     src = [exp.tokenizer.src_id_pieces(s) for s in fitted]
     tgt = [exp.tokenizer.tgt_pieces(t) for t in targets]
-    return [list(r.log_probs) for r in exp.translator.score_batch(src, tgt, max_input_length=0)]
+    batching = {"max_batch_size": batch_tokens, "batch_type": "tokens"} if batch_tokens else {}
+    results = exp.translator.score_batch(src, tgt, max_input_length=0, **batching)
+    return [list(r.log_probs) for r in results]

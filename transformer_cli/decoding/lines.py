@@ -13,9 +13,11 @@ import os
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO, Protocol, TextIO
+from typing import BinaryIO, Protocol, TextIO, TypeVar
 
 from transformer_cli.core.errors import DataError
+
+T = TypeVar("T")
 
 
 def warn(message: str) -> None:
@@ -50,7 +52,8 @@ def read_input_lines(path: str | Path) -> list[str]:
         return list(read_lines(f, str(path)))
 
 
-def chunks(lines: Iterable[str], size: int) -> Iterator[list[str]]:
+def chunks(lines: Iterable[T], size: int) -> Iterator[list[T]]:
+    """`lines` in lists of `size` (the last may be shorter)."""
     iterator = iter(lines)
     while chunk := list(itertools.islice(iterator, size)):
         yield chunk

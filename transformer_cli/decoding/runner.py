@@ -2,7 +2,8 @@
 
 It cuts the sources to the model's positions and gives each its output cap (`limits.py`),
 sorts them by length into batches of `decode.batch_sentences`, and runs them through the
-search strategy that the decode options choose (`choose`): greedy search, or beam search.
+strategy that the decode options choose (`choose`): greedy search, beam search, or
+sampling.
 A strategy is a small frozen dataclass with a `decode(model, plan)` method, so another
 search joins by adding one, chosen from the `DecodeConfig`, with no new parameters here.
 """
@@ -20,6 +21,8 @@ from transformer_cli.core import runtime
 from transformer_cli.core.config import DecodeConfig, ResolvedPrecision
 from transformer_cli.core.specials import PAD_ID
 from transformer_cli.decoding import host_sync, limits
+from transformer_cli.decoding.sampling import Draws, Sampler
+from transformer_cli.decoding.scoring import score_pairs
 from transformer_cli.decoding.search import Hypothesis, beam_search, greedy_search
 from transformer_cli.decoding.stream import greedy_stream
 from transformer_cli.fast import packing
@@ -36,10 +39,16 @@ class Plan:
     caps: list[int]  # the most pieces each may emit (limits.output_cap)
     chunks: list[list[int]]  # source numbers per batch, longest first; empty sources in none
     device: torch.device
+    first: int = 0  # the input's number of sources[0]: sampling seeds each sentence by it
 
     @classmethod
     def of(
-        cls, sources: list[list[int]], decode: DecodeConfig, positions: int, device: torch.device
+        cls,
+        sources: list[list[int]],
+        decode: DecodeConfig,
+        positions: int,
+        device: torch.device,
+        first: int = 0,
     ) -> Plan:
         fitted, _ = limits.fit_sources(sources, positions)
         caps = [limits.output_cap(len(s), decode, positions) for s in fitted]
@@ -47,7 +56,7 @@ class Plan:
         order = sorted((i for i, s in enumerate(fitted) if s), key=lambda i: -len(fitted[i]))
         size = decode.batch_sentences
         chunks = [order[start : start + size] for start in range(0, len(order), size)]
-        return cls(fitted, caps, chunks, device)
+        return cls(fitted, caps, chunks, device, first)
 
     def batch(self, chunk: list[int]) -> tuple[Tensor, Tensor]:
         """A chunk's right-padded sources (b, S) on the device, and its (b,) output caps."""
@@ -102,16 +111,61 @@ class Beam:
             yield from ([h[0][0] for h in hyps] if self.nbest == 1 else hyps)
 
 
-def choose(decode: DecodeConfig, nbest: int, device: torch.device) -> Greedy | Beam:
-    """The search `decode` asks for: greedy for beam 1 and one hypothesis, else beam search.
+@dataclass(frozen=True)
+class Sample:
+    """`nbest` independent samples per sentence (sampling.py), through greedy search's
+    loops: the slot stream over several batches, else lockstep batches. Each sample of
+    sentence i, number j, draws from the generator of (seed, plan.first + i, j). Scored
+    lists carry each sample's mean log-probability per token (`scoring.PairScore.mean`)."""
+
+    sampler: Sampler
+    nbest: int
+    sync_every: int  # resolved, >= 1
+    slots: int
+
+    def decode(self, model: Transformer, plan: Plan) -> Iterator[Output]:
+        """Per sentence of `plan.chunks`: its sample (nbest 1), or its scored samples."""
+        n = self.nbest
+        batches = (self._rows(plan, chunk) for chunk in plan.chunks)
+        if len(plan.chunks) > 1 and self.slots > 1:
+            rows = greedy_stream(model, batches, self.slots, self.sync_every, self.sampler)
+        else:
+            rows = []
+            for src, caps, u in batches:
+                draws = Draws(self.sampler, u)
+                rows += greedy_search(model, src, caps, True, self.sync_every, draws)
+        order = [i for chunk in plan.chunks for i in chunk]
+        if n == 1:
+            yield from rows
+            return
+        sources = [plan.sources[i] for i in order for _ in range(n)]
+        budget = self.slots * (max(map(len, sources), default=0) + 1)
+        scores = score_pairs(model, sources, rows, budget, plan.device)
+        for start in range(0, len(rows), n):
+            yield [(rows[k], scores[k].mean) for k in range(start, start + n)]
+
+    def _rows(self, plan: Plan, chunk: list[int]) -> tuple[Tensor, Tensor, Tensor]:
+        """A chunk's batch with each sentence repeated `nbest` times, and the rows' draws."""
+        src, caps = plan.batch(chunk)
+        keys = [(plan.first + i, j) for i in chunk for j in range(self.nbest)]
+        u = self.sampler.draws(keys, int(caps.max())).to(plan.device, non_blocking=True)
+        index = torch.arange(len(chunk)).repeat_interleave(self.nbest)
+        return src[index.to(src.device)], caps[index], u
+
+
+def choose(decode: DecodeConfig, nbest: int, device: torch.device) -> Greedy | Beam | Sample:
+    """The search `decode` asks for: sampling if it says so; else greedy for beam 1 and
+    one hypothesis, else beam search.
 
     `decode` is a checked config (`config_rules.apply_decode_overrides`); `nbest` must be
     between 1 and its beam.
     """
-    if not 1 <= nbest <= decode.beam:
+    if not 1 <= nbest <= (nbest if decode.sample else decode.beam):
         raise ValueError(f"need 1 <= nbest <= beam, got beam {decode.beam}, nbest {nbest}")
+    sync_every = host_sync.sync_every_for(decode.sync_every, device)
+    if decode.sample:
+        return Sample(Sampler.of(decode), nbest, sync_every, decode.batch_sentences)
     if decode.beam == 1:
-        sync_every = host_sync.sync_every_for(decode.sync_every, device)
         return Greedy(sync_every, decode.batch_sentences)
     return Beam(decode.beam, decode.alpha, nbest, decode.early_stop)
 
@@ -124,6 +178,7 @@ def decode_all(
     device: torch.device | str,
     precision: ResolvedPrecision = ...,
     nbest: Literal[1] = ...,
+    first: int = ...,
 ) -> list[list[int]]: ...
 
 
@@ -135,6 +190,7 @@ def decode_all(
     device: torch.device | str,
     precision: ResolvedPrecision = ...,
     nbest: int = ...,
+    first: int = ...,
 ) -> list[list[int]] | list[list[Hypothesis]]: ...
 
 
@@ -145,6 +201,7 @@ def decode_all(
     device: torch.device | str,
     precision: ResolvedPrecision = "fp32",
     nbest: int = 1,
+    first: int = 0,
 ) -> list[list[int]] | list[list[Hypothesis]]:
     """Decode many sources by the search `decode` chooses; results come back in input order.
 
@@ -153,17 +210,22 @@ def decode_all(
 
     Args:
         sources: piece ids per sentence, without BOS/EOS.
+        first: the input's number of sources[0] (sampling seeds each sentence by its own).
     Returns:
         nbest == 1: one list of piece ids per source (beam search's best, or greedy's);
-        nbest > 1: one list of `nbest` (piece ids, score) pairs per source, best first.
+        nbest > 1: one list of `nbest` (piece ids, score) pairs per source, best first
+        (samples: in the order drawn, scored by `Sample`).
     """
     device = torch.device(device)
-    plan = Plan.of(sources, decode, model.cfg.max_positions, device)
+    plan = Plan.of(sources, decode, model.cfg.max_positions, device, first)
     return run(model, plan, choose(decode, nbest, device), precision)
 
 
 def run(
-    model: Transformer, plan: Plan, search: Greedy | Beam, precision: ResolvedPrecision = "fp32"
+    model: Transformer,
+    plan: Plan,
+    search: Greedy | Beam | Sample,
+    precision: ResolvedPrecision = "fp32",
 ) -> list:
     """`plan` decoded by `search`, in eval mode, under `precision`; in source order."""
     nothing: Hypothesis = ([], 0.0)

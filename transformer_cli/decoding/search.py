@@ -1,4 +1,5 @@
-"""Greedy and beam search over a `Transformer` (a `SearchModel`), KV-cached and batched.
+"""Greedy and beam search over a `Transformer` (a `SearchModel`), KV-cached and batched;
+greedy search's loop also samples (sampling.py).
 
 B sentences, K beam size, V target vocabulary, R = live rows (sentences x beams)
 
@@ -32,6 +33,7 @@ from transformer_cli.decoding import host_sync, kv_cache
 from transformer_cli.decoding.kv_cache import KVCache
 from transformer_cli.decoding.limits import clamp_caps
 from transformer_cli.decoding.protocol import SearchModel
+from transformer_cli.decoding.sampling import Draws
 
 Hypothesis = tuple[list[int], float]
 
@@ -86,10 +88,11 @@ def greedy_search(
     max_len: int | Sequence[int] | Tensor,
     use_cache: bool = True,
     sync_every: int = 1,
+    draws: Draws | None = None,
 ) -> list[list[int]]:
-    """The most probable next piece at every step, until EOS or `max_len` pieces.
-
-    Decodes one batch in lockstep (`KVCache`); `stream.greedy_stream` decodes many.
+    """The most probable next piece at every step (given `draws`: a piece drawn, see
+    sampling.py), until EOS or `max_len` pieces. Decodes one batch in lockstep (`KVCache`);
+    `stream.greedy_stream` decodes many.
 
     Args:
         model: a `Transformer` in eval mode.
@@ -98,6 +101,7 @@ def greedy_search(
         use_cache: False re-runs the decoder over the whole prefix at every step.
         sync_every: k >= 1: finished rows are found, and dropped, every k steps (a read
             of the device each time); the outputs are the same for every k.
+        draws: sample instead, with these rows' uniforms (B, >= the longest max_len).
     Returns:
         B lists of piece ids, without BOS/EOS.
     """
@@ -115,7 +119,8 @@ def greedy_search(
     cache = KVCache.for_model(model) if use_cache else None
     for t in range(steps):
         hidden = _step_hidden(model, tokens, prefix, memory, src, cache)  # (R, D)
-        best = most_probable(model.logits(hidden))  # (R,)
+        logits = model.logits(hidden)  # (R, V)
+        best = most_probable(logits) if draws is None else draws.pick(logits, alive, t)  # (R,)
         # finished rows decode on until the check; no row reads another, cut_at_eos cuts
         out[alive, t] = best
         finished |= (best == EOS_ID) | (limits <= t + 1)

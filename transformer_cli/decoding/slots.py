@@ -37,7 +37,7 @@ from transformer_cli.model.masks import padding_mask, prefix_mask
 from transformer_cli.model.transformer import DecoderLayer, Transformer
 
 
-def _pad_dim(t: Tensor, dim: int, size: int, value: float | bool = 0) -> Tensor:
+def pad_dim(t: Tensor, dim: int, size: int, value: float | bool = 0) -> Tensor:
     """`t` padded at the end of dimension `dim` to `size` with `value`."""
     missing = size - t.size(dim)
     if missing <= 0:
@@ -224,10 +224,10 @@ class SlotCache:
         value: float | bool,
     ) -> Tensor:
         """`old` with rows `index` set to `new`, `added` rows appended, `dim` padded to width."""
-        new = _pad_dim(new, dim, width, value)
+        new = pad_dim(new, dim, width, value)
         if old is None:
             return new.contiguous()
-        old = _pad_dim(old, dim, width, value)
+        old = pad_dim(old, dim, width, value)
         if added:
             old = torch.cat([old, new.new_full((added, *old.shape[1:]), value)])
         return old.index_copy_(0, index, new)

@@ -19,8 +19,15 @@ from torch import Tensor
 from transformer_cli.core.specials import BOS_ID, EOS_ID
 from transformer_cli.decoding import host_sync
 from transformer_cli.decoding.limits import clamp_caps
+from transformer_cli.decoding.sampling import Sampler
 from transformer_cli.decoding.search import cut_at_eos, most_probable
-from transformer_cli.decoding.slots import SlotCache, SlotSources, decode_slots, slot_sources
+from transformer_cli.decoding.slots import (
+    SlotCache,
+    SlotSources,
+    decode_slots,
+    pad_dim,
+    slot_sources,
+)
 from transformer_cli.model.transformer import Transformer
 
 # ----------------------------------------------------------------------------- the stream
@@ -29,20 +36,26 @@ from transformer_cli.model.transformer import Transformer
 @dataclass
 class _Slots:
     """The sentences in flight: the slot cache, and for each slot its sentence's number
-    in the stream, its output cap and its newest token."""
+    in the stream, its output cap and its newest token; when sampling, its sentence's
+    uniforms, one per position (sampling.py)."""
 
     cache: SlotCache
     sentence: Tensor  # (N,) host int64
     limit: Tensor  # (N,) host int64: pieces the sentence may emit
     tokens: Tensor  # (N,) on the device: the token each slot is fed next
+    sampler: Sampler | None
+    u: Tensor  # (N, W) on the device: sampling's uniforms (W = 0 for greedy search)
 
     @classmethod
-    def empty(cls, model: Transformer, device: torch.device) -> _Slots:
+    def empty(cls, model: Transformer, device: torch.device, sampler: Sampler | None) -> _Slots:
         none = torch.zeros(0, dtype=torch.long)
         tokens = torch.zeros(0, dtype=torch.long, device=device)
-        return cls(SlotCache.for_model(model, device), none, none.clone(), tokens)
+        u = torch.zeros(0, 0, dtype=torch.float64, device=device)
+        return cls(SlotCache.for_model(model, device), none, none.clone(), tokens, sampler, u)
 
-    def fill(self, where: Tensor, sources: SlotSources, ids: range, caps: Tensor) -> None:
+    def fill(
+        self, where: Tensor, sources: SlotSources, ids: range, caps: Tensor, u: Tensor
+    ) -> None:
         """Start sentences `ids` in slots `where` (host; numbers >= N add slots)."""
         added = int((where >= self.cache.slots).sum())
         self.cache.fill(where, *sources)
@@ -50,7 +63,11 @@ class _Slots:
         self.limit = torch.cat([self.limit, torch.zeros(added, dtype=torch.long)])
         self.tokens = torch.cat([self.tokens, self.tokens.new_zeros(added)])
         self.sentence[where], self.limit[where] = torch.tensor(list(ids)), caps
-        self.tokens[where.to(self.tokens.device)] = BOS_ID
+        device_where = where.to(self.tokens.device)
+        self.tokens[device_where] = BOS_ID
+        width = max(self.u.size(1), u.size(1))
+        self.u = pad_dim(torch.cat([self.u, self.u.new_zeros(added, self.u.size(1))]), 1, width)
+        self.u[device_where] = pad_dim(u.to(self.u), 1, width)
 
     def drop(self, empty: Tensor) -> None:
         """Remove the slots `empty` (host), which the stream had nothing left to fill."""
@@ -62,7 +79,8 @@ class _Slots:
         kept = keep.nonzero().squeeze(1)
         self.cache.select(kept)
         self.sentence, self.limit = self.sentence[kept], self.limit[kept]
-        self.tokens = self.tokens[kept.to(self.tokens.device)]
+        kept_device = kept.to(self.tokens.device)
+        self.tokens, self.u = self.tokens[kept_device], self.u[kept_device]
 
     def run(self, model: Transformer, sync_every: int) -> tuple[Tensor, Tensor]:
         """Decode every slot up to the next check: its pieces (N, w) and the finished slots
@@ -75,8 +93,15 @@ class _Slots:
         steps = min(sync_every, int((self.limit - self.cache.pos).min()))  # pos: emitted
         pieces = []
         for _ in range(steps):
+            # sampling: each slot's uniform for the piece it emits now, (N,), read before
+            # the step moves the positions on
+            u = None if self.sampler is None else self.u.gather(1, self.cache.pos_device[:, None])
             hidden = decode_slots(model, self.tokens, self.cache)  # (N, D)
-            self.tokens = most_probable(model.logits(hidden))  # (N,)
+            logits = model.logits(hidden)  # (N, V)
+            if self.sampler is None or u is None:
+                self.tokens = most_probable(logits)  # (N,)
+            else:
+                self.tokens = self.sampler.pick(logits, u.squeeze(1))
             pieces.append(self.tokens)
         block = host_sync.to_host(torch.stack(pieces, dim=1))  # w x (N,) -> (N, w)
         done = (block == EOS_ID).any(dim=1) | (self.cache.pos >= self.limit)
@@ -86,11 +111,13 @@ class _Slots:
 @torch.no_grad()
 def greedy_stream(
     model: Transformer,
-    batches: Iterable[tuple[Tensor, Tensor]],
+    batches: Iterable[tuple[Tensor, Tensor]] | Iterable[tuple[Tensor, Tensor, Tensor]],
     slots: int,
     sync_every: int = 1,
+    sampler: Sampler | None = None,
 ) -> list[list[int]]:
-    """Greedy search over a stream of batches, keeping `slots` sentences in flight.
+    """Greedy search over a stream of batches, keeping `slots` sentences in flight; with a
+    `sampler`, sampling (each batch then brings its rows' uniforms).
 
     A sentence that finishes hands its slot to the next sentence of the stream at once,
     so every step decodes a full batch until the input runs out; each batch is encoded
@@ -100,7 +127,8 @@ def greedy_stream(
     Args:
         model: a `Transformer` in eval mode.
         batches: (src, max_len) pairs: (b, S) right-padded source ids on the model's
-            device and (b,) int64 output caps.
+            device and (b,) int64 output caps; with a sampler, (src, max_len, u)
+            triples, u (b, >= the longest cap) each row's `Sampler.draws`.
         slots: the most sentences decoded at once.
         sync_every: k >= 1, the most steps between two reads of the device.
     Returns:
@@ -114,10 +142,10 @@ def greedy_stream(
     free = torch.arange(slots)  # slots to fill; numbers >= N add slots
     while True:
         filled = 0
-        for sources, ids, caps_in in stream.take(len(free)):
+        for sources, ids, caps_in, u in stream.take(len(free)):
             if state is None:
-                state = _Slots.empty(model, sources[1].device)
-            state.fill(free[filled : filled + len(ids)], sources, ids, caps_in)
+                state = _Slots.empty(model, sources[1].device, sampler)
+            state.fill(free[filled : filled + len(ids)], sources, ids, caps_in, u)
             filled += len(ids)
             outputs.extend([] for _ in ids)
             caps.extend(caps_in.tolist())
@@ -135,21 +163,23 @@ def greedy_stream(
 class _Sources:
     """The sentences of a stream of batches, encoded a batch at a time as they are taken."""
 
-    def __init__(self, model: Transformer, batches: Iterator[tuple[Tensor, Tensor]]) -> None:
+    def __init__(self, model: Transformer, batches: Iterator[tuple[Tensor, ...]]) -> None:
         self.model, self.batches = model, batches
         self.next_id = 0
         self.size = 0  # the current batch, from row `self.row` on
         self.row = 0
 
-    def take(self, n: int) -> Iterator[tuple[SlotSources, range, Tensor]]:
+    def take(self, n: int) -> Iterator[tuple[SlotSources, range, Tensor, Tensor]]:
         """Up to `n` sentences: slices of a batch's `slot_sources` (cross keys and values,
-        source mask, source lengths), their numbers in the stream, and their caps."""
+        source mask, source lengths), their numbers in the stream, their caps, and their
+        uniforms ((count, 0) without)."""
         while n > 0:
             if self.row == self.size:
                 batch = next(self.batches, None)
                 if batch is None:
                     return
-                src, caps = batch
+                src, caps = batch[:2]
+                self.u = batch[2] if len(batch) > 2 else src.new_zeros(len(src), 0).double()
                 self.cross, self.src_mask, self.src_len = slot_sources(self.model, src)
                 self.caps = clamp_caps(caps, len(src), self.model.cfg.max_positions)
                 self.size, self.row = len(src), 0
@@ -157,5 +187,5 @@ class _Sources:
             count = rows.stop - rows.start
             cross = [(k[rows], v[rows]) for k, v in self.cross]
             sources = (cross, self.src_mask[rows], self.src_len[rows])
-            yield sources, range(self.next_id, self.next_id + count), self.caps[rows]
+            yield sources, range(self.next_id, self.next_id + count), self.caps[rows], self.u[rows]
             self.row, self.next_id, n = rows.stop, self.next_id + count, n - count

@@ -7,7 +7,8 @@ stdin gives an interactive `> ` prompt instead.
 
 The output has exactly one line per input line (with `--nbest K`, exactly K lines per
 input line: `hypothesis<TAB>score`, best first, the score being the length-normalised
-log-probability of search.py). So that this always holds:
+log-probability of search.py; with `--sample`, K samples in the order drawn, each scored
+by its mean log-probability per piece, as `tfx score` gives it). So that this always holds:
 
 - an empty or whitespace-only line gives an empty line (nbest: K lines `<TAB>0.0000`);
 - a line longer than the encoder can hold (`model.max_positions` pieces; sources have no
@@ -29,9 +30,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from transformer_cli.core import runtime
-from transformer_cli.core.config import NO_OVERRIDES, DecodeOverrides
+from transformer_cli.core.config import NO_OVERRIDES, Config, DecodeOverrides
 from transformer_cli.core.config_rules import apply_decode_overrides
-from transformer_cli.core.errors import TfxError
+from transformer_cli.core.errors import ConfigError, TfxError
 from transformer_cli.decoding.limits import fit_sources
 from transformer_cli.decoding.lines import (
     chunks,
@@ -43,6 +44,7 @@ from transformer_cli.decoding.lines import (
 )
 
 if TYPE_CHECKING:
+    from transformer_cli.data.tokenizer import Tokenizer
     from transformer_cli.decoding.search import Hypothesis
 
 CHUNK_LINES = 1000
@@ -63,9 +65,11 @@ class Translator:
         checkpoint_path: str | Path,
         device: str = "auto",
         decode: DecodeOverrides = NO_OVERRIDES,
+        tag: str | None = None,
     ) -> None:
         """`decode`: the options that replace the checkpoint's decode section (ConfigError
-        naming the flag if one is out of range)."""
+        naming the flag if one is out of range); `tag`: a corpus tag of the model's, put
+        before every source (ConfigError naming the known ones if it is not one)."""
         from transformer_cli.decoding import ct2_backend as ct2
         from transformer_cli.decoding.loading import load_model
 
@@ -81,7 +85,8 @@ class Translator:
         self.packed = False
         self.nbest = decode.nbest
         self.positions = cfg.model.max_positions
-        self.lines_done = 0  # for warnings' line numbers across chunks
+        self.tag_id = None if tag is None else tag_id(cfg, self.tokenizer, tag)
+        self.lines_done = 0  # for warnings' line numbers and sampling's seeds across chunks
 
     def translate(self, lines: list[str]) -> list[str]:
         """Output lines for `lines`: one each, or `nbest` each with scores."""
@@ -90,13 +95,13 @@ class Translator:
         keep = [i for i, line in enumerate(lines) if line.strip()]
         sources: list[list[int]] = [[] for _ in lines]
         for i, ids in zip(keep, self.tokenizer.encode_src([lines[i] for i in keep]), strict=True):
-            sources[i] = ids
+            sources[i] = ids if self.tag_id is None else [self.tag_id, *ids]
         for i in fit_sources(sources, self.positions)[1]:  # the backends cut them alike
             warn(
                 f"line {first + i}: {len(sources[i])} pieces, more than the model's maximum "
                 f"of {self.positions}; translating the first {self.positions}"
             )
-        results = self._decode(sources, len(lines))
+        results = self._decode(sources, first - 1)
         if self.nbest == 1:
             return [
                 _one_line(h) for h in self.tokenizer.decode_tgt(cast("list[list[int]]", results))
@@ -109,20 +114,36 @@ class Translator:
             )
         return out
 
-    def _decode(self, sources: list[list[int]], n_lines: int) -> list:
-        """Piece ids (nbest 1) or scored n-best lists, by tfx's search or CTranslate2's."""
+    def _decode(self, sources: list[list[int]], first: int) -> list:
+        """Piece ids (nbest 1) or scored n-best lists, by tfx's search or CTranslate2's;
+        `first`: the input's number of sources[0]."""
         from transformer_cli.decoding.ct2_backend import decode_exported
         from transformer_cli.decoding.loading import ready_to_decode
         from transformer_cli.decoding.runner import decode_all
 
         if self.exported is not None:
-            return decode_exported(self.exported, sources, self.decode_cfg, self.nbest)
-        if not self.packed and n_lines >= PACK_MIN_LINES:
+            return decode_exported(self.exported, sources, self.decode_cfg, self.nbest, first)
+        if not self.packed and len(sources) >= PACK_MIN_LINES:
             ready_to_decode(self.model, self.device, self.precision)
             self.packed = True
         return decode_all(
-            self.model, sources, self.decode_cfg, self.device, self.precision, nbest=self.nbest
+            self.model,
+            sources,
+            self.decode_cfg,
+            self.device,
+            self.precision,
+            nbest=self.nbest,
+            first=first,
         )
+
+
+def tag_id(cfg: Config, tokenizer: Tokenizer, tag: str) -> int:
+    """The source id of `tag`, one of the corpus tags `cfg` trained with; ConfigError if not."""
+    known = [c.tag for c in cfg.data.train if c.tag] if isinstance(cfg.data.train, tuple) else []
+    if tag not in known:
+        has = f"its tags: {', '.join(known)}" if known else "it was trained without corpus tags"
+        raise ConfigError(f"--tag {tag}: not a tag of this model ({has})")
+    return tokenizer.src_piece_id(tag)
 
 
 def _one_line(text: str) -> str:
@@ -142,15 +163,16 @@ def run(
     decode: DecodeOverrides = NO_OVERRIDES,
     device: str = "auto",
     chunk_lines: int = CHUNK_LINES,
+    tag: str | None = None,
 ) -> int:
     """Translate TEXT arguments, a file or stdin to stdout or a file; returns lines read.
 
-    `decode`: the options that replace the checkpoint's decode section (see `Translator`).
+    `decode` and `tag`: see `Translator`.
     """
     if texts and input_path is not None:
         raise TfxError("give sentences as arguments or --input FILE, not both")
     interactive = not texts and input_path is None and sys.stdin.isatty()
-    translator = Translator(checkpoint, device, decode)
+    translator = Translator(checkpoint, device, decode, tag)
     if interactive and output_path is None:
         return interact(translator)
     with contextlib.ExitStack() as stack:

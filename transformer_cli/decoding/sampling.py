@@ -1,0 +1,99 @@
+"""Sampling: each piece drawn from the model's distribution instead of searched for.
+
+R live rows, V target vocabulary
+
+At each step a row's next piece is drawn from softmax(logits / temperature), narrowed
+first to the `topk` most probable pieces (0 = all of them), then to the fewest of those
+whose probability, renormalised, reaches `topp` (Holtzman et al. 2020; 1 = all). PAD and
+BOS are never drawn (`search.most_probable` rules them out the same way). Topk 1 is
+greedy search, and a temperature near 0 tends to it.
+
+The draw is by inverse transform: one uniform number u per row and step, and the piece
+whose interval of the cumulative distribution holds u. Each sentence's numbers come from
+its own generator, seeded by (seed, the sentence's number in the input, the sample's
+number): a sentence's samples are the same whatever batch, slot or chunk it is decoded
+in, up to the rounding of its logits. Greedy search and the slot stream run the steps
+(`search.greedy_search`, `stream.greedy_stream`); this module only draws.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from transformer_cli.core import runtime
+from transformer_cli.core.config import DecodeConfig
+from transformer_cli.core.specials import BOS_ID, PAD_ID
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """How each piece is drawn; `decode.sample`'s settings."""
+
+    topk: int = 0  # 0 = every piece
+    topp: float = 1.0  # 1 = no nucleus cut
+    temperature: float = 1.0
+    seed: int = 0
+
+    @classmethod
+    def of(cls, decode: DecodeConfig) -> Sampler:
+        return cls(decode.topk, decode.topp, decode.temperature, decode.seed)
+
+    def draws(self, keys: Sequence[tuple[int, int]], steps: int) -> Tensor:
+        """Each (sentence, sample) key's first `steps` uniform numbers: (n, steps) float64.
+
+        A key's numbers depend on (seed, key) alone, and the first m are the same for
+        every `steps` >= m.
+        """
+        out = torch.empty(len(keys), steps, dtype=torch.float64)
+        generator = torch.Generator()
+        for row, (sentence, sample) in enumerate(keys):
+            generator.manual_seed(runtime.hashed_seed("sample", self.seed, sentence, sample))
+            torch.rand(steps, generator=generator, dtype=torch.float64, out=out[row])
+        return out
+
+    def allowed(self, logits: Tensor) -> tuple[Tensor, Tensor]:
+        """The pieces each row may draw, and their probabilities: (R, V') ids and (R, V').
+
+        Ids are in order of probability, most probable first; a piece outside the top-k
+        or top-p set has probability 0. Rows of `probs` need not sum to 1.
+        """
+        scores = logits.float() / self.temperature  # (R, V)
+        scores[:, PAD_ID] = -torch.inf
+        scores[:, BOS_ID] = -torch.inf
+        if self.topk == 0 and self.topp >= 1.0:  # the full softmax, no sort needed
+            ids = torch.arange(scores.size(-1), device=scores.device).expand_as(scores)
+            return ids, scores.softmax(-1)
+        top = min(self.topk or scores.size(-1), scores.size(-1))
+        scores, ids = scores.topk(top, dim=-1)  # (R, V'), sorted: most probable first
+        probs = scores.softmax(-1)
+        if self.topp < 1.0:
+            # keep a piece while the pieces more probable than it hold less than topp
+            before = probs.cumsum(-1) - probs  # (R, V')
+            probs = probs.masked_fill(before >= self.topp, 0.0)
+        return ids, probs
+
+    def pick(self, logits: Tensor, u: Tensor) -> Tensor:
+        """Each row's drawn piece: (R, V) logits and (R,) uniforms in [0, 1) -> (R,) ids."""
+        ids, probs = self.allowed(logits)
+        cdf = probs.double().cumsum(-1)  # (R, V')
+        at = torch.searchsorted(cdf, (u.to(cdf) * cdf[:, -1])[:, None], right=True)  # (R, 1)
+        # u * total rounds to total only for u within 2^-53 of 1: take the last piece
+        # that may be drawn, never one that may not
+        last = probs.size(-1) - 1 - (probs.flip(-1) > 0).int().argmax(-1, keepdim=True)
+        return ids.gather(1, torch.minimum(at, last)).squeeze(1)
+
+
+@dataclass(frozen=True)
+class Draws:
+    """A lockstep batch's uniforms: the rows' generators, drawn ahead for every step."""
+
+    sampler: Sampler
+    u: Tensor  # (B, steps) on the model's device
+
+    def pick(self, logits: Tensor, rows: Tensor, step: int) -> Tensor:
+        """The pieces of live `rows` (their numbers in the batch) at `step` (0 = first)."""
+        return self.sampler.pick(logits, self.u[rows, step])
