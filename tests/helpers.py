@@ -93,8 +93,11 @@ def tiny_raw(root: Path, **sections: dict) -> dict:
     return raw
 
 
-def make_tiny_run(root: Path, pairs: list[tuple[str, str]], steps: tuple[int, ...] = (10,)):
+def make_tiny_run(
+    root: Path, pairs: list[tuple[str, str]], steps: tuple[int, ...] = (10,), **data: object
+):
     """A prepared run dir with a tiny random model saved at `steps`: returns the config.
+    `data`: keys of its data section (train: a list of corpora, say).
 
     Untrained weights are enough here: what is tested is the plumbing around the model
     (lines in = lines out, files, errors), not the quality of its translations.
@@ -110,7 +113,7 @@ def make_tiny_run(root: Path, pairs: list[tuple[str, str]], steps: tuple[int, ..
     write_splits(root / "data", toy_splits(pairs))
     raw = {
         "run_dir": str(root / "run"),
-        "data": {"source": "files", "dir": str(root / "data"), "max_len": 20},
+        "data": {"source": "files", "dir": str(root / "data"), "max_len": 20, **data},
         "tokenizer": {"vocab_size": 100},
         "model": {
             "d_model": 16,

@@ -132,3 +132,35 @@ def test_the_device_flag_and_the_config_accept_the_same_devices():
     assert "train.device: expected one of auto|cpu|cuda|mps" in error_of(
         config_from_dict, {"run_dir": "r", "train": {"device": "tpu"}}
     )
+
+
+SAMPLING_BAD = [("topk", -1, ">= 0"), ("topp", 0.0, "in (0, 1]"), ("topp", 1.5, "in (0, 1]"),
+                ("temperature", 0.0, "> 0")]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "value", "rule"), SAMPLING_BAD)
+def test_sampling_options_out_of_range_are_refused_as_flag_and_as_key(name, value, rule):
+    sampling = DecodeConfig(sample=True)
+    from_flag = error_of(apply_decode_overrides, sampling, DecodeOverrides(**{name: value}))
+    from_config = error_of(config_from_dict, {"run_dir": "r", "decode": {name: value}})
+    assert from_flag.startswith(f"{DECODE_FLAGS[name]} must be {rule}")
+    assert from_config.startswith(f"decode.{name}: must be {rule}")
+
+
+def test_sampling_flags_need_sample_and_take_no_beam():
+    plain = DecodeConfig()
+    assert error_of(apply_decode_overrides, plain, DecodeOverrides(topk=5, topp=0.9)) == (
+        "--topk needs --sample; --topp needs --sample"
+    )
+    both = DecodeOverrides(sample=True, beam=4)
+    assert error_of(apply_decode_overrides, plain, both) == (
+        "--sample draws one piece at a time: it takes no --beam"
+    )
+    # a checkpoint whose decode says beam 4 samples all the same, any number of samples
+    sampled = apply_decode_overrides(DecodeConfig(beam=4), DecodeOverrides(sample=True, nbest=9))
+    assert sampled.sample
+    assert sampled.beam == 4
+    with_options = DecodeOverrides(sample=True, topk=5, topp=0.9, temperature=0.7, seed=3)
+    assert apply_decode_overrides(plain, with_options) == DecodeConfig(
+        sample=True, topk=5, topp=0.9, temperature=0.7, seed=3
+    )

@@ -17,6 +17,7 @@ from transformer_cli.core import checkpoint, runtime
 from transformer_cli.core.checkpoint import load_checkpoint, save_checkpoint
 from transformer_cli.core.config import DecodeOverrides
 from transformer_cli.decoding import loading, translate
+from transformer_cli.decoding.runner import decode_all
 from transformer_cli.fast.packing import fully_packed, packing_available
 
 REPO = Path(__file__).resolve().parents[2]
@@ -337,3 +338,35 @@ def test_text_and_input_together_is_an_error(ckpt, tmp_path):
     source = tmp_path / "in.txt"
     source.write_text("a\n", "utf-8")
     assert_only_error(cli("translate", ckpt, "a dog", "--input", str(source)), "not both")
+
+
+# ----------------------------------------------------------------------------- --tag
+
+
+def test_tag_goes_before_every_source_and_an_unknown_one_names_the_known(
+    tmp_path_factory, toy_pairs
+):
+    corpora = [{"name": "train"}, {"name": "valid", "tag": "<v>"}]
+    run = make_tiny_run(tmp_path_factory.mktemp("tagged"), toy_pairs, train=corpora)
+    tagged = str(Path(run.run_dir) / "checkpoints" / "ckpt_00000010.pt")
+    model, tokenizer, cfg = loading.load_model(tagged, "cpu")
+    lines = ["the old man sees the dog .", "a cat"]
+    tag = tokenizer.src_piece_id("<v>")
+    ids = [[tag, *s] for s in tokenizer.encode_src(lines)]
+    wanted = tokenizer.decode_tgt(decode_all(model, ids, cfg.decode, "cpu"))
+    result = cli("translate", tagged, *lines, "--tag", "<v>", "--precision", "fp32")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [" ".join(w.split()) for w in wanted]
+    untagged = cli("translate", tagged, *lines, "--precision", "fp32")
+    assert untagged.stdout != result.stdout  # the tag is a real input
+    assert_only_error(
+        cli("translate", tagged, "x", "--tag", "<w>"),
+        "--tag <w>: not a tag of this model (its tags: <v>)",
+    )
+
+
+def test_tag_on_a_model_without_tags_says_so(ckpt):
+    assert_only_error(
+        cli("translate", ckpt, "x", "--tag", "<bt>"),
+        "--tag <bt>: not a tag of this model (it was trained without corpus tags)",
+    )

@@ -93,8 +93,8 @@ SeedOpt = Annotated[
         "--seed",
         help="--sample: each sentence draws from its own generator, seeded by (S, its line "
         "number), so the same seed gives the same samples for any --batch-size. A "
-        "CTranslate2 export draws from one stream per batch: there the batch size matters. "
-        "(default: 0)",
+        "CTranslate2 export draws from one stream, seeded when it loads: the same input, "
+        "--batch-size and seed give the same samples. (default: 0)",
     ),
 ]
 

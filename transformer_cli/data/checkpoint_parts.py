@@ -27,10 +27,6 @@ def saved_config(holder: dict, path: str | Path, source: str | Path | None = Non
 def config_and_tokenizer(state: dict, path: str | Path) -> tuple[Config, Tokenizer]:
     """A loaded checkpoint's config and tokenizer; CheckpointError naming `path` if unfit."""
     cfg = saved_config(state, path)
-    if "tokenizer" not in state:
-        raise CheckpointError(
-            f"{path}: holds no tokenizer (not a checkpoint that tfx train or tfx average wrote)"
-        )
     try:
         tokenizer = Tokenizer.from_bytes(state["tokenizer"])
     except (DataError, TypeError, AttributeError) as e:

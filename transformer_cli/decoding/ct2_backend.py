@@ -67,12 +67,20 @@ def read_export_info(path: Path) -> dict:
         raise CheckpointError(f"{path / EXPORT_FILE}: unreadable ({e})") from None
 
 
-def load_export(path: str | Path, device: str = "cpu", threads: int = 0) -> Exported:
-    """Open an export directory on `device` (cpu or cuda) with `threads` CPU threads."""
+def load_export(
+    path: str | Path, device: str = "cpu", threads: int = 0, seed: int | None = None
+) -> Exported:
+    """Open an export directory on `device` (cpu or cuda) with `threads` CPU threads.
+
+    Its sampling draws from one random stream, seeded here by `seed` (None: the export's
+    decode.seed): CTranslate2 seeds each worker thread's generator once, when it first
+    samples, so a seed can only be given before that.
+    """
     path = Path(path)
     ctranslate2 = require_ctranslate2()
     info = read_export_info(path)
     cfg = saved_config(info, path, source=path / EXPORT_FILE)
+    ctranslate2.set_random_seed(cfg.decode.seed if seed is None else seed)
     names = [n for n in (JOINT_FILE, SRC_FILE, TGT_FILE) if (path / n).is_file()]
     tokenizer = Tokenizer.from_bytes({n: (path / n).read_bytes() for n in names})
     if device not in ("cpu", "cuda"):
@@ -82,17 +90,17 @@ def load_export(path: str | Path, device: str = "cpu", threads: int = 0) -> Expo
 
 
 def decode_exported(
-    exp: Exported, sources: list[list[int]], decode: DecodeConfig, nbest: int = 1, first: int = 0
+    exp: Exported, sources: list[list[int]], decode: DecodeConfig, nbest: int = 1
 ) -> list[list[int]] | list[list[Hypothesis]]:
     """`runner.decode_all` by CTranslate2: piece ids (nbest 1) or scored n-best lists.
 
     Sampling uses CTranslate2's own (`sampling_topk`, `_topp`, `_temperature`): the same
-    distribution as tfx's, but one random stream per call, seeded by (seed, `first`), so
-    its draws depend on how the sentences are batched. Samples are scored as tfx scores
-    them: their mean log-probability per piece, by `score_batch`.
+    distribution as tfx's, drawn from the export's one random stream (`load_export`), so
+    its draws depend on the batches and on what was sampled before. Samples are scored
+    as tfx scores them: their mean log-probability per piece, by `score_batch`.
     """
     if decode.sample:
-        return _sample_exported(exp, sources, decode, nbest, first)
+        return _sample_exported(exp, sources, decode, nbest)
     positions = exp.cfg.model.max_positions
     sources, _ = limits.fit_sources(sources, positions)
     caps = [limits.output_cap(len(s), decode, positions) for s in sources]
@@ -122,15 +130,12 @@ def decode_exported(
 
 
 def _sample_exported(
-    exp: Exported, sources: list[list[int]], decode: DecodeConfig, nbest: int, first: int
+    exp: Exported, sources: list[list[int]], decode: DecodeConfig, nbest: int
 ) -> list[list[int]] | list[list[Hypothesis]]:
     """`decode_exported` for `decode.sample`."""
-    from transformer_cli.core.runtime import hashed_seed
-
     positions = exp.cfg.model.max_positions
     sources, _ = limits.fit_sources(sources, positions)
     caps = [limits.output_cap(len(s), decode, positions) for s in sources]
-    require_ctranslate2().set_random_seed(hashed_seed("sample-ct2", decode.seed, first) % 2**32)
     results: list = [[] if nbest == 1 else [[]] * nbest for _ in sources]
     todo = [i for i, s in enumerate(sources) if s]
     for start in range(0, len(todo), decode.batch_sentences):

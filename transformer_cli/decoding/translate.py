@@ -76,7 +76,7 @@ class Translator:
         self.device = runtime.device_option(device)
         self.exported: ct2.Exported | None = None  # a CTranslate2 export decodes instead
         if ct2.is_export_dir(checkpoint_path):
-            self.exported = ct2.load_export(checkpoint_path, self.device.type)
+            self.exported = ct2.load_export(checkpoint_path, self.device.type, seed=decode.seed)
             self.tokenizer, cfg = self.exported.tokenizer, self.exported.cfg
         else:
             self.model, self.tokenizer, cfg = load_model(checkpoint_path, self.device)
@@ -122,7 +122,7 @@ class Translator:
         from transformer_cli.decoding.runner import decode_all
 
         if self.exported is not None:
-            return decode_exported(self.exported, sources, self.decode_cfg, self.nbest, first)
+            return decode_exported(self.exported, sources, self.decode_cfg, self.nbest)
         if not self.packed and len(sources) >= PACK_MIN_LINES:
             ready_to_decode(self.model, self.device, self.precision)
             self.packed = True

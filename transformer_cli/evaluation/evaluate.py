@@ -160,7 +160,7 @@ def score_path(ev: Evaluation, number: int, path: Path) -> dict:
     state = ev.first_state if number == 1 and ev.first_state is not None else _state_of(path)
     ev.first_state = None  # so that its weights go once it is scored
     if ct2.is_export_dir(path):
-        exported = ct2.load_export(path, ev.device.type)
+        exported = ct2.load_export(path, ev.device.type, seed=ev.decode.seed)
         cfg = ev.cfg_override or exported.cfg
         data = ev.data_for(cfg)
         row = score_export(exported, ev.decode, data)

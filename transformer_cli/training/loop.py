@@ -358,7 +358,7 @@ def validation(trainer: Trainer, valid: ValidSet, tokenizer: Tokenizer) -> dict:
     try:
         loss = split_loss(model, valid.split, cfg, device, precision)
         sources = [valid.split.src_ids(i).tolist() for i in range(len(valid.split))]
-        greedy = dataclasses.replace(cfg.decode, beam=1)
+        greedy = dataclasses.replace(cfg.decode, beam=1, sample=False)
         hyp_ids = decode_all(model, sources, greedy, device, precision)
         hyps = tokenizer.decode_tgt(hyp_ids)
         scores = score_texts(hyps, valid.refs)
