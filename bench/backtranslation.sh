@@ -17,14 +17,14 @@
 # CPU recipe's (configs/multi30k_de_en_cpu12.yaml) with dropout 0.1: the parallel half is
 # seen ~10 times in 1000 updates, where that recipe sees its data 4 times without dropout.
 #
-#   DATA=path/to/multi30k bash bench/backtranslation.sh
+#   make backtranslation DATA=path/to/multi30k     (or: DATA=... bash bench/backtranslation.sh)
 #
 # DATA holds Multi30k's train, val and test_2016_flickr files as {split}.{de,en}[.gz].
 # Everything is written under WORK (default runs/backtranslation); the table goes to
 # bench/results/backtranslation.json (bench/backtranslation_summary.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DATA=${DATA:-../shared/data/multi30k}
+DATA=${DATA:?DATA=path/to/multi30k: the directory of Multi30k's task-1 files}
 WORK=${WORK:-runs/backtranslation}
 UPDATES=${UPDATES:-1000}
 HALF=${HALF:-14500}  # pairs per half (smaller, with a smaller VOCAB, for a quick try)

@@ -21,6 +21,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # its sibling tables_cpu, however it is loaded
 from tables_cpu import cpu12_recipe, cpu_precision, decode_precision, flags_of  # noqa: E402
 from tables_data import corpus_scale, prepare_encode  # noqa: E402
+from tables_decoding import backtranslation, sampling_speed  # noqa: E402
 
 ROOT = HERE.parent
 README = ROOT / "README.md"
@@ -439,6 +440,8 @@ PAGE = [
     ("Decoding in bf16 against fp32", "decode_precision", decode_precision),
     ("Prepare at scale", "corpus_scale", corpus_scale),
     ("Prepare's encoding stage, paired", "prepare_encode", prepare_encode),
+    ("Sampling against greedy search, paired", "sampling_speed", sampling_speed),
+    ("Back-translation on Multi30k", "backtranslation", backtranslation),
 ]
 
 

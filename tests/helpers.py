@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -323,3 +324,46 @@ def a_users_directory(root: Path) -> Path:
     (project / "thesis.tex").write_text("\\chapter{Results}\n")
     (project / "src" / "notes.txt").write_text("remember the baseline\n")
     return project
+
+
+# ----------------------------------------------------------------------------- known distributions
+
+
+class IdentityStack:
+    layers: list = []
+
+    def __call__(self, x, *_):
+        return x
+
+
+class BigramModel:
+    """A decoder whose next-token distribution depends only on the previous token.
+
+    `table[prev]` holds the next-token probabilities: a search over it can be checked
+    by hand. The hidden state is the previous token, one-hot.
+    """
+
+    def __init__(self, table: dict[int, dict[int, float]], max_positions: int = 10) -> None:
+        self.cfg = ModelConfig(
+            d_model=VOCAB, heads=1, max_positions=max_positions, src_vocab=VOCAB, tgt_vocab=VOCAB
+        )
+        logp = torch.full((VOCAB, VOCAB), -30.0)
+        for prev, row in table.items():
+            for tok, p in row.items():
+                logp[prev, tok] = math.log(p)
+        self.logp = logp
+
+    def encode(self, src):
+        return torch.zeros(src.size(0), src.size(1), VOCAB)
+
+    # the cached decoder: an identity stack, with no layers to cache, over one-hot inputs
+    decoder = IdentityStack()
+
+    def embed_target(self, tgt_in, offset=0):  # noqa: ARG002 (the model's signature)
+        return torch.nn.functional.one_hot(tgt_in, VOCAB).float()  # (R, T, V)
+
+    def decode_hidden(self, tgt_in, memory, src):  # noqa: ARG002 (the model's signature)
+        return self.embed_target(tgt_in)
+
+    def logits(self, hidden):
+        return hidden @ self.logp  # (R, V)

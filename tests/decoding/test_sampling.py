@@ -9,10 +9,9 @@ import math
 
 import pytest
 import torch
-from helpers import FIRST_REAL, VOCAB, pad, random_sources, tiny_model
+from helpers import FIRST_REAL, VOCAB, BigramModel, pad, random_sources, tiny_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_search import BigramModel
 
 from transformer_cli.core.config import DecodeConfig
 from transformer_cli.core.specials import BOS_ID, EOS_ID, PAD_ID

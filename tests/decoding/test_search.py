@@ -7,11 +7,11 @@ import math
 
 import pytest
 import torch
-from helpers import FIRST_REAL, VOCAB, pad, random_sources, tiny_model
+from helpers import FIRST_REAL, BigramModel, pad, random_sources, tiny_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transformer_cli.core.config import DecodeConfig, ModelConfig
+from transformer_cli.core.config import DecodeConfig
 from transformer_cli.core.specials import BOS_ID, EOS_ID
 from transformer_cli.decoding.runner import Greedy, Plan, choose, decode_all, run
 from transformer_cli.decoding.search import beam_search, greedy_search, length_penalty
@@ -170,46 +170,6 @@ def test_beam_scores_are_normalised_log_probabilities(model, sources, alpha):
             target = ids + [EOS_ID] if len(ids) < limit else ids
             logp = sum(teacher_forced_logp(model, source, target))
             assert score == pytest.approx(logp / length_penalty(len(target), alpha), abs=1e-3)
-
-
-class IdentityStack:
-    layers: list = []
-
-    def __call__(self, x, *_):
-        return x
-
-
-class BigramModel:
-    """A decoder whose next-token distribution depends only on the previous token.
-
-    `table[prev]` holds the next-token probabilities: a search over it can be checked
-    by hand. The hidden state is the previous token, one-hot.
-    """
-
-    def __init__(self, table: dict[int, dict[int, float]], max_positions: int = 10) -> None:
-        self.cfg = ModelConfig(
-            d_model=VOCAB, heads=1, max_positions=max_positions, src_vocab=VOCAB, tgt_vocab=VOCAB
-        )
-        logp = torch.full((VOCAB, VOCAB), -30.0)
-        for prev, row in table.items():
-            for tok, p in row.items():
-                logp[prev, tok] = math.log(p)
-        self.logp = logp
-
-    def encode(self, src):
-        return torch.zeros(src.size(0), src.size(1), VOCAB)
-
-    # the cached decoder: an identity stack, with no layers to cache, over one-hot inputs
-    decoder = IdentityStack()
-
-    def embed_target(self, tgt_in, offset=0):  # noqa: ARG002 (the model's signature)
-        return torch.nn.functional.one_hot(tgt_in, VOCAB).float()  # (R, T, V)
-
-    def decode_hidden(self, tgt_in, memory, src):  # noqa: ARG002 (the model's signature)
-        return self.embed_target(tgt_in)
-
-    def logits(self, hidden):
-        return hidden @ self.logp  # (R, V)
 
 
 A, B = FIRST_REAL, FIRST_REAL + 1

@@ -189,14 +189,16 @@ class DecodeConfig:
     # of the device (on a GPU, a wait for it); 0 = auto: 1 on the CPU, 8 on CUDA or MPS.
     # Outputs are the same for every value; a sentence may decode sync_every - 1 extra steps
     sync_every: int = 0
-    # draw each piece from the model's distribution instead of searching (beam is not
-    # used): the top-k pieces (0 = all), then the fewest whose probability reaches topp,
-    # at this temperature. Each sentence draws from its own generator, seeded by (seed,
-    # its line): the same output whatever the batch (docs/decoding.md, "Sampling")
+    # draw each piece from the model's distribution instead of searching; beam is not
+    # used (docs/decoding.md, "Sampling")
     sample: bool = False
-    topk: int = 0
+    topk: int = 0  # sampling: only from the k most probable pieces; 0 = all of them
+    # sampling: then only from the fewest most probable pieces whose probability reaches
+    # topp; 1 = all of them
     topp: float = 1.0
-    temperature: float = 1.0
+    temperature: float = 1.0  # sampling: logits / temperature; towards 0, greedy search
+    # sampling: each sentence draws from its own generator, seeded by (seed, its line), so
+    # its samples do not depend on the batch
     seed: int = 0
 
 
