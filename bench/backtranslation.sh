@@ -15,7 +15,7 @@
 # Every training run has the same budget in updates (UPDATES, default 1000), not minutes,
 # so the table does not depend on the machine's speed or load. The model is the 12-minute
 # CPU recipe's (configs/multi30k_de_en_cpu12.yaml) with dropout 0.1: the parallel half is
-# seen ~10 times in 1000 updates, where that recipe sees its data 4 times without dropout.
+# seen ~9 times in 1000 updates, where that recipe sees its data 4 times without dropout.
 #
 #   make backtranslation DATA=path/to/multi30k     (or: DATA=... bash bench/backtranslation.sh)
 #

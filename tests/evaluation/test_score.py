@@ -5,6 +5,8 @@ forward pass; a split's scores sum to `tfx evaluate`'s loss; order, batching, --
 from __future__ import annotations
 
 import json
+import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from helpers import assert_only_error, cli, trained_tiny
 
 from transformer_cli.core.checkpoint import load_checkpoint, save_checkpoint
 from transformer_cli.core.specials import BOS_ID, EOS_ID
+from transformer_cli.data.corpus import read_tsv
 from transformer_cli.decoding.loading import load_model
 from transformer_cli.decoding.scoring import score_pairs
 
@@ -106,7 +109,9 @@ def test_json_and_filter_write_what_they_say(checkpoint, data, tmp_path):
         )
     )
     wanted = [f"{s}\t{t}" for (s, t), r in zip(pairs, records, strict=True) if r["mean"] >= cut]
-    assert (tmp_path / "kept.tsv").read_text().splitlines() == wanted
+    assert (tmp_path / "kept.tsv").read_text().splitlines() == ["en\tde", *wanted]
+    as_corpus = list(read_tsv(tmp_path / "kept.tsv", "en", "de"))
+    assert [f"{s}\t{t}" for s, t in as_corpus] == wanted  # a tsv corpus prepare reads
     assert 0 < len(wanted) < len(pairs)
     assert f"kept {len(wanted)} of {len(pairs)} pairs" in kept.stderr
     as_json = cli("score", checkpoint, *files, "--filter", cut, "--json")
@@ -125,7 +130,7 @@ def test_an_empty_source_line_has_no_score_and_is_never_kept(checkpoint, tmp_pat
     kept = cli(
         "score", checkpoint, "--src", tmp_path / "s", "--tgt", tmp_path / "t", "--filter", -1e9
     )
-    assert kept.stdout.splitlines() == ["the dog .\tder Hund ."]
+    assert kept.stdout.splitlines() == ["en\tde", "the dog .\tder Hund ."]
 
 
 def test_bad_input_is_one_line(checkpoint, tmp_path):
@@ -145,3 +150,18 @@ def test_bad_input_is_one_line(checkpoint, tmp_path):
     assert_only_error(bare, "missing tokenizer")
     missing = cli("score", checkpoint, "--src", tmp_path / "nope", "--tgt", tmp_path / "two")
     assert_only_error(missing, "no such input file")
+
+
+def test_a_pipe_that_runs_out_first_is_refused_and_the_output_kept(checkpoint, tmp_path):
+    (tmp_path / "three").write_text("the dog .\na cat .\nthe man .\n")
+    (tmp_path / "out").write_text("the user's\n")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_text("der Hund .\neine Katze .\n"))
+    writer.start()
+    result = cli(
+        "score", checkpoint, "--src", tmp_path / "three", "--tgt", fifo, "-o", tmp_path / "out"
+    )
+    writer.join()
+    assert_only_error(result, f"--src {tmp_path / 'three'} has 3 lines but --tgt {fifo} has 2")
+    assert (tmp_path / "out").read_text() == "the user's\n"

@@ -88,7 +88,10 @@ def chi_square_bound(df: int) -> float:
     return df * (1 - 2 / (9 * df) + z * math.sqrt(2 / (9 * df))) ** 3
 
 
-@pytest.mark.parametrize("options", [{}, {"topk": 5}, {"temperature": 1.5}], ids=str)
+OPTIONS = [{}, {"topk": 5}, {"topp": 0.9}, {"topk": 8, "topp": 0.8, "temperature": 1.5}]
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=str)
 def test_both_backends_draw_the_first_piece_from_the_models_distribution(both, options):
     checkpoint, _, model, tokenizer, cfg, exported = both
     source = tokenizer.encode_src(["the old man sees the dog ."])[0]
@@ -101,6 +104,11 @@ def test_both_backends_draw_the_first_piece_from_the_models_distribution(both, o
     if one.topk:
         logits[logits < logits.topk(one.topk).values[-1]] = -math.inf
     probs = logits.softmax(-1)
+    if one.topp < 1:  # the fewest most probable pieces that reach topp, renormalised
+        ranked = probs.sort(descending=True)
+        before = ranked.values.cumsum(0) - ranked.values
+        probs[ranked.indices[before >= one.topp]] = 0.0
+        probs /= probs.sum()
     common = [int(i) for i in (probs * n >= 5).nonzero()]  # bins of at least 5 expected
     for name, drawn in [
         ("tfx", decode_all(model, [source] * n, one, "cpu")),
@@ -115,13 +123,19 @@ def test_both_backends_draw_the_first_piece_from_the_models_distribution(both, o
         if rest_expected >= 5:
             statistic += (rest_observed - rest_expected) ** 2 / rest_expected
         df = len(common) - (0 if rest_expected >= 5 else 1)
+        assert df >= 1, "a single piece allowed: nothing to compare"
         assert statistic < chi_square_bound(df), (name, statistic, df)
 
 
 def test_translate_samples_with_an_export(both):
     _, out, *_ = both
-    result = cli("translate", out, "the dog .", "a cat .", "--sample", "--nbest", "2")
+    result = cli("translate", out, "the dog .", "", "a cat .", "--sample", "--nbest", "2")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert len(lines) == 4
+    assert len(lines) == 6
     assert all(len(line.split("\t")) == 2 for line in lines)
+    assert lines[2:4] == ["\t0.0000", "\t0.0000"]  # an empty line: empty samples
+    greedy = cli("translate", out, "the dog .", "--precision", "fp32").stdout.splitlines()
+    topk1 = cli("translate", out, "the dog .", "--sample", "--topk", "1", "--nbest", "3")
+    assert topk1.exit_code == 0, topk1.output
+    assert [line.split("\t")[0] for line in topk1.stdout.splitlines()] == greedy * 3

@@ -63,13 +63,15 @@ SampleOpt = Annotated[
         "--sample/--no-sample",
         help="Draw each piece from the model's distribution instead of searching (takes no "
         "--beam). With --nbest N: N independent samples, each scored by its mean "
-        "log-probability per piece. (default: the checkpoint config)",
+        "log-probability per token (tfx score's mean). (default: the checkpoint config)",
     ),
 ]
 TopkOpt = Annotated[
     int | None,
     typer.Option(
-        "--topk", help="--sample: only from the K most probable pieces; 0 = all. (default: 0)"
+        "--topk",
+        help="--sample: only from the K most probable pieces; 0 = all. (default: the checkpoint "
+        "config, 0 unless it says)",
     ),
 ]
 ToppOpt = Annotated[
@@ -77,14 +79,15 @@ ToppOpt = Annotated[
     typer.Option(
         "--topp",
         help="--sample: only from the fewest most probable pieces whose probability reaches "
-        "P (after --topk); 1 = all. (default: 1)",
+        "P (after --topk); 1 = all. (default: the checkpoint config, 1 unless it says)",
     ),
 ]
 TemperatureOpt = Annotated[
     float | None,
     typer.Option(
         "--temperature",
-        help="--sample: divide the logits by T; below 1 sharper, towards greedy. (default: 1)",
+        help="--sample: divide the logits by T; below 1 sharper, towards greedy. (default: the "
+        "checkpoint config, 1 unless it says)",
     ),
 ]
 SeedOpt = Annotated[
@@ -94,7 +97,8 @@ SeedOpt = Annotated[
         help="--sample: each sentence draws from its own generator, seeded by (S, its line "
         "number), so the same seed gives the same samples for any --batch-size. A "
         "CTranslate2 export draws from one stream, seeded when it loads: the same input, "
-        "--batch-size and seed give the same samples. (default: 0)",
+        "--batch-size and seed give the same samples. (default: the checkpoint config, 0 "
+        "unless it says)",
     ),
 ]
 

@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 from transformer_cli.core.config import Config, DecodeConfig
 from transformer_cli.core.errors import CheckpointError, ConfigError, TfxError
-from transformer_cli.core.specials import BOS, PAD
 from transformer_cli.data.checkpoint_parts import saved_config
 from transformer_cli.data.tokenizer import JOINT_FILE, SRC_FILE, TGT_FILE, Tokenizer
 from transformer_cli.decoding import limits
+from transformer_cli.decoding.scoring import cut_pairs
 
 if TYPE_CHECKING:
     from transformer_cli.decoding.search import Hypothesis
@@ -80,7 +80,7 @@ def load_export(
     ctranslate2 = require_ctranslate2()
     info = read_export_info(path)
     cfg = saved_config(info, path, source=path / EXPORT_FILE)
-    ctranslate2.set_random_seed(cfg.decode.seed if seed is None else seed)
+    ctranslate2.set_random_seed((cfg.decode.seed if seed is None else seed) % 2**32)
     names = [n for n in (JOINT_FILE, SRC_FILE, TGT_FILE) if (path / n).is_file()]
     tokenizer = Tokenizer.from_bytes({n: (path / n).read_bytes() for n in names})
     if device not in ("cpu", "cuda"):
@@ -97,13 +97,11 @@ def decode_exported(
     Sampling uses CTranslate2's own (`sampling_topk`, `_topp`, `_temperature`): the same
     distribution as tfx's, drawn from the export's one random stream (`load_export`), so
     its draws depend on the batches and on what was sampled before. Samples are scored
-    as tfx scores them: their mean log-probability per piece, by `score_batch`.
+    as tfx scores them: their mean log-probability per token, by `score_batch`.
     """
+    sources, caps = _fitted(exp, sources, decode)
     if decode.sample:
-        return _sample_exported(exp, sources, decode, nbest)
-    positions = exp.cfg.model.max_positions
-    sources, _ = limits.fit_sources(sources, positions)
-    caps = [limits.output_cap(len(s), decode, positions) for s in sources]
+        return _sample_exported(exp, sources, caps, decode, nbest)
     nothing: Hypothesis = ([], 0.0)
     empty: list[int] | list[Hypothesis] = [] if nbest == 1 else [nothing] * nbest
     results: list = [empty] * len(sources)
@@ -120,7 +118,7 @@ def decode_exported(
             length_penalty=decode.alpha if decode.beam > 1 else 0.0,
             max_decoding_length=cap,
             max_input_length=0,
-            suppress_sequences=[[PAD], [BOS]],
+            suppress_sequences=limits.NEVER_EMITTED_PIECES,
             return_scores=nbest > 1,
         )
         for i, result in zip(group, out, strict=True):
@@ -129,13 +127,23 @@ def decode_exported(
     return results
 
 
-def _sample_exported(
-    exp: Exported, sources: list[list[int]], decode: DecodeConfig, nbest: int
-) -> list[list[int]] | list[list[Hypothesis]]:
-    """`decode_exported` for `decode.sample`."""
+def _fitted(
+    exp: Exported, sources: list[list[int]], decode: DecodeConfig
+) -> tuple[list[list[int]], list[int]]:
+    """The sources cut to the model's positions, and their output caps (`limits`)."""
     positions = exp.cfg.model.max_positions
     sources, _ = limits.fit_sources(sources, positions)
-    caps = [limits.output_cap(len(s), decode, positions) for s in sources]
+    return sources, [limits.output_cap(len(s), decode, positions) for s in sources]
+
+
+def _sample_exported(
+    exp: Exported, sources: list[list[int]], caps: list[int], decode: DecodeConfig, nbest: int
+) -> list[list[int]] | list[list[Hypothesis]]:
+    """`decode_exported` for `decode.sample`, on fitted sources and their caps."""
+    # CTranslate2 refuses a top-k beyond its vocabulary, and several hypotheses of top-k 1;
+    # top-k 1 is greedy search, whose every draw is the same
+    topk = min(decode.topk, exp.tokenizer.tgt_vocab_size)
+    draws = 1 if topk == 1 else nbest
     results: list = [[] if nbest == 1 else [[]] * nbest for _ in sources]
     todo = [i for i, s in enumerate(sources) if s]
     for start in range(0, len(todo), decode.batch_sentences):
@@ -143,17 +151,17 @@ def _sample_exported(
         out = exp.translator.translate_batch(
             [exp.tokenizer.src_id_pieces(sources[i]) for i in group],
             beam_size=1,
-            num_hypotheses=nbest,
-            sampling_topk=decode.topk,
+            num_hypotheses=draws,
+            sampling_topk=topk,
             sampling_topp=decode.topp,
             sampling_temperature=decode.temperature,
             max_decoding_length=max(caps[i] for i in group),
             max_input_length=0,
-            suppress_sequences=[[PAD], [BOS]],
+            suppress_sequences=limits.NEVER_EMITTED_PIECES,
         )
         for i, result in zip(group, out, strict=True):
             hyps = [exp.tokenizer.tgt_piece_ids(h)[: caps[i]] for h in result.hypotheses]
-            results[i] = hyps[0] if nbest == 1 else hyps
+            results[i] = hyps[0] if nbest == 1 else hyps * (nbest // draws)
     if nbest == 1:
         return results
     return _scored_samples(exp, sources, results)
@@ -162,9 +170,13 @@ def _sample_exported(
 def _scored_samples(
     exp: Exported, sources: list[list[int]], samples: list[list[list[int]]]
 ) -> list[list[Hypothesis]]:
-    """Each sentence's samples with their mean log-probability per piece (`score_batch`)."""
+    """Each sentence's samples with their mean log-probability per token (`score_batch`),
+    as `scoring.score_pairs` scores them (the pairs cut alike, `scoring.cut_pairs`)."""
     pairs = [(i, hyp) for i, hyps in enumerate(samples) if sources[i] for hyp in hyps]
-    log_probs = target_log_probs(exp, [sources[i] for i, _ in pairs], [h for _, h in pairs])
+    cut_sources, cut_targets = cut_pairs(
+        [sources[i] for i, _ in pairs], [h for _, h in pairs], exp.cfg.model.max_positions
+    )
+    log_probs = target_log_probs(exp, cut_sources, cut_targets)
     means = iter(sum(lp) / len(lp) for lp in log_probs)
     nothing: Hypothesis = ([], 0.0)
     return [

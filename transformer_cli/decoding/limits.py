@@ -7,17 +7,24 @@ evaluate, validation, inspect) takes them from here:
   and sources carry no BOS or EOS;
 - a sentence of n source pieces may emit int(a * n + b) pieces (`decode.max_len_a`,
   `decode.max_len_b`), at least 1 and at most the model's positions: the decoder input
-  of the step that emits piece m is BOS y_1 .. y_{m-1}, m positions.
+  of the step that emits piece m is BOS y_1 .. y_{m-1}, m positions;
+- PAD and BOS are never emitted: they are inputs, never predictions (`never_emitted`;
+  CTranslate2 is given them as `suppress_sequences`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from transformer_cli.core.config import DecodeConfig
+from transformer_cli.core.specials import BOS, BOS_ID, PAD, PAD_ID
+
+NEVER_EMITTED = (PAD_ID, BOS_ID)
+NEVER_EMITTED_PIECES = [[PAD], [BOS]]  # the same, as CTranslate2's suppress_sequences
 
 
 def fit_sources(
@@ -44,3 +51,14 @@ def clamp_caps(caps: int | Sequence[int] | Tensor, batch: int, positions: int) -
     if limits.shape != (batch,):
         raise ValueError(f"max_len must be an int or have shape ({batch},), got {limits.shape}")
     return limits.clamp(1, positions).clone()
+
+
+def never_emitted(scores: Tensor) -> Tensor:
+    """`scores` (R, V) with the pieces no output may hold set to -inf, in place.
+
+    Beam search applies it after the log-softmax, so that its scores stay the model's own
+    log-probabilities; sampling before its softmax, so that they are never drawn.
+    """
+    for piece in NEVER_EMITTED:
+        scores[:, piece] = -math.inf
+    return scores

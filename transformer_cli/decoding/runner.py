@@ -10,6 +10,7 @@ search joins by adding one, chosen from the `DecodeConfig`, with no new paramete
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal, overload
@@ -21,7 +22,7 @@ from transformer_cli.core import runtime
 from transformer_cli.core.config import DecodeConfig, ResolvedPrecision
 from transformer_cli.core.specials import PAD_ID
 from transformer_cli.decoding import host_sync, limits
-from transformer_cli.decoding.sampling import Draws, Sampler
+from transformer_cli.decoding.sampling import Draws, Sampler, exact_type
 from transformer_cli.decoding.scoring import score_pairs
 from transformer_cli.decoding.search import Hypothesis, beam_search, greedy_search
 from transformer_cli.decoding.stream import greedy_stream
@@ -148,9 +149,16 @@ class Sample:
         """A chunk's batch with each sentence repeated `nbest` times, and the rows' draws."""
         src, caps = plan.batch(chunk)
         keys = [(plan.first + i, j) for i in chunk for j in range(self.nbest)]
-        u = self.sampler.draws(keys, int(caps.max())).to(plan.device, non_blocking=True)
+        u = self.sampler.draws(keys, int(caps.max()))
+        u = u.to(plan.device, exact_type(plan.device), non_blocking=True)
         index = torch.arange(len(chunk)).repeat_interleave(self.nbest)
         return src[index.to(src.device)], caps[index], u
+
+
+def greedy(decode: DecodeConfig) -> DecodeConfig:
+    """`decode` as greedy search: what validation and the views decode with, whatever
+    search or sampling the config asks translate for."""
+    return dataclasses.replace(decode, beam=1, sample=False)
 
 
 def choose(decode: DecodeConfig, nbest: int, device: torch.device) -> Greedy | Beam | Sample:
@@ -160,7 +168,7 @@ def choose(decode: DecodeConfig, nbest: int, device: torch.device) -> Greedy | B
     `decode` is a checked config (`config_rules.apply_decode_overrides`); `nbest` must be
     between 1 and its beam.
     """
-    if not 1 <= nbest <= (nbest if decode.sample else decode.beam):
+    if nbest < 1 or (nbest > decode.beam and not decode.sample):  # samples: any number
         raise ValueError(f"need 1 <= nbest <= beam, got beam {decode.beam}, nbest {nbest}")
     sync_every = host_sync.sync_every_for(decode.sync_every, device)
     if decode.sample:

@@ -5,7 +5,7 @@ R live rows, V target vocabulary
 At each step a row's next piece is drawn from softmax(logits / temperature), narrowed
 first to the `topk` most probable pieces (0 = all of them), then to the fewest of those
 whose probability, renormalised, reaches `topp` (Holtzman et al. 2020; 1 = all). PAD and
-BOS are never drawn (`search.most_probable` rules them out the same way). Topk 1 is
+BOS are never drawn (`limits.never_emitted`, as for every search). Topk 1 is
 greedy search, and a temperature near 0 tends to it.
 
 The draw is by inverse transform: one uniform number u per row and step, and the piece
@@ -26,7 +26,13 @@ from torch import Tensor
 
 from transformer_cli.core import runtime
 from transformer_cli.core.config import DecodeConfig
-from transformer_cli.core.specials import BOS_ID, PAD_ID
+from transformer_cli.decoding.limits import never_emitted
+
+
+def exact_type(device: torch.device) -> torch.dtype:
+    """float64 for the uniforms and the cumulative sums, where the device has it (MPS
+    does not: float32 there)."""
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
 @dataclass(frozen=True)
@@ -61,9 +67,9 @@ class Sampler:
         Ids are in order of probability, most probable first; a piece outside the top-k
         or top-p set has probability 0. Rows of `probs` need not sum to 1.
         """
-        scores = logits.float() / self.temperature  # (R, V)
-        scores[:, PAD_ID] = -torch.inf
-        scores[:, BOS_ID] = -torch.inf
+        scores = logits.float()  # (R, V)
+        # less the row maximum (a new tensor): a small temperature cannot overflow to inf
+        scores = never_emitted(scores - scores.max(-1, keepdim=True).values) / self.temperature
         if self.topk == 0 and self.topp >= 1.0:  # the full softmax, no sort needed
             ids = torch.arange(scores.size(-1), device=scores.device).expand_as(scores)
             return ids, scores.softmax(-1)
@@ -79,7 +85,7 @@ class Sampler:
     def pick(self, logits: Tensor, u: Tensor) -> Tensor:
         """Each row's drawn piece: (R, V) logits and (R,) uniforms in [0, 1) -> (R,) ids."""
         ids, probs = self.allowed(logits)
-        cdf = probs.double().cumsum(-1)  # (R, V')
+        cdf = probs.to(exact_type(probs.device)).cumsum(-1)  # (R, V')
         at = torch.searchsorted(cdf, (u.to(cdf) * cdf[:, -1])[:, None], right=True)  # (R, 1)
         # u * total rounds to total only for u within 2^-53 of 1: take the last piece
         # that may be drawn, never one that may not

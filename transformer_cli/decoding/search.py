@@ -28,10 +28,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from transformer_cli.core.specials import BOS_ID, EOS_ID, PAD_ID
+from transformer_cli.core.specials import BOS_ID, EOS_ID
 from transformer_cli.decoding import host_sync, kv_cache
 from transformer_cli.decoding.kv_cache import KVCache
-from transformer_cli.decoding.limits import clamp_caps
+from transformer_cli.decoding.limits import clamp_caps, never_emitted
 from transformer_cli.decoding.protocol import SearchModel
 from transformer_cli.decoding.sampling import Draws
 
@@ -43,24 +43,15 @@ def length_penalty(length: int, alpha: float) -> float:
     return ((5.0 + length) / 6.0) ** alpha
 
 
-def _never_special(scores: Tensor) -> Tensor:
-    """Rule out PAD and BOS as outputs (in place): they are inputs, never predictions.
-
-    Applied after the log-softmax, so beam scores stay the model's own probabilities.
-    """
-    scores[:, PAD_ID] = -math.inf
-    scores[:, BOS_ID] = -math.inf
-    return scores
-
-
 def most_probable(logits: Tensor) -> Tensor:
-    """Each row's highest-scoring piece other than PAD and BOS: (R, V) -> (R,).
+    """Each row's highest-scoring piece that may be emitted (`limits.never_emitted`):
+    (R, V) -> (R,).
 
     `max(-1).indices` is argmax (both give the first of tied maxima), and on the CPU the
     faster of the two on bf16 logits (docs/performance.md, "Autocast, bf16 and the slot
     cache's fp32 keys").
     """
-    return _never_special(logits).max(-1).indices
+    return never_emitted(logits).max(-1).indices
 
 
 def _step_hidden(
@@ -197,7 +188,7 @@ def beam_search(
         else:  # every row needs its sentence's memory
             rows = state.row_sentence
             hidden = _step_hidden(model, state.tokens, state.prefix, memory[rows], src[rows], None)
-        logp = _never_special(model.logits(hidden).float().log_softmax(-1))  # (R, V)
+        logp = never_emitted(model.logits(hidden).float().log_softmax(-1))  # (R, V)
         cand = _propose(state, logp, beam)
         at_limit = state.limits <= t + 1  # (B_live,)
         counts = _set_aside(state, cand, at_limit, finished, length_penalty(t + 1, alpha))

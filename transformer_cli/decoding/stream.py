@@ -19,7 +19,7 @@ from torch import Tensor
 from transformer_cli.core.specials import BOS_ID, EOS_ID
 from transformer_cli.decoding import host_sync
 from transformer_cli.decoding.limits import clamp_caps
-from transformer_cli.decoding.sampling import Sampler
+from transformer_cli.decoding.sampling import Sampler, exact_type
 from transformer_cli.decoding.search import cut_at_eos, most_probable
 from transformer_cli.decoding.slots import (
     SlotCache,
@@ -43,18 +43,17 @@ class _Slots:
     sentence: Tensor  # (N,) host int64
     limit: Tensor  # (N,) host int64: pieces the sentence may emit
     tokens: Tensor  # (N,) on the device: the token each slot is fed next
-    sampler: Sampler | None
-    u: Tensor  # (N, W) on the device: sampling's uniforms (W = 0 for greedy search)
+    u: Tensor | None  # (N, W) on the device: sampling's uniforms; None for greedy search
 
     @classmethod
-    def empty(cls, model: Transformer, device: torch.device, sampler: Sampler | None) -> _Slots:
+    def empty(cls, model: Transformer, device: torch.device, sampling: bool) -> _Slots:
         none = torch.zeros(0, dtype=torch.long)
         tokens = torch.zeros(0, dtype=torch.long, device=device)
-        u = torch.zeros(0, 0, dtype=torch.float64, device=device)
-        return cls(SlotCache.for_model(model, device), none, none.clone(), tokens, sampler, u)
+        u = torch.zeros(0, 0, dtype=exact_type(device), device=device) if sampling else None
+        return cls(SlotCache.for_model(model, device), none, none.clone(), tokens, u)
 
     def fill(
-        self, where: Tensor, sources: SlotSources, ids: range, caps: Tensor, u: Tensor
+        self, where: Tensor, sources: SlotSources, ids: range, caps: Tensor, u: Tensor | None
     ) -> None:
         """Start sentences `ids` in slots `where` (host; numbers >= N add slots)."""
         added = int((where >= self.cache.slots).sum())
@@ -65,9 +64,11 @@ class _Slots:
         self.sentence[where], self.limit[where] = torch.tensor(list(ids)), caps
         device_where = where.to(self.tokens.device)
         self.tokens[device_where] = BOS_ID
-        width = max(self.u.size(1), u.size(1))
-        self.u = pad_dim(torch.cat([self.u, self.u.new_zeros(added, self.u.size(1))]), 1, width)
-        self.u[device_where] = pad_dim(u.to(self.u), 1, width)
+        if self.u is not None and u is not None:
+            width = max(self.u.size(1), u.size(1))
+            grown = torch.cat([self.u, self.u.new_zeros(added, self.u.size(1))])
+            self.u = pad_dim(grown, 1, width)
+            self.u[device_where] = pad_dim(u.to(self.u), 1, width)
 
     def drop(self, empty: Tensor) -> None:
         """Remove the slots `empty` (host), which the stream had nothing left to fill."""
@@ -80,9 +81,13 @@ class _Slots:
         self.cache.select(kept)
         self.sentence, self.limit = self.sentence[kept], self.limit[kept]
         kept_device = kept.to(self.tokens.device)
-        self.tokens, self.u = self.tokens[kept_device], self.u[kept_device]
+        self.tokens = self.tokens[kept_device]
+        if self.u is not None:
+            self.u = self.u[kept_device]
 
-    def run(self, model: Transformer, sync_every: int) -> tuple[Tensor, Tensor]:
+    def run(
+        self, model: Transformer, sync_every: int, sampler: Sampler | None
+    ) -> tuple[Tensor, Tensor]:
         """Decode every slot up to the next check: its pieces (N, w) and the finished slots
         (host).
 
@@ -93,15 +98,15 @@ class _Slots:
         steps = min(sync_every, int((self.limit - self.cache.pos).min()))  # pos: emitted
         pieces = []
         for _ in range(steps):
-            # sampling: each slot's uniform for the piece it emits now, (N,), read before
-            # the step moves the positions on
-            u = None if self.sampler is None else self.u.gather(1, self.cache.pos_device[:, None])
+            # sampling: each slot's uniform for the piece it emits now, read before the
+            # step moves the positions on
+            u = None if self.u is None else self.u.gather(1, self.cache.pos_device[:, None])
             hidden = decode_slots(model, self.tokens, self.cache)  # (N, D)
             logits = model.logits(hidden)  # (N, V)
-            if self.sampler is None or u is None:
+            if sampler is None or u is None:
                 self.tokens = most_probable(logits)  # (N,)
             else:
-                self.tokens = self.sampler.pick(logits, u.squeeze(1))
+                self.tokens = sampler.pick(logits, u.squeeze(1))  # (N, 1) -> (N,)
             pieces.append(self.tokens)
         block = host_sync.to_host(torch.stack(pieces, dim=1))  # w x (N,) -> (N, w)
         done = (block == EOS_ID).any(dim=1) | (self.cache.pos >= self.limit)
@@ -144,7 +149,7 @@ def greedy_stream(
         filled = 0
         for sources, ids, caps_in, u in stream.take(len(free)):
             if state is None:
-                state = _Slots.empty(model, sources[1].device, sampler)
+                state = _Slots.empty(model, sources[1].device, sampler is not None)
             state.fill(free[filled : filled + len(ids)], sources, ids, caps_in, u)
             filled += len(ids)
             outputs.extend([] for _ in ids)
@@ -154,7 +159,7 @@ def greedy_stream(
         state.drop(free[filled:])  # the stream has run dry: drop the slots it left empty
         if not state.cache.slots:
             break
-        block, free = state.run(model, sync_every)
+        block, free = state.run(model, sync_every, sampler)
         for s, pieces in zip(state.sentence.tolist(), block.tolist(), strict=True):
             outputs[s].extend(pieces)
     return [cut_at_eos(row, n) for row, n in zip(outputs, caps, strict=True)]
@@ -169,17 +174,17 @@ class _Sources:
         self.size = 0  # the current batch, from row `self.row` on
         self.row = 0
 
-    def take(self, n: int) -> Iterator[tuple[SlotSources, range, Tensor, Tensor]]:
+    def take(self, n: int) -> Iterator[tuple[SlotSources, range, Tensor, Tensor | None]]:
         """Up to `n` sentences: slices of a batch's `slot_sources` (cross keys and values,
         source mask, source lengths), their numbers in the stream, their caps, and their
-        uniforms ((count, 0) without)."""
+        uniforms (None for greedy search)."""
         while n > 0:
             if self.row == self.size:
                 batch = next(self.batches, None)
                 if batch is None:
                     return
-                src, caps = batch[:2]
-                self.u = batch[2] if len(batch) > 2 else src.new_zeros(len(src), 0).double()
+                src, caps, *uniforms = batch  # (src, caps) or, sampling, (src, caps, u)
+                self.u: Tensor | None = uniforms[0] if uniforms else None
                 self.cross, self.src_mask, self.src_len = slot_sources(self.model, src)
                 self.caps = clamp_caps(caps, len(src), self.model.cfg.max_positions)
                 self.size, self.row = len(src), 0
@@ -187,5 +192,6 @@ class _Sources:
             count = rows.stop - rows.start
             cross = [(k[rows], v[rows]) for k, v in self.cross]
             sources = (cross, self.src_mask[rows], self.src_len[rows])
-            yield sources, range(self.next_id, self.next_id + count), self.caps[rows], self.u[rows]
+            u = None if self.u is None else self.u[rows]
+            yield sources, range(self.next_id, self.next_id + count), self.caps[rows], u
             self.row, self.next_id, n = rows.stop, self.next_id + count, n - count

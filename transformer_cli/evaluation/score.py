@@ -4,22 +4,24 @@ One output line per pair, in input order: `log_prob<TAB>tokens<TAB>mean`, the su
 log-probability of the target given the source (`decoding.scoring`: training's shifted
 targets and masked loss, no label smoothing), its token count (pieces + EOS) and their
 ratio; or JSON lines with `--json`. `--filter MIN` is the data-filtering use: only the
-pairs whose mean is at least MIN are written, as `source<TAB>target` lines, a corpus of
-`format: tsv` (with `--json`, as JSON lines that keep their scores).
+pairs whose mean is at least MIN are written, as `source<TAB>target` lines under a header
+of the model's two languages: a corpus of `format: tsv` (with `--json`, as JSON lines
+that keep their scores).
 
-The files are read as a stream, `CHUNK_PAIRS` pairs at a time; they are counted first,
-so that files of different lengths are refused before anything is written. A pair whose
-source is empty has no score (NaN, JSON null), with a warning: the model has nothing to
-attend to.
+The files are read as a stream, `CHUNK_PAIRS` pairs at a time; files (not pipes) are
+counted first, so that files of different lengths are refused before anything is
+written. A pair whose source is empty has no score (NaN, JSON null), with a warning: the
+model has nothing to attend to.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,7 +35,6 @@ if TYPE_CHECKING:
     from transformer_cli.decoding.scoring import PairScore
 
 CHUNK_PAIRS = 10_000
-Scorer = Callable[[list[list[int]], list[list[int]]], "list[PairScore]"]
 
 
 @dataclass(frozen=True)
@@ -55,44 +56,76 @@ def run(job: ScoreJob) -> int:
     """Score every pair of `job`'s files and write the lines; returns the pairs scored."""
     if job.batch_tokens < 1:
         raise DataError(f"--batch-tokens must be >= 1, got {job.batch_tokens}")
-    n_src, n_tgt = count_lines(job.src, "--src"), count_lines(job.tgt, "--tgt")
-    if n_src != n_tgt:
-        raise DataError(
-            f"--src {job.src} has {n_src} lines but --tgt {job.tgt} has {n_tgt}: "
-            "they must be line-aligned pairs"
-        )
-    tokenizer, scorer = load_scorer(job)
-    kept = 0
+    if job.src.is_file() and job.tgt.is_file():  # refused before anything is written
+        check_counts(job, count_lines(job.src), count_lines(job.tgt))
+    scorer = load_scorer(job)
+    kept = total = 0
     with contextlib.ExitStack() as stack:
         src = read_lines(stack.enter_context(open_input(job.src)), str(job.src))
         tgt = read_lines(stack.enter_context(open_input(job.tgt)), str(job.tgt))
         out = stack.enter_context(open_output(job.output))
-        first = 1
-        for chunk in chunks(zip(src, tgt, strict=True), CHUNK_PAIRS):
-            scores = score_chunk(tokenizer, scorer, chunk, first)
-            for number, (pair, score) in enumerate(zip(chunk, scores, strict=True), first):
+        if job.keep_min is not None and not job.as_json:  # a tsv corpus starts with its fields
+            out.write("\t".join(scorer.langs).encode("utf-8") + b"\n")
+        for chunk in chunks(aligned(job, src, tgt), CHUNK_PAIRS):
+            scores = score_chunk(scorer, chunk, total + 1)
+            for number, (pair, score) in enumerate(zip(chunk, scores, strict=True), total + 1):
                 line = format_line(job, number, pair, score)
                 if line is not None:
                     out.write(line.encode("utf-8") + b"\n")
                     kept += 1
             out.flush()
-            first += len(chunk)
+            total += len(chunk)
     if job.keep_min is not None:
-        print(f"kept {kept} of {n_src} pairs (mean >= {job.keep_min})", file=sys.stderr)
-    return n_src
+        print(f"kept {kept} of {total} pairs (mean >= {job.keep_min})", file=sys.stderr)
+    return total
 
 
-def count_lines(path: Path, flag: str) -> int:
-    """The lines of `path` (a last line without a newline counts); DataError if none."""
+def count_lines(path: Path) -> int:
+    """The lines of a file (a last line without a newline counts)."""
     with open_input(path) as f:
-        count = sum(1 for _ in f)
-    if count == 0:
-        raise DataError(f"{flag} {path}: empty file, nothing to score")
-    return count
+        return sum(1 for _ in f)
 
 
-def load_scorer(job: ScoreJob) -> tuple[Tokenizer, Scorer]:
-    """The tokenizer of `job.checkpoint`, and a function scoring id pairs with its model."""
+def check_counts(job: ScoreJob, n_src: int, n_tgt: int) -> None:
+    """DataError unless the two files have the same number of lines, and some."""
+    if n_src != n_tgt:
+        raise DataError(
+            f"--src {job.src} has {n_src} lines but --tgt {job.tgt} has {n_tgt}: "
+            "they must be line-aligned pairs"
+        )
+    if n_src == 0:
+        raise DataError(f"--src {job.src}: empty file, nothing to score")
+
+
+def aligned(job: ScoreJob, src: Iterator[str], tgt: Iterator[str]) -> Iterator[tuple[str, str]]:
+    """The pairs of two line streams; DataError (`check_counts`) when one ends first.
+
+    Files were counted before; this is what finds it for pipes.
+    """
+    count = 0
+    for s, t in itertools.zip_longest(src, tgt):
+        if s is None or t is None:
+            rest_src, rest_tgt = sum(1 for _ in src), sum(1 for _ in tgt)
+            check_counts(
+                job, count + (s is not None) + rest_src, count + (t is not None) + rest_tgt
+            )
+        count += 1
+        yield s, t
+    check_counts(job, count, count)
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """A loaded model as `tfx score` uses it: its tokenizer, its languages, and a function
+    from id pairs to their scores."""
+
+    tokenizer: Tokenizer
+    langs: tuple[str, str]  # (source, target): the header of a --filter tsv
+    score: Callable[[list[list[int]], list[list[int]]], list[PairScore]]
+
+
+def load_scorer(job: ScoreJob) -> Scorer:
+    """`job.checkpoint` (a checkpoint or a CTranslate2 export) as a `Scorer`."""
     import torch
 
     from transformer_cli.core import runtime
@@ -109,7 +142,8 @@ def load_scorer(job: ScoreJob) -> tuple[Tokenizer, Scorer]:
             log_probs = ct2.target_log_probs(exp, sources, targets, job.batch_tokens)
             return [PairScore(math.fsum(lp), len(lp)) for lp in log_probs]
 
-        return exp.tokenizer, by_export
+        langs = (exp.cfg.data.src_lang, exp.cfg.data.tgt_lang)
+        return Scorer(exp.tokenizer, langs, by_export)
     model, tokenizer, cfg = load_model(job.checkpoint, device)
     key = "--precision" if job.precision else "decode.precision"
     precision = runtime.resolve_precision(job.precision or cfg.decode.precision, device, key)
@@ -118,19 +152,17 @@ def load_scorer(job: ScoreJob) -> tuple[Tokenizer, Scorer]:
         with torch.inference_mode(), runtime.autocast(device, precision):
             return score_pairs(model, sources, targets, job.batch_tokens, device)
 
-    return tokenizer, by_model
+    return Scorer(tokenizer, (cfg.data.src_lang, cfg.data.tgt_lang), by_model)
 
 
-def score_chunk(
-    tokenizer: Tokenizer, scorer: Scorer, chunk: list[tuple[str, str]], first: int
-) -> list[PairScore | None]:
+def score_chunk(scorer: Scorer, chunk: list[tuple[str, str]], first: int) -> list[PairScore | None]:
     """The scores of a chunk's pairs (None for an empty source, with a warning)."""
-    src_ids = tokenizer.encode_src([s for s, _ in chunk])
-    tgt_ids = tokenizer.encode_tgt([t for _, t in chunk])
+    src_ids = scorer.tokenizer.encode_src([s for s, _ in chunk])
+    tgt_ids = scorer.tokenizer.encode_tgt([t for _, t in chunk])
     real = [i for i, ids in enumerate(src_ids) if ids]
     for i in sorted(set(range(len(chunk))) - set(real)):
         warn(f"line {first + i}: empty source; the pair has no score")
-    scored = iter(scorer([src_ids[i] for i in real], [tgt_ids[i] for i in real]))
+    scored = iter(scorer.score([src_ids[i] for i in real], [tgt_ids[i] for i in real]))
     real_set = set(real)
     return [next(scored) if i in real_set else None for i in range(len(chunk))]
 

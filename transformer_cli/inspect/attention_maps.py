@@ -6,7 +6,6 @@ The weights are the model's own: greedy decoding, then one teacher-forced pass i
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -55,7 +54,7 @@ def attention_map(
 
     from transformer_cli.core.specials import BOS_ID
     from transformer_cli.decoding.limits import fit_sources
-    from transformer_cli.decoding.runner import decode_all
+    from transformer_cli.decoding.runner import decode_all, greedy
 
     layers, heads = len(model.decoder.layers), model.cfg.heads
     _check_choice(layer, head, layers, heads)
@@ -63,8 +62,8 @@ def attention_map(
     if not ids:
         raise DataError("nothing to show: the sentence is empty")
     device = next(model.parameters()).device
-    greedy = dataclasses.replace(decode_cfg or DecodeConfig(), beam=1)
-    hyp = decode_all(model, [ids], greedy, device)[0]
+    greedy_cfg = greedy(decode_cfg or DecodeConfig())
+    hyp = decode_all(model, [ids], greedy_cfg, device)[0]
     tgt_in = torch.tensor([[BOS_ID, *hyp]], device=device)[:, : model.cfg.max_positions]
     src = torch.tensor([ids], device=device)
     weights, last = _recorded(model, src, tgt_in, layer, self_attention)

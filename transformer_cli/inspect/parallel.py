@@ -34,7 +34,7 @@ def decoding_view(model, tokenizer, cfg, text: str, source: str) -> dict:
 
     from transformer_cli.core.specials import BOS_ID
     from transformer_cli.decoding.limits import fit_sources
-    from transformer_cli.decoding.runner import decode_all
+    from transformer_cli.decoding.runner import decode_all, greedy
 
     (ids,), _ = fit_sources(tokenizer.encode_src([text]), model.cfg.max_positions)
     if not ids:
@@ -42,7 +42,7 @@ def decoding_view(model, tokenizer, cfg, text: str, source: str) -> dict:
     passes, logits, hooks = _recording(model)
     try:
         # one check per step: each decoder pass is then one output piece
-        one_by_one = dataclasses.replace(cfg.decode, beam=1, sync_every=1)
+        one_by_one = dataclasses.replace(greedy(cfg.decode), sync_every=1)
         hyp = decode_all(model, [ids], one_by_one, "cpu")[0]
         serial_passes = len(passes)
         serial = torch.cat([lg.reshape(-1, lg.size(-1)) for lg in logits]).log_softmax(-1)

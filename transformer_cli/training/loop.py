@@ -27,6 +27,7 @@ from transformer_cli.core.errors import TrainingError
 from transformer_cli.core.metrics import score_texts
 from transformer_cli.data import batching, store
 from transformer_cli.data.tokenizer import Tokenizer
+from transformer_cli.decoding import runner
 from transformer_cli.decoding.runner import decode_all
 from transformer_cli.fast import allocator
 from transformer_cli.model.transformer import Transformer
@@ -358,8 +359,7 @@ def validation(trainer: Trainer, valid: ValidSet, tokenizer: Tokenizer) -> dict:
     try:
         loss = split_loss(model, valid.split, cfg, device, precision)
         sources = [valid.split.src_ids(i).tolist() for i in range(len(valid.split))]
-        greedy = dataclasses.replace(cfg.decode, beam=1, sample=False)
-        hyp_ids = decode_all(model, sources, greedy, device, precision)
+        hyp_ids = decode_all(model, sources, runner.greedy(cfg.decode), device, precision)
         hyps = tokenizer.decode_tgt(hyp_ids)
         scores = score_texts(hyps, valid.refs)
     finally:
