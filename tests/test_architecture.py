@@ -73,6 +73,11 @@ FAST_TWINS = {
         "fast/test_packing.py",
         "test_packing_keeps_the_parameters_and_the_numbers",
     ),
+    "nucleus": (
+        "decoding.sampling.ordered_by_sorting",
+        "decoding/test_sampling.py",
+        "test_the_nucleus_window_equals_sorting_the_whole_vocabulary",
+    ),
     "sdpa": (
         "model.attention.attend_math",
         "model/test_model.py",

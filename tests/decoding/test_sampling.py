@@ -16,9 +16,10 @@ from hypothesis import strategies as st
 from transformer_cli.core.config import DecodeConfig
 from transformer_cli.core.specials import BOS_ID, EOS_ID, PAD_ID
 from transformer_cli.decoding.runner import decode_all
-from transformer_cli.decoding.sampling import Draws, Sampler
+from transformer_cli.decoding.sampling import Draws, Sampler, ordered_by_sorting
 from transformer_cli.decoding.scoring import score_pairs
 from transformer_cli.decoding.search import greedy_search
+from transformer_cli.fast.nucleus import FIRST_WINDOW, nucleus_head
 
 SAMPLE = DecodeConfig(sample=True, batch_sentences=5)
 A, B, C = FIRST_REAL, FIRST_REAL + 1, FIRST_REAL + 2
@@ -209,3 +210,21 @@ def test_draws_depend_on_the_key_alone():
     assert not torch.equal(both[0], both[1])
     assert not torch.equal(Sampler(seed=4).draws([(0, 0)], 12)[0], both[0])
     assert bool(((both >= 0) & (both < 1)).all())
+
+
+@pytest.mark.parametrize("topp", [0.3, 0.9, 0.999])  # topp 1 needs no order
+@pytest.mark.parametrize("spread", [0.5, 3.0, 30.0])  # flat to peaked rows
+def test_the_nucleus_window_equals_sorting_the_whole_vocabulary(topp, spread):
+    gen = torch.Generator().manual_seed(int(spread * 10))
+    scores = torch.randn(16, 3000, generator=gen) * spread
+    scores[:, PAD_ID] = -math.inf
+    ids, probs = nucleus_head(scores, topp)
+    all_ids, all_probs = ordered_by_sorting(scores)
+    k = ids.size(1)
+    # the same pieces in the same order (tied scores may trade places)
+    assert torch.equal(scores.gather(1, ids), scores.gather(1, all_ids[:, :k]))
+    assert all(len(set(row.tolist())) == k for row in ids)
+    torch.testing.assert_close(probs, all_probs[:, :k])
+    assert bool((probs.sum(-1) >= topp - 1e-4).all())  # the nucleus is inside the window
+    if FIRST_WINDOW < k < 3000:  # grown: a quarter of it did not hold topp in every row
+        assert not bool((all_probs[:, : k // 4].sum(-1) >= topp).all())

@@ -27,6 +27,7 @@ from torch import Tensor
 from transformer_cli.core import runtime
 from transformer_cli.core.config import DecodeConfig
 from transformer_cli.decoding.limits import never_emitted
+from transformer_cli.fast.nucleus import nucleus_head
 
 
 def exact_type(device: torch.device) -> torch.dtype:
@@ -64,18 +65,27 @@ class Sampler:
     def allowed(self, logits: Tensor) -> tuple[Tensor, Tensor]:
         """The pieces each row may draw, and their probabilities: (R, V') ids and (R, V').
 
-        Ids are in order of probability, most probable first; a piece outside the top-k
-        or top-p set has probability 0. Rows of `probs` need not sum to 1.
+        Ids are in order of probability, most probable first (all V in vocabulary order
+        when nothing is cut); a piece outside the top-k or top-p set has probability 0.
+        Rows of `probs` need not sum to 1.
         """
         scores = logits.float()  # (R, V)
-        # less the row maximum (a new tensor): a small temperature cannot overflow to inf
-        scores = never_emitted(scores - scores.max(-1, keepdim=True).values) / self.temperature
-        if self.topk == 0 and self.topp >= 1.0:  # the full softmax, no sort needed
-            ids = torch.arange(scores.size(-1), device=scores.device).expand_as(scores)
+        if self.temperature == 1.0:
+            scores = never_emitted(scores.clone())  # the caller's logits stay as they were
+        else:  # less the row maximum first, so that a small temperature cannot overflow
+            scores = never_emitted(scores - scores.max(-1, keepdim=True).values)
+            scores /= self.temperature
+        vocab = scores.size(-1)
+        if self.topk == 0 and self.topp >= 1.0:  # the full softmax, no order needed
+            ids = torch.arange(vocab, device=scores.device).expand_as(scores)
             return ids, scores.softmax(-1)
-        top = min(self.topk or scores.size(-1), scores.size(-1))
-        scores, ids = scores.topk(top, dim=-1)  # (R, V'), sorted: most probable first
-        probs = scores.softmax(-1)
+        if self.topk:
+            top, ids = scores.topk(min(self.topk, vocab), dim=-1)  # (R, k), sorted
+            probs = top.softmax(-1)  # renormalised over the top k
+        elif scores.device.type == "cpu":  # the one switch: sorting all V is slow there
+            ids, probs = nucleus_head(scores, self.topp)
+        else:
+            ids, probs = ordered_by_sorting(scores)
         if self.topp < 1.0:
             # keep a piece while the pieces more probable than it hold less than topp
             before = probs.cumsum(-1) - probs  # (R, V')
@@ -86,11 +96,14 @@ class Sampler:
         """Each row's drawn piece: (R, V) logits and (R,) uniforms in [0, 1) -> (R,) ids."""
         ids, probs = self.allowed(logits)
         cdf = probs.to(exact_type(probs.device)).cumsum(-1)  # (R, V')
-        at = torch.searchsorted(cdf, (u.to(cdf) * cdf[:, -1])[:, None], right=True)  # (R, 1)
-        # u * total rounds to total only for u within 2^-53 of 1: take the last piece
-        # that may be drawn, never one that may not
-        last = probs.size(-1) - 1 - (probs.flip(-1) > 0).int().argmax(-1, keepdim=True)
-        return ids.gather(1, torch.minimum(at, last)).squeeze(1)
+        total = cdf[:, -1:]  # (R, 1)
+        # strictly below the total (u * total can round up to it for u near 1), so that
+        # the first entry above it is where the distribution steps up: a piece that may
+        # be drawn, never one of probability 0
+        target = torch.minimum(
+            u.to(cdf)[:, None] * total, torch.nextafter(total, cdf.new_zeros(()))
+        )
+        return ids.gather(1, torch.searchsorted(cdf, target, right=True)).squeeze(1)
 
 
 @dataclass(frozen=True)
@@ -103,3 +116,10 @@ class Draws:
     def pick(self, logits: Tensor, rows: Tensor, step: int) -> Tensor:
         """The pieces of live `rows` (their numbers in the batch) at `step` (0 = first)."""
         return self.sampler.pick(logits, self.u[rows, step])
+
+
+def ordered_by_sorting(scores: Tensor) -> tuple[Tensor, Tensor]:
+    """Every piece of each row in order of probability, and its probability: (R, V) ids and
+    probabilities. The plain twin of `fast.nucleus.nucleus_head`."""
+    top, ids = scores.sort(-1, descending=True)
+    return ids, top.softmax(-1)

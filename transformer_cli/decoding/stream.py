@@ -173,6 +173,7 @@ class _Sources:
         self.next_id = 0
         self.size = 0  # the current batch, from row `self.row` on
         self.row = 0
+        self.u: Tensor | None = None  # the current batch's uniforms, when sampling
 
     def take(self, n: int) -> Iterator[tuple[SlotSources, range, Tensor, Tensor | None]]:
         """Up to `n` sentences: slices of a batch's `slot_sources` (cross keys and values,
@@ -184,7 +185,7 @@ class _Sources:
                 if batch is None:
                     return
                 src, caps, *uniforms = batch  # (src, caps) or, sampling, (src, caps, u)
-                self.u: Tensor | None = uniforms[0] if uniforms else None
+                self.u = uniforms[0] if uniforms else None
                 self.cross, self.src_mask, self.src_len = slot_sources(self.model, src)
                 self.caps = clamp_caps(caps, len(src), self.model.cfg.max_positions)
                 self.size, self.row = len(src), 0
