@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import cli, trained_tiny
+from helpers import cli, make_tiny_run, trained_tiny
 
 from transformer_cli.core.specials import BOS_ID, PAD_ID
 from transformer_cli.decoding import ct2_backend as ct2
@@ -139,3 +139,18 @@ def test_translate_samples_with_an_export(both):
     topk1 = cli("translate", out, "the dog .", "--sample", "--topk", "1", "--nbest", "3")
     assert topk1.exit_code == 0, topk1.output
     assert [line.split("\t")[0] for line in topk1.stdout.splitlines()] == greedy * 3
+
+
+def test_tag_works_on_an_export_as_on_its_checkpoint(tmp_path, tmp_path_factory, toy_pairs):
+    corpora = [{"name": "train"}, {"name": "valid", "tag": "<v>"}]
+    run = make_tiny_run(tmp_path_factory.mktemp("tagged_ct2"), toy_pairs, train=corpora)
+    checkpoint = Path(run.run_dir) / "checkpoints" / "ckpt_00000010.pt"
+    out = ct2_export.export(checkpoint, tmp_path / "ct2")
+    lines = ["the old man sees the dog .", "a cat"]
+    ours = cli("translate", checkpoint, *lines, "--tag", "<v>", "--precision", "fp32")
+    theirs = cli("translate", out, *lines, "--tag", "<v>")
+    assert ours.exit_code == 0, ours.output
+    assert theirs.stdout == ours.stdout
+    unknown = cli("translate", out, "x", "--tag", "<w>")
+    assert unknown.exit_code == 2
+    assert "its tags: <v>" in unknown.stderr
