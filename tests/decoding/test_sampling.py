@@ -212,19 +212,27 @@ def test_draws_depend_on_the_key_alone():
     assert bool(((both >= 0) & (both < 1)).all())
 
 
+def nucleus(ids: torch.Tensor, probs: torch.Tensor, topp: float) -> list[dict[int, float]]:
+    """Each row's top-p set, {piece: probability}, from pieces in order of probability."""
+    before = probs.cumsum(-1) - probs
+    kept = probs.masked_fill(before >= topp, 0.0)
+    return [
+        {int(i): float(p) for i, p in zip(row_ids, row, strict=True) if p > 0}
+        for row_ids, row in zip(ids, kept, strict=True)
+    ]
+
+
 @pytest.mark.parametrize("topp", [0.3, 0.9, 0.999])  # topp 1 needs no order
-@pytest.mark.parametrize("spread", [0.5, 3.0, 30.0])  # flat to peaked rows
-def test_the_nucleus_window_equals_sorting_the_whole_vocabulary(topp, spread):
-    gen = torch.Generator().manual_seed(int(spread * 10))
-    scores = torch.randn(16, 3000, generator=gen) * spread
+def test_the_nucleus_window_equals_sorting_the_whole_vocabulary(topp):
+    gen = torch.Generator().manual_seed(int(topp * 1000))
+    # peaked rows, whose nucleus is in the first window, and flat ones, which need more
+    spread = torch.tensor([30.0, 10.0, 3.0, 1.0, 0.3] * 4)[:, None]
+    scores = torch.randn(20, 3000, generator=gen) * spread
     scores[:, PAD_ID] = -math.inf
     ids, probs = nucleus_head(scores, topp)
     all_ids, all_probs = ordered_by_sorting(scores)
-    k = ids.size(1)
-    # the same pieces in the same order (tied scores may trade places)
-    assert torch.equal(scores.gather(1, ids), scores.gather(1, all_ids[:, :k]))
-    assert all(len(set(row.tolist())) == k for row in ids)
-    torch.testing.assert_close(probs, all_probs[:, :k])
-    assert bool((probs.sum(-1) >= topp - 1e-4).all())  # the nucleus is inside the window
-    if FIRST_WINDOW < k < 3000:  # grown: a quarter of it did not hold topp in every row
-        assert not bool((all_probs[:, : k // 4].sum(-1) >= topp).all())
+    assert ids.size(1) > FIRST_WINDOW  # the flat rows grew their window
+    ours, plain = nucleus(ids, probs, topp), nucleus(all_ids, all_probs, topp)
+    for a, b in zip(ours, plain, strict=True):
+        assert a.keys() == b.keys()
+        assert list(a.values()) == pytest.approx(list(b.values()), rel=1e-4, abs=1e-7)
