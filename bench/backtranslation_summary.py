@@ -21,7 +21,7 @@ from machine import cpu_record, trained_precision
 RUNS = {
     "parallel": "14,500 parallel pairs alone",
     "bt_beam": "parallel + beam-5 BT",
-    "bt_sample_tagged": "parallel + sampled BT, tagged <bt>",
+    "bt_sample_tagged": "parallel + sampled BT, tagged `<bt>`",
     "bt_sample": "parallel + sampled BT, untagged",
     "all_real": "all 29,000 real pairs (upper bound)",
 }
@@ -53,6 +53,14 @@ def run_row(work: Path, name: str) -> dict:
     return row
 
 
+def reverse_row(work: Path) -> dict:
+    """The en -> de model that wrote the synthetic sources: its validation curve's best."""
+    lines = (work / "reverse" / "metrics.jsonl").read_text().splitlines()
+    valid = [r for r in map(json.loads, lines) if r["kind"] == "valid"]
+    best = max(valid, key=lambda r: r["bleu"])
+    return {"best_valid_bleu": best["bleu"], "step": best["step"], "valid_loss": best["loss"]}
+
+
 def bt_row(work: Path, name: str) -> dict:
     """A synthetic set: how the reverse model scores it, and how long it took to decode."""
     lines = (work / "log" / f"{name}.scores.jsonl").read_text().splitlines()
@@ -78,6 +86,7 @@ def main() -> None:
         **cpu_record(),
         "threads": int(os.environ.get("OMP_NUM_THREADS", "0") or 0),
         "updates_per_run": updates,
+        "reverse_model": reverse_row(work),
         "runs": {name: run_row(work, name) for name in RUNS},
         "synthetic_sets": {name: bt_row(work, name) for name in BT_SETS},
     }

@@ -60,7 +60,9 @@ def backtranslation(d: dict) -> list[str]:
     lines += [
         "",
         "The synthetic German of the 14,500 monolingual English sentences, scored by the "
-        "reverse model that wrote it (`tfx score --json`, mean log-probability per token):",
+        "reverse model that wrote it (`tfx score --json`, mean log-probability per token). "
+        "That en -> de model, trained on the parallel half for the same 1,000 updates, "
+        f"reached validation BLEU {d['reverse_model']['best_valid_bleu']:.2f}:",
         "",
         "| back-translation | mean log-prob per token | mean tokens (pieces + EOS) |",
         "|---|---|---|",
