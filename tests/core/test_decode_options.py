@@ -135,7 +135,7 @@ def test_the_device_flag_and_the_config_accept_the_same_devices():
 
 
 SAMPLING_BAD = [("topk", -1, ">= 0"), ("topp", 0.0, "in (0, 1]"), ("topp", 1.5, "in (0, 1]"),
-                ("temperature", 0.0, "> 0"), ("seed", -1, ">= 0")]  # fmt: skip
+                ("temperature", 0.0, ">= 1e-06"), ("seed", -1, ">= 0")]  # fmt: skip
 
 
 @pytest.mark.parametrize(("name", "value", "rule"), SAMPLING_BAD)

@@ -53,8 +53,10 @@ def test_topk_one_is_greedy(model, sources, batch_sentences):
 
 def test_a_tiny_temperature_neither_overflows_nor_draws_what_it_must_not():
     logits = torch.tensor([[50.0, 0.0, 60.0, 40.0, 39.0, -10.0]])  # PAD and BOS on top
-    for u in (0.0, 0.5, 1.0 - 2**-53):
-        assert Sampler(temperature=1e-30).pick(logits, torch.tensor([u])).tolist() == [3]
+    for temperature in (1e-30, 1e-38):  # far below config's floor, as a Sampler may be made
+        for u in (0.0, 0.5, 1.0 - 2**-53):
+            picked = Sampler(temperature=temperature).pick(logits, torch.tensor([u]))
+            assert picked.tolist() == [3]
 
 
 def test_temperature_towards_zero_tends_to_greedy(model, sources):

@@ -4,6 +4,7 @@ forward pass; a split's scores sum to `tfx evaluate`'s loss; order, batching, --
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
@@ -157,11 +158,29 @@ def test_a_pipe_that_runs_out_first_is_refused_and_the_output_kept(checkpoint, t
     (tmp_path / "out").write_text("the user's\n")
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
-    writer = threading.Thread(target=lambda: fifo.write_text("der Hund .\neine Katze .\n"))
+    writer = threading.Thread(
+        target=lambda: fifo.write_text("der Hund .\neine Katze .\n"), daemon=True
+    )
     writer.start()
     result = cli(
         "score", checkpoint, "--src", tmp_path / "three", "--tgt", fifo, "-o", tmp_path / "out"
     )
-    writer.join()
+    writer.join(timeout=10)
+    assert not writer.is_alive()  # the pipe was read
     assert_only_error(result, f"--src {tmp_path / 'three'} has 3 lines but --tgt {fifo} has 2")
     assert (tmp_path / "out").read_text() == "the user's\n"
+
+
+def test_filter_refuses_a_tsv_whose_two_fields_would_share_a_name(
+    checkpoint, tmp_path, monkeypatch
+):
+    from transformer_cli.evaluation import score
+
+    real = score.load_scorer
+    monkeypatch.setattr(
+        score, "load_scorer", lambda job: dataclasses.replace(real(job), langs=("en", "en"))
+    )
+    (tmp_path / "s").write_text("the dog .\n")
+    args = ("score", checkpoint, "--src", tmp_path / "s", "--tgt", tmp_path / "s", "--filter", -9)
+    assert_only_error(cli(*args), "both are 'en': use --json")
+    assert cli(*args, "--json").exit_code == 0

@@ -200,7 +200,7 @@ def decode_problems(dec: DecodeConfig, nbest: int = 1, flags: bool = False) -> l
         )
     check(dec.topk >= 0, "topk", f"must be >= 0 (0 = all pieces), got {dec.topk}")
     check(0 < dec.topp <= 1, "topp", f"must be in (0, 1], got {dec.topp}")
-    check(dec.temperature > 0, "temperature", f"must be > 0, got {dec.temperature}")
+    check(dec.temperature >= 1e-6, "temperature", f"must be >= 1e-06, got {dec.temperature}")
     check(dec.seed >= 0, "seed", f"must be >= 0, got {dec.seed}")
     check(dec.alpha >= 0, "alpha", f"must be >= 0, got {dec.alpha}")
     check(dec.max_len_a >= 0, "max_len_a", f"must be >= 0, got {dec.max_len_a}")

@@ -72,9 +72,10 @@ class Sampler:
         scores = logits.float()  # (R, V)
         if self.temperature == 1.0:
             scores = never_emitted(scores.clone())  # the caller's logits stay as they were
-        else:  # less the row maximum first, so that a small temperature cannot overflow
-            scores = never_emitted(scores - scores.max(-1, keepdim=True).values)
-            scores /= self.temperature
+        else:  # less the row maximum first, so that a small temperature cannot overflow:
+            # the most probable piece that may be drawn stays at 0, the rest fall to -inf
+            scores = never_emitted(scores.clone())
+            scores = (scores - scores.max(-1, keepdim=True).values) / self.temperature
         vocab = scores.size(-1)
         if self.topk == 0 and self.topp >= 1.0:  # the full softmax, no order needed
             ids = torch.arange(vocab, device=scores.device).expand_as(scores)

@@ -56,9 +56,17 @@ def run(job: ScoreJob) -> int:
     """Score every pair of `job`'s files and write the lines; returns the pairs scored."""
     if job.batch_tokens < 1:
         raise DataError(f"--batch-tokens must be >= 1, got {job.batch_tokens}")
+    for path in (job.src, job.tgt):  # said before the model loads (a pipe is not opened)
+        if not path.exists():
+            raise DataError(f"{path}: no such input file")
     if job.src.is_file() and job.tgt.is_file():  # refused before anything is written
         check_counts(job, count_lines(job.src), count_lines(job.tgt))
     scorer = load_scorer(job)
+    if job.keep_min is not None and not job.as_json and len(set(scorer.langs)) < 2:
+        raise DataError(
+            f"--filter writes a tsv corpus whose two fields are the model's languages, and "
+            f"both are {scorer.langs[0]!r}: use --json"
+        )
     kept = total = 0
     with contextlib.ExitStack() as stack:
         src = read_lines(stack.enter_context(open_input(job.src)), str(job.src))

@@ -41,14 +41,15 @@ def nucleus_head(scores: Tensor, topp: float) -> tuple[Tensor, Tensor]:
     k = min(FIRST_WINDOW, vocab)
     top, ids = scores.topk(k, dim=-1)  # (R, k), sorted
     probs = (top - log_total).exp()
-    rows = (probs.sum(-1) < topp).nonzero().squeeze(1)  # the rows their window leaves short
+    # the rows their window leaves short, by the cumulative sum the top-p cut reads
+    rows = (probs.cumsum(-1)[:, -1] < topp).nonzero().squeeze(1)
     while len(rows) and k < vocab:
         k = min(4 * k, vocab)
         top, wider = scores[rows].topk(k, dim=-1)
         wider_probs = (top - log_total[rows]).exp()
         ids, probs = pad_columns(ids, k), pad_columns(probs, k)
         ids[rows], probs[rows] = wider, wider_probs
-        rows = rows[wider_probs.sum(-1) < topp]
+        rows = rows[wider_probs.cumsum(-1)[:, -1] < topp]
     return ids, probs
 
 
