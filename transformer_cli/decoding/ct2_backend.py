@@ -14,7 +14,9 @@ in export/.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +26,7 @@ from transformer_cli.core.errors import CheckpointError, ConfigError, TfxError
 from transformer_cli.data.checkpoint_parts import saved_config
 from transformer_cli.data.tokenizer import JOINT_FILE, SRC_FILE, TGT_FILE, Tokenizer
 from transformer_cli.decoding import limits
-from transformer_cli.decoding.scoring import cut_pairs
+from transformer_cli.decoding.scoring import PairScore, cut_pairs
 
 if TYPE_CHECKING:
     from transformer_cli.decoding.search import Hypothesis
@@ -105,10 +107,7 @@ def decode_exported(
     nothing: Hypothesis = ([], 0.0)
     empty: list[int] | list[Hypothesis] = [] if nbest == 1 else [nothing] * nbest
     results: list = [empty] * len(sources)
-    todo = sorted(
-        (i for i, s in enumerate(sources) if s), key=lambda i: (caps[i], -len(sources[i]))
-    )
-    for group in _groups(todo, caps, decode):
+    for group in _groups(_by_cap(sources, caps), caps, decode):
         pieces = [exp.tokenizer.src_id_pieces(sources[i]) for i in group]
         cap = max(caps[i] for i in group)
         out = exp.translator.translate_batch(
@@ -136,6 +135,13 @@ def _fitted(
     return sources, [limits.output_cap(len(s), decode, positions) for s in sources]
 
 
+def _by_cap(sources: list[list[int]], caps: list[int]) -> list[int]:
+    """The non-empty sources' numbers, by output cap, then longest first."""
+    return sorted(
+        (i for i, s in enumerate(sources) if s), key=lambda i: (caps[i], -len(sources[i]))
+    )
+
+
 def _sample_exported(
     exp: Exported, sources: list[list[int]], caps: list[int], decode: DecodeConfig, nbest: int
 ) -> list[list[int]] | list[list[Hypothesis]]:
@@ -145,9 +151,8 @@ def _sample_exported(
     topk = min(decode.topk, exp.tokenizer.tgt_vocab_size)
     draws = 1 if topk == 1 else nbest
     results: list = [[] if nbest == 1 else [[]] * nbest for _ in sources]
-    todo = [i for i, s in enumerate(sources) if s]
-    for start in range(0, len(todo), decode.batch_sentences):
-        group = todo[start : start + decode.batch_sentences]
+    one_at_a_time = dataclasses.replace(decode, beam=1)  # any caps in a batch, as greedy's
+    for group in _groups(_by_cap(sources, caps), caps, one_at_a_time):
         out = exp.translator.translate_batch(
             [exp.tokenizer.src_id_pieces(sources[i]) for i in group],
             beam_size=1,
@@ -170,14 +175,10 @@ def _sample_exported(
 def _scored_samples(
     exp: Exported, sources: list[list[int]], samples: list[list[list[int]]]
 ) -> list[list[Hypothesis]]:
-    """Each sentence's samples with their mean log-probability per token (`score_batch`),
-    as `scoring.score_pairs` scores them (the pairs cut alike, `scoring.cut_pairs`)."""
+    """Each sentence's samples with their mean log-probability per token (`pair_scores`)."""
     pairs = [(i, hyp) for i, hyps in enumerate(samples) if sources[i] for hyp in hyps]
-    cut_sources, cut_targets = cut_pairs(
-        [sources[i] for i, _ in pairs], [h for _, h in pairs], exp.cfg.model.max_positions
-    )
-    log_probs = target_log_probs(exp, cut_sources, cut_targets)
-    means = iter(sum(lp) / len(lp) for lp in log_probs)
+    scores = pair_scores(exp, [sources[i] for i, _ in pairs], [h for _, h in pairs])
+    means = iter(score.mean for score in scores)
     nothing: Hypothesis = ([], 0.0)
     return [
         [(hyp, next(means)) for hyp in hyps] if sources[i] else [nothing] * len(hyps)
@@ -212,3 +213,13 @@ def target_log_probs(
     batching = {"max_batch_size": batch_tokens, "batch_type": "tokens"} if batch_tokens else {}
     results = exp.translator.score_batch(src, tgt, max_input_length=0, **batching)
     return [list(r.log_probs) for r in results]
+
+
+def pair_scores(
+    exp: Exported, sources: list[list[int]], targets: list[list[int]], batch_tokens: int = 0
+) -> list[PairScore]:
+    """`scoring.score_pairs` by CTranslate2's `score_batch`: the pairs cut alike
+    (`scoring.cut_pairs`), each pair's log-probability summed over its tokens."""
+    sources, targets = cut_pairs(sources, targets, exp.cfg.model.max_positions)
+    log_probs = target_log_probs(exp, sources, targets, batch_tokens)
+    return [PairScore(math.fsum(lp), len(lp)) for lp in log_probs]

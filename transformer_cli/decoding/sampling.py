@@ -69,12 +69,11 @@ class Sampler:
         when nothing is cut); a piece outside the top-k or top-p set has probability 0.
         Rows of `probs` need not sum to 1.
         """
-        scores = logits.float()  # (R, V)
-        if self.temperature == 1.0:
-            scores = never_emitted(scores.clone())  # the caller's logits stay as they were
-        else:  # less the row maximum first, so that a small temperature cannot overflow:
-            # the most probable piece that may be drawn stays at 0, the rest fall to -inf
-            scores = never_emitted(scores.clone())
+        # a float32 copy (the caller's logits stay as they were)
+        scores = never_emitted(logits.to(torch.float32, copy=True))  # (R, V)
+        if self.temperature != 1.0:  # less the row maximum first, so that a small
+            # temperature cannot overflow: the most probable piece that may be drawn stays
+            # at 0, the rest fall towards -inf
             scores = (scores - scores.max(-1, keepdim=True).values) / self.temperature
         vocab = scores.size(-1)
         if self.topk == 0 and self.topp >= 1.0:  # the full softmax, no order needed

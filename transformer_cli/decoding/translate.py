@@ -8,7 +8,7 @@ stdin gives an interactive `> ` prompt instead.
 The output has exactly one line per input line (with `--nbest K`, exactly K lines per
 input line: `hypothesis<TAB>score`, best first, the score being the length-normalised
 log-probability of search.py; with `--sample`, K samples in the order drawn, each scored
-by its mean log-probability per piece, as `tfx score` gives it). So that this always holds:
+by its mean log-probability per token, as `tfx score` gives it). So that this always holds:
 
 - an empty or whitespace-only line gives an empty line (nbest: K lines `<TAB>0.0000`);
 - a line longer than the encoder can hold (`model.max_positions` pieces; sources have no

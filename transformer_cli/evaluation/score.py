@@ -62,7 +62,8 @@ def run(job: ScoreJob) -> int:
     if job.src.is_file() and job.tgt.is_file():  # refused before anything is written
         check_counts(job, count_lines(job.src), count_lines(job.tgt))
     scorer = load_scorer(job)
-    if job.keep_min is not None and not job.as_json and len(set(scorer.langs)) < 2:
+    tsv = job.keep_min is not None and not job.as_json  # --filter's kept pairs, as a corpus
+    if tsv and len(set(scorer.langs)) < 2:
         raise DataError(
             f"--filter writes a tsv corpus whose two fields are the model's languages, and "
             f"both are {scorer.langs[0]!r}: use --json"
@@ -72,7 +73,7 @@ def run(job: ScoreJob) -> int:
         src = read_lines(stack.enter_context(open_input(job.src)), str(job.src))
         tgt = read_lines(stack.enter_context(open_input(job.tgt)), str(job.tgt))
         out = stack.enter_context(open_output(job.output))
-        if job.keep_min is not None and not job.as_json:  # a tsv corpus starts with its fields
+        if tsv:  # a tsv corpus starts with its fields
             out.write("\t".join(scorer.langs).encode("utf-8") + b"\n")
         for chunk in chunks(aligned(job, src, tgt), CHUNK_PAIRS):
             scores = score_chunk(scorer, chunk, total + 1)
@@ -139,16 +140,14 @@ def load_scorer(job: ScoreJob) -> Scorer:
     from transformer_cli.core import runtime
     from transformer_cli.decoding import ct2_backend as ct2
     from transformer_cli.decoding.loading import load_model
-    from transformer_cli.decoding.scoring import PairScore, cut_pairs, score_pairs
+    from transformer_cli.decoding.scoring import score_pairs
 
     device = runtime.device_option(job.device)
     if ct2.is_export_dir(job.checkpoint):
         exp = ct2.load_export(job.checkpoint, device.type)
 
         def by_export(sources: list[list[int]], targets: list[list[int]]) -> list[PairScore]:
-            sources, targets = cut_pairs(sources, targets, exp.cfg.model.max_positions)
-            log_probs = ct2.target_log_probs(exp, sources, targets, job.batch_tokens)
-            return [PairScore(math.fsum(lp), len(lp)) for lp in log_probs]
+            return ct2.pair_scores(exp, sources, targets, job.batch_tokens)
 
         langs = (exp.cfg.data.src_lang, exp.cfg.data.tgt_lang)
         return Scorer(exp.tokenizer, langs, by_export)
