@@ -37,7 +37,7 @@ def exported(tmp_path, tmp_path_factory, toy_pairs, shape):
 
 @pytest.mark.parametrize("name", list(CLASSES.values()))
 def test_the_residual_permutation_maps_tfxs_positions_onto_theirs(name):
-    from transformer_cli.model.transformer import sinusoidal_table
+    from transformer_cli.model.positions import sinusoidal_table
 
     d = 16
     cls = getattr(transformers, name)

@@ -172,7 +172,7 @@ def test_positions_check_can_fail(monkeypatch):
         def forward(self, length, offset=0):
             return self.table[offset : offset + length]
 
-    monkeypatch.setattr("transformer_cli.model.transformer.SinusoidalPositions", NotSinusoidal)
+    monkeypatch.setattr("transformer_cli.model.positions.SinusoidalPositions", NotSinusoidal)
     view = inspection.positions_view(16, 50, (1, 3))
     assert all(c["max_error"] > 0.1 for c in view["checks"])
 

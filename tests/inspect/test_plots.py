@@ -12,7 +12,7 @@ from helpers import assert_png
 from transformer_cli.core.specials import BOS_ID, EOS_ID, PAD_ID
 from transformer_cli.inspect import plots
 from transformer_cli.model.masks import causal_mask, decoder_mask, padding_mask
-from transformer_cli.model.transformer import sinusoidal_table
+from transformer_cli.model.positions import sinusoidal_table
 
 
 def mask_view(lengths: list[int], width: int) -> dict:

@@ -35,7 +35,8 @@ from transformer_cli.inspect.residual import (
     with_and_without,
 )
 from transformer_cli.inspect.subject import fresh_model
-from transformer_cli.model.transformer import Transformer, sinusoidal_table
+from transformer_cli.model.positions import sinusoidal_table
+from transformer_cli.model.transformer import Transformer
 from transformer_cli.training.loss import masked_cross_entropy
 
 

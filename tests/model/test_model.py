@@ -19,7 +19,8 @@ from transformer_cli.decoding.kv_cache import KVCache
 from transformer_cli.decoding.slots import SlotCache, decode_slots, slot_sources
 from transformer_cli.model.attention import SelfAttention, attend_math
 from transformer_cli.model.masks import causal_mask
-from transformer_cli.model.transformer import Transformer, sinusoidal_table
+from transformer_cli.model.positions import sinusoidal_table
+from transformer_cli.model.transformer import Transformer
 
 V = 29
 CFG = tiny_model_config(src_vocab=V, tgt_vocab=V)

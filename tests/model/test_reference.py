@@ -19,12 +19,8 @@ from torch import nn
 from transformer_cli.core.specials import PAD_ID
 from transformer_cli.inspect.reference import copy_layer, torch_look_ahead
 from transformer_cli.model.masks import decoder_mask, padding_mask
-from transformer_cli.model.transformer import (
-    DecoderLayer,
-    EncoderLayer,
-    Transformer,
-    sinusoidal_table,
-)
+from transformer_cli.model.positions import sinusoidal_table
+from transformer_cli.model.transformer import DecoderLayer, EncoderLayer, Transformer
 
 D, HEADS, FF = 16, 4, 24
 CFG = tiny_model_config(d_ff=FF, max_positions=32, src_vocab=23, tgt_vocab=23)

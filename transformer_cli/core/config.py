@@ -118,8 +118,16 @@ class ModelConfig:
     # post: LayerNorm(x + sublayer(x)), the paper's; pre: x + sublayer(LayerNorm(x)), with
     # a final LayerNorm per stack
     norm: Literal["post", "pre"] = "post"
-    positional: Literal["sinusoidal", "learned"] = "sinusoidal"  # the paper's, or learned
+    # sinusoidal: the paper's table added to the input; learned: a learned table added;
+    # rope: queries and keys rotated by position in every self-attention (Su et al. 2021);
+    # relative: learned vectors of the clipped offset inside self-attention (Shaw et al.
+    # 2018, keys and values). The last two add nothing to the input (docs/positions.md)
+    positional: Literal["sinusoidal", "learned", "rope", "relative"] = "sinusoidal"
+    max_relative_distance: int = 16  # relative: offsets beyond +-k share one vector (Shaw's k)
     max_positions: int = 1024  # the longest sequence, in pieces, the positions cover
+    # the token embeddings' initial weights: xavier (uniform, as torch.nn.Transformer's
+    # matrices) or normal, N(0, d_model^-0.5), which is N(0, 1) after the sqrt(d_model) scale
+    embedding_init: Literal["xavier", "normal"] = "xavier"
     share_embeddings: bool = True  # one embedding for source and target (a joint tokenizer)
     tie_output: bool = True  # the target embedding is also the output projection (3.4)
     # sdpa: torch's fused kernel; math: eq. 1 written out; auto: sdpa on CUDA, math on the

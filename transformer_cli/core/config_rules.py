@@ -124,6 +124,19 @@ def _model_rules(cfg: Config, check: Check) -> None:
     for name in ("dropout", "attention_dropout"):
         value = getattr(m, name)
         check(0 <= value < 1, f"model.{name}", f"must be in [0, 1), got {value}")
+    if m.positional == "rope" and m.heads >= 1 and m.d_model % m.heads == 0:
+        head_dim = m.d_model // m.heads
+        check(
+            head_dim % 2 == 0,
+            "model.positional",
+            f"rope rotates pairs of dimensions: the head size d_model / heads must be even, "
+            f"got {head_dim}",
+        )
+    check(
+        m.max_relative_distance >= 1,
+        "model.max_relative_distance",
+        f"must be >= 1, got {m.max_relative_distance}",
+    )
     check(
         m.max_positions >= d.max_len + 2,
         "model.max_positions",

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from transformer_cli.decoding.protocol import SearchModel
 from transformer_cli.model.masks import causal_mask, padding_mask
+from transformer_cli.model.positions import Positions
 
 
 class LayerCache:
@@ -54,8 +55,8 @@ class KVCache:
       returns (B, 1, D) hidden states, whose logits score the token after it, equal to
       the last position of a full `model.decode_hidden` over the whole prefix. Several
       tokens at once, (B, n), work too.
-    - `length` is the number of target positions already fed; the positional
-      encoding of the new tokens starts there.
+    - `length` is the number of target positions already fed; the new tokens'
+      positions start there.
     - Everything derived from the source is computed at the first call and then
       owned by the cache: the source padding mask (`src_mask`) and every layer's
       cross-attention keys and values. Later calls do not read `memory` or `src`
@@ -120,6 +121,7 @@ def cached_hidden(
     # one new token may attend to everything cached; a chunk needs look-ahead
     self_mask = None if new == 1 else causal_mask(new, cache.length, tgt_in.device)
     x = model.embed_target(tgt_in, cache.length)
-    hidden = model.decoder(x, memory, self_mask, cache.src_mask, cache.layers)
+    positions = Positions.span(cache.length, new, tgt_in.device)  # for rope and relative
+    hidden = model.decoder(x, memory, self_mask, cache.src_mask, cache.layers, positions)
     cache.length += new
     return hidden

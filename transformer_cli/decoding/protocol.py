@@ -17,6 +17,7 @@ from torch import Tensor
 
 from transformer_cli.core.config import ModelConfig
 from transformer_cli.model.attention import LayerState
+from transformer_cli.model.positions import Positions
 
 
 class DecoderStack(Protocol):
@@ -34,6 +35,7 @@ class DecoderStack(Protocol):
         self_mask: Tensor | None,
         cross_mask: Tensor,
         caches: Sequence[LayerState] | None = None,
+        positions: Positions | None = None,
         /,
     ) -> Tensor:
         """(B, T, D) embedded target -> (B, T, D) hidden states."""

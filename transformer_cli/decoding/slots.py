@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from transformer_cli.model.masks import padding_mask, prefix_mask
+from transformer_cli.model.positions import Positions
 from transformer_cli.model.transformer import DecoderLayer, Transformer
 
 
@@ -267,6 +268,8 @@ def decode_slots(model: Transformer, tokens: Tensor, cache: SlotCache) -> Tensor
     # every slot's position is below its sentence's output cap, which search keeps
     # within max_positions
     x = model.embed_target_at(tokens, cache.pos_device)[:, None]  # (N, D) -> (N, 1, D)
-    hidden = model.decoder(x, None, cache.self_mask(), cache.src_mask, cache.layers)
+    # a key's position is its index in the buffer: rope and relative read both
+    positions = Positions.per_row(cache.pos_device, cache.width)
+    hidden = model.decoder(x, None, cache.self_mask(), cache.src_mask, cache.layers, positions)
     cache.advance()
     return hidden[:, 0]  # (N, 1, D) -> (N, D)

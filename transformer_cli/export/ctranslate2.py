@@ -11,7 +11,7 @@ checks the layout itself. What has to match tfx exactly, and how:
   LayerNorm, post-norm ones none; LayerNorm epsilon 1e-5 (torch's default, tfx's);
 - the embedding scale sqrt(d_model) (CTranslate2's `scale_embeddings`);
 - positions: tfx's own table, written into the model (`position_encodings`): the
-  interleaved sinusoids of model/transformer.py, position 0 first, `max_positions` long,
+  interleaved sinusoids of model/positions.py, position 0 first, `max_positions` long,
   or the learned tables. CTranslate2's built-in table is laid out differently;
 - self-attention's fused Q/K/V rows in tfx's order, which is CTranslate2's (Q, K, V);
   cross-attention's query, then fused K/V;

@@ -2,7 +2,7 @@
 
 Every number and grid here comes from the code training runs: batches from
 `batching`, masks from `masks`, the loss mask from `loss.masked_cross_entropy`,
-positions from `model.SinusoidalPositions`, attention from `attention.attend_math`
+positions from `model.positions.SinusoidalPositions`, attention from `attention.attend_math`
 and the model's own attention modules, learning rates from `schedule.learning_rate`.
 Nothing is re-implemented for display, so what you see is what the model gets.
 
@@ -37,7 +37,7 @@ def positions_view(d_model: int = 64, length: int = 100, ks: tuple[int, ...] = (
     """
     import torch
 
-    from transformer_cli.model.transformer import SinusoidalPositions
+    from transformer_cli.model.positions import SinusoidalPositions
 
     if d_model < 2 or d_model % 2:
         raise ConfigError(f"--d-model must be even and >= 2, got {d_model}")

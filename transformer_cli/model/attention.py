@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from transformer_cli.fast import sdpa
+from transformer_cli.model.positions import Positions, RelativePositions, RelativeTerms, Rotary
 
 PATHS = ("auto", "sdpa", "math")
 
@@ -49,19 +50,29 @@ class LayerState(Protocol):
 
 
 def attend_math(
-    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float = 0.0
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None,
+    dropout_p: float = 0.0,
+    relative: RelativeTerms | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Scaled dot-product attention, written out (Vaswani et al. 2017, eq. 1).
 
     Args:
         q: (B, H, T, K); k, v: (B, H, S, K).
         mask: bool, broadcastable to (B, H, T, S), True = may attend; or None.
+        relative: Shaw et al.'s relative-position terms, added to the scores and to the
+            output (`model.positional: relative`); None for the paper's eq. 1.
     Returns:
         the output (B, H, T, K) and the attention probabilities (B, H, T, S).
     """
+    scores = q @ k.transpose(-2, -1)  # (B,H,T,K) @ (B,H,K,S) -> (B,H,T,S)
+    if relative is not None:
+        scores = scores + relative.key_scores(q, scores)
     # dividing by sqrt(d_k) keeps the dot products' variance near 1, so the softmax
     # does not saturate into one-hot rows with vanishing gradients (section 3.2.1)
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B,H,T,K)@(B,H,K,S) -> (B,H,T,S)
+    scores = scores / math.sqrt(q.size(-1))
     if mask is None:
         probs = scores.softmax(dim=-1)
     else:
@@ -72,7 +83,10 @@ def attend_math(
         probs = probs.masked_fill(blocked, 0.0)
     if dropout_p > 0.0:
         probs = F.dropout(probs, dropout_p)
-    return probs @ v, probs  # (B,H,T,S) @ (B,H,S,K) -> (B,H,T,K)
+    out = probs @ v  # (B,H,T,S) @ (B,H,S,K) -> (B,H,T,K)
+    if relative is not None:
+        out = out + relative.value_sums(probs)
+    return out, probs
 
 
 class ScaledDotProduct(nn.Module):
@@ -89,20 +103,29 @@ class ScaledDotProduct(nn.Module):
         """Whether attention on `device` goes through the fused kernel (`path` resolved)."""
         return sdpa.chosen(self.path, device)
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    def forward(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        mask: Tensor | None,
+        relative: RelativeTerms | None = None,
+    ) -> Tensor:
         """softmax(Q K^T / sqrt(d_k)) V, dropout on the probabilities while training.
 
         Args:
             q: (B, H, T, K); k, v: (B, H, S, K).
             mask: bool, broadcastable to (B, H, T, S), True = may attend; or None.
+            relative: Shaw et al.'s terms, or None; with them, attention is always the
+                written-out path (the fused kernel has no place for the value term).
         Returns:
             (B, H, T, K).
         """
         dropout_p = self.dropout if self.training else 0.0
         # fast path: the fused kernel (fast/sdpa.py), equal to attend_math in tests
-        if self.uses_sdpa(q.device):
+        if relative is None and self.uses_sdpa(q.device):
             return sdpa.attend(q, k, v, mask, dropout_p)
-        return attend_math(q, k, v, mask, dropout_p)[0]
+        return attend_math(q, k, v, mask, dropout_p, relative)[0]
 
 
 class Attention(nn.Module):
@@ -134,16 +157,23 @@ class Attention(nn.Module):
             for t in x.split(d, dim=-1)  # (B,L,p*D) -> p x (B,L,D)
         )
 
-    def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    def _attend(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        mask: Tensor | None,
+        relative: RelativeTerms | None = None,
+    ) -> Tensor:
         """Attention over heads, heads concatenated, output projection: (B, T, D)."""
         if q.dtype == k.dtype:
-            out = self.scaled_dot_product(q, k, v, mask)
+            out = self.scaled_dot_product(q, k, v, mask, relative)
         else:
             # fast path (decoding/slots.py: SlotCache.dtype keeps keys and values in fp32
             # under bf16 on the CPU): attend in the keys' type, with autocast off, which
             # would otherwise cast every kept key again at every call
             with torch.autocast(q.device.type, enabled=False):
-                out = self.scaled_dot_product(q.to(k.dtype), k, v, mask)
+                out = self.scaled_dot_product(q.to(k.dtype), k, v, mask, relative)
         B, H, T, K = out.shape
         # Concat(head_1, ..., head_h) of eq. 4; a view when the kernel already wrote
         # its output as (B, T, H, K), which the fused CPU kernel does
@@ -152,26 +182,59 @@ class Attention(nn.Module):
 
 
 class SelfAttention(Attention):
-    """Queries, keys and values from the same sequence, by one fused projection."""
+    """Queries, keys and values from the same sequence, by one fused projection.
 
-    def __init__(self, d_model: int, heads: int, dropout: float, path: str = "auto") -> None:
+    `position` is where self-attention learns position under `model.positional: rope`
+    (a `Rotary`) or `relative` (this layer's `RelativePositions`); None when positions
+    were added to the input instead (model/positions.py).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        heads: int,
+        dropout: float,
+        path: str = "auto",
+        position: Rotary | RelativePositions | None = None,
+    ) -> None:
         super().__init__(d_model, heads, dropout, path)
         self.in_proj = nn.Linear(d_model, 3 * d_model)  # = MultiheadAttention.in_proj_weight
+        self.rotary = position if isinstance(position, Rotary) else None
+        self.relative = position if isinstance(position, RelativePositions) else None
 
-    def forward(self, x: Tensor, mask: Tensor | None, cache: LayerState | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor | None,
+        cache: LayerState | None = None,
+        positions: Positions | None = None,
+    ) -> Tensor:
         """Attend from every new position to the cached and new positions.
 
         Args:
             x: (B, T, D).
             mask: bool, broadcastable to (B, H, T, S), S = T plus any cached length.
             cache: this layer's cache; the new keys and values are appended to it.
+            positions: where the new queries and all keys are (read by `rope` and
+                `relative` only); None means 0 .. T-1, which needs an empty cache.
         Returns:
             (B, T, D).
         """
         q, k, v = self._heads(self.in_proj(x))  # (B,T,3D) -> 3 x (B,H,T,K)
+        relative = None
+        if self.rotary is not None or self.relative is not None:
+            if positions is None:
+                if cache is not None:
+                    raise ValueError("a cached self-attention needs its queries' positions")
+                positions = Positions.span(0, x.size(1), x.device)
+            if self.rotary is not None:
+                # keys are rotated before they are cached: a key's position never changes
+                q, k = self.rotary(q, positions.query), self.rotary(k, positions.query)
+            if self.relative is not None:
+                relative = self.relative(positions)
         if cache is not None:
             k, v = cache.append(k, v)
-        return self._attend(q, k, v, mask)
+        return self._attend(q, k, v, mask, relative)
 
 
 class CrossAttention(Attention):

@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
 from transformer_cli.core.config import ModelConfig
@@ -30,51 +29,23 @@ from transformer_cli.core.config import ModelConfig
 from transformer_cli.fast.dropout import Dropout
 from transformer_cli.model.attention import CrossAttention, LayerState, SelfAttention
 from transformer_cli.model.masks import decoder_mask, padding_mask
+from transformer_cli.model.positions import (
+    LearnedPositions,
+    Positions,
+    RelativePositions,
+    Rotary,
+    SinusoidalPositions,
+)
 
 
-def sinusoidal_table(positions: int, d_model: int) -> Tensor:
-    """PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(...) (section 3.5).
-
-    Each pair of dimensions is a rotation at its own frequency, so PE(pos + k) is a
-    fixed linear function of PE(pos): the model can attend by relative position.
-
-    Returns:
-        (positions, d_model) float32, computed in float64.
-    """
-    pos = torch.arange(positions, dtype=torch.float64)[:, None]  # (P, 1)
-    two_i = torch.arange(0, d_model, 2, dtype=torch.float64)  # (ceil(D/2),)
-    angle = pos / 10000.0 ** (two_i / d_model)  # (P, 1) / (ceil(D/2),) -> (P, ceil(D/2))
-    table = torch.empty(positions, d_model, dtype=torch.float64)
-    table[:, 0::2] = angle.sin()
-    table[:, 1::2] = angle[:, : d_model // 2].cos()
-    return table.float()
-
-
-class SinusoidalPositions(nn.Module):
-    """The fixed positional encoding, precomputed once for `max_positions` positions."""
-
-    table: Tensor  # (max_positions, D), a buffer
-
-    def __init__(self, d_model: int, max_positions: int) -> None:
-        super().__init__()
-        # not persistent: it is a function of the config, so checkpoints need not carry it
-        self.register_buffer("table", sinusoidal_table(max_positions, d_model), persistent=False)
-
-    def forward(self, length: int, offset: int = 0) -> Tensor:
-        """Encodings of positions offset .. offset+length-1: (length, D)."""
-        return self.table[offset : offset + length]
-
-
-class LearnedPositions(nn.Module):
-    """A learned embedding per position (the paper's alternative, section 3.5)."""
-
-    def __init__(self, d_model: int, max_positions: int) -> None:
-        super().__init__()
-        self.table = nn.Parameter(torch.empty(max_positions, d_model))
-
-    def forward(self, length: int, offset: int = 0) -> Tensor:
-        """Embeddings of positions offset .. offset+length-1: (length, D)."""
-        return self.table[offset : offset + length]
+def attention_positions(cfg: ModelConfig) -> Rotary | RelativePositions | None:
+    """What one self-attention layer needs of `model.positional` (model/positions.py)."""
+    head_dim = cfg.d_model // cfg.heads
+    if cfg.positional == "rope":
+        return Rotary(head_dim, cfg.max_positions)
+    if cfg.positional == "relative":
+        return RelativePositions(head_dim, cfg.max_relative_distance)
+    return None
 
 
 class FeedForward(nn.Sequential):
@@ -96,27 +67,30 @@ class EncoderLayer(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.self_attn = SelfAttention(cfg.d_model, cfg.heads, cfg.attention_dropout, cfg.attention)
+        self.self_attn = SelfAttention(
+            cfg.d_model, cfg.heads, cfg.attention_dropout, cfg.attention, attention_positions(cfg)
+        )
         self.ff = FeedForward(cfg.d_model, cfg.d_ff, cfg.dropout)
         self.norm1 = nn.LayerNorm(cfg.d_model)
         self.norm2 = nn.LayerNorm(cfg.d_model)
         self.dropout = Dropout(cfg.dropout)
         self.pre_norm = cfg.norm == "pre"
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor, positions: Positions | None = None) -> Tensor:
         """Encode one layer.
 
         Args:
             x: (B, S, D).
             mask: (B, 1, 1, S) bool source padding mask.
+            positions: for `rope` and `relative` self-attention; None = 0 .. S-1.
         Returns:
             (B, S, D).
         """
         drop = self.dropout
         if self.pre_norm:
-            x = x + drop(self.self_attn(self.norm1(x), mask))
+            x = x + drop(self.self_attn(self.norm1(x), mask, None, positions))
             return x + drop(self.ff(self.norm2(x)))
-        x = self.norm1(x + drop(self.self_attn(x, mask)))
+        x = self.norm1(x + drop(self.self_attn(x, mask, None, positions)))
         return self.norm2(x + drop(self.ff(x)))
 
 
@@ -126,7 +100,7 @@ class DecoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         d, h, p, path = cfg.d_model, cfg.heads, cfg.attention_dropout, cfg.attention
-        self.self_attn = SelfAttention(d, h, p, path)
+        self.self_attn = SelfAttention(d, h, p, path, attention_positions(cfg))
         self.cross_attn = CrossAttention(d, h, p, path)
         self.ff = FeedForward(d, cfg.d_ff, cfg.dropout)
         self.norm1 = nn.LayerNorm(d)
@@ -142,6 +116,7 @@ class DecoderLayer(nn.Module):
         self_mask: Tensor | None,
         cross_mask: Tensor,
         cache: LayerState | None = None,
+        positions: Positions | None = None,
     ) -> Tensor:
         """Decode one layer.
 
@@ -151,15 +126,17 @@ class DecoderLayer(nn.Module):
             self_mask: bool, broadcastable to (B, 1, T, T + cached length); None = all.
             cross_mask: (B, 1, 1, S) bool source padding mask.
             cache: this layer's keys and values for incremental decoding.
+            positions: of the new queries and all keys, for `rope` and `relative`
+                self-attention; None = 0 .. T-1 (without a cache).
         Returns:
             (B, T, D).
         """
         drop = self.dropout
         if self.pre_norm:
-            x = x + drop(self.self_attn(self.norm1(x), self_mask, cache))
+            x = x + drop(self.self_attn(self.norm1(x), self_mask, cache, positions))
             x = x + drop(self.cross_attn(self.norm2(x), memory, cross_mask, cache))
             return x + drop(self.ff(self.norm3(x)))
-        x = self.norm1(x + drop(self.self_attn(x, self_mask, cache)))
+        x = self.norm1(x + drop(self.self_attn(x, self_mask, cache, positions)))
         x = self.norm2(x + drop(self.cross_attn(x, memory, cross_mask, cache)))
         return self.norm3(x + drop(self.ff(x)))
 
@@ -172,10 +149,10 @@ class Encoder(nn.Module):
         self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.enc_layers))
         self.norm = nn.LayerNorm(cfg.d_model) if cfg.norm == "pre" else None
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        """(B, S, D) embedded source -> (B, S, D) memory."""
+    def forward(self, x: Tensor, mask: Tensor, positions: Positions | None = None) -> Tensor:
+        """(B, S, D) embedded source -> (B, S, D) memory; see EncoderLayer."""
         for layer in self.layers:
-            x = layer(x, mask)
+            x = layer(x, mask, positions)
         return x if self.norm is None else self.norm(x)
 
 
@@ -194,13 +171,16 @@ class Decoder(nn.Module):
         self_mask: Tensor | None,
         cross_mask: Tensor,
         caches: Sequence[LayerState] | None = None,
+        positions: Positions | None = None,
     ) -> Tensor:
         """(B, T, D) embedded target -> (B, T, D) hidden states; see DecoderLayer.
 
-        `caches`: one per layer, for incremental decoding (decoding/kv_cache.py).
+        `caches`: one per layer, for incremental decoding (decoding/kv_cache.py), which
+        then gives the `positions` of the new tokens too.
         """
         for i, layer in enumerate(self.layers):
-            x = layer(x, memory, self_mask, cross_mask, None if caches is None else caches[i])
+            cache = None if caches is None else caches[i]
+            x = layer(x, memory, self_mask, cross_mask, cache, positions)
         return x if self.norm is None else self.norm(x)
 
 
@@ -223,16 +203,17 @@ class Transformer(nn.Module):
         d = cfg.d_model
         self.src_embed = nn.Embedding(cfg.src_vocab, d)
         self.tgt_embed = self.src_embed if cfg.share_embeddings else nn.Embedding(cfg.tgt_vocab, d)
-        self.src_pos: SinusoidalPositions | LearnedPositions
-        self.tgt_pos: SinusoidalPositions | LearnedPositions
+        # the table added to the input; None where self-attention takes positions instead
+        self.src_pos: SinusoidalPositions | LearnedPositions | None = None
+        self.tgt_pos: SinusoidalPositions | LearnedPositions | None = None
         if cfg.positional == "learned":
             self.src_pos = LearnedPositions(d, cfg.max_positions)
             self.tgt_pos = LearnedPositions(d, cfg.max_positions)
-        else:
+        elif cfg.positional == "sinusoidal":
             self.src_pos = self.tgt_pos = SinusoidalPositions(d, cfg.max_positions)
         self.embed_dropout = Dropout(cfg.dropout)
-        # section 3.4: embeddings are multiplied by sqrt(d_model), which brings them to
-        # the scale of the positional encodings they are added to
+        # section 3.4: embeddings are multiplied by sqrt(d_model), so that the token, not
+        # its position, makes up most of their sum (`model.embedding_init` sets the start)
         self.embed_scale = math.sqrt(d)
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
@@ -244,21 +225,29 @@ class Transformer(nn.Module):
         self._reset_parameters()
 
     def _reset_parameters(self) -> None:
-        """Xavier-uniform matrices, zero biases, LayerNorm at identity.
+        """Xavier-uniform matrices, zero biases, LayerNorm at identity; then the embeddings.
 
         The recipe of `torch.nn.Transformer` (fused Q/K/V projections initialised as
         one matrix), with biases zeroed as `torch.nn.MultiheadAttention` does.
-        Shared parameters are listed once, so they are initialised once.
+        Shared parameters are listed once, so they are initialised once. With
+        `model.embedding_init: normal`, the token embeddings (and a projection tied to
+        them) are then drawn from N(0, d_model^-0.5), as fairseq does: N(0, 1) after the
+        sqrt(d_model) scale, larger than the sinusoid's entries (std 0.71).
         """
         for name, p in self.named_parameters():
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
             elif name.endswith("bias"):
                 nn.init.zeros_(p)
+        if self.cfg.embedding_init == "normal":
+            shared = self.tgt_embed is self.src_embed
+            for embed in [self.src_embed] if shared else [self.src_embed, self.tgt_embed]:
+                nn.init.normal_(embed.weight, std=self.cfg.d_model**-0.5)
 
-    def _embed(self, ids: Tensor, embed: nn.Embedding, positions: Tensor) -> Tensor:
-        """Scaled token embeddings plus positional encodings, then dropout."""
-        return self.embed_dropout(embed(ids) * self.embed_scale + positions)
+    def _embed(self, ids: Tensor, embed: nn.Embedding, positions: Tensor | None) -> Tensor:
+        """Scaled token embeddings plus positional encodings (if added), then dropout."""
+        x = embed(ids) * self.embed_scale
+        return self.embed_dropout(x if positions is None else x + positions)
 
     def _check_length(self, end: int) -> None:
         if end > self.cfg.max_positions:
@@ -270,14 +259,16 @@ class Transformer(nn.Module):
     def embed_target(self, tgt_in: Tensor, offset: int = 0) -> Tensor:
         """Decoder input ids (B, T) at positions offset .. offset+T-1 -> (B, T, D)."""
         self._check_length(offset + tgt_in.size(1))
-        return self._embed(tgt_in, self.tgt_embed, self.tgt_pos(tgt_in.size(1), offset))
+        table = None if self.tgt_pos is None else self.tgt_pos(tgt_in.size(1), offset)
+        return self._embed(tgt_in, self.tgt_embed, table)
 
     def embed_target_at(self, tokens: Tensor, positions: Tensor) -> Tensor:
         """One token per row, each at its own position: (N,), (N,) -> (N, D).
 
         The caller keeps `positions` below `model.max_positions`.
         """
-        return self._embed(tokens, self.tgt_embed, self.tgt_pos.table[positions])
+        table = None if self.tgt_pos is None else self.tgt_pos.table[positions]
+        return self._embed(tokens, self.tgt_embed, table)
 
     def encode(self, src: Tensor) -> Tensor:
         """Encode source ids.
@@ -288,7 +279,8 @@ class Transformer(nn.Module):
             (B, S, D) memory; rows at pad positions are finite but meaningless.
         """
         self._check_length(src.size(1))
-        x = self._embed(src, self.src_embed, self.src_pos(src.size(1)))  # (B,S,D) + (S,D)
+        table = None if self.src_pos is None else self.src_pos(src.size(1))
+        x = self._embed(src, self.src_embed, table)  # (B,S,D) + (S,D)
         return self.encoder(x, padding_mask(src))
 
     def decode_hidden(self, tgt_in: Tensor, memory: Tensor, src: Tensor) -> Tensor:
