@@ -16,7 +16,7 @@
 # with a last.pt, and finished translations, are kept. Everything goes under WORK.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DATA=${DATA:?DATA=path/to/multi30k: the directory of Multi30k's task-1 files}
+DATA=${DATA:?DATA=path/to/multi30k: the directory of the Multi30k task-1 files}
 STUDY=${STUDY:?STUDY=init or STUDY=kinds}
 WORK=${WORK:-runs/positions}/$STUDY
 SEEDS=${SEEDS:-1 2}
@@ -38,7 +38,7 @@ run() {  # run NAME SETTINGS...: prepare, train, translate the test set; skip wh
   shift
   local sets=(--set "data.dir=$DATA" --set "run_dir=$WORK/$name" --set train.max_minutes=0 "$@")
   if [[ ! -f "$WORK/$name/checkpoints/last.pt" ]]; then
-    "$TFX" prepare --config "$CONFIG" "${sets[@]}" > "$WORK/log/$name.prepare.log"
+    "$TFX" prepare --config "$CONFIG" "${sets[@]}" > "$WORK/log/$name.prepare.log" 2>&1
     local started=$SECONDS
     "$TFX" train --config "$CONFIG" "${sets[@]}" > "$WORK/log/$name.train.log" \
       2> "$WORK/log/$name.train.err"
