@@ -102,6 +102,12 @@ def test_wrong_type_names_path_expected_type_and_value(section, key, value, expe
         ({"tokenizer": {"joint": False}}, "model.share_embeddings: needs a joint vocabulary"),
         ({"data": {"max_len": 2000}}, "model.max_positions: must be >= data.max_len + 2"),
         ({"data": {"source": "hub"}}, "data.hub_name: required when source is hub"),
+        (
+            {"model": {"positional": "rope", "d_model": 12, "heads": 4}},
+            "model.positional: rope rotates pairs of dimensions: the head size",
+        ),
+        ({"model": {"max_relative_distance": 0}}, "model.max_relative_distance: must be >= 1"),
+        ({"model": {"embedding_init": "kaiming"}}, "model.embedding_init: expected one of"),
     ],
 )
 def test_cross_field_and_range_rules(overrides, expected):

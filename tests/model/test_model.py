@@ -39,13 +39,22 @@ def cached_logits(model, tgt_in: Tensor, memory: Tensor, src: Tensor, cache: KVC
 PATHS = ["math", "sdpa"]
 
 
+KINDS = ("sinusoidal", "learned", "rope", "relative")  # model.positional
+
+
 @functools.cache
-def model_for(attention: str = "sdpa", norm: str = "post") -> Transformer:
-    """One float64 model per (path, norm), in eval mode; same weights on both paths."""
+def model_for(
+    attention: str = "sdpa", norm: str = "post", positional: str = "sinusoidal"
+) -> Transformer:
+    """One float64 model per (path, norm, positions), in eval mode; same weights on both paths.
+
+    `relative` uses max_relative_distance 3, so that the tests' lengths reach past it.
+    """
     torch.manual_seed(0)
-    model = Transformer(dataclasses.replace(CFG, norm=norm, attention="sdpa")).double().eval()
+    shape = dataclasses.replace(CFG, norm=norm, positional=positional, max_relative_distance=3)
+    model = Transformer(dataclasses.replace(shape, attention="sdpa")).double().eval()
     if attention != "sdpa":
-        other = Transformer(dataclasses.replace(CFG, norm=norm, attention=attention))
+        other = Transformer(dataclasses.replace(shape, attention=attention))
         other.double().eval().load_state_dict(model.state_dict())
         return other
     return model
@@ -153,16 +162,17 @@ def test_an_unknown_path_is_rejected():
 @settings(max_examples=20, deadline=None)
 @given(
     attention=st.sampled_from(PATHS),
+    positional=st.sampled_from(KINDS),
     lengths=st.lists(st.tuples(st.integers(1, 7), st.integers(1, 7)), min_size=1, max_size=3),
     extra_src=st.integers(0, 4),
     extra_tgt=st.integers(0, 4),
     seed=st.integers(0, 2**16),
 )
 @torch.no_grad()
-def test_padding_changes_no_real_output(attention, lengths, extra_src, extra_tgt, seed):
+def test_padding_changes_no_real_output(attention, positional, lengths, extra_src, extra_tgt, seed):
     """Each sentence alone == the same sentence in a batch with any amount of padding."""
     src_lens, tgt_lens = (list(side) for side in zip(*lengths, strict=True))
-    model = model_for(attention)
+    model = model_for(attention, positional=positional)
     src = batch(src_lens, max(src_lens) + extra_src, seed)
     tgt = batch(tgt_lens, max(tgt_lens) + extra_tgt, seed + 1)
     logits = model(src, tgt)
@@ -205,11 +215,12 @@ def test_changing_target_token_t_leaves_earlier_logits_unchanged(attention):
 # ----------------------------------------------------------------------------- KV cache
 
 
+@pytest.mark.parametrize("positional", KINDS)
 @pytest.mark.parametrize("norm", ["post", "pre"])
 @pytest.mark.parametrize("attention", PATHS)
 @torch.no_grad()
-def test_cached_decoding_equals_full_decoding(attention, norm):
-    model = model_for(attention, norm)
+def test_cached_decoding_equals_full_decoding(attention, norm, positional):
+    model = model_for(attention, norm, positional)
     src, tgt = batch([5, 2, 7], seed=7), batch([6, 6, 6], seed=8)
     memory = model.encode(src)
     full = model.decode(tgt, memory, src)
@@ -223,11 +234,14 @@ def test_cached_decoding_equals_full_decoding(attention, norm):
     torch.testing.assert_close(torch.cat(steps, dim=1), full)
 
 
+@pytest.mark.parametrize("positional", KINDS)
 @pytest.mark.parametrize("attention", PATHS)
 @torch.no_grad()
-def test_cached_decoding_after_select_equals_full_decoding_of_the_selected_rows(attention):
+def test_cached_decoding_after_select_equals_full_decoding_of_the_selected_rows(
+    attention, positional
+):
     """Beam search reorders and duplicates rows; greedy search drops finished ones."""
-    model = model_for(attention)
+    model = model_for(attention, positional=positional)
     src, tgt = batch([5, 2, 7, 4], seed=9), batch([7, 7, 7, 7], seed=10)
     memory = model.encode(src)
     cache = KVCache.for_model(model)
@@ -269,8 +283,9 @@ def test_reordering_within_sentences_may_leave_the_source_state_alone():
 
 
 @torch.no_grad()
-def test_cached_decoding_accepts_several_tokens_at_once():
-    model = model_for()
+@pytest.mark.parametrize("positional", KINDS)
+def test_cached_decoding_accepts_several_tokens_at_once(positional):
+    model = model_for(positional=positional)
     src, tgt = batch([5, 3], seed=11), batch([6, 6], seed=12)
     memory = model.encode(src)
     cache = KVCache.for_model(model)
@@ -352,6 +367,7 @@ def run_slots(model, sources: list[Tensor], targets: list[Tensor], slots: int) -
 @pytest.mark.parametrize("attention", PATHS)
 @settings(max_examples=15, deadline=None)
 @given(
+    positional=st.sampled_from(KINDS),
     src_lengths=st.lists(st.integers(1, 9), min_size=1, max_size=7),
     tgt_lengths=st.data(),
     slots=st.integers(1, 4),
@@ -359,10 +375,10 @@ def run_slots(model, sources: list[Tensor], targets: list[Tensor], slots: int) -
 )
 @torch.no_grad()
 def test_slot_decoding_equals_full_decoding_whenever_sentences_start(
-    attention, norm, src_lengths, tgt_lengths, slots, seed
+    attention, norm, positional, src_lengths, tgt_lengths, slots, seed
 ):
     """Each slot at its own position gives the logits of decoding its sentence alone."""
-    model = model_for(attention, norm)
+    model = model_for(attention, norm, positional)
     n = len(src_lengths)
     lengths = tgt_lengths.draw(st.lists(st.integers(1, 20), min_size=n, max_size=n))
     gen = torch.Generator().manual_seed(seed)
@@ -549,6 +565,25 @@ def test_initialisation_xavier_matrices_zero_biases():
     assert w.abs().max() <= bound
     assert w.abs().max() > 0.9 * bound
     assert all((p == 0).all() for n, p in model.named_parameters() if n.endswith("bias"))
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_normal_embedding_init_is_unit_scale_after_sqrt_d(share):
+    """embedding_init normal: N(0, 1/d), so sqrt(d) * E has std 1; other matrices stay
+    Xavier. With xavier, sqrt(d) * E is far smaller than the sinusoid's entries."""
+    d, vocab = 64, 4000
+    shape = dict(d_model=d, d_ff=128, src_vocab=vocab, tgt_vocab=vocab, share_embeddings=share)
+    torch.manual_seed(0)
+    normal = Transformer(dataclasses.replace(CFG, **shape, embedding_init="normal"))
+    torch.manual_seed(0)
+    xavier = Transformer(dataclasses.replace(CFG, **shape))
+    for embed in (normal.src_embed, normal.tgt_embed):
+        assert (embed.weight * math.sqrt(d)).std().item() == pytest.approx(1.0, abs=0.02)
+    assert normal.out_proj.weight is normal.tgt_embed.weight  # tied: the same matrix
+    assert (xavier.src_embed.weight * math.sqrt(d)).std().item() < 0.2
+    w, ref = normal.encoder.layers[0].ff[0].weight, xavier.encoder.layers[0].ff[0].weight
+    assert w.abs().max() <= math.sqrt(6 / sum(w.shape))
+    assert ref.abs().max() <= math.sqrt(6 / sum(ref.shape))
 
 
 # ----------------------------------------------------------------------------- dropout
