@@ -19,10 +19,11 @@ CFG = tiny_model_config()
 V = CFG.tgt_vocab
 
 
-def model_for(attention: str, norm: str = "post") -> Transformer:
+def model_for(attention: str, norm: str = "post", positional: str = "sinusoidal") -> Transformer:
     """A float64 model in eval mode; the same weights whatever the path."""
     torch.manual_seed(0)
-    return Transformer(dataclasses.replace(CFG, attention=attention, norm=norm)).double().eval()
+    cfg = dataclasses.replace(CFG, attention=attention, norm=norm, positional=positional)
+    return Transformer(cfg).double().eval()
 
 
 def snapshot(model: torch.nn.Module) -> list:
@@ -40,9 +41,10 @@ def snapshot(model: torch.nn.Module) -> list:
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("positional", ["sinusoidal", "rope", "relative"])
 @pytest.mark.parametrize("attention", ["sdpa", "math"])
-def test_recorded_attention_is_the_math_path_and_its_rows_are_distributions(attention):
-    model, math = model_for(attention), model_for("math")
+def test_recorded_attention_is_the_math_path_and_its_rows_are_distributions(attention, positional):
+    model, math = model_for(attention, positional=positional), model_for("math", "post", positional)
     src, tgt = padded([5, 3], V, seed=19), padded([4, 2], V, seed=20)
     with recorded_attention(model) as weights:
         got = model(src, tgt)

@@ -166,10 +166,11 @@ def test_without_residuals_the_deep_decoder_loses_its_gradient(norm):
     assert not any("forward" in vars(m) for m in model.modules())  # the layers' own again
 
 
+@pytest.mark.parametrize("positional", ["sinusoidal", "rope", "relative"])
 @pytest.mark.parametrize("norm", ["post", "pre"])
-def test_removing_the_residuals_removes_exactly_the_x_term(norm):
+def test_removing_the_residuals_removes_exactly_the_x_term(norm, positional):
     torch.manual_seed(0)
-    model = Transformer(tiny_model_config(norm=norm)).eval()
+    model = Transformer(tiny_model_config(norm=norm, positional=positional)).eval()
     layer = model.encoder.layers[0]
     x = torch.randn(2, 5, layer.norm1.normalized_shape[0])
     mask = torch.ones(2, 1, 1, 5, dtype=torch.bool)
@@ -188,10 +189,11 @@ def test_removing_the_residuals_removes_exactly_the_x_term(norm):
         torch.testing.assert_close(layer(x, mask), expected_with)
 
 
+@pytest.mark.parametrize("positional", ["sinusoidal", "rope", "relative"])
 @pytest.mark.parametrize("norm", ["post", "pre"])
-def test_removing_the_residuals_removes_exactly_the_decoders_x_terms(norm):
+def test_removing_the_residuals_removes_exactly_the_decoders_x_terms(norm, positional):
     torch.manual_seed(0)
-    model = Transformer(tiny_model_config(norm=norm)).eval()
+    model = Transformer(tiny_model_config(norm=norm, positional=positional)).eval()
     layer = model.decoder.layers[0]
     x, memory = torch.randn(2, 4, model.cfg.d_model), torch.randn(2, 5, model.cfg.d_model)
     self_mask = torch.ones(4, 4, dtype=torch.bool).tril()

@@ -142,4 +142,5 @@ def test_a_checkpoint_from_before_the_choice_loads_as_sinusoidal(tmp_path, toy_p
     save_checkpoint(tmp_path / "old.pt", state)
     model, _, loaded = load_model(tmp_path / "old.pt", torch.device("cpu"))
     assert loaded.model.positional == "sinusoidal" == cfg.model.positional
-    assert model.src_pos is not None and model.encoder.layers[0].self_attn.rotary is None
+    assert model.src_pos is not None
+    assert model.encoder.layers[0].self_attn.rotary is None

@@ -111,8 +111,9 @@ def recorded_attention(model) -> Iterator[dict]:
 
     def keep(attention):
         def hook(core, args, _fused):
-            q, k, v, mask = args
-            out, probs = attend_math(q, k, v, mask, core.dropout if core.training else 0.0)
+            q, k, v, mask, *relative = args  # Shaw's terms, where model.positional is relative
+            dropout = core.dropout if core.training else 0.0
+            out, probs = attend_math(q, k, v, mask, dropout, *relative)
             weights[attention] = probs.detach()
             return out  # the math path's output replaces the configured path's
 

@@ -64,24 +64,26 @@ def token_spread(model, src) -> float:
     return sum(spreads) / len(spreads) if spreads else 0.0
 
 
-def encoder_layer_without_residual(layer, x, mask):
+def encoder_layer_without_residual(layer, x, mask, positions=None):
     """`EncoderLayer.forward` with the x of every x + Sublayer(x) removed: (B, S, D)."""
     drop = layer.dropout
     if layer.pre_norm:
-        x = drop(layer.self_attn(layer.norm1(x), mask))
+        x = drop(layer.self_attn(layer.norm1(x), mask, None, positions))
         return drop(layer.ff(layer.norm2(x)))
-    x = layer.norm1(drop(layer.self_attn(x, mask)))
+    x = layer.norm1(drop(layer.self_attn(x, mask, None, positions)))
     return layer.norm2(drop(layer.ff(x)))
 
 
-def decoder_layer_without_residual(layer, x, memory, self_mask, cross_mask, cache=None):
+def decoder_layer_without_residual(
+    layer, x, memory, self_mask, cross_mask, cache=None, positions=None
+):
     """`DecoderLayer.forward` with the x of every x + Sublayer(x) removed: (B, T, D)."""
     drop = layer.dropout
     if layer.pre_norm:
-        x = drop(layer.self_attn(layer.norm1(x), self_mask, cache))
+        x = drop(layer.self_attn(layer.norm1(x), self_mask, cache, positions))
         x = drop(layer.cross_attn(layer.norm2(x), memory, cross_mask, cache))
         return drop(layer.ff(layer.norm3(x)))
-    x = layer.norm1(drop(layer.self_attn(x, self_mask, cache)))
+    x = layer.norm1(drop(layer.self_attn(x, self_mask, cache, positions)))
     x = layer.norm2(drop(layer.cross_attn(x, memory, cross_mask, cache)))
     return layer.norm3(drop(layer.ff(x)))
 
