@@ -159,6 +159,9 @@ SHAPES = {
         "share_embeddings": False,
         "tie_output": False,
     },
+    "rope": {"norm": "pre", "positional": "rope"},
+    # a distance shorter than the toy sentences, so that clipping is exercised
+    "relative": {"norm": "post", "positional": "relative", "max_relative_distance": 3},
 }
 _TRAINED: dict[str, Path] = {}
 

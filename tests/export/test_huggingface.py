@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_one_line_error, cli, trained_tiny
+from helpers import SHAPES, assert_one_line_error, cli, trained_tiny
 
 from transformer_cli.core.specials import BOS_ID, EOS_ID, PAD_ID
 from transformer_cli.data import store
@@ -122,8 +122,12 @@ def test_the_translation_pipeline_prints_tfxs_greedy_lines(
         assert " ".join(got.split()) == " ".join(want.split()), line
 
 
-def test_what_would_translate_differently_is_refused(tmp_path, tmp_path_factory, toy_pairs):
-    checkpoint = trained_tiny(tmp_path_factory, toy_pairs, "separate-learned")
+@pytest.mark.parametrize("shape", ["separate-learned", "rope", "relative"])
+def test_what_would_translate_differently_is_refused(tmp_path, tmp_path_factory, toy_pairs, shape):
+    checkpoint = trained_tiny(tmp_path_factory, toy_pairs, shape)
     refused = cli("export", checkpoint, tmp_path / "hf", "--to", "huggingface")
-    assert_one_line_error(refused, "cannot export to huggingface exactly: learned positions")
+    kind = SHAPES[shape]["positional"]
+    assert_one_line_error(
+        refused, f"cannot export to huggingface exactly: model.positional is {kind}"
+    )
     assert not (tmp_path / "hf").exists()  # nothing written

@@ -115,14 +115,28 @@ def write_model(
     }
 
 
+def position_options(positional: str) -> dict:
+    """CTranslate2's spec options for `model.positional` (both stacks take the same).
+
+    rope: rotary over the whole head (`rotary_dim` 0), pairs (2i, 2i+1) as tfx rotates
+    them (`rotary_interleave`), base 10000, in self-attention only; relative: Shaw's
+    key and value vectors in self-attention (`relative_position`).
+    """
+    if positional == "rope":
+        return {"rotary_dim": 0, "rotary_interleave": True, "rotary_base": 10000}
+    if positional == "relative":
+        return {"relative_position": True}
+    return {}
+
+
 def build_spec(ctranslate2: Any, model: Transformer) -> Any:
     """The TransformerSpec of `model`, its weights set."""
     specs, cfg = ctranslate2.specs, model.cfg
-    pre = cfg.norm == "pre"
-    encoder = specs.TransformerEncoderSpec(cfg.enc_layers, cfg.heads, pre_norm=pre)
-    decoder = specs.TransformerDecoderSpec(cfg.dec_layers, cfg.heads, pre_norm=pre)
-    _set_inputs(encoder, model.src_embed, model.src_pos.table)
-    _set_inputs(decoder, model.tgt_embed, model.tgt_pos.table)
+    pre, options = cfg.norm == "pre", position_options(cfg.positional)
+    encoder = specs.TransformerEncoderSpec(cfg.enc_layers, cfg.heads, pre_norm=pre, **options)
+    decoder = specs.TransformerDecoderSpec(cfg.dec_layers, cfg.heads, pre_norm=pre, **options)
+    _set_inputs(encoder, model.src_embed, model.src_pos, cfg.max_positions)
+    _set_inputs(decoder, model.tgt_embed, model.tgt_pos, cfg.max_positions)
     enc_layers = cast("list[EncoderLayer]", list(model.encoder.layers))
     dec_layers = cast("list[DecoderLayer]", list(model.decoder.layers))
     for layer_spec, layer in zip(encoder.layer, enc_layers, strict=True):
@@ -147,18 +161,31 @@ def _array(t: torch.Tensor) -> Any:
     return t.detach().float().cpu().numpy().copy()
 
 
-def _set_inputs(spec: Any, embed: torch.nn.Embedding, table: torch.Tensor) -> None:
-    """Token embeddings (scaled by sqrt(d_model) inside CTranslate2) and tfx's positions."""
+def _set_inputs(spec: Any, embed: torch.nn.Embedding, positions: Any, max_positions: int) -> None:
+    """Token embeddings (scaled by sqrt(d_model) inside CTranslate2) and tfx's positions.
+
+    Where tfx adds no table (rope, relative) but the spec still has one to fill (the
+    encoder's under rotary), it gets zeros: adding them changes nothing.
+    """
     embeddings = spec.embeddings[0] if isinstance(spec.embeddings, list) else spec.embeddings
     embeddings.weight = _array(embed.weight)
     spec.scale_embeddings = True
-    spec.position_encodings.encodings = _array(table)
+    if getattr(spec, "position_encodings", None) is not None:
+        table = positions.table if positions is not None else None
+        if table is None:
+            table = torch.zeros(max_positions, embed.weight.size(1))
+        spec.position_encodings.encodings = _array(table)
 
 
 def _set_attention(spec: Any, inputs: list[torch.nn.Linear], attention: Any) -> None:
-    """The input projections in CTranslate2's order, then the output projection."""
+    """The input projections in CTranslate2's order, then the output projection; and
+    Shaw's vectors, rows by offset -k .. k as CTranslate2 reads them, where present."""
     for linear_spec, linear in zip(spec.linear, [*inputs, attention.out_proj], strict=True):
         _set_linear(linear_spec, linear)
+    relative = getattr(attention, "relative", None)
+    if relative is not None:
+        spec.relative_position_keys = _array(relative.keys)
+        spec.relative_position_values = _array(relative.values)
 
 
 def _set_linear(spec: Any, linear: torch.nn.Linear) -> None:

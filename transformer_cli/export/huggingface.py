@@ -73,7 +73,10 @@ def refusal(model: Transformer, tokenizer: Tokenizer) -> str:
     """Why this model cannot be exported exactly ("" if it can)."""
     cfg = model.cfg
     if cfg.positional != "sinusoidal":
-        return "learned positions: MarianMT and Pegasus compute sinusoidal positions, load none"
+        return (
+            f"model.positional is {cfg.positional}: MarianMT and Pegasus add sinusoidal "
+            "positions at the input, and have no other kind"
+        )
     if not tokenizer.joint:
         return "separate vocabularies: one Hugging Face tokenizer encodes and decodes both sides"
     if not cfg.share_embeddings:
