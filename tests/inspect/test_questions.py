@@ -18,7 +18,6 @@ from helpers import assert_one_line_error, assert_png, cli, make_tiny_run, tiny_
 
 from transformer_cli.core.config import to_dict
 from transformer_cli.core.config_file import load_config
-from transformer_cli.core.errors import ConfigError
 from transformer_cli.core.specials import PAD_ID
 from transformer_cli.inspect import reference as ref_view
 from transformer_cli.inspect.batch import the_batch
@@ -26,6 +25,7 @@ from transformer_cli.inspect.norm import first_layer_input, norm_statistics
 from transformer_cli.inspect.relative import (
     TOEPLITZ_TOLERANCE,
     diagonal_spread,
+    format_trained_positions,
     projected_dots,
     trained_positions_view,
 )
@@ -269,10 +269,47 @@ def test_positions_with_a_checkpoint(run, tmp_path):
     assert_png(plot)
 
 
-def test_positions_view_refuses_learned_positions():
-    model = Transformer(tiny_model_config(positional="learned"))
-    with pytest.raises(ConfigError, match="learned"):
-        trained_positions_view(model, 10, "m.pt")
+@pytest.mark.parametrize(
+    ("positional", "toeplitz"),
+    [("sinusoidal", False), ("learned", False), ("rope", True), ("relative", True)],
+)
+def test_positions_view_shows_which_kinds_keep_the_offset_after_the_projections(
+    positional, toeplitz
+):
+    torch.manual_seed(0)
+    model = Transformer(tiny_model_config(positional=positional, max_relative_distance=3))
+    view = trained_positions_view(model, 12, "m.pt")
+    assert len(view["head_spreads"]) == model.cfg.heads
+    if toeplitz:
+        assert max(view["head_spreads"]) < TOEPLITZ_TOLERANCE
+    else:
+        assert min(view["head_spreads"]) > 1e-3
+    assert min(view["sinusoid_head_spreads"]) > 1e-3  # the same W_q, W_k mix sinusoids
+    assert (view["position_norm"] is None) == toeplitz  # nothing added to the input
+    assert positional in format_trained_positions(view)
+
+
+def test_the_toeplitz_verdict_of_rope_can_fail():
+    """The rope view's Toeplitz verdict can fail: rotate with a wrong table, and it does."""
+    torch.manual_seed(0)
+    model = Transformer(tiny_model_config(positional="rope"))
+    for layer in model.encoder.layers:
+        layer.self_attn.rotary.cos[5:] = 1.0  # positions 5.. no longer rotate
+        layer.self_attn.rotary.sin[5:] = 0.0
+    assert min(trained_positions_view(model, 12, "m.pt")["head_spreads"]) > 1e-3
+
+
+@pytest.mark.parametrize("init", ["xavier", "normal"])
+def test_positions_view_measures_the_embedding_scale_at_initialisation(init):
+    d = 64
+    cfg = tiny_model_config(d_model=d, src_vocab=3000, tgt_vocab=3000, embedding_init=init)
+    view = trained_positions_view(Transformer(cfg), 12, "m.pt")
+    token, position = view["initial"]["embedding_norm"], view["initial"]["position_norm"]
+    assert position == pytest.approx(math.sqrt(d / 2), rel=1e-6)
+    if init == "normal":  # N(0, 1/d) * sqrt(d): entries of std 1, norm ~ sqrt(d)
+        assert token == pytest.approx(math.sqrt(d), rel=0.05)
+    else:  # Xavier at 3000 x 64: std sqrt(2 / 3064) * sqrt(d) ~ 0.2, below the sinusoid's
+        assert token < 0.5 * position
 
 
 # ----------------------------------------------------------------------------- decoding

@@ -112,8 +112,10 @@ def positions_command(
 ) -> None:
     """The sinusoidal positional encoding, and a check that PE(pos+k) = M_k PE(pos).
 
-    With --checkpoint: PE(pos).PE(pos+k) depends on k only, but after the trained W_q
-    and W_k it no longer does; and sqrt(d_model) * embedding against the encoding.
+    With --checkpoint: whether the position part of a trained layer's scores depends on
+    the offset alone. For sinusoidal and learned tables it does not after W_q and W_k;
+    for rope and relative it does, by construction. And sqrt(d_model) * embedding
+    against the position vector, trained and at initialisation.
     """
     if checkpoint is not None:
         return _trained_positions(checkpoint, length, layer, tuple(k or ()), plot, json_)

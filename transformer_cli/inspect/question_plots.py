@@ -60,21 +60,25 @@ def plot_residual(view: dict, path: str | Path) -> Path:
 
 def plot_relative(view: dict, path: str | Path) -> Path:
     """The raw dot-product matrix beside up to three heads' projected ones."""
-    shown = view["heads"][:3]
+    from transformer_cli.inspect.relative import SCORES
+
+    shown, kind = view["heads"][:3], view["positional"]
     fig, axes = _pyplot().subplots(1, 1 + len(shown), figsize=(4.6 * (1 + len(shown)), 4.4))
-    panels = [("PE(pos) . PE(pos')", view["raw"], view["raw_spread"])]
+    added = kind in ("sinusoidal", "learned")
+    raw = "PE(pos) . PE(pos')" if added else "the sinusoid (not added): PE(pos) . PE(pos')"
+    panels = [(raw, view["raw"], view["raw_spread"])]
     panels += [
-        (f"head {h}: (PE W_q)(PE W_k)^T / sqrt(d_k)", m, view["head_spreads"][h])
-        for h, m in enumerate(shown)
+        (f"head {h}: {SCORES[kind]}", m, view["head_spreads"][h]) for h, m in enumerate(shown)
     ]
     for ax, (title, matrix, spread) in zip(axes, panels, strict=True):
         image = ax.imshow(matrix, cmap="RdBu_r", interpolation="nearest")
         fig.colorbar(image, ax=ax, shrink=0.8)
         ax.set(xlabel="position pos'", ylabel="position pos", title=f"{title}\nspread {spread:.1e}")
         ax.title.set_fontsize(9)
+    ending = "projected ones are not" if added else f"so are {kind}'s scores, in every head"
     fig.suptitle(
         f"{view['source']}: raw encodings are constant along diagonals (a function of "
-        "pos' - pos); projected ones are not",
+        f"pos' - pos); {ending}",
         fontsize=10,
     )
     fig.tight_layout()

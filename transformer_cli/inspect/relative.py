@@ -15,7 +15,7 @@ import math
 
 from transformer_cli.core.errors import ConfigError
 
-TOEPLITZ_TOLERANCE = 1e-6  # relative spread of float32 rounding is ~1e-8
+TOEPLITZ_TOLERANCE = 1e-6  # float32 rounding: ~1e-8 for the tables, ~3e-7 for rope
 
 
 def diagonal_spread(matrix) -> float:
@@ -53,17 +53,63 @@ def projected_dots(table, w_q, w_k, heads: int) -> list:
     return list(q @ k.transpose(1, 2) / math.sqrt(d_k))  # H x (L, L)
 
 
-def trained_positions_view(model, length: int, source: str, layer: int = 0) -> dict:
-    """The raw dot products, the ones projected by encoder layer `layer`'s W_q and W_k,
-    and the embeddings' scale, of a model."""
+CONTENT_SEED = 0  # the fixed content vector placed at every position (rope, relative)
+
+
+def position_scores(model, layer: int, length: int) -> list:
+    """Per head, the position part of encoder layer `layer`'s scores, (L, L) each.
+
+    sinusoidal, learned: (P W_q^h)(P W_k^h)^T / sqrt(d_k), P the table the model adds.
+    rope, relative: no table is added, so place one content vector c at every position
+    and score it against itself: rope (R(m) W_q^h c) . (R(n) W_k^h c) / sqrt(d_k);
+    relative, the term Shaw add, (W_q^h c) . a^K(clip(n - m)) / sqrt(d_k). Weights only,
+    as for the tables (the biases add terms linear in one position).
+    """
     import torch
 
+    from transformer_cli.model.positions import Positions
+
+    cfg, d = model.cfg, model.cfg.d_model
+    attn = model.encoder.layers[layer].self_attn
+    w = attn.in_proj.weight.double()  # (3D, D): q, k, v
+    if model.src_pos is not None:
+        return projected_dots(model.src_pos(length).double(), w[:d], w[d : 2 * d], cfg.heads)
+    g = torch.Generator().manual_seed(CONTENT_SEED)
+    c = torch.randn(d, generator=g, dtype=torch.float64).expand(length, d)  # (L, D)
+    d_k = d // cfg.heads
+    q = (c @ w[:d].T).view(length, cfg.heads, d_k).transpose(0, 1)  # (L, D) -> (H, L, K)
+    k = (c @ w[d : 2 * d].T).view(length, cfg.heads, d_k).transpose(0, 1)
+    where = Positions.span(0, length)
+    if attn.rotary is not None:
+        q, k = attn.rotary(q[None], where.query)[0], attn.rotary(k[None], where.query)[0]
+        scores = q @ k.transpose(1, 2)  # (H, L, L)
+    else:
+        terms = attn.relative(where)
+        empty = torch.zeros(1, cfg.heads, length, length, dtype=torch.float64)
+        scores = terms.key_scores(q[None], empty)[0].double()  # (H, L, L)
+    return list(scores / math.sqrt(d_k))
+
+
+def embedding_scale(model) -> dict:
+    """Mean |sqrt(d_model) * embedding| over the vocabulary, and mean |position vector|."""
+    scaled = model.src_embed.weight.double() * model.embed_scale  # (V, D)
+    table = None if model.src_pos is None else model.src_pos.table.double()
+    return {
+        "embedding_norm": scaled.norm(dim=-1).mean().item(),
+        "position_norm": None if table is None else table.norm(dim=-1).mean().item(),
+    }
+
+
+def trained_positions_view(model, length: int, source: str, layer: int = 0) -> dict:
+    """The position part of encoder layer `layer`'s scores, head by head, beside the
+    sinusoidal table through the same W_q and W_k; and the embeddings' scale, trained and
+    at initialisation (a fresh model of the same config)."""
+    import torch
+
+    from transformer_cli.model.positions import sinusoidal_table
+    from transformer_cli.model.transformer import Transformer
+
     cfg = model.cfg
-    if cfg.positional != "sinusoidal":
-        raise ConfigError(
-            f"{source}: model.positional is {cfg.positional}; this view is about the "
-            "sinusoidal encoding"
-        )
     layers = cfg.enc_layers
     if not 0 <= layer < layers:
         raise ConfigError(f"--layer {layer}: the encoder has {layers} layers (0..{layers - 1})")
@@ -72,13 +118,18 @@ def trained_positions_view(model, length: int, source: str, layer: int = 0) -> d
     length = min(length, cfg.max_positions)
     d = cfg.d_model
     with torch.no_grad():
-        pe = model.src_pos(length).double()  # (L, D), the table the model adds
-        raw = pe @ pe.T  # (L, L)
-        w = model.encoder.layers[layer].self_attn.in_proj.weight.double()  # (3D, D): q, k, v
-        heads = projected_dots(pe, w[:d], w[d : 2 * d], cfg.heads)
-        scaled = model.src_embed.weight.double() * model.embed_scale  # (V, D)
+        pe = sinusoidal_table(length, d).double()  # (L, D)
+        raw = pe @ pe.T if model.src_pos is None else model.src_pos(length).double()
+        raw = raw if model.src_pos is None else raw @ raw.T  # (L, L)
+        heads = position_scores(model, layer, length)
+        w = model.encoder.layers[layer].self_attn.in_proj.weight.double()
+        sinusoid = projected_dots(pe, w[:d], w[d : 2 * d], cfg.heads)
+        torch.manual_seed(0)
+        initial = embedding_scale(Transformer(cfg))
+        trained = embedding_scale(model)
     return {
         "source": source,
+        "positional": cfg.positional,
         "length": length,
         "layer": layer,
         "d_model": d,
@@ -86,34 +137,79 @@ def trained_positions_view(model, length: int, source: str, layer: int = 0) -> d
         "raw_spread": diagonal_spread(raw),
         "heads": [h.tolist() for h in heads],
         "head_spreads": [diagonal_spread(h) for h in heads],
+        "sinusoid_head_spreads": [diagonal_spread(h) for h in sinusoid],
         "embed_scale": model.embed_scale,
-        "embedding_norm": scaled.norm(dim=-1).mean().item(),  # mean over the vocabulary
-        "position_norm": pe.norm(dim=-1).mean().item(),  # sqrt(D / 2) for every position
+        "embedding_init": cfg.embedding_init,
+        **trained,
+        "initial": initial,
     }
+
+
+SCORES = {
+    "sinusoidal": "(PE W_q)(PE W_k)^T / sqrt(d_k)",
+    "learned": "(P W_q)(P W_k)^T / sqrt(d_k), P learned",
+    "rope": "(R(m) W_q c) . (R(n) W_k c) / sqrt(d_k)",
+    "relative": "(W_q c) . a^K(clip(n - m)) / sqrt(d_k)",
+}
+READING = {
+    "sinusoidal": "after the projections the scores depend on where the pair is, not only "
+    "on k: W_q W_k^T mixes the sin/cos pairs that made the raw product shift-invariant",
+    "learned": "a learned table need not be shift-invariant even before the projections",
+    "rope": "the rotation comes after W_q and W_k, and R(m)^T R(n) = R(n - m): the scores "
+    "depend on the offset alone in every head, whatever the weights learned",
+    "relative": "the offset's vector is looked up inside attention, after W_q: a function "
+    "of clip(n - m, -k, k) alone in every head; beyond +-k one vector serves all",
+}
+
+
+def _verdict(spread: float) -> str:
+    return "a function of k only" if spread < TOEPLITZ_TOLERANCE else "NOT Toeplitz"
 
 
 def format_trained_positions(view: dict) -> str:
     """The trained part of `tfx inspect positions --checkpoint` as text."""
-    raw = view["raw_spread"]
+    kind, raw = view["positional"], view["raw_spread"]
+    added = kind in ("sinusoidal", "learned")
+    what = (
+        "PE(pos) . PE(pos+k), the raw encodings"
+        if added
+        else "nothing is added to the input; the sinusoid's PE . PE"
+    )
     out = [
-        f"relative position in {view['source']}, positions 0..{view['length'] - 1}",
+        f"relative position in {view['source']}, positions 0..{view['length'] - 1}, "
+        f"model.positional: {kind}",
         "  spread = the largest range along any diagonal / the largest entry (0 = the "
         "matrix depends on the offset k alone)",
-        f"  PE(pos) . PE(pos+k), the raw encodings:          spread {raw:.1e}  "
-        f"({'a function of k only' if raw < TOEPLITZ_TOLERANCE else 'NOT Toeplitz'})",
+        f"  {what}: spread {raw:.1e} ({_verdict(raw)})",
     ]
+    if not added:
+        out.append("  c: one fixed content vector at every position, scored against itself")
+    side = kind != "sinusoidal"
+    out.append(
+        f"  encoder layer {view['layer']}, {SCORES[kind]}"
+        + (";  beside it: the sinusoid through the same W_q, W_k" if side else "")
+    )
     for h, s in enumerate(view["head_spreads"]):
-        out.append(
-            f"  (PE W_q)(PE W_k)^T / sqrt(d_k), encoder layer {view['layer']} head {h}: "
-            f"spread {s:.3f}"
-        )
-    out += [
-        "  after the projections the scores depend on where the pair is, not only on k: "
-        "W_q W_k^T mixes the sin/cos pairs that made the raw product shift-invariant",
-        "",
-        f"scale: |sqrt(d_model) * embedding| = {view['embedding_norm']:.2f} on average over "
-        f"the vocabulary (sqrt(d_model) = {view['embed_scale']:.2f}), |PE(pos)| = "
-        f"{view['position_norm']:.2f} = sqrt(d_model / 2) at every position: the token "
-        f"carries {view['embedding_norm'] / view['position_norm']:.2f}x the position's size",
-    ]
+        row = f"    head {h}: spread {s:.1e} ({_verdict(s)})"
+        if side:
+            row = f"{row:<48}  sinusoid: spread {view['sinusoid_head_spreads'][h]:.3f}"
+        out.append(row)
+    out += [f"  {READING[kind]}", "", _scale_text(view)]
     return "\n".join(out)
+
+
+def _scale_text(view: dict) -> str:
+    """|sqrt(d) E| against |PE|, trained and at initialisation."""
+    e, e0 = view["embedding_norm"], view["initial"]["embedding_norm"]
+    head = (
+        f"scale: |sqrt(d_model) * embedding| = {e:.2f} on average over the vocabulary, "
+        f"{e0:.2f} at initialisation (model.embedding_init: {view['embedding_init']}; "
+        f"sqrt(d_model) = {view['embed_scale']:.2f})"
+    )
+    p, p0 = view["position_norm"], view["initial"]["position_norm"]
+    if p is None:
+        return f"{head}\n  no position vector is added: the input is the token alone"
+    return (
+        f"{head}\n  |position vector| = {p:.2f} ({p0:.2f} at initialisation): the token "
+        f"carries {e / p:.2f}x the position's size ({e0 / p0:.2f}x at initialisation)"
+    )
