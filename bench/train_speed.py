@@ -4,7 +4,8 @@
         --set run_dir=runs/multi30k_de_en --variants fp32,bf16 --steps 20 --rounds 2
 
 The run dir must be prepared (`tfx prepare`). Each variant
-(precision[+compile][+math|+sdpa][+unfused][+prefetch][+cudnn][+glibc]) runs the real training step
+(precision[+compile][+math|+sdpa][+unfused][+prefetch][+cudnn][+glibc]
+[+learned|+rope|+relative]: model.positional, sinusoidal without) runs the real training step
 (`training/step.py: train_step`) on the run's own batches in a fresh subprocess, so that peak memory
 is its own, under the malloc `tfx train` would use (jemalloc where installed, see
 `transformer_cli/allocator.py`; +glibc keeps the system's); variants alternate over
@@ -142,6 +143,8 @@ def worker(args) -> dict:
     overrides += ["model.attention=sdpa"] if "sdpa" in flags else []
     overrides += ["train.fused_loss=false"] if "unfused" in flags else []
     overrides += ["train.prefetch=always"] if "prefetch" in flags else []
+    kinds = [k for k in ("learned", "rope", "relative") if k in flags]
+    overrides += [f"model.positional={k}" for k in kinds]  # sinusoidal, the default, else
     if "cudnn" in flags:  # SDPA may also pick cuDNN's kernel on CUDA (torch's default)
         from transformer_cli.fast import sdpa
 
