@@ -25,6 +25,7 @@ from transformer_cli.data.tokenizer import Tokenizer
 
 DATA = Path(os.environ.get("DATA", "../shared/data/multi30k"))
 BUCKETS = (("<= 20", 0, 20), ("21-30", 21, 30), ("> 30", 31, 10**9))
+ORDER = ("xavier", "normal", "sinusoidal", "learned", "rope", "relative")  # the tables' rows
 
 
 def read_lines(stem: str) -> list[str]:
@@ -72,7 +73,10 @@ def run_row(work: Path, name: str, refs: list[str], lengths: list[int] | None) -
 def main() -> None:
     study = sys.argv[1]
     work = Path(sys.argv[2] if len(sys.argv) > 2 else f"runs/positions/{study}")
-    names = sorted(p.name for p in work.iterdir() if (p / "metrics.jsonl").exists())
+    names = sorted(
+        (p.name for p in work.iterdir() if (p / "metrics.jsonl").exists()),
+        key=lambda name: (ORDER.index(name.rpartition("_seed")[0]), name),
+    )
     refs = read_lines("test_2016_flickr.en")
     lengths = None
     if study == "kinds":  # every run prepared the same data the same way: one tokenizer

@@ -22,6 +22,7 @@ sys.path.insert(0, str(HERE))  # its sibling tables_cpu, however it is loaded
 from tables_cpu import cpu12_recipe, cpu_precision, decode_precision, flags_of  # noqa: E402
 from tables_data import corpus_scale, prepare_encode  # noqa: E402
 from tables_decoding import backtranslation, sampling_speed  # noqa: E402
+from tables_positions import embedding_init, positional_kinds  # noqa: E402
 
 ROOT = HERE.parent
 README = ROOT / "README.md"
@@ -442,6 +443,9 @@ PAGE = [
     ("Prepare's encoding stage, paired", "prepare_encode", prepare_encode),
     ("Sampling against greedy search, paired", "sampling_speed", sampling_speed),
     ("Back-translation on Multi30k", "backtranslation", backtranslation),
+    ("Embedding initialisation", "positions_init", embedding_init),
+    ("Positions: four kinds, and lengths past training", "positions_kinds", positional_kinds),
+    ("Training throughput on the CPU, by kind of position", "train_speed_positions", train_speed),
 ]
 
 
