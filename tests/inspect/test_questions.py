@@ -340,6 +340,13 @@ def test_reference_differences_are_rounding(run, norm):
     assert max(gaps) < 1e-5
 
 
+@pytest.mark.parametrize("kind", ["rope", "relative"])
+def test_the_reference_check_refuses_positions_inside_attention(run, kind):
+    config, _ = run
+    result = cli("inspect", "reference", "--config", config, "--set", f"model.positional={kind}")
+    assert_one_line_error(result, f"model.positional is {kind}, which works inside attention")
+
+
 def test_a_perturbed_weight_shows_in_the_reference_check(run, monkeypatch):
     config, _ = run
     copy = ref_view.copy_layer

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from transformer_cli.core.errors import ConfigError
 from transformer_cli.core.specials import PAD_ID
 from transformer_cli.model.masks import decoder_mask, padding_mask
 from transformer_cli.model.transformer import DecoderLayer, Transformer
@@ -196,7 +197,17 @@ def layer_norm_by_hand(x: Tensor, norm: nn.LayerNorm) -> Tensor:
 
 @torch.no_grad()
 def reference_view(model: Transformer, src: Tensor, tgt_in: Tensor, source: str) -> dict:
-    """The largest |tfx - torch.nn| per layer, for the stack, and for LayerNorm, in float64."""
+    """The largest |tfx - torch.nn| per layer, for the stack, and for LayerNorm, in float64.
+
+    ConfigError for `rope` and `relative` models: positions inside attention, which
+    torch.nn's layers do not have.
+    """
+    if model.cfg.positional in ("rope", "relative"):
+        raise ConfigError(
+            f"{source}: model.positional is {model.cfg.positional}, which works inside "
+            "attention; torch.nn's layers have no such attention to compare with (the check "
+            "takes sinusoidal and learned models)"
+        )
     model = copy.deepcopy(model).double().eval()
     enc_gaps, dec_gaps = _layer_gaps(model, src, tgt_in)
     x = _layer_inputs(model, src, tgt_in)[0][0]
