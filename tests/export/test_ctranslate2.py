@@ -113,3 +113,22 @@ def test_export_errors_are_one_line(tmp_path, tmp_path_factory, toy_pairs, monke
     monkeypatch.setattr(builtins, "__import__", no_ctranslate2)
     missing = cli(*args)
     assert_one_line_error(missing, "pip install 'tfx[export]'")
+
+
+def test_a_ctranslate2_without_rotary_specs_is_one_line(tmp_path, tmp_path_factory, toy_pairs):
+    """Where the installed CTranslate2's specs lack an option, the export says which."""
+    import ctranslate2
+
+    checkpoint = trained_tiny(tmp_path_factory, toy_pairs, "rope")
+    real = ctranslate2.specs.TransformerEncoderSpec
+
+    def older(*args, rotary_dim=None, **kwargs):  # a spec from before rotary encoders
+        if rotary_dim is not None:
+            raise TypeError("unexpected keyword argument 'rotary_dim'")
+        return real(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ctranslate2.specs, "TransformerEncoderSpec", older)
+        refused = cli("export", checkpoint, tmp_path / "ct2", "--to", "ctranslate2")
+    assert_one_line_error(refused, "model.positional rope: CTranslate2")
+    assert not (tmp_path / "ct2").exists()
