@@ -137,9 +137,11 @@ def build_spec(ctranslate2: Any, model: Transformer) -> Any:
         encoder = specs.TransformerEncoderSpec(cfg.enc_layers, cfg.heads, pre_norm=pre, **options)
         decoder = specs.TransformerDecoderSpec(cfg.dec_layers, cfg.heads, pre_norm=pre, **options)
     except TypeError:  # an older CTranslate2 whose specs lack the option
+        if not options:
+            raise
         raise TfxError(
             f"model.positional {cfg.positional}: CTranslate2 {ctranslate2.__version__} cannot "
-            "represent it in an encoder-decoder model; upgrade ctranslate2 (4.8 can)"
+            "represent it in an encoder-decoder model; upgrade ctranslate2 (4.8.5 can)"
         ) from None
     _set_inputs(encoder, model.src_embed, model.src_pos, cfg.max_positions)
     _set_inputs(decoder, model.tgt_embed, model.tgt_pos, cfg.max_positions)

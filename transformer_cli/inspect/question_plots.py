@@ -61,10 +61,11 @@ def plot_residual(view: dict, path: str | Path) -> Path:
 def plot_relative(view: dict, path: str | Path) -> Path:
     """The raw dot-product matrix beside up to three heads' projected ones."""
     from transformer_cli.inspect.relative import SCORES
+    from transformer_cli.model.positions import in_attention
 
     shown, kind = view["heads"][:3], view["positional"]
     fig, axes = _pyplot().subplots(1, 1 + len(shown), figsize=(4.6 * (1 + len(shown)), 4.4))
-    added = kind in ("sinusoidal", "learned")
+    added = not in_attention(kind)
     raw = "PE(pos) . PE(pos')" if added else "the sinusoid (not added): PE(pos) . PE(pos')"
     panels = [(raw, view["raw"], view["raw_spread"])]
     panels += [

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from transformer_cli.core.errors import ConfigError
 from transformer_cli.core.specials import PAD_ID
 from transformer_cli.model.masks import decoder_mask, padding_mask
+from transformer_cli.model.positions import in_attention
 from transformer_cli.model.transformer import DecoderLayer, Transformer
 
 REFERENCE_TOLERANCE = 1e-5  # float64 differences are ~1e-15; a wrong weight gives ~1e-1
@@ -202,7 +203,7 @@ def reference_view(model: Transformer, src: Tensor, tgt_in: Tensor, source: str)
     ConfigError for `rope` and `relative` models: positions inside attention, which
     torch.nn's layers do not have.
     """
-    if model.cfg.positional in ("rope", "relative"):
+    if in_attention(model.cfg.positional):
         raise ConfigError(
             f"{source}: model.positional is {model.cfg.positional}, which works inside "
             "attention; torch.nn's layers have no such attention to compare with (the check "

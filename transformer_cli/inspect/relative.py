@@ -5,8 +5,13 @@ matrix of dot products of the raw encodings is Toeplitz (constant along each
 diagonal). Self-attention does not compare raw encodings but their projections,
 (PE(pos) W_q) . (PE(pos + k) W_k) = PE(pos) W_q W_k^T PE(pos + k)^T, and a general
 W_q W_k^T mixes the rotation pairs, so the scores now depend on pos too. The view
-measures that on a trained encoder layer (the first by default), head by head (weights only: the
-biases add terms linear in one position, which are not Toeplitz either).
+measures that on a trained encoder layer (the first by default), head by head (weights
+only: the biases add terms linear in one position, which are not Toeplitz either).
+
+`rope` and `relative` models add no table; their position enters inside attention,
+after W_q and W_k (model/positions.py). For them the view scores one fixed content
+vector placed at every position against itself, and the result is Toeplitz by
+construction, in every head, whatever the weights learned.
 """
 
 from __future__ import annotations
@@ -84,9 +89,7 @@ def position_scores(model, layer: int, length: int) -> list:
         q, k = attn.rotary(q[None], where.query)[0], attn.rotary(k[None], where.query)[0]
         scores = q @ k.transpose(1, 2)  # (H, L, L)
     else:
-        terms = attn.relative(where)
-        empty = torch.zeros(1, cfg.heads, length, length, dtype=torch.float64)
-        scores = terms.key_scores(q[None], empty)[0].double()  # (H, L, L)
+        scores = attn.relative(where).key_scores(q[None])[0].double()  # (H, L, L)
     return list(scores / math.sqrt(d_k))
 
 
@@ -124,8 +127,9 @@ def trained_positions_view(model, length: int, source: str, layer: int = 0) -> d
         heads = position_scores(model, layer, length)
         w = model.encoder.layers[layer].self_attn.in_proj.weight.double()
         sinusoid = projected_dots(pe, w[:d], w[d : 2 * d], cfg.heads)
-        torch.manual_seed(0)
-        initial = embedding_scale(Transformer(cfg))
+        with torch.random.fork_rng():  # the caller's random state is left as it was
+            torch.manual_seed(0)
+            initial = embedding_scale(Transformer(cfg))
         trained = embedding_scale(model)
     return {
         "source": source,
@@ -168,8 +172,10 @@ def _verdict(spread: float) -> str:
 
 def format_trained_positions(view: dict) -> str:
     """The trained part of `tfx inspect positions --checkpoint` as text."""
+    from transformer_cli.model.positions import in_attention
+
     kind, raw = view["positional"], view["raw_spread"]
-    added = kind in ("sinusoidal", "learned")
+    added = not in_attention(kind)
     what = (
         "PE(pos) . PE(pos+k), the raw encodings"
         if added

@@ -69,7 +69,7 @@ def attend_math(
     """
     scores = q @ k.transpose(-2, -1)  # (B,H,T,K) @ (B,H,K,S) -> (B,H,T,S)
     if relative is not None:
-        scores = scores + relative.key_scores(q, scores)
+        scores = scores + relative.key_scores(q)
     # dividing by sqrt(d_k) keeps the dot products' variance near 1, so the softmax
     # does not saturate into one-hot rows with vanishing gradients (section 3.2.1)
     scores = scores / math.sqrt(q.size(-1))

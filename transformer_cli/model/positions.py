@@ -113,15 +113,18 @@ class Rotary(nn.Module):
     keep norms, and R(m)^T R(n) = R(n - m), so (R(m) q) . (R(n) k) = q . R(n - m) k.
     """
 
-    cos: Tensor  # (max_positions, K / 2), buffers
+    cos: Tensor  # (max_positions, K / 2), float64 buffers
     sin: Tensor
 
     def __init__(self, head_dim: int, max_positions: int) -> None:
         super().__init__()
+        if head_dim % 2:
+            raise ValueError(f"rope rotates pairs of dimensions: the head size is odd ({head_dim})")
         angle = angles(max_positions, head_dim)  # (P, K/2)
-        # not persistent: a function of the config, as the sinusoidal table
-        self.register_buffer("cos", angle.cos().float(), persistent=False)
-        self.register_buffer("sin", angle.sin().float(), persistent=False)
+        # not persistent: a function of the config, as the sinusoidal table; float64, so
+        # that a float64 model rotates exactly (each call reads its rows in its own type)
+        self.register_buffer("cos", angle.cos(), persistent=False)
+        self.register_buffer("sin", angle.sin(), persistent=False)
 
     def forward(self, x: Tensor, positions: Tensor) -> Tensor:
         """Rotate queries or keys.
@@ -130,11 +133,12 @@ class Rotary(nn.Module):
             x: (B, H, T, K).
             positions: (B or 1, T) int64, each row's position.
         Returns:
-            (B, H, T, K) in x's type; the rotation itself runs in float32.
+            (B, H, T, K) in x's type; the rotation runs in float32 at least.
         """
-        cos = self.cos[positions][:, None]  # (B|1, T, K/2) -> (B|1, 1, T, K/2)
-        sin = self.sin[positions][:, None]
-        even, odd = x[..., 0::2].float(), x[..., 1::2].float()  # (B, H, T, K/2) each
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        cos = self.cos[positions][:, None].to(dtype)  # (B|1, T, K/2) -> (B|1, 1, T, K/2)
+        sin = self.sin[positions][:, None].to(dtype)
+        even, odd = x[..., 0::2].to(dtype), x[..., 1::2].to(dtype)  # (B, H, T, K/2) each
         rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
         return rotated.flatten(-2).to(x.dtype)  # (B, H, T, K/2, 2) -> (B, H, T, K)
 
@@ -150,24 +154,34 @@ class RelativeTerms:
     keys: Tensor
     values: Tensor
 
-    def _index(self, scores: Tensor) -> Tensor:
-        b, h, t, s = scores.shape
-        return self.buckets[:, None].expand(b, h, t, s)  # (B|1, T, S) -> (B, H, T, S)
+    def _index(self, batch: int, heads: int) -> Tensor:
+        t, s = self.buckets.shape[1:]
+        return self.buckets[:, None].expand(batch, heads, t, s)  # (B|1,T,S) -> (B,H,T,S)
 
-    def key_scores(self, q: Tensor, scores: Tensor) -> Tensor:
-        """q_i . a^K_ij for every pair (eq. 5's added term): (B, H, T, K) -> like scores."""
+    def key_scores(self, q: Tensor) -> Tensor:
+        """q_i . a^K_ij for every pair (the term eq. 5 adds): (B, H, T, K) -> (B, H, T, S)."""
         per_offset = q @ self.keys.T.to(q.dtype)  # (B,H,T,K) @ (K,R) -> (B,H,T,R)
-        return per_offset.gather(-1, self._index(scores))  # (B,H,T,R) -> (B,H,T,S)
+        return per_offset.gather(-1, self._index(q.size(0), q.size(1)))  # -> (B,H,T,S)
 
     def value_sums(self, probs: Tensor) -> Tensor:
-        """sum_j p_ij a^V_ij (eq. 3's added term): (B, H, T, S) -> (B, H, T, K).
+        """sum_j p_ij a^V_ij (the term eq. 3 adds): (B, H, T, S) -> (B, H, T, K).
 
         The probabilities of keys in the same offset bucket are summed first, so the
-        vectors are read once per bucket, not once per key.
+        vectors are read once per bucket, not once per key. The sums run in float32 at
+        least: beyond +-k a bucket collects many keys, which bf16 would round.
         """
-        per_offset = probs.new_zeros(*probs.shape[:-1], self.keys.size(0))  # (B, H, T, R)
-        per_offset.scatter_add_(-1, self._index(probs), probs)
-        return per_offset @ self.values.to(probs.dtype)  # (B,H,T,R) @ (R,K) -> (B,H,T,K)
+        dtype = torch.promote_types(probs.dtype, torch.float32)
+        b, h, t, _ = probs.shape
+        per_offset = probs.new_zeros(b, h, t, self.values.size(0), dtype=dtype)  # (B,H,T,R)
+        per_offset.scatter_add_(-1, self._index(b, h), probs.to(dtype))
+        out = per_offset @ self.values.to(dtype)  # (B,H,T,R) @ (R,K) -> (B,H,T,K)
+        return out.to(probs.dtype)
+
+
+def in_attention(positional: str) -> bool:
+    """Whether `model.positional` works inside self-attention (rope, relative) rather
+    than as a table added to the input (sinusoidal, learned)."""
+    return positional in ("rope", "relative")
 
 
 class RelativePositions(nn.Module):
