@@ -271,8 +271,10 @@ def test_two_ranks_make_the_update_of_one_process_on_both_their_batches(
 
 
 def test_a_distributed_checkpoint_translates_evaluates_and_averages(tmp_path, toy_pairs):
-    config = write_run(tmp_path, toy_pairs, eval_every=1)
+    config = write_run(tmp_path, toy_pairs, eval_every=1, tensorboard=True)
     finished(torchrun(config))
+    # train.tensorboard: rank 0 alone writes event files
+    assert len(list((tmp_path / "run" / "tensorboard").glob("events.*"))) == 1
     ckpts = tmp_path / "run" / "checkpoints"
     translated = cli("translate", ckpts / "last.pt", "the dog sees the cat")
     assert translated.exit_code == 0, translated.output

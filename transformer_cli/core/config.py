@@ -170,6 +170,9 @@ class TrainConfig:
     label_smoothing: float = 0.1  # of the target distribution (section 5.4); 0 = none
     fused_loss: bool = True  # project + score in chunks, never all (tokens x vocab) logits
     log_every: int = 50  # updates between training records in metrics.jsonl
+    # also write the records as TensorBoard event files under RUN_DIR/tensorboard/
+    # (pip install 'tfx[tensorboard]'); metrics.jsonl is written either way
+    tensorboard: bool = False
     eval_every: int = 1000  # updates between validations (loss, BLEU, chrF) and checkpoints
     keep_last: int = 3  # step checkpoints kept; last.pt and best.pt are kept besides
     patience: int = 0  # validations without a better BLEU before stopping; 0 = never stop early

@@ -55,6 +55,7 @@ from transformer_cli.training.session import (
     stop_condition,
 )
 from transformer_cli.training.step import Trainer, build_trainer, make_optimizer, train_step
+from transformer_cli.training.tensorboard import BoardLog
 
 __all__ = ["Session", "StopSignals", "ValidSet", "run", "stop_condition", "validation"]
 
@@ -167,6 +168,8 @@ def opened(session: Session) -> Iterator[None]:
     """
     main = session.world.is_main
     session.metrics = MetricsLog.open(session.run_dir / "metrics.jsonl" if main else None)
+    wanted = main and session.cfg.train.tensorboard
+    session.board = BoardLog.open(session.run_dir, wanted, session.progress.step)
     session.signals.install()
     session.bar = tqdm(
         total=session.cfg.train.max_steps or None,
@@ -181,6 +184,7 @@ def opened(session: Session) -> Iterator[None]:
     finally:
         session.bar.close()
         session.metrics.close()
+        session.board.close()
         session.signals.restore()
         if session.prefetch is not None:
             session.prefetch.close()
@@ -270,6 +274,7 @@ def update(session: Session, group: list[torch.Tensor]) -> None:
 def log_train(session: Session, lr: float) -> None:
     record = train_record(session.progress, session.window, lr)
     session.metrics.write(record)
+    session.board.write(record)
     session.bar.set_postfix(
         loss=f"{record['loss']:.3f}",
         lr=f"{lr:.2e}",
@@ -298,14 +303,17 @@ def validate(session: Session) -> None:
 def rank0_validation(session: Session) -> bool:
     """Validate, update the best BLEU, log and print; True if the BLEU improved."""
     progress = session.progress
-    result = validation(session.trainer, session.valid, session.tokenizer)
+    result, hyps = validation(session.trainer, session.valid, session.tokenizer)
     improved = result["bleu"] > progress.best_bleu
     if improved:
         progress.best_bleu, progress.best_step = result["bleu"], progress.step
         progress.evals_since_best = 0
     else:
         progress.evals_since_best += 1
-    session.metrics.write({"kind": "valid", "step": progress.step, **result})
+    record = {"kind": "valid", "step": progress.step, **result}
+    session.metrics.write(record)
+    session.board.write(record)
+    session.board.translations(progress.step, session.valid.refs, hyps)
     session.bar.write(
         f"step {progress.step:>7}  valid loss {result['loss']:.3f}  ppl {result['ppl']:.2f}  "
         f"BLEU {result['bleu']:.2f}" + ("  (best)" if improved else "")
@@ -351,9 +359,9 @@ def summarize(session: Session) -> dict:
 
 
 @torch.no_grad()
-def validation(trainer: Trainer, valid: ValidSet, tokenizer: Tokenizer) -> dict:
+def validation(trainer: Trainer, valid: ValidSet, tokenizer: Tokenizer) -> tuple[dict, list[str]]:
     """The trainer's model on `valid`: loss, perplexity, and the BLEU and chrF of greedy
-    decoding against the raw references."""
+    decoding against the raw references; and the hypotheses, in the split's order."""
     model, cfg, device, precision = trainer.model, trainer.cfg, trainer.device, trainer.precision
     model.eval()
     try:
@@ -364,4 +372,5 @@ def validation(trainer: Trainer, valid: ValidSet, tokenizer: Tokenizer) -> dict:
         scores = score_texts(hyps, valid.refs)
     finally:
         model.train()
-    return {"loss": loss["nll"], "ppl": loss["ppl"], "bleu": scores["bleu"], "chrf": scores["chrf"]}
+    result = {"loss": loss["nll"], "ppl": loss["ppl"]}
+    return result | {"bleu": scores["bleu"], "chrf": scores["chrf"]}, hyps

@@ -47,13 +47,24 @@ class Window:
     loss: torch.Tensor = dataclasses.field(default_factory=lambda: torch.zeros(()))
     nll: torch.Tensor = dataclasses.field(default_factory=lambda: torch.zeros(()))
     tokens: torch.Tensor | int = 0
+    grad_norm: torch.Tensor = dataclasses.field(default_factory=lambda: torch.zeros(()))
+    updates: torch.Tensor | int = 0  # applied ones
     t0: float = dataclasses.field(default_factory=time.monotonic)  # its training time starts
 
-    def add(self, loss: torch.Tensor, nll: torch.Tensor, tokens: int, applied: torch.Tensor):
+    def add(
+        self,
+        loss: torch.Tensor,
+        nll: torch.Tensor,
+        tokens: int,
+        applied: torch.Tensor,
+        grad_norm: torch.Tensor,
+    ) -> None:
         """Count one update's sums if it was applied (no host sync)."""
         self.loss = self.loss + torch.where(applied, loss, 0.0)  # where: a NaN stays out
         self.nll = self.nll + torch.where(applied, nll, 0.0)
         self.tokens = self.tokens + applied.long() * tokens
+        self.grad_norm = self.grad_norm + torch.where(applied, grad_norm.float(), 0.0)
+        self.updates = self.updates + applied.long()
 
 
 @dataclass
@@ -140,6 +151,8 @@ def train_record(progress: Progress, window: Window, lr: float) -> dict:
         "ppl": perplexity(nll_sum, tokens),  # inf for a diverged model
         "lr": lr,
         "tokens_per_s": tokens / max(time.monotonic() - window.t0, 1e-9),
+        # the mean over the window's applied updates, before clipping
+        "grad_norm": float(window.grad_norm) / max(int(window.updates), 1),
         "elapsed": round(progress.elapsed, 2),
         "skipped_steps": progress.skipped_steps,
     }

@@ -24,6 +24,7 @@ from transformer_cli.model.transformer import Transformer
 from transformer_cli.training.distributed import World
 from transformer_cli.training.records import BadSteps, MetricsLog, Progress, Window
 from transformer_cli.training.step import StepResult, Trainer
+from transformer_cli.training.tensorboard import BoardLog
 
 
 @dataclass
@@ -71,6 +72,7 @@ class Session:
     prefetch: Prefetcher | None = None  # collates the next update's batches ahead
     signals: StopSignals = dataclasses.field(default_factory=StopSignals)
     metrics: MetricsLog = dataclasses.field(init=False)  # set by `opened`, for the loop
+    board: BoardLog = dataclasses.field(default_factory=BoardLog)  # train.tensorboard
     bar: tqdm = dataclasses.field(init=False)  # set by `opened`, for the loop
     window: Window = dataclasses.field(default_factory=Window)
     bad: BadSteps = dataclasses.field(default_factory=BadSteps)  # non-finite updates
@@ -112,7 +114,7 @@ def settle_interval(cfg: Config, device: torch.device) -> int:
 
 def count(session: Session, result: StepResult) -> None:
     """Add an applied update to the window, count a skipped one: on the device, no sync."""
-    session.window.add(result.loss, result.nll, result.tokens, result.finite)
+    session.window.add(result.loss, result.nll, result.tokens, result.finite, result.grad_norm)
     session.bad.add(result.finite, session.progress.step, session.cfg.train.max_bad_steps)
 
 

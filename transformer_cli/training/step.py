@@ -123,6 +123,7 @@ class StepResult:
     nll: torch.Tensor  # () the unsmoothed NLL, summed
     tokens: int  # real target tokens
     finite: torch.Tensor  # () bool: True = applied; False = non-finite, weights untouched
+    grad_norm: torch.Tensor  # () the gradients' total L2 norm, before clipping
 
 
 def make_optimizer(
@@ -196,7 +197,7 @@ def train_step(
     finite = torch.isfinite(loss_sum) & torch.isfinite(norm)  # () on the device: no sync
     finite = apply_if_finite(optimizer, scaler, finite)
     optimizer.zero_grad(set_to_none=True)
-    return StepResult(loss_sum.detach(), nll_sum.detach(), n_tokens, finite)
+    return StepResult(loss_sum.detach(), nll_sum.detach(), n_tokens, finite, norm.detach())
 
 
 def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
