@@ -12,6 +12,8 @@ from typing import Annotated
 import typer
 
 from transformer_cli.cli.decode_options import (
+    AlignLayerOpt,
+    AlignmentsOpt,
     AlphaOpt,
     BatchOpt,
     BeamOpt,
@@ -214,6 +216,8 @@ def translate(
     temperature: TemperatureOpt = None,
     seed: SeedOpt = None,
     tag: TagOpt = None,
+    alignments: AlignmentsOpt = False,
+    align_layer: AlignLayerOpt = None,
     plot_attention: PlotAttentionOpt = None,
     layer: LayerOpt = -1,
     head: HeadOpt = "mean",
@@ -237,7 +241,10 @@ def translate(
         sync_every=sync_every, sample=sample, topk=topk, topp=topp, temperature=temperature,
         seed=seed, nbest=nbest,
     )  # fmt: skip
-    translate_mod.run(checkpoint, text, input_, output, decode=decode, device=device, tag=tag)
+    align = translate_mod.Align.of(alignments, align_layer)
+    translate_mod.run(
+        checkpoint, text, input_, output, decode=decode, device=device, tag=tag, align=align
+    )
 
 
 @app.command()

@@ -122,3 +122,18 @@ HeadOpt = Annotated[str, typer.Option("--head", help="--plot-attention: a head n
 SelfAttentionOpt = Annotated[
     bool, typer.Option("--self-attention", help="--plot-attention: decoder self-attention.")
 ]
+AlignmentsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--alignments",
+        help="Add word alignments after a tab: i-j links (Pharaoh), from the cross-attention "
+        "of --align-layer averaged over heads, each target word's most-attended source word.",
+    ),
+]
+AlignLayerOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--align-layer",
+        help="--alignments: decoder layer, 0-based; -1 = last. (default: the second to last)",
+    ),
+]

@@ -8,7 +8,9 @@ stdin gives an interactive `> ` prompt instead.
 The output has exactly one line per input line (with `--nbest K`, exactly K lines per
 input line: `hypothesis<TAB>score`, best first, the score being the length-normalised
 log-probability of search.py; with `--sample`, K samples in the order drawn, each scored
-by its mean log-probability per token, as `tfx score` gives it). So that this always holds:
+by its mean log-probability per token, as `tfx score` gives it). With `--alignments`, each
+line ends in a tab and the hypothesis's word alignments, `i-j ...` (decoding/alignment.py).
+So that this always holds:
 
 - an empty or whitespace-only line gives an empty line (nbest: K lines `<TAB>0.0000`);
 - a line longer than the encoder can hold (`model.max_positions` pieces; sources have no
@@ -26,6 +28,7 @@ import contextlib
 import sys
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -45,9 +48,28 @@ from transformer_cli.decoding.lines import (
 
 if TYPE_CHECKING:
     from transformer_cli.data.tokenizer import Tokenizer
+    from transformer_cli.decoding.alignment import Aligner
     from transformer_cli.decoding.search import Hypothesis
 
 CHUNK_LINES = 1000
+
+
+@dataclass(frozen=True)
+class Align:
+    """`--alignments`: which decoder layer's cross-attention (None: the second to last)."""
+
+    layer: int | None = None
+
+    @classmethod
+    def of(cls, alignments: bool, layer: int | None) -> Align | None:
+        """The flags `--alignments` and `--align-layer N`: None without --alignments."""
+        if not alignments:
+            if layer is not None:
+                raise ConfigError("--align-layer picks the layer of --alignments; add it")
+            return None
+        return cls(layer)
+
+
 # Packing the weights for oneDNN costs more than it saves on a handful of lines, so a
 # model is packed at its first chunk of at least this many (docs/performance.md,
 # "Weights packed once"); the outputs are the same either way, up to float rounding order.
@@ -66,10 +88,12 @@ class Translator:
         device: str = "auto",
         decode: DecodeOverrides = NO_OVERRIDES,
         tag: str | None = None,
+        align: Align | None = None,
     ) -> None:
         """`decode`: the options that replace the checkpoint's decode section (ConfigError
         naming the flag if one is out of range); `tag`: a corpus tag of the model's, put
-        before every source (ConfigError naming the known ones if it is not one)."""
+        before every source (ConfigError naming the known ones if it is not one); `align`:
+        add word alignments to each line (decoding/alignment.py)."""
         from transformer_cli.decoding import ct2_backend as ct2
         from transformer_cli.decoding.loading import load_model
 
@@ -87,6 +111,18 @@ class Translator:
         self.positions = cfg.model.max_positions
         self.tag_id = None if tag is None else tag_id(cfg, self.tokenizer, tag)
         self.lines_done = 0  # for warnings' line numbers and sampling's seeds across chunks
+        self.aligner = None if align is None else self._aligner(align)
+
+    def _aligner(self, align: Align) -> Aligner:
+        from transformer_cli.decoding.alignment import Aligner, chosen_layer
+
+        if self.exported is not None:
+            raise ConfigError(
+                "--alignments reads tfx's cross-attention: give the checkpoint, not its "
+                "CTranslate2 export"
+            )
+        layer = chosen_layer(len(self.model.decoder.layers), align.layer)
+        return Aligner(self.model, self.tokenizer, layer, self.device, self.precision)
 
     def translate(self, lines: list[str]) -> list[str]:
         """Output lines for `lines`: one each, or `nbest` each with scores."""
@@ -103,16 +139,28 @@ class Translator:
             )
         results = self._decode(sources, first - 1)
         if self.nbest == 1:
-            return [
-                _one_line(h) for h in self.tokenizer.decode_tgt(cast("list[list[int]]", results))
-            ]
+            hyps = cast("list[list[int]]", results)
+            texts = [_one_line(h) for h in self.tokenizer.decode_tgt(hyps)]
+            return self._aligned(texts, sources, hyps)
         out: list[str] = []
-        for hyps in cast("list[list[Hypothesis]]", results):  # nbest > 1: scored hypotheses
-            texts = self.tokenizer.decode_tgt([ids for ids, _ in hyps])
-            out.extend(
-                f"{_one_line(t)}\t{score:.4f}" for t, (_, score) in zip(texts, hyps, strict=True)
-            )
+        for source, scored in zip(sources, cast("list[list[Hypothesis]]", results), strict=True):
+            outputs = [hyp for hyp, _ in scored]  # nbest > 1: scored hypotheses, best first
+            texts = self.tokenizer.decode_tgt(outputs)
+            lines = [
+                f"{_one_line(t)}\t{score:.4f}" for t, (_, score) in zip(texts, scored, strict=True)
+            ]
+            out += self._aligned(lines, [source] * len(outputs), outputs)
         return out
+
+    def _aligned(
+        self, lines: list[str], sources: list[list[int]], hyps: list[list[int]]
+    ) -> list[str]:
+        """`lines`, each with its hypothesis's Pharaoh links after a tab under --alignments."""
+        if self.aligner is None:
+            return lines
+        skip = 0 if self.tag_id is None else 1  # the tag is not a word of the input
+        links = self.aligner.links(sources, hyps, skip)
+        return [f"{line}\t{link}" for line, link in zip(lines, links, strict=True)]
 
     def _decode(self, sources: list[list[int]], first: int) -> list:
         """Piece ids (nbest 1) or scored n-best lists, by tfx's search or CTranslate2's;
@@ -164,15 +212,16 @@ def run(
     device: str = "auto",
     chunk_lines: int = CHUNK_LINES,
     tag: str | None = None,
+    align: Align | None = None,
 ) -> int:
     """Translate TEXT arguments, a file or stdin to stdout or a file; returns lines read.
 
-    `decode` and `tag`: see `Translator`.
+    `decode`, `tag` and `align`: see `Translator`.
     """
     if texts and input_path is not None:
         raise TfxError("give sentences as arguments or --input FILE, not both")
     interactive = not texts and input_path is None and sys.stdin.isatty()
-    translator = Translator(checkpoint, device, decode, tag)
+    translator = Translator(checkpoint, device, decode, tag, align)
     if interactive and output_path is None:
         return interact(translator)
     with contextlib.ExitStack() as stack:
