@@ -242,9 +242,8 @@ def translate(
         seed=seed, nbest=nbest,
     )  # fmt: skip
     align = translate_mod.Align.of(alignments, align_layer)
-    translate_mod.run(
-        checkpoint, text, input_, output, decode=decode, device=device, tag=tag, align=align
-    )
+    translate_mod.run(checkpoint, text, input_, output, decode=decode, device=device, tag=tag,
+                      align=align)  # fmt: skip
 
 
 @app.command()
