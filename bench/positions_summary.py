@@ -85,7 +85,7 @@ def main() -> None:
     result = {
         "benchmark": f"STUDY={study} bench/positions.sh",
         "date": datetime.date.today().isoformat(),
-        "commit": subprocess.getoutput("git rev-parse --short HEAD"),
+        "commit": os.environ.get("COMMIT") or subprocess.getoutput("git rev-parse --short HEAD"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         **cpu_record(),
         "threads": int(os.environ.get("OMP_NUM_THREADS", "2")),

@@ -582,7 +582,7 @@ def test_normal_embedding_init_is_unit_scale_after_sqrt_d(share):
     torch.manual_seed(0)
     normal = Transformer(dataclasses.replace(CFG, **shape, embedding_init="normal"))
     torch.manual_seed(0)
-    xavier = Transformer(dataclasses.replace(CFG, **shape))
+    xavier = Transformer(dataclasses.replace(CFG, **shape, embedding_init="xavier"))
     for embed in (normal.src_embed, normal.tgt_embed):
         assert (embed.weight * math.sqrt(d)).std().item() == pytest.approx(1.0, abs=0.02)
     assert normal.out_proj.weight is normal.tgt_embed.weight  # tied: the same matrix

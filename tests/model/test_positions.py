@@ -127,8 +127,9 @@ def test_shifting_the_input_right_changes_only_absolute_models(positional, invar
         assert torch.allclose(here, there, rtol=0, atol=1e-9) == invariant
 
 
-def test_a_checkpoint_from_before_the_choice_loads_as_sinusoidal(tmp_path, toy_pairs):
-    """Checkpoints carry model.positional; one written before it existed is sinusoidal."""
+def test_a_checkpoint_from_before_the_choices_loads_as_what_it_was(tmp_path, toy_pairs):
+    """Checkpoints carry model.positional and model.embedding_init; one written before
+    they existed is sinusoidal and xavier-initialised, as it was."""
     from helpers import make_tiny_run
 
     from transformer_cli.core.checkpoint import load_state, save_checkpoint
@@ -142,5 +143,6 @@ def test_a_checkpoint_from_before_the_choice_loads_as_sinusoidal(tmp_path, toy_p
     save_checkpoint(tmp_path / "old.pt", state)
     model, _, loaded = load_model(tmp_path / "old.pt", torch.device("cpu"))
     assert loaded.model.positional == "sinusoidal" == cfg.model.positional
+    assert loaded.model.embedding_init == "xavier"  # the default when it was written
     assert model.src_pos is not None
     assert model.encoder.layers[0].self_attn.rotary is None

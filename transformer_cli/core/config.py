@@ -125,9 +125,11 @@ class ModelConfig:
     positional: Literal["sinusoidal", "learned", "rope", "relative"] = "sinusoidal"
     max_relative_distance: int = 16  # relative: offsets beyond +-k share one vector (Shaw's k)
     max_positions: int = 1024  # the longest sequence, in pieces, the positions cover
-    # the token embeddings' initial weights: xavier (uniform, as torch.nn.Transformer's
-    # matrices) or normal, N(0, d_model^-0.5), which is N(0, 1) after the sqrt(d_model) scale
-    embedding_init: Literal["xavier", "normal"] = "xavier"
+    # the token embeddings' initial weights: normal, N(0, d_model^-0.5), which is N(0, 1)
+    # after the sqrt(d_model) scale, so the token outweighs its position from the start
+    # (measured: docs/results.md, "Embedding initialisation"); or xavier (uniform, as
+    # torch.nn.Transformer's matrices), the default of checkpoints from before the option
+    embedding_init: Literal["xavier", "normal"] = "normal"
     share_embeddings: bool = True  # one embedding for source and target (a joint tokenizer)
     tie_output: bool = True  # the target embedding is also the output projection (3.4)
     # sdpa: torch's fused kernel; math: eq. 1 written out; auto: sdpa on CUDA, math on the
