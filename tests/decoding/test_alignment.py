@@ -12,6 +12,7 @@ from transformer_cli.decoding import ct2_backend
 from transformer_cli.decoding.alignment import (
     SPACE,
     chosen_layer,
+    output_words,
     pharaoh,
     piece_words,
     word_links,
@@ -31,11 +32,19 @@ S = SPACE
         (["Hello", f"{S}world"], [0, 1]),  # no mark on the first piece
         ([f"{S}a"], [0]),
         ([f"{S}is", f"{S}"], [0, 0]),  # a bare mark at the end starts no word
+        ([f"{S}"], [-1]),  # no word at all
+        ([f"{S}a", "<unk>", "s"], [0, 0, 0]),  # in an input, <unk> is part of its word
         ([], []),
     ],
 )
 def test_pieces_map_to_the_words_they_decode_to(pieces, words):
     assert piece_words(pieces) == words
+
+
+def test_an_unknown_piece_is_a_word_of_its_own_in_an_output_line():
+    """SentencePiece decodes <unk> as " ⁇ ": the pieces around it are other words."""
+    assert output_words([f"{S}a", "<unk>", "s", f"{S}b"]) == [0, 1, 2, 3]
+    assert word_links(torch.eye(2), [0, -1], [-1, 0]) == []  # pieces of no word link nothing
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +139,31 @@ def test_alignments_match_the_attention_map_learners_see(checkpoint):
     expected = pharaoh(word_links(weights, src_words, tgt_words))
     row = cli("translate", checkpoint, text, "--alignments", "--precision", "fp32").stdout
     assert row.rstrip("\n").split("\t")[1] == expected
+
+
+def test_a_batch_aligns_each_line_as_alone_and_sampled_nbest_aligns_each_sample(checkpoint):
+    flags = ("--alignments", "--precision", "fp32")
+    together = cli("translate", checkpoint, *SENTENCES, *flags).stdout.splitlines()
+    alone = [cli("translate", checkpoint, s, *flags).stdout.strip() for s in SENTENCES]
+    assert together == alone
+    sampled = cli("translate", checkpoint, SENTENCES[1], "--sample", "--nbest", "3", *flags)
+    rows = sampled.stdout.splitlines()
+    assert len(rows) == 3
+    assert all(len(r.split("\t")) == 3 for r in rows)
+
+
+def test_a_line_longer_than_the_model_aligns_its_cut_source(tmp_path, toy_pairs):
+    """The source is cut as the search cuts it; an output at the cap still aligns."""
+    from helpers import TINY_RUN_POSITIONS, make_tiny_run
+
+    cfg = make_tiny_run(tmp_path, toy_pairs)
+    ckpt = next((tmp_path / "run" / "checkpoints").glob("*.pt"))
+    line = " ".join(["the old man sees a dog"] * 10)  # far more than 24 pieces
+    result = cli("translate", ckpt, line, "--alignments", "--max-len-b", TINY_RUN_POSITIONS)
+    assert result.exit_code == 0, result.output
+    _, links = parsed(result.stdout.strip())
+    assert max(i for i, _ in links) < len(line.split())
+    assert cfg.model.max_positions == TINY_RUN_POSITIONS
 
 
 def test_alignment_errors_are_one_line(checkpoint, tmp_path):

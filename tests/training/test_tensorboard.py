@@ -20,6 +20,7 @@ from transformer_cli.training import loop as train
 from transformer_cli.training.tensorboard import SCALARS
 
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+event_file_loader = pytest.importorskip("tensorboard.backend.event_processing.event_file_loader")
 
 TINY = (
     "model.d_model=32",
@@ -86,9 +87,14 @@ def test_a_resumed_run_keeps_one_value_per_step(make_config):
     ckpts = checkpoint.last_path(run_dir).parent
     shutil.copy(ckpts / "ckpt_00000004.pt", ckpts / "last.pt")
     train.run(cfg, resume=True)
-    assert len(list((run_dir / "tensorboard").glob("events.*"))) == 2  # appended, not replaced
+    first, second = sorted((run_dir / "tensorboard").glob("events.*"))  # appended
     assert len([r for r in metrics_lines(run_dir) if r["step"] == 6]) == 2  # logged twice
     assert_board_is_the_log(run_dir)  # ... and shown once
+    # what tells TensorBoard so: the resumed file's restart marker at its first step
+    events = list(event_file_loader.EventFileLoader(str(second)).Load())
+    starts = [e.step for e in events if e.session_log.status == e.session_log.START]
+    assert starts == [5]
+    assert first.stat().st_size > 0
 
 
 def test_off_by_default_and_a_missing_package_is_one_line(make_config, tmp_path, monkeypatch):

@@ -127,7 +127,8 @@ AlignmentsOpt = Annotated[
     typer.Option(
         "--alignments",
         help="Add word alignments after a tab: i-j links (Pharaoh), from the cross-attention "
-        "of --align-layer averaged over heads, each target word's most-attended source word.",
+        "of --align-layer averaged over heads: each target piece's most-attended source "
+        "piece, both mapped to their words.",
     ),
 ]
 AlignLayerOpt = Annotated[

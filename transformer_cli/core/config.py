@@ -260,7 +260,7 @@ DECODE_FLAGS = {
 class Config:
     """A whole tfx run. Everything the run writes goes under `run_dir`."""
 
-    run_dir: str  # cache/, checkpoints/, config.yaml, metrics.jsonl and eval/ go here
+    run_dir: str  # cache/, checkpoints/, config.yaml, metrics.jsonl, tensorboard/, eval/ go here
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

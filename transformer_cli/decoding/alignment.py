@@ -27,12 +27,15 @@ from torch import Tensor, nn
 from transformer_cli.core import runtime
 from transformer_cli.core.config import ResolvedPrecision
 from transformer_cli.core.errors import ConfigError
-from transformer_cli.core.specials import BOS_ID, PAD_ID
+from transformer_cli.core.specials import BOS_ID, PAD_ID, UNK
 from transformer_cli.data.tokenizer import Tokenizer
 from transformer_cli.model.attention import attend_math
 from transformer_cli.model.transformer import DecoderLayer, Transformer
 
 SPACE = "\u2581"
+# what SentencePiece decodes <unk> to in an output line (its default unk_surface): a word
+# of its own, spaces on both sides
+UNK_SURFACE = f"{SPACE}\u2047{SPACE}"
 
 
 def chosen_layer(layers: int, layer: int | None) -> int:
@@ -50,7 +53,11 @@ def chosen_layer(layers: int, layer: int | None) -> int:
 
 def piece_words(pieces: list[str]) -> list[int]:
     """The 0-based word each piece belongs to, words being what the pieces decode to,
-    split at whitespace."""
+    split at whitespace; -1 for every piece when they decode to no word at all.
+
+    For an output line, pass `<unk>` as `UNK_SURFACE` (`output_words` does): decoding
+    writes it as a word of its own. In an input line it stands for the characters it
+    replaced, which belong to the word around them."""
     words, inside, out = -1, False, []
     for piece in pieces:
         first = None
@@ -63,21 +70,30 @@ def piece_words(pieces: list[str]) -> list[int]:
             first = words if first is None else first
         out.append(words + 1 if first is None else first)  # a bare mark: the next word
     # bare marks at the end start no word (decoding strips them): the last word has them
-    return [min(w, max(words, 0)) for w in out]
+    return [min(w, words) for w in out]
 
 
-def word_links(attention: Tensor, src_words: list[int], tgt_words: list[int]) -> list[tuple]:
-    """(source word, target word) links: each target piece's most-attended source piece.
+def output_words(pieces: list[str]) -> list[int]:
+    """`piece_words` of a hypothesis, `<unk>` counted as the word it decodes to."""
+    return piece_words([UNK_SURFACE if p == UNK else p for p in pieces])
+
+
+def word_links(
+    attention: Tensor, src_words: list[int], tgt_words: list[int]
+) -> list[tuple[int, int]]:
+    """(source word, target word) links: each target piece's most-attended source piece,
+    both mapped to their words (a piece of no word, -1, links nothing).
 
     Args:
         attention: (T, S) one row per target piece (EOS's row left out), over the source
             pieces whose words are given (S = len(src_words)).
     """
     best = attention.argmax(dim=-1).tolist()  # (T,)
-    return sorted({(src_words[s], tgt_words[t]) for t, s in enumerate(best)})
+    pairs = {(src_words[s], tgt_words[t]) for t, s in enumerate(best)}
+    return sorted((i, j) for i, j in pairs if i >= 0 and j >= 0)
 
 
-def pharaoh(links: list[tuple]) -> str:
+def pharaoh(links: list[tuple[int, int]]) -> str:
     """Links as Pharaoh's `i-j i-j ...`."""
     return " ".join(f"{i}-{j}" for i, j in links)
 
@@ -92,9 +108,11 @@ def recorded_cross_attention(model: Transformer, layer: int) -> Iterator[list[Te
 
     def hook(_core: nn.Module, args: tuple, _fused: Tensor) -> Tensor:
         q, k, v, mask = args[:4]  # cross-attention has no relative-position terms
-        out, probs = attend_math(q, k, v, mask)
+        # in float32: bf16 would round near-equal probabilities into ties
+        with torch.autocast(q.device.type, enabled=False):
+            out, probs = attend_math(q.float(), k.float(), v.float(), mask)
         seen.append(probs.detach())
-        return out
+        return out.to(q.dtype)
 
     handle = block.cross_attn.scaled_dot_product.register_forward_hook(hook)
     try:
@@ -113,7 +131,7 @@ class Aligner:
     layer: int
     device: torch.device
     precision: ResolvedPrecision
-    batch: int = 64  # sentences per teacher-forced pass
+    batch: int  # sentences per teacher-forced pass (decode.batch_sentences)
 
     def links(self, sources: list[list[int]], hyps: list[list[int]], skip: int = 0) -> list[str]:
         """Pharaoh links for each (source ids, hypothesis ids) pair; "" for an empty one.
@@ -134,16 +152,17 @@ class Aligner:
         if not keep:
             return [""] * len(sources)
         src = padded([sources[i] for i in keep], self.device)  # (B, S)
-        tgt_in = padded([[BOS_ID, *hyps[i]] for i in keep], self.device)  # (B, T + 1)
+        # row t predicts piece t: BOS and all but the last piece (EOS's row is not read)
+        tgt_in = padded([[BOS_ID, *hyps[i][:-1]] for i in keep], self.device)  # (B, T)
         recorded = recorded_cross_attention(self.model, self.layer)
         with runtime.autocast(self.device, self.precision), recorded as seen:
             self.model.decode_hidden(tgt_in, self.model.encode(src), src)
-        attention = seen[0].float().mean(dim=1).cpu()  # (B, H, T+1, S) -> (B, T+1, S)
+        attention = seen[0].mean(dim=1).cpu()  # (B, H, T, S) -> (B, T, S)
         out = [""] * len(sources)
         for row, i in enumerate(keep):
             src_words = piece_words(self.tokenizer.src_id_pieces(sources[i][skip:]))
-            tgt_words = piece_words(self.tokenizer.tgt_pieces(hyps[i]))
-            # rows: the hypothesis's pieces (EOS's left out); columns: its real source words
+            tgt_words = output_words(self.tokenizer.tgt_pieces(hyps[i]))
+            # rows: the hypothesis's pieces; columns: its real source pieces, a tag's left out
             part = attention[row, : len(hyps[i]), skip : len(sources[i])]
             out[i] = pharaoh(word_links(part, src_words, tgt_words))
         return out

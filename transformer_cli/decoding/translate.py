@@ -122,7 +122,8 @@ class Translator:
                 "CTranslate2 export"
             )
         layer = chosen_layer(len(self.model.decoder.layers), align.layer)
-        return Aligner(self.model, self.tokenizer, layer, self.device, self.precision)
+        batch = self.decode_cfg.batch_sentences
+        return Aligner(self.model, self.tokenizer, layer, self.device, self.precision, batch)
 
     def translate(self, lines: list[str]) -> list[str]:
         """Output lines for `lines`: one each, or `nbest` each with scores."""
@@ -132,7 +133,8 @@ class Translator:
         sources: list[list[int]] = [[] for _ in lines]
         for i, ids in zip(keep, self.tokenizer.encode_src([lines[i] for i in keep]), strict=True):
             sources[i] = ids if self.tag_id is None else [self.tag_id, *ids]
-        for i in fit_sources(sources, self.positions)[1]:  # the backends cut them alike
+        cut, overlong = fit_sources(sources, self.positions)  # the backends cut them alike
+        for i in overlong:
             warn(
                 f"line {first + i}: {len(sources[i])} pieces, more than the model's maximum "
                 f"of {self.positions}; translating the first {self.positions}"
@@ -141,21 +143,21 @@ class Translator:
         if self.nbest == 1:
             hyps = cast("list[list[int]]", results)
             texts = [_one_line(h) for h in self.tokenizer.decode_tgt(hyps)]
-            return self._aligned(texts, sources, hyps)
-        out: list[str] = []
-        for source, scored in zip(sources, cast("list[list[Hypothesis]]", results), strict=True):
+            return self._aligned(texts, cut, hyps)
+        rows: list[str] = []
+        pairs: list[tuple[list[int], list[int]]] = []  # (source, hypothesis) of each row
+        for source, scored in zip(cut, cast("list[list[Hypothesis]]", results), strict=True):
             outputs = [hyp for hyp, _ in scored]  # nbest > 1: scored hypotheses, best first
             texts = self.tokenizer.decode_tgt(outputs)
-            lines = [
-                f"{_one_line(t)}\t{score:.4f}" for t, (_, score) in zip(texts, scored, strict=True)
-            ]
-            out += self._aligned(lines, [source] * len(outputs), outputs)
-        return out
+            rows += [f"{_one_line(t)}\t{s:.4f}" for t, (_, s) in zip(texts, scored, strict=True)]
+            pairs += [(source, hyp) for hyp in outputs]
+        return self._aligned(rows, [src for src, _ in pairs], [hyp for _, hyp in pairs])
 
     def _aligned(
         self, lines: list[str], sources: list[list[int]], hyps: list[list[int]]
     ) -> list[str]:
-        """`lines`, each with its hypothesis's Pharaoh links after a tab under --alignments."""
+        """`lines`, each with its hypothesis's Pharaoh links after a tab under --alignments;
+        `sources` as the search read them (cut to the model's positions)."""
         if self.aligner is None:
             return lines
         skip = 0 if self.tag_id is None else 1  # the tag is not a word of the input

@@ -55,7 +55,7 @@ from transformer_cli.training.session import (
     stop_condition,
 )
 from transformer_cli.training.step import Trainer, build_trainer, make_optimizer, train_step
-from transformer_cli.training.tensorboard import BoardLog
+from transformer_cli.training.tensorboard import BoardLog, require_writer
 
 __all__ = ["Session", "StopSignals", "ValidSet", "run", "stop_condition", "validation"]
 
@@ -71,6 +71,8 @@ def run(cfg: Config, resume: bool = False, init_from: str | Path | None = None) 
     logs, validates and writes; the other ranks train and wait for it.
     """
     start = Start(resume, None if init_from is None else Path(init_from))
+    if cfg.train.tensorboard:
+        require_writer()  # a missing extra says so before anything is built or written
     run_dir = Path(cfg.run_dir)
     world = distributed.from_env()
     device = distributed.rank_device(world, runtime.pick_device(cfg.train.device))

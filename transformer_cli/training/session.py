@@ -72,7 +72,7 @@ class Session:
     prefetch: Prefetcher | None = None  # collates the next update's batches ahead
     signals: StopSignals = dataclasses.field(default_factory=StopSignals)
     metrics: MetricsLog = dataclasses.field(init=False)  # set by `opened`, for the loop
-    board: BoardLog = dataclasses.field(default_factory=BoardLog)  # train.tensorboard
+    board: BoardLog = dataclasses.field(init=False)  # set by `opened` (train.tensorboard)
     bar: tqdm = dataclasses.field(init=False)  # set by `opened`, for the loop
     window: Window = dataclasses.field(default_factory=Window)
     bad: BadSteps = dataclasses.field(default_factory=BadSteps)  # non-finite updates

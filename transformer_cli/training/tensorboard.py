@@ -13,14 +13,17 @@ The names are stable, so runs compare across versions:
 - at validations: valid/loss, valid/ppl, valid/bleu, valid/chrf, and the text
   valid/translations: the first few validation sources' references and hypotheses.
 
-A resumed run appends to the same directory. Its first event says it restarts after the
-checkpoint's step (TensorBoard's `purge_step`), so TensorBoard drops what the earlier
-attempt logged after that step: one value per step, as `tfx plot` keeps the later of two
-records.
+A resumed run appends a new event file to the same directory. Its first event is
+TensorBoard's restart marker at the first step it will log (`purge_step`): TensorBoard's
+event reader (`EventAccumulator`, which `tensorboard --load_fast=false` uses) then drops
+what the earlier attempt logged from that step on, and shows one value per step, the
+later one, as `tfx plot` does with metrics.jsonl.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,9 +57,13 @@ def require_writer() -> Any:
 
 @dataclass
 class BoardLog:
-    """Event files in RUN_DIR/tensorboard/, or nothing (`writer` None: off, or not rank 0)."""
+    """Event files in RUN_DIR/tensorboard/, or nothing (`writer` None: off, or not rank 0).
+
+    A failed write (a full disk) is a TrainingError naming the directory, as metrics.jsonl's.
+    """
 
     writer: Any = None
+    path: Path | None = None
 
     @classmethod
     def open(cls, run_dir: Path, enabled: bool, step: int) -> BoardLog:
@@ -64,20 +71,23 @@ class BoardLog:
         earlier attempt wrote after it are dropped from TensorBoard's view."""
         if not enabled:
             return cls()
+        path = run_dir / "tensorboard"
         writer_class = require_writer()
         try:
-            return cls(writer_class(str(run_dir / "tensorboard"), purge_step=step + 1))
+            return cls(writer_class(str(path), purge_step=step + 1), path)
         except OSError as e:
-            raise TrainingError(f"{run_dir / 'tensorboard'}: cannot write ({e})") from None
+            raise TrainingError(f"{path}: cannot write ({e})") from None
 
     def write(self, record: dict) -> None:
         """One metrics.jsonl record's numbers, under `kind/name` at its step."""
         if self.writer is None:
             return
-        for name in SCALARS[record["kind"]]:
-            if name in record:
-                self.writer.add_scalar(f"{record['kind']}/{name}", record[name], record["step"])
-        self.writer.flush()
+        with self._failing_as_training_error():
+            for name in SCALARS[record["kind"]]:
+                if name in record:
+                    tag, step = f"{record['kind']}/{name}", record["step"]
+                    self.writer.add_scalar(tag, record[name], step)
+            self.writer.flush()
 
     def translations(self, step: int, refs: list[str], hyps: list[str]) -> None:
         """The first validation sentences' references and hypotheses, as a text summary."""
@@ -86,9 +96,19 @@ class BoardLog:
         pairs = zip(refs[:SHOWN], hyps[:SHOWN], strict=False)
         rows = [f"| {cell(ref)} | {cell(hyp)} |" for ref, hyp in pairs]
         table = "\n".join(["| reference | hypothesis |", "|---|---|", *rows])
-        self.writer.add_text("valid/translations", table, step)
-        self.writer.flush()
+        with self._failing_as_training_error():
+            self.writer.add_text("valid/translations", table, step)
+            self.writer.flush()
 
     def close(self) -> None:
+        """Flush and close the event file; a failure here was reported by a write already."""
         if self.writer is not None:
-            self.writer.close()
+            with contextlib.suppress(OSError):
+                self.writer.close()
+
+    @contextlib.contextmanager
+    def _failing_as_training_error(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as e:
+            raise TrainingError(f"{self.path}: cannot write TensorBoard events ({e})") from None
