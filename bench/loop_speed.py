@@ -80,7 +80,9 @@ def main() -> None:
         "steps": args.steps,
         "variants": {
             n: {
-                "tree": str(variants[n][0]),
+                "tree_commit": subprocess.getoutput(
+                    f"git -C {shlex.quote(str(variants[n][0]))} rev-parse --short HEAD"
+                ),
                 "sets": variants[n][1],
                 "tokens_per_s": round(statistics.median(rates[n])),
                 "rounds": [round(x) for x in rates[n]],

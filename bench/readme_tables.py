@@ -23,6 +23,7 @@ from tables_cpu import cpu12_recipe, cpu_precision, decode_precision, flags_of  
 from tables_data import corpus_scale, prepare_encode  # noqa: E402
 from tables_decoding import backtranslation, sampling_speed  # noqa: E402
 from tables_positions import embedding_init, positional_kinds  # noqa: E402
+from tables_training import loop_speed  # noqa: E402
 
 ROOT = HERE.parent
 README = ROOT / "README.md"
@@ -446,6 +447,7 @@ PAGE = [
     ("Embedding initialisation", "positions_init", embedding_init),
     ("Positions: four kinds, and lengths past training", "positions_kinds", positional_kinds),
     ("Training throughput on the CPU, by kind of position", "train_speed_positions", train_speed),
+    ("The training loop with TensorBoard, paired", "loop_speed_tensorboard", loop_speed),
 ]
 
 
