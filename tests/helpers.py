@@ -222,7 +222,7 @@ VOCAB = 14  # small: the tiny models train in a fraction of a second
 def tiny_model(seed: int = 0, train_steps: int = 40, **overrides) -> Transformer:
     """A tiny model, half-trained to reverse its source.
 
-    A random model repeats one token and never says EOS; a few Adam steps on a toy
+    A random model mostly repeats one token and rarely says EOS; a few Adam steps on a toy
     task give peaked distributions and sentences that end at varied lengths, so the
     searches' stopping and batch-shrinking paths are all exercised.
     """

@@ -34,8 +34,8 @@ def model64():
 
 @pytest.fixture(scope="module")
 def babbler():
-    """Untrained: it never says EOS, so every sentence runs to its cap."""
-    return tiny_model(train_steps=0, max_positions=MAX_POSITIONS)
+    """Untrained, with xavier embeddings: it never says EOS, so every sentence runs to its cap."""
+    return tiny_model(train_steps=0, max_positions=MAX_POSITIONS, embedding_init="xavier")
 
 
 @pytest.fixture(scope="module")
@@ -211,7 +211,8 @@ def cuda_syncs(run) -> int:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="sync debug mode needs CUDA")
 def test_on_cuda_the_checks_are_the_only_syncs_per_step(monkeypatch):
-    model = tiny_model(train_steps=0, max_positions=MAX_POSITIONS).cuda()  # never says EOS
+    # untrained with xavier embeddings: never says EOS
+    model = tiny_model(train_steps=0, max_positions=MAX_POSITIONS, embedding_init="xavier").cuda()
     src = pad(random_sources(8)).cuda()
     reads = counting_reads(monkeypatch)
     syncs, checks = {}, {}
