@@ -289,6 +289,15 @@ def test_positions_view_shows_which_kinds_keep_the_offset_after_the_projections(
     assert positional in format_trained_positions(view)
 
 
+@pytest.mark.parametrize("positional", ["learned", "rope", "relative"])
+def test_the_positions_plot_draws_every_kind(positional, tmp_path):
+    from transformer_cli.inspect.question_plots import plot_relative
+
+    torch.manual_seed(0)
+    model = Transformer(tiny_model_config(positional=positional))
+    assert_png(plot_relative(trained_positions_view(model, 12, "m.pt"), tmp_path / "p.png"))
+
+
 def test_the_toeplitz_verdict_of_rope_can_fail():
     """The rope view's Toeplitz verdict can fail: rotate with a wrong table, and it does."""
     torch.manual_seed(0)
