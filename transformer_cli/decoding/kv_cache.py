@@ -15,7 +15,7 @@ from torch import Tensor
 
 from transformer_cli.decoding.protocol import SearchModel
 from transformer_cli.model.masks import causal_mask, padding_mask
-from transformer_cli.model.positions import Positions
+from transformer_cli.model.positions import Positions, in_attention
 
 
 class LayerCache:
@@ -121,7 +121,10 @@ def cached_hidden(
     # one new token may attend to everything cached; a chunk needs look-ahead
     self_mask = None if new == 1 else causal_mask(new, cache.length, tgt_in.device)
     x = model.embed_target(tgt_in, cache.length)
-    positions = Positions.span(cache.length, new, tgt_in.device)  # for rope and relative
+    # read only where positions live inside attention (rope, relative): not built otherwise
+    positions = None
+    if in_attention(model.cfg.positional):
+        positions = Positions.span(cache.length, new, tgt_in.device)
     hidden = model.decoder(x, memory, self_mask, cache.src_mask, cache.layers, positions)
     cache.length += new
     return hidden

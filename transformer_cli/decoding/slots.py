@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from transformer_cli.model.masks import padding_mask, prefix_mask
-from transformer_cli.model.positions import Positions
+from transformer_cli.model.positions import Positions, in_attention
 from transformer_cli.model.transformer import DecoderLayer, Transformer
 
 
@@ -268,8 +268,10 @@ def decode_slots(model: Transformer, tokens: Tensor, cache: SlotCache) -> Tensor
     # every slot's position is below its sentence's output cap, which search keeps
     # within max_positions
     x = model.embed_target_at(tokens, cache.pos_device)[:, None]  # (N, D) -> (N, 1, D)
-    # a key's position is its index in the buffer: rope and relative read both
-    positions = Positions.per_row(cache.pos_device, cache.width)
+    # a key's position is its index in the buffer; read only by rope and relative
+    positions = None
+    if in_attention(model.cfg.positional):
+        positions = Positions.per_row(cache.pos_device, cache.width)
     hidden = model.decoder(x, None, cache.self_mask(), cache.src_mask, cache.layers, positions)
     cache.advance()
     return hidden[:, 0]  # (N, 1, D) -> (N, D)
