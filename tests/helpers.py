@@ -146,6 +146,19 @@ def make_tiny_run(
 
 TINY_RUN_POSITIONS = 24  # small, so that an overlong line is easy to write
 
+# `--set` overrides of a tiny model that trains in a second (make_config's corpus), for
+# the training tests; each adds its own batch, schedule and logging settings
+TINY_TRAINING = (
+    "model.d_model=32",
+    "model.heads=2",
+    "model.enc_layers=1",
+    "model.dec_layers=1",
+    "model.d_ff=64",
+    "train.threads=1",
+    "decode.max_len_b=5",
+    "decode.max_len_a=0",
+)
+
 
 # ----------------------------------------------------------------------------- trained models
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import TINY_TRAINING
 
 from transformer_cli.core import checkpoint
 from transformer_cli.core.specials import PAD_ID
@@ -19,20 +20,13 @@ from transformer_cli.training import step
 from transformer_cli.training.loss import batch_loss
 
 TINY = (
-    "model.d_model=32",
-    "model.heads=2",
-    "model.enc_layers=1",
-    "model.dec_layers=1",
-    "model.d_ff=64",
+    *TINY_TRAINING,
     "model.dropout=0.1",
     "train.batch_tokens=400",
     "train.accum_steps=2",
     "train.warmup=5",
     "train.eval_every=1000",
     "train.log_every=1",
-    "train.threads=1",
-    "decode.max_len_b=5",
-    "decode.max_len_a=0",
 )
 
 

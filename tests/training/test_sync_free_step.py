@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import nan_on
+from helpers import TINY_TRAINING, nan_on
 
 from transformer_cli.core import checkpoint
 from transformer_cli.core.errors import TrainingError
@@ -22,18 +22,11 @@ from transformer_cli.training import loop as train
 from transformer_cli.training import step
 
 TINY = (
-    "model.d_model=32",
-    "model.heads=2",
-    "model.enc_layers=1",
-    "model.dec_layers=1",
-    "model.d_ff=64",
+    *TINY_TRAINING,
     "train.batch_tokens=600",
     "train.warmup=5",
     "train.eval_every=1000",
     "train.log_every=4",
-    "train.threads=1",
-    "decode.max_len_b=5",
-    "decode.max_len_a=0",
 )
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import assert_one_line_error, cli
+from helpers import TINY_TRAINING, assert_one_line_error, cli
 
 from transformer_cli.core import checkpoint
 from transformer_cli.core.config import to_dict
@@ -23,18 +23,11 @@ event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.ev
 event_file_loader = pytest.importorskip("tensorboard.backend.event_processing.event_file_loader")
 
 TINY = (
-    "model.d_model=32",
-    "model.heads=2",
-    "model.enc_layers=1",
-    "model.dec_layers=1",
-    "model.d_ff=64",
+    *TINY_TRAINING,
     "train.batch_tokens=600",
     "train.warmup=5",
     "train.log_every=2",
     "train.eval_every=4",
-    "train.threads=1",
-    "decode.max_len_b=5",
-    "decode.max_len_a=0",
 )
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import nan_on, write_splits
+from helpers import TINY_TRAINING, nan_on, write_splits
 from typer.testing import CliRunner
 
 from transformer_cli.cli.app import app
@@ -23,19 +23,12 @@ from transformer_cli.training import step
 from transformer_cli.training.loss import LossParts
 
 TINY = (
-    "model.d_model=32",
-    "model.heads=2",
-    "model.enc_layers=1",
-    "model.dec_layers=1",
-    "model.d_ff=64",
+    *TINY_TRAINING,
     "model.dropout=0.1",  # dropout on, so that resume must restore the RNG to be exact
     "train.batch_tokens=600",
     "train.warmup=5",
     "train.eval_every=1000",
     "train.log_every=1",
-    "train.threads=1",
-    "decode.max_len_b=5",
-    "decode.max_len_a=0",
 )
 
 
